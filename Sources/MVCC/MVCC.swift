@@ -1,0 +1,2 @@
+/// The multi-version keyspace, watchable store and lease store.
+public enum MVCCModule {}

@@ -1,0 +1,2 @@
+/// Durable storage: WAL segments, snapshot files and the LMDB backend.
+public enum StorageModule {}

@@ -1,0 +1,6 @@
+import Testing
+@testable import MVCC
+
+@Test func MVCCModuleLinks() {
+    #expect(String(describing: MVCCModule.self) == "MVCCModule")
+}
