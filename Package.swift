@@ -12,7 +12,10 @@ let package = Package(
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
     ],
-    dependencies: [],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+    ],
     targets: [
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
         .target(name: "Raft"),
@@ -27,6 +30,13 @@ let package = Package(
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
         .testTarget(name: "MVCCTests", dependencies: ["MVCC", "Storage"]),
+
+        // etcd-compatible configuration: flags, ETCD_* environment, YAML file, member IDs.
+        .target(name: "EtcdConfig", dependencies: [
+            .product(name: "Yams", package: "Yams"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .testTarget(name: "EtcdConfigTests", dependencies: ["EtcdConfig"]),
     ],
     swiftLanguageModes: [.v6]
 )

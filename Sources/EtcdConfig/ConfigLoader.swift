@@ -1,0 +1,323 @@
+import Foundation
+import Yams
+
+/// A configuration problem, worded for the operator. `swetcd` prints it and exits with status 1.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The result of reading the command line.
+public enum LoadOutcome: Sendable {
+    case run(LoadedConfig)
+    case help(String)
+    case version
+}
+
+/// A validated configuration with the notes the operator should see.
+public struct LoadedConfig: Sendable {
+    public var config: ServerConfig
+    /// Non-fatal notes: ignored flags, unknown ETCD_ variables, config-file overrides.
+    public var warnings: [String]
+    /// Flags given explicitly (command line, environment or config file).
+    public var explicitlySet: Set<String>
+    /// The config file read, if any.
+    public var configFile: String?
+    /// The parsed bootstrap membership (from --initial-cluster and the token).
+    public var initialCluster: InitialCluster
+    public var autoCompaction: AutoCompaction
+}
+
+/// Reads etcd-style configuration: command-line flags (Go syntax: `-flag`, `--flag`, `--flag=v`,
+/// `--flag v`), then `ETCD_*` environment variables for flags not on the command line; or, when
+/// `--config-file` (or `ETCD_CONFIG_FILE`) is given, the YAML file alone, as etcd does.
+public enum ConfigLoader {
+    public static func load(arguments: [String], environment: [String: String]) throws -> LoadOutcome {
+        var config = ServerConfig()
+        var warnings: [String] = []
+        var fromCommandLine = Set<String>()
+        var configFile: String?
+        var printVersion = false
+
+        // 1. Command line.
+        var i = 0
+        while i < arguments.count {
+            let arg = arguments[i]
+            i += 1
+            if arg == "--" { break }
+            guard arg.hasPrefix("-"), arg != "-" else {
+                throw ConfigError("'\(arg)' is not a valid flag")
+            }
+            var body = arg.dropFirst()
+            if body.hasPrefix("-") { body = body.dropFirst() }
+            if body.isEmpty || body.hasPrefix("-") || body.hasPrefix("=") {
+                throw ConfigError("bad flag syntax: \(arg)")
+            }
+            var name = String(body)
+            var value: String?
+            if let eq = body.firstIndex(of: "=") {
+                name = String(body[..<eq])
+                value = String(body[body.index(after: eq)...])
+            }
+            switch name {
+            case "h", "help":
+                return .help(usage())
+            case "version":
+                printVersion = try FlagValues.bool(value ?? "true")
+                continue
+            case "config-file":
+                if value == nil {
+                    guard i < arguments.count else { throw ConfigError("flag needs an argument: -config-file") }
+                    value = arguments[i]
+                    i += 1
+                }
+                configFile = value
+                fromCommandLine.insert(name)
+                continue
+            default:
+                break
+            }
+            guard let spec = FlagTable.spec(named: name) else {
+                throw ConfigError("flag provided but not defined: -\(name)")
+            }
+            if value == nil {
+                if spec.kind == .bool {
+                    value = "true"
+                } else {
+                    guard i < arguments.count else { throw ConfigError("flag needs an argument: -\(name)") }
+                    value = arguments[i]
+                    i += 1
+                }
+            }
+            try apply(spec, value!, to: &config, source: "flag --\(name)")
+            fromCommandLine.insert(name)
+        }
+        if i < arguments.count {
+            throw ConfigError("'\(arguments[i])' is not a valid flag")
+        }
+        if printVersion { return .version }
+
+        // 2. Environment (only for flags not given on the command line).
+        var explicitlySet = fromCommandLine
+        if configFile == nil, let envFile = environment["ETCD_CONFIG_FILE"], !envFile.isEmpty {
+            configFile = envFile
+        }
+        if configFile == nil {
+            var known = Set<String>()
+            for spec in FlagTable.all {
+                let key = spec.environmentName
+                known.insert(key)
+                guard let v = environment[key], !v.isEmpty else { continue }
+                if fromCommandLine.contains(spec.name) {
+                    throw ConfigError("conflicting environment variable \"\(key)\" is shadowed by corresponding command-line flag (either unset environment variable or disable flag)")
+                }
+                do {
+                    try spec.apply(&config, v)
+                } catch {
+                    throw ConfigError("invalid value \"\(v)\" for \(key): \(error)")
+                }
+                explicitlySet.insert(spec.name)
+            }
+            known.formUnion(["ETCD_CONFIG_FILE", "ETCD_VERSION", "ETCD_UNSUPPORTED_ARCH"])
+            for key in environment.keys.sorted() where key.hasPrefix("ETCD_") && !known.contains(key) {
+                warnings.append("unrecognized environment variable \(key)=\(environment[key] ?? "")")
+            }
+        } else if let path = configFile {
+            // 3. Config file: replaces flags and environment entirely, as in etcd.
+            let ignored = fromCommandLine.subtracting(["config-file"])
+            if !ignored.isEmpty {
+                warnings.append("loaded configuration from \(path); command-line flags \(ignored.sorted().map { "--\($0)" }.joined(separator: ", ")) and ETCD_* environment variables are ignored")
+            }
+            config = ServerConfig()
+            explicitlySet = ["config-file"]
+            let text: String
+            do {
+                text = try String(contentsOfFile: path, encoding: .utf8)
+            } catch {
+                throw ConfigError("cannot read config file \(path): \(error.localizedDescription)")
+            }
+            let fileSet = try applyYAML(text, path: path, to: &config, warnings: &warnings)
+            explicitlySet.formUnion(fileSet)
+        }
+
+        for name in explicitlySet.sorted() {
+            if let why = FlagTable.spec(named: name)?.ignoredBecause {
+                warnings.append("--\(name) has no effect: \(why)")
+            }
+        }
+        if config.logger == "capnslog" {
+            warnings.append("--logger=capnslog is deprecated; swetcd writes structured logs")
+        }
+        let (cluster, autoCompaction, more) = try validate(config, explicitlySet: explicitlySet)
+        warnings += more
+        return .run(LoadedConfig(config: config, warnings: warnings, explicitlySet: explicitlySet,
+                                 configFile: configFile, initialCluster: cluster, autoCompaction: autoCompaction))
+    }
+
+    static func apply(_ spec: FlagSpec, _ value: String, to config: inout ServerConfig, source: String) throws {
+        do {
+            try spec.apply(&config, value)
+        } catch {
+            throw ConfigError("invalid value \"\(value)\" for \(source): \(error)")
+        }
+    }
+
+    // MARK: YAML
+
+    /// The nested TLS sections of etcd's config file and the flags their keys stand for.
+    private static let tlsSections: [String: [String: String]] = [
+        "client-transport-security": [
+            "cert-file": "cert-file", "key-file": "key-file", "client-cert-auth": "client-cert-auth",
+            "trusted-ca-file": "trusted-ca-file", "auto-tls": "auto-tls", "crl-file": "client-crl-file",
+            "allowed-hostname": "client-cert-allowed-hostname",
+        ],
+        "peer-transport-security": [
+            "cert-file": "peer-cert-file", "key-file": "peer-key-file", "client-cert-auth": "peer-client-cert-auth",
+            "trusted-ca-file": "peer-trusted-ca-file", "auto-tls": "peer-auto-tls", "crl-file": "peer-crl-file",
+            "allowed-cn": "peer-cert-allowed-cn", "allowed-hostname": "peer-cert-allowed-hostname",
+        ],
+    ]
+
+    static func applyYAML(_ text: String, path: String, to config: inout ServerConfig,
+                          warnings: inout [String]) throws -> Set<String> {
+        let root: Any?
+        do {
+            root = try Yams.load(yaml: text)
+        } catch {
+            throw ConfigError("config file \(path) is not valid YAML: \(error)")
+        }
+        guard let root else { return [] }
+        guard let map = root as? [String: Any] else {
+            throw ConfigError("config file \(path) must be a YAML mapping of etcd configuration keys")
+        }
+        var set = Set<String>()
+        for key in map.keys.sorted() {
+            let value = map[key]!
+            if let section = tlsSections[key] {
+                guard let sub = value as? [String: Any] else {
+                    if value is NSNull { continue }
+                    throw ConfigError("config file \(path): \(key) must be a mapping")
+                }
+                for subKey in sub.keys.sorted() {
+                    guard let flag = section[subKey], let spec = FlagTable.spec(named: flag) else {
+                        warnings.append("config file \(path): unknown key \(key).\(subKey) ignored")
+                        continue
+                    }
+                    if try applyYAMLValue(sub[subKey]!, spec: spec, key: "\(key).\(subKey)", path: path, to: &config) {
+                        set.insert(flag)
+                    }
+                }
+                continue
+            }
+            if key == "config-file" || key == "version" { continue }
+            guard let spec = FlagTable.spec(named: key) else {
+                warnings.append("config file \(path): unknown key \(key) ignored")
+                continue
+            }
+            if try applyYAMLValue(value, spec: spec, key: key, path: path, to: &config) {
+                set.insert(key)
+            }
+        }
+        return set
+    }
+
+    /// Applies one YAML value; returns false for a null value (left at its default).
+    private static func applyYAMLValue(_ value: Any, spec: FlagSpec, key: String, path: String,
+                                       to config: inout ServerConfig) throws -> Bool {
+        let text: String
+        switch value {
+        case is NSNull:
+            return false
+        case let b as Bool:
+            text = b ? "true" : "false"
+        case let n as Int:
+            text = spec.kind == .duration ? "\(n)ns" : "\(n)"
+        case let d as Double:
+            text = spec.kind == .duration ? "\(Int64(d))ns" : String(d)
+        case let s as String:
+            text = s
+        case let list as [Any]:
+            text = list.map { "\($0)" }.joined(separator: ",")
+        default:
+            throw ConfigError("config file \(path): unsupported value for \(key)")
+        }
+        try apply(spec, text, to: &config, source: "\(key) in \(path)")
+        return true
+    }
+
+    // MARK: Validation
+
+    static func validate(_ c: ServerConfig, explicitlySet: Set<String>) throws -> (InitialCluster, AutoCompaction, [String]) {
+        var warnings: [String] = []
+        if c.name.isEmpty { throw ConfigError("--name must not be empty") }
+        let bootstrapFlags = ["initial-cluster", "discovery", "discovery-srv"].filter { explicitlySet.contains($0) }
+        if bootstrapFlags.count > 1 {
+            throw ConfigError("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"")
+        }
+        if c.heartbeatIntervalMs == 0 { throw ConfigError("--heartbeat-interval must be >0 (set to 0ms)") }
+        if c.electionTimeoutMs == 0 { throw ConfigError("--election-timeout must be >0 (set to 0ms)") }
+        if c.electionTimeoutMs < 5 * c.heartbeatIntervalMs {
+            throw ConfigError("--election-timeout[\(c.electionTimeoutMs)ms] should be at least as 5 times as --heartbeat-interval[\(c.heartbeatIntervalMs)ms]")
+        }
+        if c.electionTimeoutMs > 50000 {
+            throw ConfigError("--election-timeout[\(c.electionTimeoutMs)ms] is too long, and should be set less than 50000ms")
+        }
+        if explicitlySet.contains("listen-client-urls") && !explicitlySet.contains("advertise-client-urls") {
+            throw ConfigError("--advertise-client-urls is required when --listen-client-urls is set explicitly")
+        }
+        if c.enableLeaseCheckpointPersist && !c.enableLeaseCheckpoint {
+            throw ConfigError("setting experimental-enable-lease-checkpoint-persist requires experimental-enable-lease-checkpoint")
+        }
+        if c.maxRequestBytes == 0 { throw ConfigError("--max-request-bytes must be >0") }
+        if c.maxTxnOps == 0 { throw ConfigError("--max-txn-ops must be >0") }
+        if c.snapshotCount == 0 { throw ConfigError("--snapshot-count must be >0") }
+        if let q = c.effectiveQuotaBytes, q > 8 * 1024 * 1024 * 1024 {
+            warnings.append("quota-backend-bytes \(q) exceeds the recommended maximum of 8 GiB")
+        }
+        if c.clientTLS.certFile.isEmpty != c.clientTLS.keyFile.isEmpty {
+            throw ConfigError("--cert-file and --key-file must be given together")
+        }
+        if c.peerTLS.certFile.isEmpty != c.peerTLS.keyFile.isEmpty {
+            throw ConfigError("--peer-cert-file and --peer-key-file must be given together")
+        }
+        if !c.tlsMaxVersion.isEmpty && c.tlsMaxVersion < c.tlsMinVersion {
+            throw ConfigError("--tls-min-version (\(c.tlsMinVersion)) must not be higher than --tls-max-version (\(c.tlsMaxVersion))")
+        }
+        for u in c.listenClientURLs where u.isSecure && !c.clientTLS.isEnabled {
+            throw ConfigError("TLS key/cert (--cert-file, --key-file) must be provided for client url \(u) with HTTPS scheme")
+        }
+        for u in c.listenPeerURLs where u.isSecure && !c.peerTLS.isEnabled {
+            throw ConfigError("TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url \(u) with HTTPS scheme")
+        }
+        let autoCompaction = try AutoCompaction(mode: c.autoCompactionMode, retention: c.autoCompactionRetention)
+        let cluster = try InitialCluster(parsing: c.effectiveInitialCluster, token: c.initialClusterToken)
+        if c.discovery.isEmpty && c.discoverySrv.isEmpty && c.initialClusterState == "new" {
+            try cluster.verifyLocalMember(name: c.name, advertisePeerURLs: c.initialAdvertisePeerURLs)
+        }
+        return (cluster, autoCompaction, warnings)
+    }
+
+    // MARK: Help
+
+    public static func usage() -> String {
+        var out = """
+        Usage: swetcd [flags]
+
+        Start a swetcd member (an etcd-compatible server). Every flag may also be set by the
+        environment variable ETCD_<FLAG> (upper case, '-' as '_'), or all settings by an etcd
+        YAML config file given with --config-file (flags and environment are then ignored).
+
+          --config-file PATH
+                Path to the server configuration file (etcd's YAML keys).
+          --version
+                Print the version and exit.
+
+        """
+        for spec in FlagTable.all {
+            let arg = spec.kind == .bool ? "" : " VALUE"
+            let def = spec.defaultText.isEmpty ? "" : " (default \(spec.defaultText))"
+            out += "  --\(spec.name)\(arg)\n        \(spec.help)\(def)\n"
+        }
+        return out
+    }
+}
