@@ -30,6 +30,12 @@ struct LeaseDeadlineQueue {
         }
     }
 
+    /// Removes and returns the first entry if its deadline is at or before `now`.
+    mutating func popDue(at now: Int64) -> Entry? {
+        guard let top = entries.first, top.deadline <= now else { return nil }
+        return popFirst()
+    }
+
     @discardableResult
     mutating func popFirst() -> Entry? {
         guard let top = entries.first else { return nil }

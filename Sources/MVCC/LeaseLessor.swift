@@ -217,18 +217,21 @@ public final class Lessor: Sendable {
         return state.withLock { state in
             guard state.isPrimary else { return [] }
             var expired: [Int64] = []
-            while expired.count < limit, let top = state.expiryQueue.first, top.deadline <= now {
-                state.expiryQueue.popFirst()
+            var requeue: [(id: Int64, at: Int64)] = []
+            while expired.count < limit, let top = state.expiryQueue.popDue(at: now) {
                 guard let lease = state.leases[top.id], lease.expiryQueuedAt == top.deadline,
                     let expiry = lease.expiry
                 else { continue }  // stale entry
+                state.leases[top.id]?.expiryQueuedAt = nil  // a twin entry is stale now
                 if expiry <= now {
                     expired.append(top.id)
-                    state.queueExpiry(of: top.id, at: leaseSaturatingAdd(now, max(1, retry)))
+                    requeue.append((top.id, leaseSaturatingAdd(now, max(1, retry))))
                 } else {
-                    state.queueExpiry(of: top.id, at: expiry)
+                    requeue.append((top.id, expiry))
                 }
             }
+            // Re-queued after the scan, so a deadline that saturates at `now` is not seen twice.
+            for (id, deadline) in requeue { state.queueExpiry(of: id, at: deadline) }
             return expired
         }
     }
@@ -243,8 +246,7 @@ public final class Lessor: Sendable {
         return state.withLock { state in
             guard state.isPrimary, config.checkpointsEnabled else { return [] }
             var due: [LeaseCheckpoint] = []
-            while due.count < limit, let top = state.checkpointQueue.first, top.deadline <= now {
-                state.checkpointQueue.popFirst()
+            while due.count < limit, let top = state.checkpointQueue.popDue(at: now) {
                 guard let lease = state.leases[top.id], lease.checkpointAt == top.deadline,
                     let expiry = lease.expiry
                 else { continue }  // stale entry
@@ -321,7 +323,8 @@ public final class Lessor: Sendable {
 
     // MARK: Internals
 
-    private func nowNanos() -> Int64 { leaseNanoseconds(clock.now()) }
+    /// The clock in nanoseconds, never below 0 (so differences with expiries cannot overflow).
+    private func nowNanos() -> Int64 { max(0, leaseNanoseconds(clock.now())) }
 
     private static func nanos(seconds: Int64) -> Int64 {
         let product = seconds.multipliedReportingOverflow(by: nanosPerSecond)

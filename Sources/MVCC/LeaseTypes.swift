@@ -226,6 +226,9 @@ struct LeaseRecordReader {
 
 /// `duration` in nanoseconds, saturating at the bounds of `Int64`.
 func leaseNanoseconds(_ duration: Duration) -> Int64 {
+    // Checked first: `components` traps when the seconds do not fit in Int64.
+    if duration >= .nanoseconds(Int64.max) { return Int64.max }
+    if duration <= .nanoseconds(Int64.min) { return Int64.min }
     let (seconds, attoseconds) = duration.components
     let whole = seconds.multipliedReportingOverflow(by: 1_000_000_000)
     if whole.overflow { return seconds < 0 ? Int64.min : Int64.max }

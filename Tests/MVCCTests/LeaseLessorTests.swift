@@ -29,6 +29,27 @@ import Testing
         #expect(f.lessor.leases() == [1, 3])
     }
 
+    @Test func extremeTTLsAndClocksDoNotOverflow() throws {
+        let clock = ManualLeaseClock(start: .seconds(-100))
+        let lessor = try Lessor(clock: clock, persistence: InMemoryLeasePersistence())
+        try lessor.grant(id: 1, ttl: Lessor.maxTTL)
+        try lessor.applyCheckpoints([LeaseCheckpoint(id: 1, remainingTTL: Int64.max)])
+        lessor.promote(extension: .seconds(Int64.max))
+        clock.advance(by: .seconds(1_000_000_000))
+        #expect(lessor.expiredLeases().isEmpty)
+        #expect(try lessor.timeToLive(id: 1).remainingTTL > 0)
+        #expect(try lessor.renew(id: 1).ttl == Lessor.maxTTL)
+        // Past the end of the nanosecond range every deadline saturates: reported once.
+        clock.advance(by: .seconds(Int64.max))
+        #expect(lessor.expiredLeases() == [1])
+        #expect(lessor.expiredLeases() == [1])
+        #expect(try lessor.timeToLive(id: 1).remainingTTL == 0)
+        #expect(leaseNanoseconds(.seconds(Int64.max) * 4) == Int64.max)
+        #expect(leaseNanoseconds(.seconds(Int64.min) * 4) == Int64.min)
+        #expect(leaseNanoseconds(.milliseconds(1500)) == 1_500_000_000)
+        #expect(leaseNanoseconds(.milliseconds(-1500)) == -1_500_000_000)
+    }
+
     @Test func errorsCarryEtcdTexts() {
         #expect(LeaseError.leaseNotFound(4).description == "etcdserver: requested lease not found")
         #expect(LeaseError.leaseExpired(4).description == "etcdserver: requested lease not found")
