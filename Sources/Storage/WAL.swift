@@ -341,6 +341,9 @@ public final class WAL {
         return removed
     }
 
+    /// Sequence number of the segment being written and the offset where the next record goes.
+    var tailPosition: (sequence: UInt64, offset: Int64) { (segments.last?.sequence ?? 0, writeOffset) }
+
     /// The segment files currently in use, oldest first.
     public var segmentFiles: [String] { segments.map(\.fileName) }
 
