@@ -237,6 +237,36 @@ import Testing
         #expect(throws: WALError.self) { try WAL.read(directory: dir) }
     }
 
+    @Test func dumpReportsDamageAndCarriesOn() throws {
+        let tmp = try WALTempDir()
+        defer { tmp.cleanup() }
+        let dir = tmp.sub("wal")
+        let wal = try WAL.create(directory: dir, metadata: meta, options: WALOptions(segmentSize: 4096))
+        try wal.save(hardState: WALHardState(term: 2, vote: 1, commit: 0), entries: entries(1...6, term: 2, size: 30))
+        try wal.saveSnapshot(WALSnapshotMarker(index: 3, term: 2))
+        try wal.close()
+        let file = dir + "/" + wal.segmentFiles[0]
+        let clean = try WAL.dumpRecords(file)
+        #expect(clean.map(\.kind) == [.segmentHeader, .metadata] + Array(repeating: .entry, count: 6) + [.hardState, .snapshot])
+        #expect(clean[2].index == 1 && clean[2].term == 2 && clean[9].index == 3)
+        #expect(zip(clean, clean.dropFirst()).allSatisfy { $0.offset + Int64($0.size) == $1.offset })
+
+        // Damage the third entry and put garbage after the last record.
+        var bytes = try walFileBytes(file)
+        bytes[Int(clean[4].offset) + 13] ^= 0xFF
+        let end = Int(clean[9].offset) + clean[9].size
+        for i in end..<(end + 20) { bytes[i] = 0x5A }
+        try walWriteFile(file, bytes)
+        var events: [WALDumpEvent] = []
+        try WAL.dump(directory: dir) { events.append($0) }
+        #expect(events.count == clean.count + 1)
+        #expect(events[4] == .damage(WALDumpDamage(file: file, offset: clean[4].offset, length: Int64(clean[4].size),
+                                                   reason: "record CRC mismatch", atEnd: false)))
+        #expect(events[5] == .record(clean[5]))
+        guard case let .damage(tail)? = events.last else { Issue.record("tail garbage not reported"); return }
+        #expect(tail.offset == Int64(end) && tail.atEnd)
+    }
+
     @Test func garbageIsAnErrorNotACrash() throws {
         let tmp = try WALTempDir()
         defer { tmp.cleanup() }
