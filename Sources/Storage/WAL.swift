@@ -248,12 +248,22 @@ public final class WAL {
 
     /// Appends `entries` (each replacing any entry at its index and after) and then
     /// `hardState` as one write, followed by ONE `fdatasync` when `mustSync` says so.
+    /// Entries must be consecutive and start at most at `lastIndex + 1` (else
+    /// `invalidArgument`, nothing written).
     /// Returns whether the batch is on disk (synced, or the segment was cut, which syncs).
     @discardableResult
     public func save(hardState: WALHardState?, entries: [WALEntry]) throws -> Bool {
         try checkUsable()
         let hs = hardState.flatMap { $0.isEmpty || $0 == self.hardState ? nil : $0 }
         if entries.isEmpty && hs == nil { return false }
+        if let first = entries.first {
+            guard first.index >= 1, first.index <= lastIndex + 1 else {
+                throw WALError.invalidArgument("entry \(first.index) does not follow the last index \(lastIndex)")
+            }
+            for (a, b) in zip(entries, entries.dropFirst()) where b.index != a.index + 1 {
+                throw WALError.invalidArgument("entries \(a.index) and \(b.index) are not consecutive")
+            }
+        }
         buffer.removeAll(keepingCapacity: true)
         for e in entries {
             guard 16 + e.data.count <= WALFrame.maxPayload else { throw WALError.invalidArgument("entry \(e.index) too large") }

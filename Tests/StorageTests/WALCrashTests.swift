@@ -170,7 +170,7 @@ import Testing
     }
 
     struct Stats {
-        var tornTails = 0, flips = 0, lostPages = 0, droppedRecords = 0, tempSegments = 0
+        var tornTails = 0, flips = 0, lostPages = 0, droppedRecords = 0, tempSegments = 0, trimmedSegments = 0
     }
 
     /// One simulated crash during a random batch; false after a recorded failure.
@@ -183,15 +183,21 @@ import Testing
         let limit = h.batches[c].end.seg == seg ? h.batches[c].end.off : usedEnd
         let syncedEnd = h.batches[..<c].last(where: \.synced)?.end ?? h.start
         #expect(syncedEnd.seg == seg, "\(label): synced point in another segment")
-        let cut = Int.random(in: prev.off...limit, using: &rng)
+        var cut = Int.random(in: prev.off...limit, using: &rng)
+        // Batch c filled the segment: maybe the crash came after the cut trimmed it.
+        let trimmed = h.batches[c].end.seg > seg && Int.random(in: 0..<3, using: &rng) == 0
+        if trimmed {
+            cut = usedEnd
+            stats.trimmedSegments += 1
+        }
         let cutEnd = cut
 
         var image = h.images[seg]
         if image.count < Int(Self.segmentSize) { image += [UInt8](repeating: 0, count: Int(Self.segmentSize) - image.count) }
         let original = image
         for i in cut..<image.count { image[i] = 0 }
-        let mode = Int.random(in: 0..<4, using: &rng)
-        var what = "cut at \(cut)"
+        let mode = trimmed ? 0 : Int.random(in: 0..<4, using: &rng)
+        var what = trimmed ? "segment trimmed at \(cut)" : "cut at \(cut)"
         if mode == 1 || mode == 3, cut > 0,
            let lastRec = segRecords.last(where: { $0.pos.off < cut }), lastRec.pos.off >= syncedEnd.off {
             for _ in 0..<Int.random(in: 1...3, using: &rng) {
@@ -218,7 +224,7 @@ import Testing
         try FileIO.makeDirectory(dir)
         for i in 0..<seg { try walWriteFile(dir + "/" + h.files[i], h.images[i]) }
         let crashedFile = dir + "/" + h.files[seg]
-        try walWriteFile(crashedFile, image)
+        try walWriteFile(crashedFile, trimmed ? Array(image[..<cut]) : image)
         if h.batches[c].end.seg > seg && Bool.random(using: &rng) {
             try walWriteFile(dir + "/" + h.files[seg + 1] + ".tmp", walBytes(300, &rng))
             what += ", half-made next segment"

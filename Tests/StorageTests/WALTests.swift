@@ -48,6 +48,20 @@ import Testing
         #expect(got.hardState.term == 2)
     }
 
+    @Test func entriesMustBeConsecutive() throws {
+        let tmp = try WALTempDir()
+        defer { tmp.cleanup() }
+        let wal = try WAL.create(directory: tmp.sub("wal"), metadata: meta)
+        try wal.save(hardState: nil, entries: entries(1...2, term: 1))
+        #expect(throws: WALError.self) { try wal.save(hardState: nil, entries: entries(4...5, term: 1)) }
+        #expect(throws: WALError.self) { try wal.save(hardState: nil, entries: entries(3...3, term: 1) + entries(5...5, term: 1)) }
+        #expect(throws: WALError.self) { try wal.save(hardState: nil, entries: entries(0...0, term: 1)) }
+        // Rejected batches wrote nothing; the log is still usable.
+        try wal.save(hardState: nil, entries: entries(3...3, term: 1))
+        try wal.close()
+        #expect(try WAL.read(directory: tmp.sub("wal")).entries == entries(1...3, term: 1))
+    }
+
     @Test func mustSyncRule() {
         let a = WALHardState(term: 1, vote: 2, commit: 3)
         #expect(!WAL.mustSync(WALHardState(term: 1, vote: 2, commit: 9), previous: a, entryCount: 0))
