@@ -4,7 +4,8 @@
 //
 // Each run creates a fresh WAL under --dir (64 MiB segments), appends batches of N entries
 // with one fdatasync per batch for --seconds, and reports batches (= fsyncs) and entries per
-// second. The filesystem type of --dir is printed, since fsync cost depends on it.
+// second, then how fast `WAL.read` replays what was written. The filesystem type of --dir is
+// printed, since fsync cost depends on it.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,7 +44,7 @@ let entryBytes = Int(argument("--entry-bytes", "256")) ?? 256
 let batchSizes = argument("--batches", "1,16,128").split(separator: ",").compactMap { Int($0) }
 
 print("wal-bench: dir \(base) (\(filesystemName(base))), \(entryBytes)-byte entries, \(seconds) s per run")
-print("entries/batch  batches(fsyncs)/s  entries/s  MiB/s   segments")
+print("entries/batch  batches(fsyncs)/s  entries/s  MiB/s   segments  replay entries/s")
 let payload = [UInt8](repeating: 0xA5, count: entryBytes)
 for n in batchSizes {
     var template = Array("\(base)/wal-bench-XXXXXX".utf8CString)
@@ -76,10 +77,17 @@ for n in batchSizes {
         let segs = wal.segmentFiles.count
         try wal.close()
         precondition(synced == batches, "every batch with entries must be synced")
+        // Replay: what a restart reads back.
+        let t0 = clock.now
+        let read = try WAL.read(directory: dir)
+        let replay = clock.now - t0
+        precondition(read.entries.count == Int(index), "replay lost entries")
+        let rsecs = Double(replay.components.seconds) + Double(replay.components.attoseconds) / 1e18
         let eps = Double(index) / secs
         let pad = { (s: String, w: Int) in String(repeating: " ", count: max(0, w - s.count)) + s }
         print(pad("\(n)", 13), pad(String(Int(Double(batches) / secs)), 18), pad(String(Int(eps)), 10),
-              pad(String(format2(eps * Double(entryBytes) / 1_048_576)), 6), pad("\(segs)", 10))
+              pad(String(format2(eps * Double(entryBytes) / 1_048_576)), 6), pad("\(segs)", 10),
+              pad(String(Int(Double(index) / rsecs)), 16))
     } catch {
         print("wal-bench failed: \(error)")
         exit(1)
