@@ -160,6 +160,26 @@ import Testing
         try wal.close()
     }
 
+    @Test func createRecoversFromAnInterruptedCreate() throws {
+        let tmp = try WALTempDir()
+        defer { tmp.cleanup() }
+        let dir = tmp.sub("wal")
+        // A crash during create leaves only <dir>.tmp, possibly with a partial segment.
+        try FileIO.makeDirectory(dir + ".tmp")
+        try walWriteFile(dir + ".tmp/0000000000000000-0000000000000000.wal", [1, 2, 3])
+        #expect(throws: WALError.notFound("no WAL directory at \(dir)")) { try WAL.open(directory: dir) }
+        let wal = try WAL.create(directory: dir, metadata: meta)
+        try wal.close()
+        #expect(!FileIO.exists(dir + ".tmp"))
+        #expect(try WAL.read(directory: dir).metadata == meta)
+        // Anything else in the temp directory is not ours to delete.
+        let other = tmp.sub("other")
+        try FileIO.makeDirectory(other + ".tmp")
+        try walWriteFile(other + ".tmp/keep.txt", [1])
+        #expect(throws: WALError.self) { try WAL.create(directory: other, metadata: meta) }
+        #expect(FileIO.exists(other + ".tmp/keep.txt"))
+    }
+
     @Test func directoryIsLockedWhileOpen() throws {
         let tmp = try WALTempDir()
         defer { tmp.cleanup() }
