@@ -16,6 +16,7 @@ public struct DataDir: Sendable, Equatable {
         case foreign(reason: String)
     }
 
+    /// The data directory (`--data-dir`).
     public let path: String
 
     public init(path: String) { self.path = path }

@@ -57,6 +57,7 @@ public struct SkippedSnapshot: Sendable, Equatable {
 ///
 /// little-endian. Files are written as `<name>.tmp`, synced, renamed and the directory synced.
 public struct Snapshotter: Sendable {
+    /// The snapshot directory, usually `DataDir.snapDirectory`; it must exist.
     public let directory: String
 
     static let magic: [UInt8] = Array("swetcdSN".utf8)

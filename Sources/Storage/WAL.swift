@@ -9,6 +9,7 @@ public struct WALOptions: Sendable {
     /// How many segment files `releaseLockTo` keeps at least (etcd's `--max-wals`); 0 keeps all.
     public var maxSegmentFiles: Int
 
+    /// Defaults as etcd: 64 MiB segments, keep 5 segment files.
     public init(segmentSize: Int64 = 64 << 20, maxSegmentFiles: Int = 5) {
         self.segmentSize = segmentSize
         self.maxSegmentFiles = maxSegmentFiles
@@ -32,9 +33,11 @@ public struct WALContents: Sendable, Equatable {
 
 /// A torn tail found at the end of the last segment.
 public struct WALTornTail: Sendable, Equatable {
+    /// Path of the last segment.
     public var file: String
     /// Where the valid records end: the WAL continues from here.
     public var offset: Int64
+    /// Why the first byte after `offset` is not a valid record.
     public var reason: String
 }
 
@@ -48,6 +51,7 @@ public struct WALTornTail: Sendable, Equatable {
 public final class WAL {
     /// The WAL directory.
     public let directory: String
+    /// The options it was opened with.
     public let options: WALOptions
     /// The metadata written at the head of every segment.
     public let metadata: [UInt8]

@@ -52,6 +52,7 @@ public struct WALMetadata: Sendable, Hashable {
         self.clusterID = clusterID
     }
 
+    /// The 16 bytes: member ID then cluster ID.
     public var encoded: [UInt8] {
         var b: [UInt8] = []
         b.appendLE(memberID)
@@ -85,6 +86,7 @@ public enum WALRecord: Sendable, Hashable {
     case hardState(WALHardState)
     case snapshot(WALSnapshotMarker)
 
+    /// The type byte this record is framed with.
     public var kind: WALRecordKind {
         switch self {
         case .segmentHeader: .segmentHeader
