@@ -169,6 +169,45 @@ import Testing
         }
     }
 
+    /// A batch spanning several pages of which a middle one never reached the disk: the records
+    /// from the lost page on are cut (they were never synced), although later ones are intact.
+    /// The same stretch filled with garbage instead of zeros is corruption.
+    @Test func tornMultiPageWriteIsCutButGarbageIsNot() throws {
+        let tmp = try WALTempDir("crash-pages")
+        defer { tmp.cleanup() }
+        let dir = tmp.sub("wal")
+        var rng = SeededRNG(seed: 11)
+        let wal = try WAL.create(directory: dir, metadata: meta, options: WALOptions(segmentSize: 1 << 20))
+        let a = (1...3).map { WALEntry(index: $0, term: 1, data: walBytes(100, &rng)) }
+        let b = (4...11).map { WALEntry(index: $0, term: 1, data: walBytes(3000, &rng)) }
+        try wal.save(hardState: WALHardState(term: 1, commit: 3), entries: a)
+        let synced = Int(wal.tailPosition.offset)
+        try wal.save(hardState: nil, entries: b)
+        try wal.close()
+        let file = dir + "/" + wal.segmentFiles[0]
+        let original = try walFileBytes(file)
+        let page = (synced + 4096 + 4095) & ~4095
+        let recs = try WAL.dumpRecords(file)
+        let keep = recs.filter { $0.kind == .entry && Int($0.offset) + $0.size <= page }.count
+
+        var image = original
+        for i in page..<(page + 4096) { image[i] = 0 }
+        try walWriteFile(file, image)
+        let got = try WAL.read(directory: dir)
+        #expect(got.entries == Array((a + b).prefix(keep)))
+        #expect(keep > 3 && keep < 10)
+        #expect(got.tornTail != nil)
+
+        var garbage = original
+        for i in page..<(page + 4096) { garbage[i] = UInt8.random(in: 1...255, using: &rng) }
+        try walWriteFile(file, garbage)
+        let damaged = try #require(recs.last { Int($0.offset) <= page })
+        #expect(throws: WALError.corrupt(file: file, offset: damaged.offset,
+                                         reason: "record CRC mismatch (a valid record follows at offset \(recs.first { Int($0.offset) >= page + 4096 }!.offset))")) {
+            try WAL.read(directory: dir)
+        }
+    }
+
     struct Stats {
         var tornTails = 0, flips = 0, lostPages = 0, droppedRecords = 0, tempSegments = 0, trimmedSegments = 0
     }
