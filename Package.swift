@@ -26,6 +26,8 @@ let package = Package(
         // Durability: WAL segments, snapshot files, the LMDB backend.
         .target(name: "Storage", dependencies: ["CLMDB"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        // `swift run -c release wal-bench`: fsynced WAL appends per second.
+        .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
 
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
