@@ -1,0 +1,323 @@
+import EtcdProto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Synchronization
+import Testing
+
+/// The generated service code, served by grpc-swift-2 over plaintext HTTP/2, talking
+/// to the real Debian `etcdctl` (3.4). The services here are a tiny stand-in (a map
+/// and fixed status numbers), only enough to show that etcdctl accepts our wire form.
+@Suite("etcdctl against the generated services", .enabled(if: Etcdctl.path != nil, "etcdctl is not installed"))
+struct EtcdctlCompatTests {
+    static let clusterID: UInt64 = 14_841_639_068_965_178_418
+    static let memberID: UInt64 = 10_276_657_743_932_975_437
+
+    @Test("put, get -w json and endpoint status -w json")
+    func putGetStatus() async throws {
+        let kv = TinyKV(clusterID: Self.clusterID, memberID: Self.memberID)
+        let maintenance = TinyMaintenance(clusterID: Self.clusterID, memberID: Self.memberID)
+        let transport = HTTP2ServerTransport.Posix(
+            address: .ipv4(host: "127.0.0.1", port: 0),
+            transportSecurity: .plaintext,
+            config: .defaults { config in
+                // etcdctl pings every 10 s; allow it as etcd does (--grpc-keepalive-min-time 5 s).
+                config.connection.keepalive.clientBehavior = .init(
+                    minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: false)
+            }
+        )
+
+        try await withGRPCServer(transport: transport, services: [kv, maintenance]) { server in
+            let address = try await server.transport.listeningAddress
+            let port = try #require(address.ipv4?.port)
+            let endpoint = "127.0.0.1:\(port)"
+
+            // put
+            let put = try await Etcdctl.run(["put", "foo", "bar"], endpoint: endpoint)
+            #expect(put.status == 0, "etcdctl put failed: \(put.stderr)")
+            #expect(put.stdout == "OK\n")
+
+            // get -w json: etcdctl prints the RangeResponse with Go's JSON encoder
+            // (numbers as numbers, bytes as base64).
+            let get = try await Etcdctl.run(["get", "foo", "-w", "json"], endpoint: endpoint)
+            #expect(get.status == 0, "etcdctl get failed: \(get.stderr)")
+            #expect(get.stdout.contains("\"cluster_id\":\(Self.clusterID)"))
+            #expect(get.stdout.contains("\"member_id\":\(Self.memberID)"))
+            let range = try #require(
+                try JSONSerialization.jsonObject(with: Data(get.stdout.utf8)) as? [String: Any])
+            let header = try #require(range["header"] as? [String: Any])
+            #expect(header["revision"] as? Int == 2)
+            #expect(header["raft_term"] as? Int == 3)
+            #expect(range["count"] as? Int == 1)
+            let kvs = try #require(range["kvs"] as? [[String: Any]])
+            #expect(kvs.count == 1)
+            #expect(kvs.first?["key"] as? String == "Zm9v")  // "foo"
+            #expect(kvs.first?["value"] as? String == "YmFy")  // "bar"
+            #expect(kvs.first?["create_revision"] as? Int == 2)
+            #expect(kvs.first?["version"] as? Int == 1)
+
+            // The plain form prints key and value lines.
+            let plain = try await Etcdctl.run(["get", "foo"], endpoint: endpoint)
+            #expect(plain.stdout == "foo\nbar\n")
+
+            // A missing key: a successful empty answer.
+            let missing = try await Etcdctl.run(["get", "nope"], endpoint: endpoint)
+            #expect(missing.status == 0)
+            #expect(missing.stdout.isEmpty)
+
+            // endpoint status -w json
+            let status = try await Etcdctl.run(["endpoint", "status", "-w", "json"], endpoint: endpoint)
+            #expect(status.status == 0, "etcdctl endpoint status failed: \(status.stderr)")
+            let list = try #require(
+                try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [[String: Any]])
+            let entry = try #require(list.first)
+            #expect(entry["Endpoint"] as? String == endpoint)
+            let body = try #require(entry["Status"] as? [String: Any])
+            #expect(body["version"] as? String == "3.5.0")
+            #expect(body["dbSize"] as? Int == 24576)
+            #expect(body["dbSizeInUse"] as? Int == 16384)
+            #expect(body["raftIndex"] as? Int == 7)
+            #expect(body["raftTerm"] as? Int == 3)
+            #expect(body["raftAppliedIndex"] as? Int == 7)
+            #expect(status.stdout.contains("\"leader\":\(Self.memberID)"))
+
+            // An RPC the stand-in does not implement: etcdctl reports the gRPC status.
+            let delete = try await Etcdctl.run(["del", "foo"], endpoint: endpoint)
+            #expect(delete.status != 0)
+            #expect(delete.stderr.contains("Unimplemented"))
+
+            // What etcdctl sends with each call.
+            let seen = kv.metadataSeen()
+            let agent = seen.first { $0.key == "user-agent" }?.value ?? ""
+            #expect(agent.hasPrefix("grpc-go/"), "user-agent was \(agent)")
+            #expect(seen.contains { $0.key == "client-api-version" && $0.value == "3.4" })
+            // --command-timeout=5s arrives as a gRPC deadline (microseconds, a little under 5 s).
+            #expect(seen.contains { $0.key == "grpc-timeout" && $0.value.hasSuffix("u") })
+            #expect(seen.contains { $0.key == ":authority" && $0.value == endpoint })
+            #expect(!seen.contains { $0.key == "token" }, "no token without auth")
+        }
+    }
+}
+
+// MARK: - A tiny test-only KV and Maintenance
+
+/// Range and Put over an in-memory map; every other KV call is unimplemented.
+final class TinyKV: Etcdserverpb_KV.SimpleServiceProtocol {
+    struct State {
+        var revision: Int64 = 1
+        var records: [Data: Mvccpb_KeyValue] = [:]
+        var metadata: [(key: String, value: String)] = []
+    }
+    let clusterID: UInt64
+    let memberID: UInt64
+    let state = Mutex(State())
+
+    init(clusterID: UInt64, memberID: UInt64) {
+        self.clusterID = clusterID
+        self.memberID = memberID
+    }
+
+    func metadataSeen() -> [(key: String, value: String)] {
+        state.withLock { $0.metadata }
+    }
+
+    private func header(revision: Int64) -> Etcdserverpb_ResponseHeader {
+        var header = Etcdserverpb_ResponseHeader()
+        header.clusterID = clusterID
+        header.memberID = memberID
+        header.revision = revision
+        header.raftTerm = 3
+        return header
+    }
+
+    private func record(_ metadata: Metadata) {
+        let pairs = metadata.map { (key: $0.key, value: $0.value.description) }
+        state.withLock { $0.metadata.append(contentsOf: pairs) }
+    }
+
+    // The metadata-aware forms, to see what etcdctl sends.
+    func put(
+        request: ServerRequest<Etcdserverpb_PutRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Etcdserverpb_PutResponse> {
+        record(request.metadata)
+        return ServerResponse(message: try await put(request: request.message, context: context))
+    }
+
+    func range(
+        request: ServerRequest<Etcdserverpb_RangeRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Etcdserverpb_RangeResponse> {
+        record(request.metadata)
+        return ServerResponse(message: try await range(request: request.message, context: context))
+    }
+
+    func put(request: Etcdserverpb_PutRequest, context: ServerContext) async throws -> Etcdserverpb_PutResponse {
+        guard !request.key.isEmpty else {
+            throw RPCError(code: .invalidArgument, message: "etcdserver: key is not provided")
+        }
+        let revision = state.withLock { state in
+            state.revision += 1
+            var kv = state.records[request.key] ?? Mvccpb_KeyValue()
+            if kv.version == 0 { kv.createRevision = state.revision }
+            kv.key = request.key
+            kv.value = request.value
+            kv.modRevision = state.revision
+            kv.version += 1
+            kv.lease = request.lease
+            state.records[request.key] = kv
+            return state.revision
+        }
+        var response = Etcdserverpb_PutResponse()
+        response.header = header(revision: revision)
+        return response
+    }
+
+    func range(request: Etcdserverpb_RangeRequest, context: ServerContext) async throws -> Etcdserverpb_RangeResponse {
+        let (revision, found) = state.withLock { ($0.revision, $0.records[request.key]) }
+        var response = Etcdserverpb_RangeResponse()
+        response.header = header(revision: revision)
+        if let found, request.rangeEnd.isEmpty {
+            response.kvs = [found]
+            response.count = 1
+        }
+        return response
+    }
+
+    func deleteRange(request: Etcdserverpb_DeleteRangeRequest, context: ServerContext) async throws
+        -> Etcdserverpb_DeleteRangeResponse
+    { throw RPCError(code: .unimplemented, message: "not in this test") }
+
+    func txn(request: Etcdserverpb_TxnRequest, context: ServerContext) async throws -> Etcdserverpb_TxnResponse {
+        throw RPCError(code: .unimplemented, message: "not in this test")
+    }
+
+    func compact(request: Etcdserverpb_CompactionRequest, context: ServerContext) async throws
+        -> Etcdserverpb_CompactionResponse
+    { throw RPCError(code: .unimplemented, message: "not in this test") }
+}
+
+/// Status with fixed numbers; every other Maintenance call is unimplemented.
+struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
+    let clusterID: UInt64
+    let memberID: UInt64
+
+    func status(request: Etcdserverpb_StatusRequest, context: ServerContext) async throws
+        -> Etcdserverpb_StatusResponse
+    {
+        var response = Etcdserverpb_StatusResponse()
+        response.header.clusterID = clusterID
+        response.header.memberID = memberID
+        response.header.revision = 2
+        response.header.raftTerm = 3
+        response.version = "3.5.0"
+        response.dbSize = 24576
+        response.dbSizeInUse = 16384
+        response.leader = memberID
+        response.raftIndex = 7
+        response.raftTerm = 3
+        response.raftAppliedIndex = 7
+        return response
+    }
+
+    func alarm(request: Etcdserverpb_AlarmRequest, context: ServerContext) async throws -> Etcdserverpb_AlarmResponse {
+        throw RPCError(code: .unimplemented, message: "not in this test")
+    }
+
+    func defragment(request: Etcdserverpb_DefragmentRequest, context: ServerContext) async throws
+        -> Etcdserverpb_DefragmentResponse
+    { throw RPCError(code: .unimplemented, message: "not in this test") }
+
+    func hash(request: Etcdserverpb_HashRequest, context: ServerContext) async throws -> Etcdserverpb_HashResponse {
+        throw RPCError(code: .unimplemented, message: "not in this test")
+    }
+
+    func hashKV(request: Etcdserverpb_HashKVRequest, context: ServerContext) async throws -> Etcdserverpb_HashKVResponse {
+        throw RPCError(code: .unimplemented, message: "not in this test")
+    }
+
+    func snapshot(
+        request: Etcdserverpb_SnapshotRequest,
+        response: RPCWriter<Etcdserverpb_SnapshotResponse>,
+        context: ServerContext
+    ) async throws {
+        throw RPCError(code: .unimplemented, message: "not in this test")
+    }
+
+    func moveLeader(request: Etcdserverpb_MoveLeaderRequest, context: ServerContext) async throws
+        -> Etcdserverpb_MoveLeaderResponse
+    { throw RPCError(code: .unimplemented, message: "not in this test") }
+
+    func downgrade(request: Etcdserverpb_DowngradeRequest, context: ServerContext) async throws
+        -> Etcdserverpb_DowngradeResponse
+    { throw RPCError(code: .unimplemented, message: "not in this test") }
+}
+
+// MARK: - Running etcdctl
+
+enum Etcdctl {
+    static let path: String? = ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"].first {
+        FileManager.default.isExecutableFile(atPath: $0)
+    }
+
+    struct Output: Sendable {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs etcdctl (API v3) against one endpoint. etcdctl bounds each command with
+    /// --command-timeout; the process is also killed if it outlives `limit`.
+    static func run(_ arguments: [String], endpoint: String, limit: Duration = .seconds(30)) async throws
+        -> Output
+    {
+        let executable = try #require(path)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["--endpoints=\(endpoint)", "--command-timeout=5s", "--dial-timeout=5s"] + arguments
+        process.environment = [
+            "ETCDCTL_API": "3",
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            "HOME": NSTemporaryDirectory(),
+        ]
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderr
+        process.standardInput = FileHandle.nullDevice
+
+        let box = ProcessBox(process)
+        let status: Int32 = try await withThrowingTaskGroup(of: Int32?.self) { group in
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    box.process.terminationHandler = { finished in
+                        continuation.resume(returning: finished.terminationStatus)
+                    }
+                    do {
+                        try box.process.run()
+                    } catch {
+                        box.process.terminationHandler = nil
+                        continuation.resume(returning: -1)
+                    }
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return nil
+            }
+            let first = try await group.next() ?? nil
+            if first == nil {
+                box.process.terminate()  // the limit passed first
+            }
+            group.cancelAll()
+            return first ?? -2
+        }
+        let out = String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let err = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        return Output(status: status, stdout: out, stderr: err)
+    }
+}
+
+/// Process is not Sendable; it is only touched by one task at a time here.
+final class ProcessBox: @unchecked Sendable {
+    let process: Process
+    init(_ process: Process) { self.process = process }
+}
