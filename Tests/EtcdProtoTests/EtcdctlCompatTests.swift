@@ -99,6 +99,51 @@ struct EtcdctlCompatTests {
     }
 }
 
+extension EtcdctlCompatTests {
+    /// Seconds `etcdctl watch` is left idle: SWETCD_WATCH_IDLE_SECONDS (default 0). The
+    /// issue observed grpc-swift's default keepalive policy dropping an idle etcdctl
+    /// watch after about 30 s; run with 40 to check the policy below keeps it.
+    static let idleSeconds = Int(ProcessInfo.processInfo.environment["SWETCD_WATCH_IDLE_SECONDS"] ?? "") ?? 0
+
+    @Test("watch: a bidirectional stream etcdctl keeps open, with the hasleader metadata")
+    func watch() async throws {
+        let watch = TinyWatch(clusterID: Self.clusterID, memberID: Self.memberID)
+        let transport = HTTP2ServerTransport.Posix(
+            address: .ipv4(host: "127.0.0.1", port: 0),
+            transportSecurity: .plaintext,
+            config: .defaults { config in
+                config.connection.keepalive.clientBehavior = .init(
+                    minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: false)
+            }
+        )
+        try await withGRPCServer(transport: transport, services: [watch]) { server in
+            let address = try await server.transport.listeningAddress
+            let endpoint = "127.0.0.1:\(try #require(address.ipv4?.port))"
+            let etcdctl = try RunningEtcdctl(["watch", "foo"], endpoint: endpoint)
+            defer { etcdctl.stop() }
+
+            // The server answers the create request and sends one event; etcdctl prints
+            // the event type, key and value.
+            let printed = try await etcdctl.waitForOutput(containing: "PUT\nfoo\nbar\n", within: .seconds(20))
+            #expect(printed, "etcdctl printed: \(etcdctl.output())")
+            let creates = watch.createRequests()
+            #expect(creates.count == 1)
+            #expect(creates.first?.key == Data("foo".utf8))
+            #expect(creates.first?.rangeEnd.isEmpty == true)
+            // etcdctl's watch requires a leader (clientv3.WithRequireLeader).
+            #expect(watch.metadataSeen().contains { $0.key == "hasleader" && $0.value == "true" })
+
+            if Self.idleSeconds > 0 {
+                // Idle far beyond etcdctl's 10 s ping interval; the stream must survive,
+                // i.e. etcdctl never had to open a second one.
+                try await Task.sleep(for: .seconds(Self.idleSeconds))
+                #expect(etcdctl.isRunning)
+                #expect(watch.streamsOpened() == 1, "etcdctl reconnected: the connection was dropped")
+            }
+        }
+    }
+}
+
 // MARK: - A tiny test-only KV and Maintenance
 
 /// Range and Put over an in-memory map; every other KV call is unimplemented.
@@ -251,6 +296,74 @@ struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
     { throw RPCError(code: .unimplemented, message: "not in this test") }
 }
 
+/// Answers each create request with `created` and one PUT event for the watched key
+/// (value "bar" at revision 2); keeps the stream open until the client ends it.
+final class TinyWatch: Etcdserverpb_Watch.ServiceProtocol {
+    struct State {
+        var streams = 0
+        var creates: [Etcdserverpb_WatchCreateRequest] = []
+        var metadata: [(key: String, value: String)] = []
+    }
+    let clusterID: UInt64
+    let memberID: UInt64
+    let state = Mutex(State())
+
+    init(clusterID: UInt64, memberID: UInt64) {
+        self.clusterID = clusterID
+        self.memberID = memberID
+    }
+
+    func streamsOpened() -> Int { state.withLock { $0.streams } }
+    func createRequests() -> [Etcdserverpb_WatchCreateRequest] { state.withLock { $0.creates } }
+    func metadataSeen() -> [(key: String, value: String)] { state.withLock { $0.metadata } }
+
+    func watch(
+        request: StreamingServerRequest<Etcdserverpb_WatchRequest>, context: ServerContext
+    ) async throws -> StreamingServerResponse<Etcdserverpb_WatchResponse> {
+        let pairs = request.metadata.map { (key: $0.key, value: $0.value.description) }
+        state.withLock {
+            $0.streams += 1
+            $0.metadata.append(contentsOf: pairs)
+        }
+        return StreamingServerResponse { writer in
+            var nextID: Int64 = 0
+            for try await message in request.messages {
+                guard case .createRequest(let create)? = message.requestUnion else { continue }
+                self.state.withLock { $0.creates.append(create) }
+                var created = Etcdserverpb_WatchResponse()
+                created.header = self.header()
+                created.watchID = nextID
+                created.created = true
+                try await writer.write(created)
+
+                var event = Mvccpb_Event()
+                event.type = .put
+                event.kv.key = create.key
+                event.kv.value = Data("bar".utf8)
+                event.kv.createRevision = 2
+                event.kv.modRevision = 2
+                event.kv.version = 1
+                var update = Etcdserverpb_WatchResponse()
+                update.header = self.header()
+                update.watchID = nextID
+                update.events = [event]
+                try await writer.write(update)
+                nextID += 1
+            }
+            return [:]
+        }
+    }
+
+    private func header() -> Etcdserverpb_ResponseHeader {
+        var header = Etcdserverpb_ResponseHeader()
+        header.clusterID = clusterID
+        header.memberID = memberID
+        header.revision = 2
+        header.raftTerm = 3
+        return header
+    }
+}
+
 // MARK: - Running etcdctl
 
 enum Etcdctl {
@@ -313,6 +426,66 @@ enum Etcdctl {
         let out = String(decoding: stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         let err = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         return Output(status: status, stdout: out, stderr: err)
+    }
+}
+
+/// A long-running etcdctl (e.g. `watch`) whose output is collected as it arrives.
+final class RunningEtcdctl: Sendable {
+    private final class Buffer: Sendable {
+        let data = Mutex(Data())
+    }
+    private let process: ProcessBox
+    private let buffer = Buffer()
+
+    init(_ arguments: [String], endpoint: String) throws {
+        let executable = try #require(Etcdctl.path)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["--endpoints=\(endpoint)", "--dial-timeout=5s"] + arguments
+        process.environment = [
+            "ETCDCTL_API": "3",
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
+            "HOME": NSTemporaryDirectory(),
+        ]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        process.standardInput = FileHandle.nullDevice
+        self.process = ProcessBox(process)
+        let buffer = self.buffer
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = handle.availableData
+            if chunk.isEmpty {
+                handle.readabilityHandler = nil
+            } else {
+                buffer.data.withLock { $0.append(chunk) }
+            }
+        }
+        try process.run()
+    }
+
+    var isRunning: Bool { process.process.isRunning }
+
+    func output() -> String {
+        buffer.data.withLock { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Polls the collected output (every 50 ms) until it contains `text` or `limit` passes.
+    func waitForOutput(containing text: String, within limit: Duration) async throws -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if output().contains(text) { return true }
+            if !isRunning { return output().contains(text) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    /// Ends etcdctl and waits for it to exit.
+    func stop() {
+        guard process.process.isRunning else { return }
+        process.process.terminate()
+        process.process.waitUntilExit()
     }
 }
 
