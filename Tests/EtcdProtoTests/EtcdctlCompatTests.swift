@@ -144,6 +144,44 @@ extension EtcdctlCompatTests {
     }
 }
 
+extension EtcdctlCompatTests {
+    /// `etcdctl snapshot save` writes the streamed blobs to a file and accepts the
+    /// result only if its length is 32 more than a multiple of 512 (a SHA-256 trailer
+    /// after a page-aligned database). It checks the length only; `snapshot restore`
+    /// checks the hash.
+    @Test("snapshot save: accepted with a 32-byte trailer after 512-byte pages, refused without", arguments: [true, false])
+    func snapshotSave(withTrailer: Bool) async throws {
+        var body = Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        if withTrailer {
+            body.append(Data(repeating: 0x5a, count: 32))  // stands in for the SHA-256
+        }
+        var maintenance = TinyMaintenance(clusterID: Self.clusterID, memberID: Self.memberID)
+        maintenance.snapshotBytes = body
+        let transport = HTTP2ServerTransport.Posix(
+            address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext)
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("swetcd-snapshot-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("snap.db")
+
+        try await withGRPCServer(transport: transport, services: [maintenance]) { server in
+            let address = try await server.transport.listeningAddress
+            let endpoint = "127.0.0.1:\(try #require(address.ipv4?.port))"
+            let save = try await Etcdctl.run(["snapshot", "save", file.path], endpoint: endpoint)
+            if withTrailer {
+                #expect(save.status == 0, "etcdctl snapshot save failed: \(save.stderr)")
+                #expect(save.stdout.contains("Snapshot saved at \(file.path)"))
+                #expect(try Data(contentsOf: file) == body)
+            } else {
+                #expect(save.status != 0)
+                #expect(save.stderr.contains("sha256 checksum not found [bytes: 4096]"), "stderr: \(save.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: file.path))
+            }
+        }
+    }
+}
+
 // MARK: - A tiny test-only KV and Maintenance
 
 /// Range and Put over an in-memory map; every other KV call is unimplemented.
@@ -240,10 +278,12 @@ final class TinyKV: Etcdserverpb_KV.SimpleServiceProtocol {
     { throw RPCError(code: .unimplemented, message: "not in this test") }
 }
 
-/// Status with fixed numbers; every other Maintenance call is unimplemented.
+/// Status with fixed numbers and a canned snapshot stream; every other Maintenance
+/// call is unimplemented.
 struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
     let clusterID: UInt64
     let memberID: UInt64
+    var snapshotBytes = Data()
 
     func status(request: Etcdserverpb_StatusRequest, context: ServerContext) async throws
         -> Etcdserverpb_StatusResponse
@@ -279,12 +319,24 @@ struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
         throw RPCError(code: .unimplemented, message: "not in this test")
     }
 
+    /// Streams `snapshotBytes` in 1000-byte chunks, counting `remaining_bytes` down.
     func snapshot(
         request: Etcdserverpb_SnapshotRequest,
         response: RPCWriter<Etcdserverpb_SnapshotResponse>,
         context: ServerContext
     ) async throws {
-        throw RPCError(code: .unimplemented, message: "not in this test")
+        var offset = 0
+        while offset < snapshotBytes.count {
+            let end = min(offset + 1000, snapshotBytes.count)
+            var chunk = Etcdserverpb_SnapshotResponse()
+            chunk.header.clusterID = clusterID
+            chunk.header.memberID = memberID
+            chunk.header.revision = 2
+            chunk.remainingBytes = UInt64(snapshotBytes.count - end)
+            chunk.blob = Data(snapshotBytes[offset..<end])
+            try await response.write(chunk)
+            offset = end
+        }
     }
 
     func moveLeader(request: Etcdserverpb_MoveLeaderRequest, context: ServerContext) async throws
