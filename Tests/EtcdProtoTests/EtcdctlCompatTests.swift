@@ -86,6 +86,13 @@ struct EtcdctlCompatTests {
             #expect(body["raftTerm"] as? Int == 3)
             #expect(body["raftAppliedIndex"] as? Int == 7)
             #expect(status.stdout.contains("\"leader\":\(Self.memberID)"))
+            #expect(!status.stdout.contains("storageVersion"), "3.4 does not know the 3.6 fields")
+
+            // etcd's error text with its gRPC code comes through as etcdctl's error.
+            let empty = try await Etcdctl.run(["put", "", "bar"], endpoint: endpoint)
+            #expect(empty.status == 1)
+            #expect(empty.stderr.contains("code = InvalidArgument desc = etcdserver: key is not provided"))
+            #expect(empty.stderr.hasSuffix("Error: etcdserver: key is not provided\n"))
 
             // An RPC the stand-in does not implement: etcdctl reports the gRPC status.
             let delete = try await Etcdctl.run(["del", "foo"], endpoint: endpoint)
@@ -299,6 +306,11 @@ struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
         response.raftIndex = 7
         response.raftTerm = 3
         response.raftAppliedIndex = 7
+        // 3.6 fields, unknown to etcdctl 3.4: it must skip them.
+        response.storageVersion = "3.6.0"
+        response.dbSizeQuota = 2 << 30
+        response.downgradeInfo.enabled = true
+        response.downgradeInfo.targetVersion = "3.5.0"
         return response
     }
 
