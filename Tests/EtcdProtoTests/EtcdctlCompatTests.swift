@@ -13,10 +13,11 @@ struct EtcdctlCompatTests {
     static let clusterID: UInt64 = 14_841_639_068_965_178_418
     static let memberID: UInt64 = 10_276_657_743_932_975_437
 
-    @Test("put, get -w json and endpoint status -w json")
-    func putGetStatus() async throws {
-        let kv = TinyKV(clusterID: Self.clusterID, memberID: Self.memberID)
-        let maintenance = TinyMaintenance(clusterID: Self.clusterID, memberID: Self.memberID)
+    /// Serves `services` on 127.0.0.1 (a free port) with the keepalive policy etcd
+    /// uses, runs `body` with the endpoint, then shuts the server down.
+    static func serving(
+        _ services: [any RegistrableRPCService], _ body: (_ endpoint: String) async throws -> Void
+    ) async throws {
         let transport = HTTP2ServerTransport.Posix(
             address: .ipv4(host: "127.0.0.1", port: 0),
             transportSecurity: .plaintext,
@@ -26,12 +27,17 @@ struct EtcdctlCompatTests {
                     minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: false)
             }
         )
-
-        try await withGRPCServer(transport: transport, services: [kv, maintenance]) { server in
+        try await withGRPCServer(transport: transport, services: services) { server in
             let address = try await server.transport.listeningAddress
-            let port = try #require(address.ipv4?.port)
-            let endpoint = "127.0.0.1:\(port)"
+            try await body("127.0.0.1:\(try #require(address.ipv4?.port))")
+        }
+    }
 
+    @Test("put, get -w json and endpoint status -w json")
+    func putGetStatus() async throws {
+        let kv = TinyKV(clusterID: Self.clusterID, memberID: Self.memberID)
+        let maintenance = TinyMaintenance(clusterID: Self.clusterID, memberID: Self.memberID)
+        try await Self.serving([kv, maintenance]) { endpoint in
             // put
             let put = try await Etcdctl.run(["put", "foo", "bar"], endpoint: endpoint)
             #expect(put.status == 0, "etcdctl put failed: \(put.stderr)")
@@ -80,6 +86,13 @@ struct EtcdctlCompatTests {
             #expect(body["raftTerm"] as? Int == 3)
             #expect(body["raftAppliedIndex"] as? Int == 7)
             #expect(status.stdout.contains("\"leader\":\(Self.memberID)"))
+            #expect(!status.stdout.contains("storageVersion"), "3.4 does not know the 3.6 fields")
+
+            // etcd's error text with its gRPC code comes through as etcdctl's error.
+            let empty = try await Etcdctl.run(["put", "", "bar"], endpoint: endpoint)
+            #expect(empty.status == 1)
+            #expect(empty.stderr.contains("code = InvalidArgument desc = etcdserver: key is not provided"))
+            #expect(empty.stderr.hasSuffix("Error: etcdserver: key is not provided\n"))
 
             // An RPC the stand-in does not implement: etcdctl reports the gRPC status.
             let delete = try await Etcdctl.run(["del", "foo"], endpoint: endpoint)
@@ -108,17 +121,7 @@ extension EtcdctlCompatTests {
     @Test("watch: a bidirectional stream etcdctl keeps open, with the hasleader metadata")
     func watch() async throws {
         let watch = TinyWatch(clusterID: Self.clusterID, memberID: Self.memberID)
-        let transport = HTTP2ServerTransport.Posix(
-            address: .ipv4(host: "127.0.0.1", port: 0),
-            transportSecurity: .plaintext,
-            config: .defaults { config in
-                config.connection.keepalive.clientBehavior = .init(
-                    minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: false)
-            }
-        )
-        try await withGRPCServer(transport: transport, services: [watch]) { server in
-            let address = try await server.transport.listeningAddress
-            let endpoint = "127.0.0.1:\(try #require(address.ipv4?.port))"
+        try await Self.serving([watch]) { endpoint in
             let etcdctl = try RunningEtcdctl(["watch", "foo"], endpoint: endpoint)
             defer { etcdctl.stop() }
 
@@ -157,17 +160,13 @@ extension EtcdctlCompatTests {
         }
         var maintenance = TinyMaintenance(clusterID: Self.clusterID, memberID: Self.memberID)
         maintenance.snapshotBytes = body
-        let transport = HTTP2ServerTransport.Posix(
-            address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext)
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("swetcd-snapshot-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let file = directory.appendingPathComponent("snap.db")
 
-        try await withGRPCServer(transport: transport, services: [maintenance]) { server in
-            let address = try await server.transport.listeningAddress
-            let endpoint = "127.0.0.1:\(try #require(address.ipv4?.port))"
+        try await Self.serving([maintenance]) { endpoint in
             let save = try await Etcdctl.run(["snapshot", "save", file.path], endpoint: endpoint)
             if withTrailer {
                 #expect(save.status == 0, "etcdctl snapshot save failed: \(save.stderr)")
@@ -182,7 +181,22 @@ extension EtcdctlCompatTests {
     }
 }
 
-// MARK: - A tiny test-only KV and Maintenance
+// MARK: - A tiny test-only KV, Watch and Maintenance
+
+/// The header every stand-in response carries (raft term 3).
+func testHeader(cluster: UInt64, member: UInt64, revision: Int64) -> Etcdserverpb_ResponseHeader {
+    var header = Etcdserverpb_ResponseHeader()
+    header.clusterID = cluster
+    header.memberID = member
+    header.revision = revision
+    header.raftTerm = 3
+    return header
+}
+
+/// Request metadata as (key, text) pairs.
+func pairs(_ metadata: Metadata) -> [(key: String, value: String)] {
+    metadata.map { (key: $0.key, value: $0.value.description) }
+}
 
 /// Range and Put over an in-memory map; every other KV call is unimplemented.
 final class TinyKV: Etcdserverpb_KV.SimpleServiceProtocol {
@@ -205,17 +219,12 @@ final class TinyKV: Etcdserverpb_KV.SimpleServiceProtocol {
     }
 
     private func header(revision: Int64) -> Etcdserverpb_ResponseHeader {
-        var header = Etcdserverpb_ResponseHeader()
-        header.clusterID = clusterID
-        header.memberID = memberID
-        header.revision = revision
-        header.raftTerm = 3
-        return header
+        testHeader(cluster: clusterID, member: memberID, revision: revision)
     }
 
     private func record(_ metadata: Metadata) {
-        let pairs = metadata.map { (key: $0.key, value: $0.value.description) }
-        state.withLock { $0.metadata.append(contentsOf: pairs) }
+        let seen = pairs(metadata)
+        state.withLock { $0.metadata.append(contentsOf: seen) }
     }
 
     // The metadata-aware forms, to see what etcdctl sends.
@@ -289,10 +298,7 @@ struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
         -> Etcdserverpb_StatusResponse
     {
         var response = Etcdserverpb_StatusResponse()
-        response.header.clusterID = clusterID
-        response.header.memberID = memberID
-        response.header.revision = 2
-        response.header.raftTerm = 3
+        response.header = testHeader(cluster: clusterID, member: memberID, revision: 2)
         response.version = "3.5.0"
         response.dbSize = 24576
         response.dbSizeInUse = 16384
@@ -300,6 +306,11 @@ struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
         response.raftIndex = 7
         response.raftTerm = 3
         response.raftAppliedIndex = 7
+        // 3.6 fields, unknown to etcdctl 3.4: it must skip them.
+        response.storageVersion = "3.6.0"
+        response.dbSizeQuota = 2 << 30
+        response.downgradeInfo.enabled = true
+        response.downgradeInfo.targetVersion = "3.5.0"
         return response
     }
 
@@ -329,9 +340,7 @@ struct TinyMaintenance: Etcdserverpb_Maintenance.SimpleServiceProtocol {
         while offset < snapshotBytes.count {
             let end = min(offset + 1000, snapshotBytes.count)
             var chunk = Etcdserverpb_SnapshotResponse()
-            chunk.header.clusterID = clusterID
-            chunk.header.memberID = memberID
-            chunk.header.revision = 2
+            chunk.header = testHeader(cluster: clusterID, member: memberID, revision: 2)
             chunk.remainingBytes = UInt64(snapshotBytes.count - end)
             chunk.blob = Data(snapshotBytes[offset..<end])
             try await response.write(chunk)
@@ -372,10 +381,10 @@ final class TinyWatch: Etcdserverpb_Watch.ServiceProtocol {
     func watch(
         request: StreamingServerRequest<Etcdserverpb_WatchRequest>, context: ServerContext
     ) async throws -> StreamingServerResponse<Etcdserverpb_WatchResponse> {
-        let pairs = request.metadata.map { (key: $0.key, value: $0.value.description) }
+        let seen = pairs(request.metadata)
         state.withLock {
             $0.streams += 1
-            $0.metadata.append(contentsOf: pairs)
+            $0.metadata.append(contentsOf: seen)
         }
         return StreamingServerResponse { writer in
             var nextID: Int64 = 0
@@ -407,12 +416,7 @@ final class TinyWatch: Etcdserverpb_Watch.ServiceProtocol {
     }
 
     private func header() -> Etcdserverpb_ResponseHeader {
-        var header = Etcdserverpb_ResponseHeader()
-        header.clusterID = clusterID
-        header.memberID = memberID
-        header.revision = 2
-        header.raftTerm = 3
-        return header
+        testHeader(cluster: clusterID, member: memberID, revision: 2)
     }
 }
 
@@ -429,20 +433,25 @@ enum Etcdctl {
         var stderr: String
     }
 
-    /// Runs etcdctl (API v3) against one endpoint. etcdctl bounds each command with
-    /// --command-timeout; the process is also killed if it outlives `limit`.
-    static func run(_ arguments: [String], endpoint: String, limit: Duration = .seconds(30)) async throws
-        -> Output
-    {
-        let executable = try #require(path)
+    /// An etcdctl process (API v3, a clean environment) for one endpoint, not started.
+    static func makeProcess(_ arguments: [String], endpoint: String) throws -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--endpoints=\(endpoint)", "--command-timeout=5s", "--dial-timeout=5s"] + arguments
+        process.executableURL = URL(fileURLWithPath: try #require(path))
+        process.arguments = ["--endpoints=\(endpoint)", "--dial-timeout=5s"] + arguments
         process.environment = [
             "ETCDCTL_API": "3",
             "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
             "HOME": NSTemporaryDirectory(),
         ]
+        return process
+    }
+
+    /// Runs etcdctl (API v3) against one endpoint. etcdctl bounds each command with
+    /// --command-timeout; the process is also killed if it outlives `limit`.
+    static func run(_ arguments: [String], endpoint: String, limit: Duration = .seconds(30)) async throws
+        -> Output
+    {
+        let process = try makeProcess(["--command-timeout=5s"] + arguments, endpoint: endpoint)
         let stdout = Pipe()
         let stderr = Pipe()
         process.standardOutput = stdout
@@ -490,15 +499,7 @@ final class RunningEtcdctl: Sendable {
     private let buffer = Buffer()
 
     init(_ arguments: [String], endpoint: String) throws {
-        let executable = try #require(Etcdctl.path)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--endpoints=\(endpoint)", "--dial-timeout=5s"] + arguments
-        process.environment = [
-            "ETCDCTL_API": "3",
-            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin",
-            "HOME": NSTemporaryDirectory(),
-        ]
+        let process = try Etcdctl.makeProcess(arguments, endpoint: endpoint)
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
