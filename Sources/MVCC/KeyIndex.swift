@@ -1,0 +1,201 @@
+import Storage
+
+/// One life of a key: from the put that created it to the delete (tombstone) that ended it.
+struct Generation {
+    /// Version of the last revision in `revs`.
+    var version: Int64 = 0
+    var created = Revision(main: 0)
+    /// Revisions in increasing order; the last is the tombstone when the generation is closed.
+    var revs: [Revision] = []
+}
+
+/// The revisions of one key, as generations. The last generation is empty when the key is
+/// currently deleted; there is always at least one generation.
+final class KeyIndex {
+    let key: [UInt8]
+    var modified = Revision(main: 0)
+    var generations: [Generation] = [Generation()]
+
+    init(key: [UInt8]) { self.key = key }
+
+    /// True when nothing is left (after compaction removed everything).
+    var isEmpty: Bool { generations.count == 1 && generations[0].revs.isEmpty }
+
+    /// Whether the key has a live version now.
+    var isLive: Bool { !(generations.last?.revs.isEmpty ?? true) }
+
+    func put(_ rev: Revision, version: Int64? = nil, created: Revision? = nil) {
+        if generations[generations.count - 1].revs.isEmpty {
+            generations[generations.count - 1].created = created ?? rev
+        }
+        let last = generations.count - 1
+        generations[last].revs.append(rev)
+        generations[last].version = version ?? (generations[last].version + 1)
+        modified = rev
+    }
+
+    /// Closes the current generation with a tombstone at `rev`; false if not live.
+    @discardableResult
+    func tombstone(_ rev: Revision) -> Bool {
+        guard isLive else { return false }
+        put(rev)
+        generations.append(Generation())
+        return true
+    }
+
+    /// The generation holding the key's state at main revision `atRev`, if it was live then.
+    private func generation(at atRev: Int64) -> Int? {
+        var i = generations.count - 1
+        while i >= 0 {
+            let g = generations[i]
+            if g.revs.isEmpty { i -= 1; continue }
+            if i != generations.count - 1, g.revs[g.revs.count - 1].main <= atRev { return nil }
+            if g.revs[0].main <= atRev { return i }
+            i -= 1
+        }
+        return nil
+    }
+
+    /// The key's (mod revision, creation, version) at main revision `atRev`, nil if absent.
+    func get(at atRev: Int64) -> (modified: Revision, created: Revision, version: Int64)? {
+        guard let gi = generation(at: atRev) else { return nil }
+        let g = generations[gi]
+        // Last revision with main <= atRev.
+        var lo = 0, hi = g.revs.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if g.revs[mid].main <= atRev { lo = mid + 1 } else { hi = mid }
+        }
+        guard lo > 0 else { return nil }
+        return (g.revs[lo - 1], g.created, g.version - Int64(g.revs.count - lo))
+    }
+
+    /// The generation to keep from and the index in it of the newest revision <= atRev
+    /// (-1 when none), adding that revision to `keep`.
+    private func compactPoint(_ atRev: Int64, _ keep: inout Set<Revision>) -> (gen: Int, rev: Int) {
+        var gi = 0
+        while gi < generations.count - 1 {
+            let g = generations[gi]
+            if g.revs[g.revs.count - 1].main > atRev { break }
+            gi += 1
+        }
+        let revs = generations[gi].revs
+        var ri = revs.count - 1
+        while ri >= 0, revs[ri].main > atRev { ri -= 1 }
+        if ri >= 0 { keep.insert(revs[ri]) }
+        return (gi, ri)
+    }
+
+    /// Removes revisions at or below `atRev` except the newest of the key's state then; a
+    /// tombstone at or below `atRev` goes too. Adds the revisions <= atRev kept to `keep`.
+    func compact(_ atRev: Int64, keep: inout Set<Revision>) {
+        var (gi, ri) = compactPoint(atRev, &keep)
+        if !generations[gi].revs.isEmpty {
+            if ri > 0 { generations[gi].revs.removeFirst(ri) }
+            if generations[gi].revs.count == 1 && gi != generations.count - 1 {
+                // Only the tombstone is left of a closed generation.
+                keep.remove(generations[gi].revs[0])
+                gi += 1
+            }
+        }
+        if gi > 0 { generations.removeFirst(gi) }
+    }
+
+    /// The revisions <= atRev that `compact(atRev)` would keep, without changing anything.
+    func keep(_ atRev: Int64, into keep: inout Set<Revision>) {
+        let (gi, ri) = compactPoint(atRev, &keep)
+        let g = generations[gi]
+        if !g.revs.isEmpty, ri >= 0, gi != generations.count - 1, ri == g.revs.count - 1 {
+            keep.remove(g.revs[ri])
+        }
+    }
+}
+
+/// An ordered map from key bytes to `KeyIndex`: a sorted list of sorted chunks.
+///
+/// Lookup O(log n); insert/remove O(log n + B) plus O(n / B) when a chunk splits or empties
+/// (B = `chunkSize`, 512); ordered scans O(log n + k). Memory is two arrays of references
+/// per chunk on top of the keys and key indexes themselves.
+struct OrderedKeyMap {
+    struct Chunk {
+        var keys: [[UInt8]] = []
+        var values: [KeyIndex] = []
+    }
+    static let chunkSize = 512
+    private(set) var chunks: [Chunk] = []
+    private(set) var count = 0
+
+    /// Index of the chunk that does or would hold `key`.
+    private func chunkIndex(_ key: [UInt8]) -> Int {
+        var lo = 0, hi = chunks.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if let last = chunks[mid].keys.last, compareBytes(last, key) < 0 { lo = mid + 1 } else { hi = mid }
+        }
+        return min(lo, max(chunks.count - 1, 0))
+    }
+
+    private static func lowerBound(_ keys: [[UInt8]], _ key: [UInt8]) -> Int {
+        var lo = 0, hi = keys.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if compareBytes(keys[mid], key) < 0 { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
+    }
+
+    func get(_ key: [UInt8]) -> KeyIndex? {
+        guard !chunks.isEmpty else { return nil }
+        let c = chunkIndex(key)
+        let i = OrderedKeyMap.lowerBound(chunks[c].keys, key)
+        if i < chunks[c].keys.count, chunks[c].keys[i] == key { return chunks[c].values[i] }
+        return nil
+    }
+
+    mutating func getOrInsert(_ key: [UInt8]) -> KeyIndex {
+        if chunks.isEmpty { chunks.append(Chunk()) }
+        let c = chunkIndex(key)
+        let i = OrderedKeyMap.lowerBound(chunks[c].keys, key)
+        if i < chunks[c].keys.count, chunks[c].keys[i] == key { return chunks[c].values[i] }
+        let ki = KeyIndex(key: key)
+        chunks[c].keys.insert(key, at: i)
+        chunks[c].values.insert(ki, at: i)
+        count += 1
+        if chunks[c].keys.count >= 2 * OrderedKeyMap.chunkSize {
+            let half = chunks[c].keys.count / 2
+            let right = Chunk(keys: Array(chunks[c].keys[half...]), values: Array(chunks[c].values[half...]))
+            chunks[c].keys.removeSubrange(half...)
+            chunks[c].values.removeSubrange(half...)
+            chunks.insert(right, at: c + 1)
+        }
+        return ki
+    }
+
+    mutating func remove(_ key: [UInt8]) {
+        guard !chunks.isEmpty else { return }
+        let c = chunkIndex(key)
+        let i = OrderedKeyMap.lowerBound(chunks[c].keys, key)
+        guard i < chunks[c].keys.count, chunks[c].keys[i] == key else { return }
+        chunks[c].keys.remove(at: i)
+        chunks[c].values.remove(at: i)
+        count -= 1
+        if chunks[c].keys.isEmpty { chunks.remove(at: c) }
+    }
+
+    /// Visits keys in `[from, to)` (`to == nil`: unbounded) in order while `body` is true.
+    func scan(from: [UInt8], to: [UInt8]?, _ body: (KeyIndex) throws -> Bool) rethrows {
+        guard !chunks.isEmpty else { return }
+        var c = chunkIndex(from)
+        var i = OrderedKeyMap.lowerBound(chunks[c].keys, from)
+        while c < chunks.count {
+            let ch = chunks[c]
+            while i < ch.keys.count {
+                if let t = to, compareBytes(ch.keys[i], t) >= 0 { return }
+                if try !body(ch.values[i]) { return }
+                i += 1
+            }
+            c += 1
+            i = 0
+        }
+    }
+}
