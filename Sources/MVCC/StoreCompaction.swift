@@ -7,14 +7,29 @@ extension MVCCStore {
     /// backend entries are removed in steps of `compactionBatchLimit`, releasing the lock
     /// between steps so writes go on. Progress is in `meta`, so a restart finishes the job.
     public func compact(_ revision: Int64) throws {
-        let keep = try lock.withLock {
+        try scheduleCompaction(revision).run()
+    }
+
+    /// The removal of compacted entries from the backend, to run now or on another task.
+    public struct CompactionJob: Sendable {
+        let store: MVCCStore
+        let revision: Int64
+        let keep: Set<Revision>
+        /// Removes the entries in bounded steps; a no-op if a later compaction superseded it.
+        public func run() throws { try store.physicallyCompact(revision, keep: keep) }
+    }
+
+    /// The logical half of `compact`: checks, records the compaction in `meta` and compacts
+    /// the index (reads below `revision` fail from now on). Run the returned job for the rest
+    /// (outside the apply loop's `Backend.batch` scope, so batches keep committing).
+    public func scheduleCompaction(_ revision: Int64) throws -> CompactionJob {
+        try lock.withLock {
             if revision <= compactMainRev { throw MVCCError.compacted }
             if revision > currentRev { throw MVCCError.futureRevision }
             compactMainRev = revision
             try backend.put(.meta, key: MVCCStore.scheduledCompactKey, value: BigEndian.bytes(UInt64(revision)))
-            return compactIndexLocked(revision)
+            return CompactionJob(store: self, revision: revision, keep: compactIndexLocked(revision))
         }
-        try physicallyCompact(revision, keep: keep)
     }
 
     /// Compacts the index at `rev`; returns the revisions <= rev it keeps.

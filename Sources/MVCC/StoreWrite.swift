@@ -54,24 +54,26 @@ extension MVCCStore {
 
     /// Runs `body` as one write, then records the new revision and notifies watchers.
     func write<T>(_ body: (inout WriteState) throws -> T) throws -> T {
-        try lock.withLock {
-            var ws = WriteState(beginRev: currentRev)
-            let result: T
-            do {
-                result = try body(&ws)
-            } catch {
-                // Checks run before changes, so a throwing write has changed nothing unless
-                // the backend itself failed.
-                if !ws.events.isEmpty { currentRev = ws.rev }
-                throw error
-            }
-            if !ws.events.isEmpty {
-                currentRev = ws.rev
-                try backend.put(.meta, key: MVCCStore.currentRevKey, value: BigEndian.bytes(UInt64(currentRev)))
-                notifyLocked(rev: currentRev, events: ws.events)
-            }
-            return result
+        try lock.withLock { try backend.batch { try writeLocked(body) } }
+    }
+
+    private func writeLocked<T>(_ body: (inout WriteState) throws -> T) throws -> T {
+        var ws = WriteState(beginRev: currentRev)
+        let result: T
+        do {
+            result = try body(&ws)
+        } catch {
+            // Checks run before changes, so a throwing write has changed nothing unless
+            // the backend itself failed.
+            if !ws.events.isEmpty { currentRev = ws.rev }
+            throw error
         }
+        if !ws.events.isEmpty {
+            currentRev = ws.rev
+            try backend.put(.meta, key: MVCCStore.currentRevKey, value: BigEndian.bytes(UInt64(currentRev)))
+            notifyLocked(rev: currentRev, events: ws.events)
+        }
+        return result
     }
 
     func checkPut(_ req: PutRequest, readRev: Int64) throws {

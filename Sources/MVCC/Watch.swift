@@ -223,7 +223,8 @@ extension MVCCStore {
                 }
             }
         }
-        for (_, w) in watch.unsynced where w.minRev <= upper {
+        // (Watchers below the compact revision wait for room for their cancellation.)
+        for (_, w) in watch.unsynced where w.minRev <= upper && w.minRev >= compactMainRev {
             let mine = events.filter { $0.kv.modRevision >= w.minRev && w.matches($0.kv.key) }
             if try deliverLocked(w, mine, upTo: upper), w.minRev > currentRev {
                 watch.add(w, as: .synced)
@@ -234,17 +235,19 @@ extension MVCCStore {
     /// Resends parked responses of slow watchers whose stream has room again. Called by
     /// `WatchStream.next()` after its buffer was full; owners may call it too.
     public func retryVictims() {
-        lock.withLock {
-            for (_, w) in watch.victims {
-                guard let stream = w.stream else { watch.remove(w); continue }
-                if let resp = w.parked {
-                    if !stream.push(resp) { continue }
-                    w.parked = nil
-                }
-                watch.add(w, as: w.minRev > currentRev ? .synced : .unsynced)
+        lock.withLock { retryVictimsLocked() }
+    }
+
+    func retryVictimsLocked() {
+        for (_, w) in watch.victims {
+            guard let stream = w.stream else { watch.remove(w); continue }
+            if let resp = w.parked {
+                if !stream.push(resp) { continue }
+                w.parked = nil
             }
-            answerProgressLocked()
+            watch.add(w, as: w.minRev > currentRev ? .synced : .unsynced)
         }
+        answerProgressLocked()
     }
 
     /// Sends a progress notification (no events, the current revision) to every synced

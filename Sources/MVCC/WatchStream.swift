@@ -69,7 +69,10 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
             return (.some(r), retry)
         }
         if closed { return (.some(nil), false) }
-        return (nil, false)
+        // Empty but a push failed (e.g. a cancel purged the buffer): let parked watchers in.
+        let retry = overflowed
+        overflowed = false
+        return (nil, retry)
     }
 
     /// Buffered responses not yet read.
@@ -104,10 +107,15 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
         return true
     }
 
-    private func purge(watchID: Int64) {
+    /// Drops buffered responses of `watchID`; true if that made room after a failed push.
+    private func purge(watchID: Int64) -> Bool {
         bufferLock.withLock {
+            let before = buffer.count - head
             buffer = Array(buffer[head...]).filter { $0.watchID != watchID }
             head = 0
+            guard overflowed, buffer.count < before else { return false }
+            overflowed = false
+            return true
         }
     }
 
@@ -152,7 +160,7 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
             guard let w = watchers[id] else { throw MVCCError.watcherNotFound }
             store.watch.remove(w)
             watchers[id] = nil
-            purge(watchID: id)
+            if purge(watchID: id) { store.retryVictimsLocked() }
         }
     }
 

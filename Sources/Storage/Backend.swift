@@ -57,7 +57,9 @@ public final class Backend: @unchecked Sendable {
     /// Path of the db file (a lock file `<path>-lock` sits next to it).
     public let path: String
     public let options: Options
-    private let lock = NSLock()
+    private let lock = NSCondition()
+    /// Open `batch` scopes; no batch is written while one is open.
+    private var scopes = 0
     private var lmdb: LMDBEnv?
     private var reader: LMDBReadTxn?
     private var buffer: [[[UInt8]: Pending]]
@@ -135,7 +137,39 @@ public final class Backend: @unchecked Sendable {
     private func staged() throws {
         pendingOps += 1
         if batchStarted == nil { batchStarted = .now }
-        if pendingOps >= options.batchLimit { try commitLocked() }
+        if scopes == 0 && pendingOps >= options.batchLimit { try commitLocked() }
+    }
+
+    /// Runs `body` as one unit of the batch: no commit (by limit, by interval, or for a copy)
+    /// happens while a scope is open, so a committed batch never holds part of it. The apply
+    /// loop wraps each log entry, e.g. `batch { apply(entry); setConsistentIndex(entry.index) }`,
+    /// so LMDB always holds exactly the entries up to the stored consistent index. Scopes nest.
+    public func batch<T>(_ body: () throws -> T) throws -> T {
+        lock.withLock { scopes += 1 }
+        let result: T
+        do {
+            result = try body()
+        } catch {
+            try endScope()
+            throw error
+        }
+        try endScope()
+        return result
+    }
+
+    private func endScope() throws {
+        try lock.withLock {
+            scopes -= 1
+            if scopes == 0 {
+                lock.broadcast()
+                if pendingOps >= options.batchLimit { try commitLocked() }
+            }
+        }
+    }
+
+    /// Waits (lock held) until no scope is open.
+    private func waitForScopes() {
+        while scopes > 0 { lock.wait() }
     }
 
     /// Operations staged since the last commit.
@@ -148,14 +182,19 @@ public final class Backend: @unchecked Sendable {
     @discardableResult
     public func commitIfDue(now: ContinuousClock.Instant = .now) throws -> Bool {
         try lock.withLock {
-            guard let start = batchStarted, now - start >= options.batchInterval else { return false }
+            guard scopes == 0, let start = batchStarted, now - start >= options.batchInterval else { return false }
             try commitLocked()
             return true
         }
     }
 
-    /// Writes the batch to LMDB now (no-op when empty).
-    public func commit() throws { try lock.withLock { try commitLocked() } }
+    /// Writes the batch to LMDB now (no-op when empty), after any open scope ends.
+    public func commit() throws {
+        try lock.withLock {
+            waitForScopes()
+            try commitLocked()
+        }
+    }
 
     private func commitLocked() throws {
         guard pendingOps > 0 else { return }
@@ -263,6 +302,7 @@ public final class Backend: @unchecked Sendable {
     /// during the copy; they are not part of it.
     public func copy(to fd: Int32, compact: Bool = false) throws {
         let e: LMDBEnv = try lock.withLock {
+            waitForScopes()
             try commitLocked()
             return try env()
         }
@@ -272,6 +312,7 @@ public final class Backend: @unchecked Sendable {
     /// Like `copy(to:)` into a new file at `path` (which must not exist).
     public func copy(toPath path: String, compact: Bool = false) throws {
         let e: LMDBEnv = try lock.withLock {
+            waitForScopes()
             try commitLocked()
             return try env()
         }
@@ -284,6 +325,7 @@ public final class Backend: @unchecked Sendable {
     public func close() throws {
         try lock.withLock {
             guard lmdb != nil else { return }
+            waitForScopes()
             try commitLocked()
             reader = nil
             lmdb = nil

@@ -64,6 +64,22 @@ private func fastOptions(limit: Int = 10_000) -> Backend.Options {
         #expect(try be.commitIfDue(now: .now + .seconds(5)) == false)
     }
 
+    @Test func noCommitInsideABatchScope() throws {
+        let dir = BackendTempDir()
+        let be = try Backend(path: dir.db, options: fastOptions(limit: 2))
+        try be.batch {
+            for i in 0..<5 { try be.put(.key, key: b("k\(i)"), value: []) }
+            #expect(try be.commitIfDue(now: .now + .seconds(10)) == false)
+            try be.batch { try be.setConsistentIndex(3) }
+            #expect(be.commitCount == 0, "limit reached but the scope is open")
+        }
+        #expect(be.commitCount == 1 && be.pendingCount == 0, "committed when the scope closed")
+        struct Boom: Error {}
+        #expect(throws: Boom.self) { try be.batch { try be.put(.key, key: b("x"), value: []); throw Boom() } }
+        try be.put(.key, key: b("y"), value: [])
+        #expect(be.commitCount == 2, "a throwing scope still closes")
+    }
+
     @Test func uncommittedBatchIsLostButConsistentIndexTellsWhere() throws {
         let dir = BackendTempDir()
         do {
