@@ -60,6 +60,8 @@ public final class Backend: @unchecked Sendable {
     private let lock = NSCondition()
     /// Open `batch` scopes; no batch is written while one is open.
     private var scopes = 0
+    /// Copies running outside the lock.
+    private var copies = 0
     private var lmdb: LMDBEnv?
     private var reader: LMDBReadTxn?
     private var buffer: [[[UInt8]: Pending]]
@@ -203,7 +205,11 @@ public final class Backend: @unchecked Sendable {
         while true {
             let rc = try writeBatch(e)
             if rc == MDB_SUCCESS { break }
-            if rc == MDB_MAP_FULL { try e.grow(); continue }
+            if rc == MDB_MAP_FULL {
+                while copies > 0 { lock.wait() }
+                try e.grow()
+                continue
+            }
             throw BackendError(rc, "commit batch")
         }
         for i in buffer.indices { buffer[i].removeAll(keepingCapacity: true) }
@@ -301,22 +307,34 @@ public final class Backend: @unchecked Sendable {
     /// are left out and pages renumbered (the basis for defragmentation). Writes continue
     /// during the copy; they are not part of it.
     public func copy(to fd: Int32, compact: Bool = false) throws {
-        let e: LMDBEnv = try lock.withLock {
-            waitForScopes()
-            try commitLocked()
-            return try env()
+        try withCopy { e in
+            try lmdbCheck(mdb_env_copyfd2(e.env, fd, compact ? UInt32(MDB_CP_COMPACT) : 0), "copy")
         }
-        try lmdbCheck(mdb_env_copyfd2(e.env, fd, compact ? UInt32(MDB_CP_COMPACT) : 0), "copy")
     }
 
     /// Like `copy(to:)` into a new file at `path` (which must not exist).
     public func copy(toPath path: String, compact: Bool = false) throws {
+        try withCopy { e in
+            try lmdbCheck(mdb_env_copy2(e.env, path, compact ? UInt32(MDB_CP_COMPACT) : 0), "copy to \(path)")
+        }
+    }
+
+    /// Commits, then runs `body` outside the lock; the map is not resized meanwhile (LMDB
+    /// forbids it while a transaction, such as the copy's, is open).
+    private func withCopy(_ body: (LMDBEnv) throws -> Void) throws {
         let e: LMDBEnv = try lock.withLock {
             waitForScopes()
             try commitLocked()
+            copies += 1
             return try env()
         }
-        try lmdbCheck(mdb_env_copy2(e.env, path, compact ? UInt32(MDB_CP_COMPACT) : 0), "copy to \(path)")
+        defer {
+            lock.withLock {
+                copies -= 1
+                lock.broadcast()
+            }
+        }
+        try body(e)
     }
 
     // MARK: lifecycle
