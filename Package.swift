@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
+        .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
     ],
     dependencies: [],
     targets: [
@@ -27,6 +28,8 @@ let package = Package(
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
         .testTarget(name: "MVCCTests", dependencies: ["MVCC", "Storage"]),
+        // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
+        .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
     ],
     swiftLanguageModes: [.v6]
 )

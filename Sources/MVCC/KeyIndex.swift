@@ -6,31 +6,63 @@ struct Generation {
     var version: Int64 = 0
     var created = Revision(main: 0)
     /// Revisions in increasing order; the last is the tombstone when the generation is closed.
-    var revs: [Revision] = []
+    var revs = RevisionList()
 }
 
-/// The revisions of one key, as generations. The last generation is empty when the key is
-/// currently deleted; there is always at least one generation.
+/// A list of revisions keeping the first inline: after compaction most keys hold exactly
+/// one revision, which then needs no array allocation.
+struct RevisionList {
+    private var head = Revision(main: 0)
+    private var tail: [Revision] = []
+    private var hasHead = false
+
+    var isEmpty: Bool { !hasHead }
+    var count: Int { hasHead ? tail.count + 1 : 0 }
+
+    subscript(i: Int) -> Revision { i == 0 ? head : tail[i - 1] }
+
+    mutating func append(_ r: Revision) {
+        if hasHead { tail.append(r) } else { head = r; hasHead = true }
+    }
+
+    /// Drops the first `n` (1...count) revisions.
+    mutating func removeFirst(_ n: Int) {
+        guard n > 0 else { return }
+        if n >= count {
+            self = RevisionList()
+            return
+        }
+        head = tail[n - 1]
+        tail.removeFirst(n)
+    }
+}
+
+/// The revisions of one key, as generations: zero or more closed ones (each ending with its
+/// tombstone) and the current one, whose `revs` is empty while the key is deleted. The
+/// current generation lives inline and `closed` is usually empty (no allocation), so a key
+/// costs one object plus one small array.
 final class KeyIndex {
     let key: [UInt8]
     var modified = Revision(main: 0)
-    var generations: [Generation] = [Generation()]
+    var closed: [Generation] = []
+    var current = Generation()
 
     init(key: [UInt8]) { self.key = key }
 
     /// True when nothing is left (after compaction removed everything).
-    var isEmpty: Bool { generations.count == 1 && generations[0].revs.isEmpty }
+    var isEmpty: Bool { closed.isEmpty && current.revs.isEmpty }
 
     /// Whether the key has a live version now.
-    var isLive: Bool { !(generations.last?.revs.isEmpty ?? true) }
+    var isLive: Bool { !current.revs.isEmpty }
+
+    /// Generations are numbered oldest first; the last (`closed.count`) is the current one.
+    private var generationCount: Int { closed.count + 1 }
+    private func generation(_ i: Int) -> Generation { i < closed.count ? closed[i] : current }
 
     func put(_ rev: Revision, version: Int64? = nil, created: Revision? = nil) {
-        if generations[generations.count - 1].revs.isEmpty {
-            generations[generations.count - 1].created = created ?? rev
-        }
-        let last = generations.count - 1
-        generations[last].revs.append(rev)
-        generations[last].version = version ?? (generations[last].version + 1)
+        if current.revs.isEmpty { current.created = created ?? rev }
+        current.revs.append(rev)
+        current.version = version ?? (current.version + 1)
         modified = rev
     }
 
@@ -39,17 +71,18 @@ final class KeyIndex {
     func tombstone(_ rev: Revision) -> Bool {
         guard isLive else { return false }
         put(rev)
-        generations.append(Generation())
+        closed.append(current)
+        current = Generation()
         return true
     }
 
     /// The generation holding the key's state at main revision `atRev`, if it was live then.
-    private func generation(at atRev: Int64) -> Int? {
-        var i = generations.count - 1
+    private func generationIndex(at atRev: Int64) -> Int? {
+        var i = generationCount - 1
         while i >= 0 {
-            let g = generations[i]
+            let g = generation(i)
             if g.revs.isEmpty { i -= 1; continue }
-            if i != generations.count - 1, g.revs[g.revs.count - 1].main <= atRev { return nil }
+            if i != generationCount - 1, g.revs[g.revs.count - 1].main <= atRev { return nil }
             if g.revs[0].main <= atRev { return i }
             i -= 1
         }
@@ -58,8 +91,12 @@ final class KeyIndex {
 
     /// The key's (mod revision, creation, version) at main revision `atRev`, nil if absent.
     func get(at atRev: Int64) -> (modified: Revision, created: Revision, version: Int64)? {
-        guard let gi = generation(at: atRev) else { return nil }
-        let g = generations[gi]
+        // Common case: reading at or after the last change touches this object only.
+        if atRev >= modified.main {
+            return isLive ? (modified, current.created, current.version) : nil
+        }
+        guard let gi = generationIndex(at: atRev) else { return nil }
+        let g = generation(gi)
         // Last revision with main <= atRev.
         var lo = 0, hi = g.revs.count
         while lo < hi {
@@ -74,12 +111,12 @@ final class KeyIndex {
     /// (-1 when none), adding that revision to `keep`.
     private func compactPoint(_ atRev: Int64, _ keep: inout Set<Revision>) -> (gen: Int, rev: Int) {
         var gi = 0
-        while gi < generations.count - 1 {
-            let g = generations[gi]
+        while gi < generationCount - 1 {
+            let g = generation(gi)
             if g.revs[g.revs.count - 1].main > atRev { break }
             gi += 1
         }
-        let revs = generations[gi].revs
+        let revs = generation(gi).revs
         var ri = revs.count - 1
         while ri >= 0, revs[ri].main > atRev { ri -= 1 }
         if ri >= 0 { keep.insert(revs[ri]) }
@@ -89,25 +126,17 @@ final class KeyIndex {
     /// Removes revisions at or below `atRev` except the newest of the key's state then; a
     /// tombstone at or below `atRev` goes too. Adds the revisions <= atRev kept to `keep`.
     func compact(_ atRev: Int64, keep: inout Set<Revision>) {
-        var (gi, ri) = compactPoint(atRev, &keep)
-        if !generations[gi].revs.isEmpty {
-            if ri > 0 { generations[gi].revs.removeFirst(ri) }
-            if generations[gi].revs.count == 1 && gi != generations.count - 1 {
-                // Only the tombstone is left of a closed generation.
-                keep.remove(generations[gi].revs[0])
-                gi += 1
-            }
+        let (gi, ri) = compactPoint(atRev, &keep)
+        if ri > 0 {
+            if gi < closed.count { closed[gi].revs.removeFirst(ri) } else { current.revs.removeFirst(ri) }
         }
-        if gi > 0 { generations.removeFirst(gi) }
+        // Generations before `gi` ended at or below atRev: drop them (tombstones included).
+        if gi > 0 { closed.removeFirst(gi) }
     }
 
     /// The revisions <= atRev that `compact(atRev)` would keep, without changing anything.
     func keep(_ atRev: Int64, into keep: inout Set<Revision>) {
-        let (gi, ri) = compactPoint(atRev, &keep)
-        let g = generations[gi]
-        if !g.revs.isEmpty, ri >= 0, gi != generations.count - 1, ri == g.revs.count - 1 {
-            keep.remove(g.revs[ri])
-        }
+        _ = compactPoint(atRev, &keep)
     }
 }
 

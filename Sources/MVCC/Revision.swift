@@ -30,8 +30,8 @@ public struct Revision: Comparable, Hashable, Sendable, CustomStringConvertible 
 
     /// Decodes a key-bucket key; nil when malformed.
     static func fromBucketKey(_ k: UnsafeRawBufferPointer) -> (Revision, tombstone: Bool)? {
-        guard k.count == 17 || (k.count == 18 && k[17] == 0x74), k[8] == 0x5F,
-              let m = BigEndian.uint64(k[0..<8]), let s = BigEndian.uint64(k[9..<17]) else { return nil }
+        guard k.count == 17 || (k.count == 18 && k[17] == 0x74), k[8] == 0x5F else { return nil }
+        let m = BigEndian.uint64(at: 0, of: k), s = BigEndian.uint64(at: 9, of: k)
         return (Revision(main: Int64(bitPattern: m), sub: Int64(bitPattern: s)), k.count == 18)
     }
 }
@@ -77,11 +77,7 @@ public struct KeyValue: Equatable, Hashable, Sendable {
 
     static func decode(_ b: UnsafeRawBufferPointer) throws -> KeyValue {
         guard b.count >= 36 else { throw MVCCError.corrupt("key-bucket value of \(b.count) bytes") }
-        func int(_ at: Int) -> Int64 {
-            var v: UInt64 = 0
-            for i in at..<(at + 8) { v = v << 8 | UInt64(b[i]) }
-            return Int64(bitPattern: v)
-        }
+        func int(_ at: Int) -> Int64 { Int64(bitPattern: BigEndian.uint64(at: at, of: b)) }
         let n = Int(b[32]) << 24 | Int(b[33]) << 16 | Int(b[34]) << 8 | Int(b[35])
         guard 36 + n <= b.count else { throw MVCCError.corrupt("key length \(n) beyond value of \(b.count) bytes") }
         return KeyValue(key: Array(b[36..<(36 + n)]), createRevision: int(0), modRevision: int(8),

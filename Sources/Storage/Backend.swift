@@ -437,13 +437,13 @@ public struct BackendReader {
 }
 
 /// Lexicographic byte order (memcmp, then length).
-@inline(__always)
+@inlinable
 public func compareBytes(_ a: [UInt8], _ b: [UInt8]) -> Int {
     a.withUnsafeBytes { ab in b.withUnsafeBytes { bb in compareRaw(ab, bb) } }
 }
 
-@inline(__always)
-func compareRaw(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int {
+@inlinable
+public func compareRaw(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int {
     let n = min(a.count, b.count)
     if n > 0, let pa = a.baseAddress, let pb = b.baseAddress {
         let c = memcmp(pa, pb, n)
@@ -459,8 +459,15 @@ public enum BigEndian {
         (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) }
     }
     /// Decodes exactly 8 bytes; nil otherwise.
-    public static func uint64<C: Collection>(_ b: C) -> UInt64? where C.Element == UInt8 {
+    @inlinable
+    public static func uint64(_ b: [UInt8]) -> UInt64? {
         guard b.count == 8 else { return nil }
-        return b.reduce(0) { $0 << 8 | UInt64($1) }
+        return b.withUnsafeBytes { uint64(at: 0, of: $0) }
+    }
+
+    /// The big-endian integer at `offset` of `raw` (the caller checks the bounds).
+    @inlinable
+    public static func uint64(at offset: Int, of raw: UnsafeRawBufferPointer) -> UInt64 {
+        UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 }
