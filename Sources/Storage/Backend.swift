@@ -190,6 +190,20 @@ public final class Backend: @unchecked Sendable {
         }
     }
 
+    /// Calls `commitIfDue` every `batchInterval` until the task is cancelled (an owner that
+    /// has its own tick can call `commitIfDue` instead). Commit errors end the loop and are
+    /// returned by the task.
+    public func runCommitLoop() -> Task<Void, Error> {
+        let interval = options.batchInterval
+        return Task.detached { [weak self] in
+            while !Task.isCancelled {
+                guard let self else { return }
+                try self.commitIfDue()
+                try? await Task.sleep(for: interval)
+            }
+        }
+    }
+
     /// Writes the batch to LMDB now (no-op when empty), after any open scope ends.
     public func commit() throws {
         try lock.withLock {

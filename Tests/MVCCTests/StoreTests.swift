@@ -95,7 +95,7 @@ import Testing
         #expect(try st.get("k")?.lease == 0)
         p = PutRequest(key: b("k"), value: b("v3"))
         p.ignoreLease = true
-        try st.put(PutRequest(key: b("k"), value: b("v2"), lease: 9))
+        _ = try st.put(PutRequest(key: b("k"), value: b("v2"), lease: 9))
         _ = try st.put(p)
         #expect(try st.get("k")?.lease == 9 && st.get("k")?.value == b("v3"))
         p.key = b("missing")

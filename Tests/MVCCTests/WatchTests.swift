@@ -24,7 +24,7 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
         try st.put("a", "1")
         try st.put("p/x", "1")
         try st.put("q", "1")
-        try st.txn(TxnRequest(success: [.put(PutRequest(key: b("p/y"), value: b("2"))),
+        _ = try st.txn(TxnRequest(success: [.put(PutRequest(key: b("p/y"), value: b("2"))),
                                         .deleteRange(DeleteRangeRequest(key: b("a")))]))
         let rs = drain(ws)
         let a = eventsOf(rs, id: one)

@@ -195,3 +195,19 @@ private func fastOptions(limit: Int = 10_000) -> Backend.Options {
         #expect(try c2.read { try $0.get(.key, key: b("after")) } == b("x"))
     }
 }
+
+@Suite struct BackendLoopTests {
+    @Test(.timeLimit(.minutes(1))) func commitLoopWritesTheBatch() async throws {
+        let dir = BackendTempDir()
+        var o = Backend.Options()
+        o.sync = false
+        o.batchInterval = .milliseconds(5)
+        let be = try Backend(path: dir.db, options: o)
+        try be.put(.key, key: Array("a".utf8), value: [])
+        let loop = be.runCommitLoop()
+        // Wait for the event (a commit), bounded by the time limit.
+        while be.commitCount == 0 { await Task.yield() }
+        loop.cancel()
+        #expect(be.pendingCount == 0)
+    }
+}
