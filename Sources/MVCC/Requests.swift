@@ -5,6 +5,8 @@ public enum MVCCError: Error, Equatable, CustomStringConvertible, Sendable {
     case keyNotProvided
     case duplicateKey
     case keyNotFound
+    case valueProvided
+    case leaseProvided
     case leaseNotFound
     case duplicateWatchID
     case watcherNotFound
@@ -18,6 +20,8 @@ public enum MVCCError: Error, Equatable, CustomStringConvertible, Sendable {
         case .keyNotProvided: "etcdserver: key is not provided"
         case .duplicateKey: "etcdserver: duplicate key given in txn request"
         case .keyNotFound: "etcdserver: key not found"
+        case .valueProvided: "etcdserver: value is provided"
+        case .leaseProvided: "etcdserver: lease is provided"
         case .leaseNotFound: "etcdserver: requested lease not found"
         case .duplicateWatchID: "mvcc: duplicate watch ID provided on the WatchStream"
         case .watcherNotFound: "mvcc: watcher not found"

@@ -13,7 +13,8 @@ struct WriteState {
 extension MVCCStore {
     /// Puts a key (etcd's Put): one new revision.
     public func put(_ req: PutRequest) throws -> PutResponse {
-        try write { ws in
+        try MVCCStore.checkPutShape(req)
+        return try write { ws in
             try checkPut(req, readRev: ws.readRev)
             return try putLocked(req, &ws)
         }
@@ -76,12 +77,18 @@ extension MVCCStore {
         return result
     }
 
-    func checkPut(_ req: PutRequest, readRev: Int64) throws {
+    /// The request-only checks etcd's gRPC layer makes.
+    static func checkPutShape(_ req: PutRequest) throws {
         if req.key.isEmpty { throw MVCCError.keyNotProvided }
+        if req.ignoreValue && !req.value.isEmpty { throw MVCCError.valueProvided }
+        if req.ignoreLease && req.lease != 0 { throw MVCCError.leaseProvided }
+    }
+
+    func checkPut(_ req: PutRequest, readRev: Int64) throws {
         if req.ignoreValue || req.ignoreLease {
             if index.get(req.key)?.get(at: readRev) == nil { throw MVCCError.keyNotFound }
         }
-        if !req.ignoreLease, req.lease != 0, let hooks = leaseHooks, !hooks.leaseExists(req.lease) {
+        if req.lease != 0, let hooks = leaseHooks, !hooks.leaseExists(req.lease) {
             throw MVCCError.leaseNotFound
         }
     }
@@ -176,22 +183,20 @@ extension MVCCStore {
         return path
     }
 
-    /// Checks the ops on `path` before anything changes (revisions of ranges, puts' keys and leases).
+    /// Checks the ops on `path` before anything changes, as etcd: every put (ignore flags
+    /// need the key, leases must exist), then every range's revision.
     func checkPath(_ req: TxnRequest, path: [Bool], readRev: Int64) throws {
-        var i = 0
-        func walk(_ t: TxnRequest) throws {
+        func walk(_ t: TxnRequest, _ i: inout Int, _ check: (RequestOp) throws -> Void) rethrows {
             let ok = path[i]
             i += 1
             for op in ok ? t.success : t.failure {
-                switch op {
-                case .range(let r): _ = try resolve(r.revision, readRev: readRev)
-                case .put(let p): try checkPut(p, readRev: readRev)
-                case .deleteRange: break
-                case .txn(let inner): try walk(inner)
-                }
+                if case .txn(let inner) = op { try walk(inner, &i, check) } else { try check(op) }
             }
         }
-        try walk(req)
+        var i = 0
+        try walk(req, &i) { op in if case .put(let p) = op { try checkPut(p, readRev: readRev) } }
+        i = 0
+        try walk(req, &i) { op in if case .range(let r) = op { _ = try resolve(r.revision, readRev: readRev) } }
     }
 
     func executeTxn(_ req: TxnRequest, path: [Bool], next: inout Int,
@@ -230,7 +235,7 @@ extension MVCCStore {
         for op in req.success + req.failure {
             switch op {
             case .range(let r): if r.key.isEmpty { throw MVCCError.keyNotProvided }
-            case .put(let p): if p.key.isEmpty { throw MVCCError.keyNotProvided }
+            case .put(let p): try checkPutShape(p)
             case .deleteRange(let d): if d.key.isEmpty { throw MVCCError.keyNotProvided }
             case .txn(let t): try checkTxnShape(t)
             }

@@ -246,8 +246,8 @@ struct OpGenerator {
 
     mutating func put(existing: Bool) -> PutRequest {
         var p = PutRequest(key: key(), value: value(), lease: Int64.random(in: 0...2, using: &rng), prevKv: chance(0.5))
-        if existing && chance(0.1) { p.ignoreValue = true }
-        if existing && chance(0.1) { p.ignoreLease = true }
+        if existing && chance(0.1) { p.ignoreValue = true; p.value = [] }
+        if existing && chance(0.1) { p.ignoreLease = true; p.lease = 0 }
         return p
     }
 

@@ -89,12 +89,16 @@ import Testing
         try st.put("k", "v1", lease: 7)
         var p = PutRequest(key: b("k"), value: b("ignored"), lease: 0, prevKv: true)
         p.ignoreValue = true
+        #expect(throws: MVCCError.valueProvided) { try st.put(p) }
+        p.value = []
         let r = try st.put(p)
         #expect(r.prevKv?.value == b("v1"))
         #expect(try st.get("k")?.value == b("v1"))
         #expect(try st.get("k")?.lease == 0)
-        p = PutRequest(key: b("k"), value: b("v3"))
+        p = PutRequest(key: b("k"), value: b("v3"), lease: 5)
         p.ignoreLease = true
+        #expect(throws: MVCCError.leaseProvided) { try st.put(p) }
+        p.lease = 0
         _ = try st.put(PutRequest(key: b("k"), value: b("v2"), lease: 9))
         _ = try st.put(p)
         #expect(try st.get("k")?.lease == 9 && st.get("k")?.value == b("v3"))
