@@ -211,16 +211,23 @@ struct OrderedKeyMap {
         if chunks[c].keys.isEmpty { chunks.remove(at: c) }
     }
 
+    /// Position (chunk, index) of the first key >= `key`.
+    private func lowerPosition(_ key: [UInt8]) -> (Int, Int) {
+        let c = chunkIndex(key)
+        return (c, OrderedKeyMap.lowerBound(chunks[c].keys, key))
+    }
+
     /// Visits keys in `[from, to)` (`to == nil`: unbounded) in order while `body` is true.
+    /// The end position is found once, so the scan itself compares no keys.
     func scan(from: [UInt8], to: [UInt8]?, _ body: (KeyIndex) throws -> Bool) rethrows {
         guard !chunks.isEmpty else { return }
-        var c = chunkIndex(from)
-        var i = OrderedKeyMap.lowerBound(chunks[c].keys, from)
-        while c < chunks.count {
-            let ch = chunks[c]
-            while i < ch.keys.count {
-                if let t = to, compareBytes(ch.keys[i], t) >= 0 { return }
-                if try !body(ch.values[i]) { return }
+        var (c, i) = lowerPosition(from)
+        let (endC, endI) = to.map(lowerPosition) ?? (chunks.count, 0)
+        while c < endC || (c == endC && i < endI) {
+            let values = chunks[c].values
+            let stop = c == endC ? endI : values.count
+            while i < stop {
+                if try !body(values[i]) { return }
                 i += 1
             }
             c += 1
