@@ -12,6 +12,9 @@ public enum MVCCError: Error, Equatable, CustomStringConvertible, Sendable {
     case watcherNotFound
     /// Malformed data read from the backend.
     case corrupt(String)
+    /// A backend failure interrupted a write half-way; the store refuses all further work
+    /// (restart it: the WAL replay after the consistent index repairs the state).
+    case stopped(String)
 
     public var description: String {
         switch self {
@@ -26,6 +29,7 @@ public enum MVCCError: Error, Equatable, CustomStringConvertible, Sendable {
         case .duplicateWatchID: "mvcc: duplicate watch ID provided on the WatchStream"
         case .watcherNotFound: "mvcc: watcher not found"
         case .corrupt(let what): "mvcc: corrupt backend: \(what)"
+        case .stopped(let why): "mvcc: store stopped after a failed write: \(why)"
         }
     }
 }

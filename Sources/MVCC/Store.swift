@@ -37,6 +37,8 @@ public final class MVCCStore: @unchecked Sendable {
     var currentRev: Int64 = 0
     var compactMainRev: Int64 = 0
     var leaseHooks: MVCCLeaseHooks?
+    /// Set when a write failed half-way (see `MVCCError.stopped`).
+    var failure: String?
     /// Watch state (see Watch*.swift), guarded by `lock`.
     var watch = WatchGroups()
 
@@ -154,6 +156,7 @@ public final class MVCCStore: @unchecked Sendable {
     /// Reads a range (etcd's Range semantics, see `RangeRequest`).
     public func range(_ req: RangeRequest) throws -> RangeResponse {
         try lock.withLock {
+            if let f = failure { throw MVCCError.stopped(f) }
             if req.key.isEmpty { throw MVCCError.keyNotProvided }
             return try rangeLocked(req, readRev: currentRev)
         }

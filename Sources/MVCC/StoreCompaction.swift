@@ -69,18 +69,24 @@ extension MVCCStore {
                 if compactMainRev != rev { return true }
                 var victims: [[UInt8]] = []
                 var last: [UInt8]?
+                var scanned = 0
+                var more = false
+                let limit = max(1, options.compactionBatchLimit)
                 try backend.read { r in
                     try r.scan(.key, from: from, to: end) { k, _ in
                         guard let (rv, _) = Revision.fromBucketKey(k) else {
                             throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
                         }
-                        last = Array(k)
+                        scanned += 1
                         if !keep.contains(rv) { victims.append(Array(k)) }
-                        return victims.count < options.compactionBatchLimit
+                        // Bounded work per step: victims removed and entries looked at.
+                        more = victims.count >= limit || scanned >= 10 * limit
+                        if more { last = Array(k) }
+                        return !more
                     }
                 }
                 for k in victims { try backend.delete(.key, key: k) }
-                guard let l = last, victims.count >= options.compactionBatchLimit else {
+                guard more, let l = last else {
                     try backend.put(.meta, key: MVCCStore.finishedCompactKey, value: BigEndian.bytes(UInt64(rev)))
                     return true
                 }

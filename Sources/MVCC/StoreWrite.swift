@@ -59,19 +59,22 @@ extension MVCCStore {
     }
 
     private func writeLocked<T>(_ body: (inout WriteState) throws -> T) throws -> T {
+        if let f = failure { throw MVCCError.stopped(f) }
         var ws = WriteState(beginRev: currentRev)
         let result: T
         do {
             result = try body(&ws)
+            if !ws.events.isEmpty {
+                try backend.put(.meta, key: MVCCStore.currentRevKey, value: BigEndian.bytes(UInt64(ws.rev)))
+            }
         } catch {
-            // Checks run before changes, so a throwing write has changed nothing unless
-            // the backend itself failed.
-            if !ws.events.isEmpty { currentRev = ws.rev }
+            // Checks run before any change, so only a backend failure gets here with changes
+            // made: index and backend may disagree now, so stop serving.
+            if !ws.events.isEmpty { failure = "\(error)" }
             throw error
         }
         if !ws.events.isEmpty {
             currentRev = ws.rev
-            try backend.put(.meta, key: MVCCStore.currentRevKey, value: BigEndian.bytes(UInt64(currentRev)))
             notifyLocked(rev: currentRev, events: ws.events)
         }
         return result

@@ -309,4 +309,31 @@ import Testing
         try st.put("d", "1", lease: 6)
         #expect(try st.leasedKeys().map { s($0.key) } == ["d"])
     }
+
+    /// Pulls the backend away in the middle of a txn (from the lease hook, after the first put).
+    final class Saboteur: MVCCLeaseHooks, @unchecked Sendable {
+        let backend: Backend
+        init(_ b: Backend) { backend = b }
+        func leaseExists(_ id: Int64) -> Bool { true }
+        func attach(key: [UInt8], lease: Int64) { backend.abandon() }
+        func detach(key: [UInt8], lease: Int64) {}
+    }
+
+    @Test func backendFailureMidWriteStopsTheStore() throws {
+        let dir = StoreDir()
+        let st = try dir.open()
+        try st.put("a", "1")
+        st.setLeaseHooks(Saboteur(st.backend))
+        let t = TxnRequest(success: [.put(PutRequest(key: b("x"), value: [], lease: 1)),
+                                     .put(PutRequest(key: b("y"), value: []))])
+        #expect(throws: BackendError.self) { try st.txn(t) }
+        #expect(st.currentRevision == 1)
+        do {
+            _ = try st.get("a")
+            Issue.record("reads must fail after a half-applied write")
+        } catch let e as MVCCError {
+            guard case .stopped = e else { Issue.record("unexpected \(e)"); return }
+        }
+        #expect(throws: MVCCError.self) { try st.put("b", "1") }
+    }
 }
