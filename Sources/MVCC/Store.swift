@@ -16,8 +16,9 @@ public protocol MVCCLeaseHooks: AnyObject, Sendable {
 /// Every Put, DeleteRange and Txn with changes takes one main revision; the changes inside it
 /// take sub revisions 0, 1, ... Each change is written to the backend's key bucket under its
 /// revision (a tombstone for a delete); an in-memory index maps each key to its generations of
-/// revisions. All methods are thread-safe: one lock serialises them (compaction and watch
-/// catch-up release it between bounded batches).
+/// revisions. All methods are thread-safe: a readers-writer lock lets ranges and hashes run
+/// in parallel while writes, watch changes and compaction steps run alone (compaction and
+/// watch catch-up release it between bounded steps).
 public final class MVCCStore: @unchecked Sendable {
     public struct Options: Sendable {
         /// Backend key-bucket entries removed per locked compaction step.
@@ -31,7 +32,7 @@ public final class MVCCStore: @unchecked Sendable {
 
     public let backend: Backend
     public let options: Options
-    let lock = NSLock()
+    let lock = StoreLock()
     let compactionLock = NSLock()
     var index = OrderedKeyMap()
     var currentRev: Int64 = 0
@@ -56,18 +57,18 @@ public final class MVCCStore: @unchecked Sendable {
     }
 
     /// The revision of the last change.
-    public var currentRevision: Int64 { lock.withLock { currentRev } }
+    public var currentRevision: Int64 { lock.withReadLock { currentRev } }
     /// The revision of the last compaction (0 if none).
-    public var compactRevision: Int64 { lock.withLock { compactMainRev } }
+    public var compactRevision: Int64 { lock.withReadLock { compactMainRev } }
     /// Number of keys in the index (live or with retained history).
-    public var indexedKeys: Int { lock.withLock { index.count } }
+    public var indexedKeys: Int { lock.withReadLock { index.count } }
 
     /// Installs the lease store's hooks.
     public func setLeaseHooks(_ hooks: MVCCLeaseHooks?) { lock.withLock { leaseHooks = hooks } }
 
     /// Live keys with a lease, for the lessor to re-attach after a restart.
     public func leasedKeys() throws -> [(key: [UInt8], lease: Int64)] {
-        try lock.withLock {
+        try lock.withReadLock {
             var out: [(key: [UInt8], lease: Int64)] = []
             try backend.read { r in
                 try index.scan(from: [], to: nil) { ki in
@@ -155,7 +156,7 @@ public final class MVCCStore: @unchecked Sendable {
 
     /// Reads a range (etcd's Range semantics, see `RangeRequest`).
     public func range(_ req: RangeRequest) throws -> RangeResponse {
-        try lock.withLock {
+        try lock.withReadLock {
             if let f = failure { throw MVCCError.stopped(f) }
             if req.key.isEmpty { throw MVCCError.keyNotProvided }
             return try rangeLocked(req, readRev: currentRev)

@@ -102,7 +102,7 @@ extension MVCCStore {
     /// revision or retained by it. Members with the same history and compactions agree.
     /// Returns the hash, the current revision and the compact revision.
     public func hashKV(revision: Int64 = 0) throws -> (hash: UInt32, revision: Int64, compactRevision: Int64) {
-        try lock.withLock {
+        try lock.withReadLock {
             let rev = try resolve(revision, readRev: currentRev)
             let keep = keepSetLocked(compactMainRev)
             var crc = CRC32C()

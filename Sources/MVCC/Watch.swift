@@ -120,7 +120,7 @@ extension MVCCStore {
 
     /// Watchers per group: (synced, unsynced, victims).
     public var watcherCounts: (synced: Int, unsynced: Int, victims: Int) {
-        lock.withLock { (watch.syncedCount, watch.unsynced.count, watch.victims.count) }
+        lock.withReadLock { (watch.syncedCount, watch.unsynced.count, watch.victims.count) }
     }
 
     // MARK: delivery (store lock held)

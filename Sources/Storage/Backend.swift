@@ -36,8 +36,9 @@ public enum BackendBucket: Int, CaseIterable, Sendable {
 ///
 /// Threading: every method may be called from any thread or task; all state is guarded by one
 /// lock. LMDB write transactions are begun and committed inside one locked call (LMDB ties
-/// them to a thread); read transactions use MDB_NOTLS. `copy(to:)` runs outside the lock on
-/// LMDB's own read transaction, so batches keep committing while it streams.
+/// them to a thread); read transactions use MDB_NOTLS and run outside the lock, from a pool,
+/// so reads proceed in parallel. `copy(to:)` runs outside the lock on LMDB's own read
+/// transaction, so batches keep committing while it streams.
 public final class Backend: @unchecked Sendable {
     /// Tunables; the defaults are etcd's.
     public struct Options: Sendable {
@@ -63,7 +64,9 @@ public final class Backend: @unchecked Sendable {
     /// Copies running outside the lock.
     private var copies = 0
     private var lmdb: LMDBEnv?
-    private var reader: LMDBReadTxn?
+    /// Idle (reset) read transactions for reuse, and the number of reads running.
+    private var readers: [LMDBReadTxn] = []
+    private var activeReads = 0
     private var buffer: [[[UInt8]: Pending]]
     private var pendingOps = 0
     private var batchStarted: ContinuousClock.Instant?
@@ -215,12 +218,13 @@ public final class Backend: @unchecked Sendable {
     private func commitLocked() throws {
         guard pendingOps > 0 else { return }
         let e = try env()
-        reader?.reset()
         while true {
             let rc = try writeBatch(e)
             if rc == MDB_SUCCESS { break }
             if rc == MDB_MAP_FULL {
-                while copies > 0 { lock.wait() }
+                // LMDB resizes only with no transaction open in the process.
+                while copies > 0 || activeReads > 0 { lock.wait() }
+                readers.removeAll()
                 try e.grow()
                 continue
             }
@@ -257,22 +261,32 @@ public final class Backend: @unchecked Sendable {
 
     // MARK: reads
 
-    /// Runs `body` with a consistent view: LMDB's committed state overlaid with the batch.
-    /// The reader is valid only inside `body`; writes from `body` deadlock (do not).
+    /// Runs `body` with a consistent view: LMDB's committed state overlaid with the batch, both
+    /// taken at the same instant. Reads run in parallel with each other and with writes (the
+    /// batch is copied on write if a reader still holds it). The reader is valid only inside
+    /// `body`.
     public func read<T>(_ body: (BackendReader) throws -> T) throws -> T {
-        try lock.withLock {
+        let (r, staged): (LMDBReadTxn, [[[UInt8]: Pending]]) = try lock.withLock {
             let e = try env()
             let r: LMDBReadTxn
-            if let cached = reader {
-                try cached.renew()
-                r = cached
+            if let idle = readers.popLast(), idle.env === e {
+                try idle.renew()
+                r = idle
             } else {
                 r = try LMDBReadTxn(env: e)
-                reader = r
             }
-            defer { r.reset() }
-            return try body(BackendReader(txn: r.txn, dbis: e.dbis, buffer: buffer))
+            activeReads += 1
+            return (r, buffer)
         }
+        defer {
+            r.reset()
+            lock.withLock {
+                activeReads -= 1
+                if lmdb === r.env && readers.count < 64 { readers.append(r) }
+                if activeReads == 0 { lock.broadcast() }
+            }
+        }
+        return try body(BackendReader(txn: r.txn, dbis: r.env.dbis, buffer: staged))
     }
 
     // MARK: size, hash, copy
@@ -359,7 +373,8 @@ public final class Backend: @unchecked Sendable {
             guard lmdb != nil else { return }
             waitForScopes()
             try commitLocked()
-            reader = nil
+            while activeReads > 0 { lock.wait() }
+            readers.removeAll()
             lmdb = nil
         }
     }
@@ -370,7 +385,7 @@ public final class Backend: @unchecked Sendable {
             for i in buffer.indices { buffer[i].removeAll() }
             pendingOps = 0
             batchStarted = nil
-            reader = nil
+            readers.removeAll()
             lmdb = nil
         }
     }

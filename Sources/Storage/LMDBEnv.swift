@@ -45,6 +45,7 @@ final class LMDBEnv {
         self.dbis = []
         do {
             try lmdbCheck(mdb_env_set_maxdbs(env, UInt32(names.count + 4)), "mdb_env_set_maxdbs")
+            try lmdbCheck(mdb_env_set_maxreaders(env, 1024), "mdb_env_set_maxreaders")
             try lmdbCheck(mdb_env_set_mapsize(env, mapSize), "mdb_env_set_mapsize")
             // NOTLS: read transactions are not tied to a thread (Swift tasks hop threads).
             // NORDAHEAD: random access pattern; the OS read-ahead only pollutes the cache.
@@ -95,10 +96,12 @@ final class LMDBEnv {
     func sync() throws { try lmdbCheck(mdb_env_sync(env, 1), "sync") }
 }
 
-/// A read-only LMDB transaction with its cursors; `valid` only inside the call that made it.
+/// A read-only LMDB transaction; it keeps its env open while it exists.
 final class LMDBReadTxn {
     let txn: OpaquePointer
+    let env: LMDBEnv
     init(env: LMDBEnv) throws {
+        self.env = env
         var t: OpaquePointer?
         try lmdbCheck(mdb_txn_begin(env.env, nil, UInt32(MDB_RDONLY), &t), "begin read")
         guard let txn = t else { throw BackendError(message: "no read txn") }

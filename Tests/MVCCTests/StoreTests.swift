@@ -337,3 +337,38 @@ import Testing
         #expect(throws: MVCCError.self) { try st.put("b", "1") }
     }
 }
+
+@Suite struct StoreConcurrencyTests {
+    /// Readers in parallel with a writer whose txns set two keys together: every read sees
+    /// both or neither change, and revisions never go back.
+    @Test(.timeLimit(.minutes(1))) func readsSeeWholeTxns() async throws {
+        let dir = StoreDir()
+        let st = try dir.open(batchLimit: 7)   // commits land between and during reads
+        try st.put("x", "0")
+        try st.put("y", "0")
+        let rounds = 300
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for i in 1...rounds {
+                    let v = b("\(i)")
+                    _ = try st.txn(TxnRequest(success: [.put(PutRequest(key: b("x"), value: v)),
+                                                        .put(PutRequest(key: b("y"), value: v))]))
+                    if i % 50 == 0 { try st.compact(st.currentRevision - 5) }
+                }
+            }
+            for _ in 0..<3 {
+                group.addTask {
+                    var last: Int64 = 0
+                    for _ in 0..<rounds {
+                        let r = try st.range(RangeRequest(key: b("x"), rangeEnd: b("z")))
+                        #expect(r.kvs.count == 2 && r.kvs[0].value == r.kvs[1].value && r.kvs[0].modRevision == r.kvs[1].modRevision)
+                        #expect(r.revision >= last)
+                        last = r.revision
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try st.get("x")?.value == b("\(rounds)"))
+    }
+}
