@@ -29,23 +29,34 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
 
     // MARK: consumer side
 
-    /// The next response, waiting for one; nil once the stream is closed.
+    /// The next response, waiting for one; nil once the stream is closed or the calling task
+    /// is cancelled.
     public func next() async -> WatchResponse? {
         let (ready, retry): (WatchResponse??, Bool) = bufferLock.withLock { popLocked() }
         if retry { store.retryVictims() }
         if let r = ready { return r }
-        let got: WatchResponse? = await withCheckedContinuation { c in
-            bufferLock.lock()
-            let (r, _) = popLocked()
-            if let r {
-                bufferLock.unlock()
-                c.resume(returning: r)
-            } else {
-                waiter = c
-                bufferLock.unlock()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<WatchResponse?, Never>) in
+                bufferLock.lock()
+                let (r, _) = popLocked()
+                if let r {
+                    bufferLock.unlock()
+                    c.resume(returning: r)
+                } else if Task.isCancelled {
+                    bufferLock.unlock()
+                    c.resume(returning: nil)
+                } else {
+                    waiter = c
+                    bufferLock.unlock()
+                }
             }
+        } onCancel: {
+            let w: CheckedContinuation<WatchResponse?, Never>? = bufferLock.withLock {
+                defer { waiter = nil }
+                return waiter
+            }
+            w?.resume(returning: nil)
         }
-        return got
     }
 
     /// The buffered response, if any, without waiting (nil when none is ready).

@@ -180,6 +180,20 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
 }
 
 @Suite struct WatchConcurrencyTests {
+    @Test(.timeLimit(.minutes(1))) func cancellingTheConsumerEndsItsWait() async throws {
+        let dir = StoreDir()
+        let st = try dir.open()
+        let ws = st.makeWatchStream()
+        defer { ws.close() }
+        try ws.watch(key: b("k"))
+        let waiting = Task { await ws.next() }
+        waiting.cancel()
+        #expect(await waiting.value == nil)
+        // The stream still works for the next consumer.
+        try st.put("k", "1")
+        #expect(await ws.next()?.events.count == 1)
+    }
+
     /// Writers on several threads, a slow async consumer, the background catch-up loop:
     /// every revision arrives exactly once and in order.
     @Test(.timeLimit(.minutes(1))) func concurrentWritersAndConsumer() async throws {
