@@ -102,24 +102,27 @@ extension MVCCStore {
     /// revision or retained by it. Members with the same history and compactions agree.
     /// Returns the hash, the current revision and the compact revision.
     public func hashKV(revision: Int64 = 0) throws -> (hash: UInt32, revision: Int64, compactRevision: Int64) {
-        try lock.withReadLock {
+        // Fix the revision, the retained set and a backend view together, then scan without
+        // the store lock so writes go on meanwhile.
+        let (rev, cur, compacted, keep, snap) = try lock.withReadLock {
             let rev = try resolve(revision, readRev: currentRev)
-            let keep = keepSetLocked(compactMainRev)
-            var crc = CRC32C()
-            crc.update(Array("key".utf8))
-            try backend.read { r in
-                try r.scan(.key, from: [], to: Revision(main: rev + 1).bucketKey()) { k, v in
-                    guard let (rv, _) = Revision.fromBucketKey(k) else {
-                        throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
-                    }
-                    if rv.main > compactMainRev || keep.contains(rv) {
-                        crc.update(k)
-                        crc.update(v)
-                    }
-                    return true
-                }
-            }
-            return (crc.value, currentRev, compactMainRev)
+            return (rev, currentRev, compactMainRev, keepSetLocked(compactMainRev), try backend.snapshot())
         }
+        defer { snap.release() }
+        var crc = CRC32C()
+        crc.update(Array("key".utf8))
+        try snap.read { r in
+            try r.scan(.key, from: [], to: Revision(main: rev + 1).bucketKey()) { k, v in
+                guard let (rv, _) = Revision.fromBucketKey(k) else {
+                    throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
+                }
+                if rv.main > compacted || keep.contains(rv) {
+                    crc.update(k)
+                    crc.update(v)
+                }
+                return true
+            }
+        }
+        return (crc.value, cur, compacted)
     }
 }

@@ -266,7 +266,16 @@ public final class Backend: @unchecked Sendable {
     /// batch is copied on write if a reader still holds it). The reader is valid only inside
     /// `body`.
     public func read<T>(_ body: (BackendReader) throws -> T) throws -> T {
-        let (r, staged): (LMDBReadTxn, [[[UInt8]: Pending]]) = try lock.withLock {
+        let snap = try snapshot()
+        defer { snap.release() }
+        return try snap.read(body)
+    }
+
+    /// A consistent view kept open until `release()` (or deinit), for long scans that should
+    /// not hold the caller's locks. While any view is open LMDB cannot grow its map, so a
+    /// commit needing a bigger map waits: release views promptly.
+    public func snapshot() throws -> BackendSnapshot {
+        try lock.withLock {
             let e = try env()
             let r: LMDBReadTxn
             if let idle = readers.popLast(), idle.env === e {
@@ -276,17 +285,17 @@ public final class Backend: @unchecked Sendable {
                 r = try LMDBReadTxn(env: e)
             }
             activeReads += 1
-            return (r, buffer)
+            return BackendSnapshot(backend: self, txn: r, buffer: buffer)
         }
-        defer {
-            r.reset()
-            lock.withLock {
-                activeReads -= 1
-                if lmdb === r.env && readers.count < 64 { readers.append(r) }
-                if activeReads == 0 { lock.broadcast() }
-            }
+    }
+
+    func release(_ r: LMDBReadTxn) {
+        r.reset()
+        lock.withLock {
+            activeReads -= 1
+            if lmdb === r.env && readers.count < 64 { readers.append(r) }
+            if activeReads == 0 { lock.broadcast() }
         }
-        return try body(BackendReader(txn: r.txn, dbis: r.env.dbis, buffer: staged))
     }
 
     // MARK: size, hash, copy
@@ -389,6 +398,40 @@ public final class Backend: @unchecked Sendable {
             lmdb = nil
         }
     }
+}
+
+/// A consistent read view that stays open until released (see `Backend.snapshot()`).
+public final class BackendSnapshot: @unchecked Sendable {
+    private let backend: Backend
+    private let txn: LMDBReadTxn
+    private let buffer: [[[UInt8]: Backend.Pending]]
+    private let lock = NSLock()
+    private var released = false
+
+    init(backend: Backend, txn: LMDBReadTxn, buffer: [[[UInt8]: Backend.Pending]]) {
+        self.backend = backend
+        self.txn = txn
+        self.buffer = buffer
+    }
+
+    /// Runs `body` on the view (one caller at a time); throws once released.
+    public func read<T>(_ body: (BackendReader) throws -> T) throws -> T {
+        try lock.withLock {
+            if released { throw BackendError(message: "snapshot released") }
+            return try body(BackendReader(txn: txn.txn, dbis: txn.env.dbis, buffer: buffer))
+        }
+    }
+
+    /// Ends the view (idempotent).
+    public func release() {
+        let first: Bool = lock.withLock {
+            defer { released = true }
+            return !released
+        }
+        if first { backend.release(txn) }
+    }
+
+    deinit { release() }
 }
 
 /// A consistent read view given to `Backend.read`'s closure.

@@ -371,4 +371,23 @@ import Testing
         }
         #expect(try st.get("x")?.value == b("\(rounds)"))
     }
+
+    /// HashKV at a fixed revision does not change while writes go on beside it.
+    @Test(.timeLimit(.minutes(1))) func hashKVStableUnderWrites() async throws {
+        let dir = StoreDir()
+        let st = try dir.open(batchLimit: 5)
+        for i in 0..<100 { try st.put("k\(i % 10)", "v\(i)") }
+        let (want, _, _) = try st.hashKV(revision: 100)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { for i in 0..<200 { try st.put("k\(i % 10)", "w\(i)") } }
+            group.addTask {
+                for _ in 0..<20 {
+                    let h = try st.hashKV(revision: 100).hash
+                    #expect(h == want)
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try st.hashKV(revision: 100).hash == want)
+    }
 }

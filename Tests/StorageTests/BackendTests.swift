@@ -80,6 +80,21 @@ private func fastOptions(limit: Int = 10_000) -> Backend.Options {
         #expect(be.commitCount == 2, "a throwing scope still closes")
     }
 
+    @Test func snapshotKeepsItsPointInTime() throws {
+        let dir = BackendTempDir()
+        let be = try Backend(path: dir.db, options: fastOptions())
+        try be.put(.key, key: b("a"), value: b("1"))
+        let snap = try be.snapshot()
+        try be.put(.key, key: b("a"), value: b("2"))
+        try be.put(.key, key: b("b"), value: b("2"))
+        try be.commit()
+        #expect(try snap.read { try $0.range(.key, from: [], to: nil).map(\.value) } == [b("1")])
+        #expect(try be.read { try $0.range(.key, from: [], to: nil).map(\.value) } == [b("2"), b("2")])
+        snap.release()
+        snap.release()
+        #expect(throws: BackendError.self) { try snap.read { _ in 0 } }
+    }
+
     @Test func uncommittedBatchIsLostButConsistentIndexTellsWhere() throws {
         let dir = BackendTempDir()
         do {
