@@ -75,6 +75,15 @@ public struct KeyValue: Equatable, Hashable, Sendable {
         return out
     }
 
+    /// The key and the index fields, without copying the value (for rebuilding the index).
+    static func decodeHeader(_ b: UnsafeRawBufferPointer) throws -> (key: [UInt8], create: Int64, version: Int64) {
+        guard b.count >= 36 else { throw MVCCError.corrupt("key-bucket value of \(b.count) bytes") }
+        let n = Int(b[32]) << 24 | Int(b[33]) << 16 | Int(b[34]) << 8 | Int(b[35])
+        guard 36 + n <= b.count else { throw MVCCError.corrupt("key length \(n) beyond value of \(b.count) bytes") }
+        return (Array(b[36..<(36 + n)]), Int64(bitPattern: BigEndian.uint64(at: 0, of: b)),
+                Int64(bitPattern: BigEndian.uint64(at: 16, of: b)))
+    }
+
     static func decode(_ b: UnsafeRawBufferPointer) throws -> KeyValue {
         guard b.count >= 36 else { throw MVCCError.corrupt("key-bucket value of \(b.count) bytes") }
         func int(_ at: Int) -> Int64 { Int64(bitPattern: BigEndian.uint64(at: at, of: b)) }

@@ -94,12 +94,11 @@ public final class MVCCStore: @unchecked Sendable {
                     guard let (rev, tomb) = Revision.fromBucketKey(k) else {
                         throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
                     }
-                    let kv = try KeyValue.decode(v)
+                    let kv = try KeyValue.decodeHeader(v)
                     if tomb {
                         index.get(kv.key)?.tombstone(rev)
                     } else {
-                        index.getOrInsert(kv.key).put(rev, version: kv.version,
-                                                      created: Revision(main: kv.createRevision))
+                        index.getOrInsert(kv.key).put(rev, version: kv.version, created: Revision(main: kv.create))
                     }
                     currentRev = max(currentRev, rev.main)
                     return true

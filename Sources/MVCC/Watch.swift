@@ -125,9 +125,17 @@ extension MVCCStore {
 
     // MARK: delivery (store lock held)
 
+    /// Identifies an event (one change per key per revision) for the prevKV cache.
+    struct PrevKey: Hashable {
+        let key: [UInt8]
+        let rev: Int64
+    }
+
     /// Applies filters and prevKV, then pushes to the stream; parks the watcher when full.
-    /// Afterwards the watcher has been given everything up to `upTo`.
-    func deliverLocked(_ w: Watcher, _ events: [Event], upTo: Int64) throws -> Bool {
+    /// Afterwards the watcher has been given everything up to `upTo`. `cache` shares prevKV
+    /// reads between the watchers of one notification or catch-up step.
+    func deliverLocked(_ w: Watcher, _ events: [Event], upTo: Int64,
+                       cache: inout [PrevKey: KeyValue?]) throws -> Bool {
         guard let stream = w.stream else {
             watch.remove(w)
             return true
@@ -136,10 +144,23 @@ extension MVCCStore {
             !(ev.type == .put && w.options.noPut) && !(ev.type == .delete && w.options.noDelete)
         }
         if w.options.prevKV && !evs.isEmpty {
-            try backend.read { r in
-                for i in evs.indices {
-                    if let found = index.get(evs[i].kv.key)?.get(at: evs[i].kv.modRevision - 1) {
-                        evs[i].prevKv = try fetch(r, found.modified)
+            var missing: [Int] = []
+            for i in evs.indices {
+                if let known = cache[PrevKey(key: evs[i].kv.key, rev: evs[i].kv.modRevision)] {
+                    evs[i].prevKv = known
+                } else {
+                    missing.append(i)
+                }
+            }
+            if !missing.isEmpty {
+                try backend.read { r in
+                    for i in missing {
+                        var prev: KeyValue?
+                        if let found = index.get(evs[i].kv.key)?.get(at: evs[i].kv.modRevision - 1) {
+                            prev = try fetch(r, found.modified)
+                        }
+                        cache[PrevKey(key: evs[i].kv.key, rev: evs[i].kv.modRevision)] = .some(prev)
+                        evs[i].prevKv = prev
                     }
                 }
             }
@@ -165,10 +186,11 @@ extension MVCCStore {
                 batches[id, default: (w, [])].1.append(ev)
             }
         }
+        var cache: [PrevKey: KeyValue?] = [:]
         for (_, (w, evs)) in batches {
             // A backend read failure for prevKV cannot stop the write that already happened:
             // deliver without prevKV rather than lose the events.
-            if (try? deliverLocked(w, evs, upTo: rev)) == nil {
+            if (try? deliverLocked(w, evs, upTo: rev, cache: &cache)) == nil {
                 w.minRev = rev + 1
                 let resp = WatchResponse(watchID: w.id, events: evs, revision: rev)
                 if w.stream?.push(resp) != true { w.parked = resp; watch.add(w, as: .victim) }
@@ -224,9 +246,10 @@ extension MVCCStore {
             }
         }
         // (Watchers below the compact revision wait for room for their cancellation.)
+        var cache: [PrevKey: KeyValue?] = [:]
         for (_, w) in watch.unsynced where w.minRev <= upper && w.minRev >= compactMainRev {
             let mine = events.filter { $0.kv.modRevision >= w.minRev && w.matches($0.kv.key) }
-            if try deliverLocked(w, mine, upTo: upper), w.minRev > currentRev {
+            if try deliverLocked(w, mine, upTo: upper, cache: &cache), w.minRev > currentRev {
                 watch.add(w, as: .synced)
             }
         }

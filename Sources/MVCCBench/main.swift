@@ -5,7 +5,8 @@
 // Phases: N puts of distinct keys (one revision each, batches of 10000 ops committed with
 // LMDB's fsync unless --no-sync); the anonymous RSS grown meanwhile (the in-memory index,
 // the LMDB map's file pages excluded); random single-key ranges; ranges of 100 keys; 
-// kube-style CAS txns (compare mod revision, then put); a compaction of all history.
+// kube-style CAS txns (compare mod revision, then put); a compaction of all history; the
+// index rebuilt from the backend as at a restart.
 import Foundation
 import MVCC
 import Storage
@@ -63,6 +64,10 @@ print(String(format: "RSS total %0.1f MiB, db file %0.1f MiB, in use %0.1f MiB",
              Double(kibibytes("VmRSS")) / 1024, Double(try backend.fileSize()) / 1_048_576,
              Double(try backend.sizeInUse()) / 1_048_576))
 
+try measure("reopen: rebuild the index", ops: keys) {
+    _ = try MVCCStore(backend: backend)
+}
+
 var rng = SystemRandomNumberGenerator()
 try measure("range: one key", ops: reads) {
     for _ in 0..<reads { _ = try store.range(RangeRequest(key: key(Int.random(in: 0..<keys, using: &rng)))) }
@@ -87,6 +92,25 @@ try measure("txn: CAS on mod revision + put", ops: updates) {
     }
     try backend.commit()
 }
+let streams = (0..<10).map { _ in store.makeWatchStream() }
+for s in streams {
+    _ = try s.watch(key: Array("/registry/pods/".utf8), rangeEnd: Array("/registry/pods0".utf8),
+                    options: WatchOptions(prevKV: true))
+}
+var delivered = 0
+try measure("put + 10 prefix watchers with prevKV", ops: updates) {
+    for i in 0..<updates {
+        _ = try store.put(PutRequest(key: key(i), value: value))
+        if i % 64 == 63 {
+            for s in streams { while let r = s.poll() { delivered += r.events.count } }
+            _ = try store.syncWatchers()
+        }
+    }
+    for s in streams { while let r = s.poll() { delivered += r.events.count } }
+}
+print("watch events delivered: \(delivered) (expected \(10 * updates))")
+for s in streams { s.close() }
+
 try measure("compact all history", ops: updates) {
     try store.compact(store.currentRevision)
     try backend.commit()
