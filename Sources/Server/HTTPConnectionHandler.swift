@@ -63,6 +63,13 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// The server is shutting down: a response still being produced is cancelled (a streamed
+    /// body ends and the connection closes; a complete body is still sent). NIO's pipelining
+    /// handler closes the connection once no response is pending.
+    func quiesce() {
+        task?.cancel()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Parse errors were answered with 400 by NIO's error handler; nothing else is
         // recoverable on this connection either.
@@ -143,6 +150,28 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
                 }
             }
         }
+    }
+}
+
+/// Tells the ``HTTPConnectionHandler`` behind NIO's HTTP handlers about a graceful shutdown.
+final class HTTPQuiesceRelay: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    private let handler: HTTPConnectionHandler
+
+    init(handler: HTTPConnectionHandler) {
+        self.handler = handler
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            handler.quiesce()
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 

@@ -49,7 +49,9 @@ public struct HTTPBodyWriter: Sendable {
     let writeChunk: @Sendable (ByteBuffer) async throws -> Void
 
     /// Writes one chunk (empty buffers are skipped: an empty chunk would end the body).
+    /// - Throws: `CancellationError` once the connection closed or the server is stopping.
     public func write(_ chunk: ByteBuffer) async throws {
+        try Task.checkCancellation()
         guard chunk.readableBytes > 0 else { return }
         try await writeChunk(chunk)
     }

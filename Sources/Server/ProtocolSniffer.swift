@@ -176,8 +176,12 @@ struct ConnectionStarter: Sendable {
     /// pipeline. Must run on the channel's event loop.
     func startHTTP(on channel: any Channel) throws {
         let sync = channel.pipeline.syncOperations
+        let handler = HTTPConnectionHandler(router: router, maxBodyBytes: maxHTTPBodyBytes)
+        // NIO's pipelining handler keeps the quiesce event to itself while a response is in
+        // flight, so the connection handler hears of it from in front.
+        try sync.addHandler(HTTPQuiesceRelay(handler: handler))
         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-        try sync.addHandler(HTTPConnectionHandler(router: router, maxBodyBytes: maxHTTPBodyBytes))
+        try sync.addHandler(handler)
     }
 }
 

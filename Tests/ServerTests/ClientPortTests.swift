@@ -151,3 +151,36 @@ private let etcdctlPath = "/usr/bin/etcdctl"
         #expect(request.queryValues("flag") == [""])
     }
 }
+
+@Suite struct ClientPortLifecycleTests {
+    @Test func gracefulStopEndsAStreamedResponse() async throws {
+        var router = HTTPRouter()
+        router.add("/stream") { _ in
+            HTTPResponse(status: .ok, body: .stream { writer in
+                try await writer.write(Array("first\n".utf8))
+                // A watch-like stream that only ends when cancelled.
+                try await Task.sleep(for: .seconds(3600))
+            })
+        }
+        try await withClientPortHarness(configure: { $0.router = router }) { harness in
+            let client = try await RawClient.connect(port: harness.port)
+            try await client.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            let start = String(decoding: try await client.read(atLeast: 1), as: UTF8.self)
+            #expect(start.hasPrefix("HTTP/1.1 200 OK"))
+            #expect(start.contains("transfer-encoding: chunked"))
+            try await harness.stop()
+            #expect(try await client.readToEnd().closed)
+        }
+    }
+
+    @Test func unixDomainSocket() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") else { return }
+        let path = "/tmp/swetcd-client-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(path) }
+        try await withClientPort(configure: { $0.address = .unix(path: path) }) { _ in
+            let result = try await run("/usr/bin/curl", ["-s", "-m", "10", "--unix-socket", path, "http://localhost/version"])
+            #expect(result.status == 0)
+            #expect(result.output.contains(#""etcdcluster":"3.5.0""#))
+        }
+    }
+}
