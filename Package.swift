@@ -86,6 +86,7 @@ let package = Package(
         ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server",
+            "EtcdProto",
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
