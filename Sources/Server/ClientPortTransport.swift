@@ -170,6 +170,9 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             .serverChannelInitializer { channel in
                 listenerConfigurator.configure(channel: channel)
             }
+            // gRPC's own idle-connection pings cannot start on sniffed connections (see
+            // docs/ARCHITECTURE.md); TCP keepalive still finds dead peers (ignored on Unix sockets).
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try Self.initialize(child: child, tls: tls, starter: starter, sniffTimeout: sniffTimeout)

@@ -1,4 +1,6 @@
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -181,6 +183,40 @@ private let etcdctlPath = "/usr/bin/etcdctl"
             let result = try await run("/usr/bin/curl", ["-s", "-m", "10", "--unix-socket", path, "http://localhost/version"])
             #expect(result.status == 0)
             #expect(result.output.contains(#""etcdcluster":"3.5.0""#))
+        }
+    }
+}
+
+@Suite struct ClientPortGRPCLimitTests {
+    @Test func requestsOverTheReceiveLimitAreRefused() async throws {
+        try await withClientPort(configure: { $0.maxReceiveMessageBytes = 1024 }) { port in
+            let transport = try HTTP2ClientTransport.Posix(
+                target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+            let results: [Result<[UInt8], RPCError>] = try await withGRPCClient(transport: transport) { client in
+                var results: [Result<[UInt8], RPCError>] = []
+                // At the limit, one over, then again under: the connection keeps serving.
+                for size in [1024, 1025, 0] {
+                    do {
+                        let reply = try await client.unary(
+                            request: ClientRequest(message: [UInt8](repeating: 0, count: size)),
+                            descriptor: MethodDescriptor(fullyQualifiedService: "etcdserverpb.Maintenance", method: "Status"),
+                            serializer: RawBytesCodec(),
+                            deserializer: RawBytesCodec(),
+                            options: .defaults
+                        ) { try $0.message }
+                        results.append(.success(reply))
+                    } catch let error as RPCError {
+                        results.append(.failure(error))
+                    }
+                }
+                return results
+            }
+            #expect(results.count == 3)
+            #expect(try results[0].get() == FixedStatusService.responseBytes)
+            // grpc-swift's server resets an oversize stream (RST_STREAM cancel), so the client
+            // sees `unavailable` where etcd (grpc-go) answers `resourceExhausted`.
+            #expect(throws: RPCError.self) { try results[1].get() }
+            #expect(try results[2].get() == FixedStatusService.responseBytes)
         }
     }
 }
