@@ -153,7 +153,9 @@ public struct HTTPRouter: Sendable {
         } else {
             return .text(.notFound, "404 page not found\n")
         }
-        if let methods = route.methods, !methods.contains(request.method) {
+        // HEAD is answered like GET (the listener sends no body).
+        let method = request.method == .HEAD ? HTTPMethod.GET : request.method
+        if let methods = route.methods, !methods.contains(method) {
             var response = HTTPResponse.text(.methodNotAllowed, "Method Not Allowed\n")
             let allowed = methods.map(\.rawValue).sorted().joined(separator: ", ")
             response.headers.add(name: "allow", value: allowed)

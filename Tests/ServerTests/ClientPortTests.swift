@@ -133,6 +133,36 @@ private let etcdctlPath = "/usr/bin/etcdctl"
         }
     }
 
+    @Test func expectContinueAndHead() async throws {
+        var router = HTTPRouter()
+        router.addVersionRoute()
+        router.add("/echo", methods: [.POST]) { request in .text(.ok, String(buffer: request.body)) }
+        try await withClientPort(configure: { $0.router = router; $0.maxHTTPBodyBytes = 64 }) { port in
+            let client = try await RawClient.connect(port: port)
+            try await client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            let interim = String(decoding: try await client.read(atLeast: 25), as: UTF8.self)
+            #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n")
+            try await client.send("hello")
+            let echoed = try await client.readResponse()
+            #expect(echoed.status == 200)
+            #expect(echoed.text == "hello")
+
+            // Too large: refused before the body is sent.
+            try await client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\nExpect: 100-continue\r\n\r\n")
+            #expect(try await client.readResponse().status == 413)
+            #expect(try await client.readToEnd().closed)
+
+            let head = try await RawClient.connect(port: port)
+            try await head.send("HEAD /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            let (bytes, closed) = try await head.readToEnd()
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(closed)
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(text.lowercased().contains("content-length: 45\r\n"))
+            #expect(text.hasSuffix("\r\n\r\n"), "no body after the headers: \(text)")
+        }
+    }
+
     @Test func routerUnitBehaviour() async {
         var router = HTTPRouter()
         router.add("/health") { _ in .json(.ok, #"{"health":"true"}"#) }
