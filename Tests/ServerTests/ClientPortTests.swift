@@ -217,6 +217,17 @@ private let etcdctlPath = "/usr/bin/etcdctl"
     }
 }
 
+@Suite struct ClientPortBindTests {
+    @Test func bindingAPortInUseFails() async throws {
+        try await withClientPort { port in
+            let second = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: port)))
+            let server = GRPCServer(transport: second, services: [FixedStatusService()])
+            await #expect(throws: (any Error).self) { try await server.serve() }
+            await #expect(throws: ClientPortError.notListening) { _ = try await second.listeningAddress }
+        }
+    }
+}
+
 @Suite struct ClientPortGRPCLimitTests {
     @Test func requestsOverTheReceiveLimitAreRefused() async throws {
         try await withClientPort(configure: { $0.maxReceiveMessageBytes = 1024 }) { port in
