@@ -170,8 +170,8 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             .serverChannelInitializer { channel in
                 listenerConfigurator.configure(channel: channel)
             }
-            // gRPC's own idle-connection pings cannot start on sniffed connections (see
-            // docs/ARCHITECTURE.md); TCP keepalive still finds dead peers (ignored on Unix sockets).
+            // Dead peers of idle HTTP/1.1 connections are found by TCP keepalive (gRPC
+            // connections also have HTTP/2 pings); ignored on Unix sockets.
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {

@@ -261,3 +261,32 @@ private let etcdctlPath = "/usr/bin/etcdctl"
         }
     }
 }
+
+@Suite struct ClientPortHTTP2Tests {
+    /// gRPC's server keepalive (pings after `keepaliveTime` without reads) must run on sniffed
+    /// connections too: a raw HTTP/2 client that stays silent receives a PING frame.
+    @Test func serverPingsAnIdleConnection() async throws {
+        try await withClientPort(configure: { $0.keepaliveTime = .milliseconds(200) }) { port in
+            let client = try await RawClient.connect(port: port)
+            let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+            let emptySettings: [UInt8] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0]
+            try await client.send(preface + emptySettings)
+            var sawPing = false
+            var buffered: [UInt8] = []
+            // Frames: 3-byte length, type, flags, 4-byte stream id, payload. Bounded by the
+            // client's 10 s receive timeout.
+            while !sawPing {
+                let more = try await client.read(atLeast: 1)
+                if more.isEmpty { break }
+                buffered += more
+                while buffered.count >= 9 {
+                    let length = Int(buffered[0]) << 16 | Int(buffered[1]) << 8 | Int(buffered[2])
+                    guard buffered.count >= 9 + length else { break }
+                    if buffered[3] == 0x6, buffered[4] & 0x1 == 0 { sawPing = true }
+                    buffered.removeFirst(9 + length)
+                }
+            }
+            #expect(sawPing, "no PING from the server on an idle HTTP/2 connection")
+        }
+    }
+}
