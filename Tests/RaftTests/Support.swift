@@ -10,6 +10,8 @@ final class TestCluster {
     var readStates: [UInt64: [ReadState]] = [:]
     /// Dropped directed links (from, to).
     var cut: Set<[UInt64]> = []
+    /// Drops messages it returns true for.
+    var dropIf: ((Message) -> Bool)?
     /// Messages dropped by `cut`, for inspection.
     var dropped: [Message] = []
     /// Every message delivered, for inspection.
@@ -82,7 +84,7 @@ final class TestCluster {
     }
 
     func deliver(_ m: Message) throws {
-        if cut.contains([m.from, m.to]) || nodes[m.to] == nil {
+        if cut.contains([m.from, m.to]) || nodes[m.to] == nil || dropIf?(m) == true {
             dropped.append(m)
             return
         }
