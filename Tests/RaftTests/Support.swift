@@ -17,8 +17,20 @@ final class TestCluster {
     /// Every message delivered, for inspection.
     var delivered: [Message] = []
 
+    /// The initial configuration every node starts from (index 0).
+    let initial: ConfState
+
+    /// Storage for a node joining later: it knows the initial configuration and replays the
+    /// membership changes from the log.
+    func joinerStorage() throws -> MemoryStorage {
+        let s = MemoryStorage()
+        try s.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: initial)))
+        return s
+    }
+
     init(voters: [UInt64], learners: [UInt64] = [], configure: (inout RaftConfig) -> Void = { _ in }) throws {
         let cs = ConfState(voters: voters, learners: learners)
+        initial = cs
         for id in voters + learners {
             let s = MemoryStorage()
             try s.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: cs)))
