@@ -136,6 +136,59 @@ import Testing
         #expect(c.state[1] == proposed && c.state[2] == proposed && c.state[3] == proposed)
     }
 
+    /// A durable follower holding a long uncommitted tail from a deposed minority leader gets
+    /// the new leader's snapshot, which ends before that tail. The stale entries stay in the
+    /// WAL (before the marker), but recovery must not resurrect them behind the snapshot.
+    @Test func staleTailBehindReceivedSnapshotIsNotResurrected() throws {
+        var rng = SeededRNG(seed: 9)
+        let tmp = try WALTempDir("draft")
+        defer { tmp.cleanup() }
+        let dd = DataDir(path: tmp.sub("data"))
+        let c = try DRCluster(ids: [1, 2, 3, 4, 5], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta))
+        try c.nodes[2]!.campaign()
+        try c.settle()
+        #expect(c.leader == 2)
+        // Leader 2 and follower 1 are cut off: their 40 proposals never commit.
+        c.groups = [[1, 2], [3, 4, 5]]
+        for _ in 0..<40 { try c.nodes[2]!.propose(drPayload(&rng, max: 32)) }
+        try c.settle()
+        let staleLast = try c.durable!.memory.lastIndex()
+        #expect(staleLast > 40)
+        try c.tickAll(40)
+        let l = try #require(c.leader.flatMap { [3, 4, 5].contains($0) ? $0 : nil })
+        var proposed: [[UInt8]] = []
+        for _ in 0..<5 {
+            let p = drPayload(&rng, max: 32)
+            proposed.append(p)
+            try c.nodes[l]!.propose(p)
+        }
+        try c.settle()
+        for id: UInt64 in [3, 4, 5] { try c.snapshot(id, keeping: 0) }
+        let snap = try c.mem[l]!.snapshot()
+        #expect(snap.metadata.index < staleLast)
+        c.groups = []
+        try c.tick(l, 3)
+        #expect(c.state[1] == proposed)
+        #expect(try c.durable!.memory.snapshot() == snap)
+        #expect(try c.durable!.memory.lastIndex() == snap.metadata.index)
+        let hs = c.nodes[1]!.hardState
+        try c.durable!.close()
+
+        let r = try DurableRaftStorage.open(dd, newMember: meta)
+        #expect(r.recovery.snapshot == snap)
+        #expect(r.recovery.hardState == hs)
+        #expect(r.recovery.droppedStaleEntries == Int(staleLast - snap.metadata.index))
+        #expect(try r.memory.lastIndex() == snap.metadata.index)
+        try c.restartDurable(r)
+        for _ in 0..<5 {
+            let p = drPayload(&rng, max: 32)
+            proposed.append(p)
+            try c.nodes[l]!.propose(p)
+            try c.settle()
+        }
+        for id in c.nodes.keys { #expect(c.state[id] == proposed, "node \(id)") }
+    }
+
     @Test func damagedPiecesGiveClearErrors() throws {
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
