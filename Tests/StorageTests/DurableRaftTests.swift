@@ -16,7 +16,7 @@ import Testing
         #expect(d.metadata == meta)
         #expect(try d.memory.lastIndex() == 0)
         try d.close()
-        #expect(throws: DurableRaftError.closed) { try d.save(hardState: HardState(term: 1), entries: [], mustSync: true) }
+        #expect(throws: DurableRaftError.closed) { try d.createSnapshot(index: 1, confState: ConfState(), data: []) }
         // Reopened: the stored metadata wins over the one offered for a new member.
         let again = try DurableRaftStorage.open(dd, newMember: WALMetadata(memberID: 9, clusterID: 9))
         #expect(!again.recovery.isNew)
