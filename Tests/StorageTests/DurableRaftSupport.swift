@@ -61,6 +61,15 @@ final class DRCluster {
         try restartDurable(durable)
     }
 
+    /// A one-member cluster on a durable storage opened in `dd`, already leading.
+    static func singleLeader(_ dd: DataDir, _ meta: WALMetadata, _ options: DurableRaftOptions) throws -> DRCluster {
+        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta, options: options))
+        try c.nodes[1]!.campaign()
+        try c.settle()
+        try #require(c.leader == 1)
+        return c
+    }
+
     static func config(_ id: UInt64) -> RaftConfig {
         var c = RaftConfig(id: id)
         c.seed = id

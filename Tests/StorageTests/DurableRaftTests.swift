@@ -33,10 +33,7 @@ import Testing
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
-        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta, options: smallWAL))
-        try c.nodes[1]!.campaign()
-        try c.settle()
-        #expect(c.leader == 1, "seed \(seed)")
+        let c = try DRCluster.singleLeader(dd, meta, smallWAL)
         var proposed: [[UInt8]] = []
         for i in 0..<120 {
             let p = drPayload(&rng)
@@ -244,9 +241,7 @@ import Testing
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
-        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta, options: smallWAL))
-        try c.nodes[1]!.campaign()
-        try c.settle()
+        let c = try DRCluster.singleLeader(dd, meta, smallWAL)
         for i in 0..<150 {
             try c.nodes[1]!.propose(drPayload(&rng))
             try c.settle()
@@ -275,9 +270,7 @@ import Testing
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
-        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta))
-        try c.nodes[1]!.campaign()
-        try c.settle()
+        let c = try DRCluster.singleLeader(dd, meta, DurableRaftOptions())
         for _ in 0..<20 {
             try c.nodes[1]!.propose(drPayload(&rng))
             try c.settle()
