@@ -22,6 +22,7 @@ enum SimEnv {
             let sim = try Simulation(seed: seed, steps: steps)
             do {
                 try sim.run()
+                if SimEnv.int("SIM_VERBOSE") != nil { print("seed \(seed): \(sim.summary)") }
                 return nil
             } catch {
                 return "seed \(seed) failed: \(error) [\(sim.summary)]\n"

@@ -35,6 +35,9 @@ final class Simulation {
     var now = 0
     var seq = 0
     var faults = true
+    /// Profile: frequent short partitions of small clusters, one entry per append — the
+    /// conditions under which old-term entries get re-replicated by new leaders.
+    var churn = false
 
     var ids: [UInt64] = []
     var configs: [UInt64: RaftConfig] = [:]
@@ -62,13 +65,14 @@ final class Simulation {
     var nextRead: UInt64 = 0
 
     // Statistics.
-    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0)
+    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0)
 
     init(seed: UInt64, steps: Int) throws {
         self.seed = seed
         self.steps = steps
         rng = SplitMix64(seed: seed)
-        let voters = [3, 5, 7][Int(rng.next() % 3)]
+        churn = rng.next() % 2 == 0
+        let voters = churn ? [3, 3, 5][Int(rng.next() % 3)] : [3, 5, 7][Int(rng.next() % 3)]
         let learners = Int(rng.next() % 3)
         let spares = 3
         ids = (1...UInt64(voters + learners + spares)).map { $0 }
@@ -77,7 +81,7 @@ final class Simulation {
         let preVote = rng.next() % 5 != 0
         let checkQuorum = rng.next() % 4 != 0
         let heartbeat = 1 + Int(rng.next() % 3)
-        let maxSize: UInt64 = [1, 64, 1 << 20][Int(rng.next() % 3)]
+        let maxSize: UInt64 = churn ? 1 : [1, 64, 1 << 20][Int(rng.next() % 3)]
         let inflights = 1 + Int(rng.next() % 8)
         for id in ids {
             let s = MemoryStorage()
@@ -99,7 +103,7 @@ final class Simulation {
     }
 
     var summary: String {
-        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots)"
+        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous)"
     }
 
     let tracing = SimEnv.int("SIM_TRACE") != nil
@@ -130,6 +134,8 @@ final class Simulation {
     func step() throws {
         now += 1
         if faults { try randomAction() }
+        if faults && churn && chance(120) { partition() }
+        if faults && churn && chance(300), let l = pick(leaders) { try propose(at: l.id) }
         try deliverDue()
         for id in liveIDs {
             guard let n = nodes[id] else { continue }
@@ -246,13 +252,16 @@ final class Simulation {
     func partition() {
         let all = ids
         cuts = []
-        switch rng.next() % 3 {
+        // Churn: mostly cut off the newest leader, which leaves divergent uncommitted tails.
+        let kind = churn && chance(700) ? 1 : rng.next() % 3
+        switch kind {
         case 0: // symmetric split into two groups
             for a in all {
                 for b in all where a != b && (a % 2) != (b % 2) && rng.next() % 2 == 0 { cuts.insert([a, b]); cuts.insert([b, a]) }
             }
         case 1: // isolate one node (maybe the leader)
-            if let x = rng.next() % 2 == 0 ? leaders.first?.id : pick(all) {
+            let newest = leaders.max { $0.term < $1.term }?.id
+            if let x = churn || rng.next() % 2 == 0 ? newest ?? pick(all) : pick(all) {
                 for b in all where b != x { cuts.insert([x, b]); cuts.insert([b, x]) }
             }
         default: // asymmetric: some links one way only
@@ -260,7 +269,7 @@ final class Simulation {
                 for b in all where a != b && chance(150) { cuts.insert([a, b]) }
             }
         }
-        healAt = now + 5 + Int(rng.next() % 60)
+        healAt = now + (churn ? 2 + Int(rng.next() % 20) : 5 + Int(rng.next() % 60))
     }
 
     func snapshot(at id: UInt64) throws {
@@ -278,11 +287,11 @@ final class Simulation {
 
     func send(_ m: Message) {
         if faults {
-            if chance(50) { return dropped(m) }
+            if chance(churn ? 200 : 50) { return dropped(m) }
             let copies = chance(20) ? 2 : 1
             for _ in 0..<copies {
                 seq += 1
-                inflight.append(Pending(at: now + Int(rng.next() % 4), seq: seq, message: m))
+                inflight.append(Pending(at: now + Int(rng.next() % (churn ? 6 : 4)), seq: seq, message: m))
             }
         } else {
             seq += 1
@@ -378,6 +387,14 @@ final class Simulation {
             // Whatever a leader commits is durable on a quorum of voters (learners never count).
             let ci = n.log.committed
             let t = try n.log.term(ci)
+            if t != n.term {
+                stats.oldTermCommits += 1
+                let holders = ids.filter { (try? storages[$0]!.term(ci)).map { $0 > t } ?? false }
+                if !holders.isEmpty {
+                    stats.dangerous += 1
+                    trace("DANGER leader \(n.id) t\(n.term) commits \(ci)/\(t); higher-term holders \(holders)")
+                }
+            }
             var has: [UInt64: Bool] = [n.id: true]
             for v in n.membership.allVoters where v != n.id {
                 let s = storages[v]!
@@ -395,7 +412,7 @@ final class Simulation {
     func processReady(_ id: UInt64) throws {
         while let n = nodes[id], n.hasReady {
             let rd = try n.ready()
-            if faults && chance(5) { return crash(id) } // lose the whole Ready
+            if faults && chance(churn ? 2 : 5) { return crash(id) } // lose the whole Ready
             let s = storages[id]!
             if let snap = rd.snapshot {
                 if let d = digestAt[snap.metadata.index], d != Self.digest(of: snap.data) {
@@ -410,7 +427,7 @@ final class Simulation {
                 try s.append(rd.entries)
             }
             if let hs = rd.hardState { s.setHardState(hs) }
-            if faults && chance(5) { return crash(id) } // persisted, nothing sent or applied
+            if faults && chance(churn ? 2 : 5) { return crash(id) } // persisted, nothing sent or applied
             for m in rd.messages { send(m) }
             for e in rd.committedEntries { try apply(id, e) }
             for r in rd.readStates {
