@@ -311,13 +311,16 @@ public final class DurableRaftStorage {
         return try memory.firstIndex()
     }
 
-    /// Committed entries after `index` (from the first one still held), in order: what to
-    /// re-apply at start-up to a state machine whose consistent index is `index`.
+    /// The committed entries after `index`, in order: what to re-apply at start-up to a state
+    /// machine whose consistent index is `index`. Throws `RaftStorageError.compacted` when
+    /// some of them are no longer held (the state machine is older than the snapshot: restore
+    /// it from the snapshot first; taking a snapshot only after the state machine has made its
+    /// applied index durable avoids this).
     public func committedEntries(after index: UInt64) throws -> [Entry] {
-        let first = try memory.firstIndex()
-        let lo = max(index + 1, first)
+        let lo = index + 1
         let hi = memory.hardState.commit + 1
         guard lo < hi else { return [] }
+        guard lo >= (try memory.firstIndex()) else { throw RaftStorageError.compacted }
         return try memory.entries(lo, hi, maxBytes: UInt64.max)
     }
 
