@@ -77,9 +77,14 @@ public struct DurableRaftRecovery: Sendable, Equatable {
 ///
 /// For every `Ready`, call ``persist(_:)`` before sending its messages: it writes a snapshot
 /// (file, then WAL marker, then `MemoryStorage.applySnapshot`), then the hard state and
-/// entries with one WAL write and at most one `fdatasync` (when `Ready.mustSync`), then appends
-/// the entries to the `MemoryStorage`. The server takes periodic snapshots with
+/// entries with one WAL write and at most one `fdatasync` (when `Ready.mustSync`), then
+/// releases what a snapshot made unnecessary, then appends the entries to the `MemoryStorage`. The server takes periodic snapshots with
 /// ``createSnapshot(index:confState:data:)`` and trims memory with ``compact(keeping:)``.
+///
+/// On restart, create the `RaftNode` on ``raftStorage``: it hands out the committed entries
+/// after the recovered snapshot again (or set `RaftConfig.applied` to the state machine's
+/// durable applied index to skip those it already has; ``committedEntries(after:)`` lists
+/// them for a replay outside the node).
 ///
 /// Entries are stored as `Entry.encode()` bytes in `WALEntry.data`, snapshot markers carry
 /// `ConfState.encode()`, the WAL metadata is `WALMetadata`. Not thread-safe: one owner
@@ -317,11 +322,10 @@ public final class DurableRaftStorage {
     /// it from the snapshot first; taking a snapshot only after the state machine has made its
     /// applied index durable avoids this).
     public func committedEntries(after index: UInt64) throws -> [Entry] {
-        let lo = index + 1
-        let hi = memory.hardState.commit + 1
-        guard lo < hi else { return [] }
-        guard lo >= (try memory.firstIndex()) else { throw RaftStorageError.compacted }
-        return try memory.entries(lo, hi, maxBytes: UInt64.max)
+        let commit = memory.hardState.commit
+        guard index < commit else { return [] }
+        guard index >= (try memory.firstIndex()) - 1 else { throw RaftStorageError.compacted }
+        return try memory.entries(index + 1, commit + 1, maxBytes: UInt64.max)
     }
 
     /// The WAL segment files in use, oldest first.

@@ -105,6 +105,7 @@ import Testing
         if snapIndex > 1 {
             #expect(throws: RaftStorageError.compacted) { try r.committedEntries(after: snapIndex - 2) }
         }
+        #expect(try r.committedEntries(after: .max).isEmpty)
         print("durable raft replay seed \(seed): \(lost) pending puts lost, replayed \(replay.count) entries after \(ci)")
         try r.close()
     }
