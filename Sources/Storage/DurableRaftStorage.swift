@@ -65,10 +65,6 @@ public struct DurableRaftRecovery: Sendable, Equatable {
     public var tornTail: WALTornTail?
     /// Snapshot files passed over (damaged, or without a WAL marker), with the reason.
     public var skippedSnapshots: [SkippedSnapshot]
-    /// Entries after the snapshot dropped because their term is lower than the snapshot's or
-    /// their predecessor's: leftovers of a log that a snapshot received from the leader
-    /// replaced (Raft terms never decrease along a log).
-    public var droppedStaleEntries: Int
 }
 
 /// The Raft log made durable the way etcd does it: the ``RaftNode`` reads a `MemoryStorage`,
@@ -133,7 +129,7 @@ public final class DurableRaftStorage {
         if before == .empty {
             let wal = try WAL.create(directory: dataDir.walDirectory, metadata: newMember.encoded, options: options.wal)
             let rec = DurableRaftRecovery(isNew: true, snapshot: Snapshot(), hardState: HardState(), lastIndex: 0,
-                                          tornTail: nil, skippedSnapshots: [], droppedStaleEntries: 0)
+                                          tornTail: nil, skippedSnapshots: [])
             return DurableRaftStorage(dataDir: dataDir, metadata: newMember, memory: MemoryStorage(),
                                       recovery: rec, options: options, wal: wal)
         }
@@ -172,8 +168,14 @@ public final class DurableRaftStorage {
             var entries: [Entry] = []
             entries.reserveCapacity(contents.entries.count)
             var lastTerm = snap.metadata.term
-            var dropped = 0
             for (i, we) in contents.entries.enumerated() {
+                if we.data.isEmpty {
+                    // A truncation mark (see `persist`): the log ends before it.
+                    guard i == contents.entries.count - 1 else {
+                        throw try corruptEntry(walDir, we.index, "truncation mark followed by entry \(we.index + 1)")
+                    }
+                    break
+                }
                 let e: Entry
                 do { e = try Entry(decoding: we.data) } catch {
                     throw try corruptEntry(walDir, we.index, "\(error)")
@@ -181,9 +183,8 @@ public final class DurableRaftStorage {
                 guard e.index == we.index, e.term == we.term else {
                     throw try corruptEntry(walDir, we.index, "holds entry \(e.index) of term \(e.term), record says term \(we.term)")
                 }
-                if e.term < lastTerm {
-                    dropped = contents.entries.count - i
-                    break
+                guard e.term >= lastTerm else {
+                    throw DurableRaftError.inconsistent("entry \(e.index) in \(walDir) has term \(e.term), below the term \(lastTerm) before it")
                 }
                 lastTerm = e.term
                 entries.append(e)
@@ -206,7 +207,7 @@ public final class DurableRaftStorage {
             }
             memory.setHardState(hs)
             let rec = DurableRaftRecovery(isNew: false, snapshot: snap, hardState: hs, lastIndex: last,
-                                          tornTail: contents.tornTail, skippedSnapshots: skipped, droppedStaleEntries: dropped)
+                                          tornTail: contents.tornTail, skippedSnapshots: skipped)
             return DurableRaftStorage(dataDir: dataDir, metadata: meta, memory: memory, recovery: rec,
                                       options: options, wal: wal)
         } catch {
@@ -257,9 +258,19 @@ public final class DurableRaftStorage {
     public func persist(_ rd: Ready) throws -> Bool {
         let wal = try usableWAL()
         let snap = rd.snapshot.flatMap { $0.isEmpty ? nil : $0 }
-        if let snap { try saveSnapshot(snap, wal) }
+        var walEntries = rd.entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
+        if let snap {
+            let s = snap.metadata
+            // A snapshot from the leader replaces a log that may go on past it. Those entries
+            // stay in the WAL before the marker, and reading from the marker would hand them
+            // back: unless the Ready's entries overwrite them, a truncation mark (an entry
+            // record with no data, never a valid encoded entry) at the next index ends the log.
+            if try memory.lastIndex() > s.index, walEntries.first.map({ $0.index > s.index + 1 }) ?? true {
+                walEntries.insert(WALEntry(index: s.index + 1, term: s.term, data: []), at: 0)
+            }
+            try saveSnapshot(snap, wal)
+        }
         let hs = rd.hardState.map { WALHardState(term: $0.term, vote: $0.vote, commit: $0.commit) }
-        let walEntries = rd.entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
         var synced = try wal.save(hardState: hs, entries: walEntries)
         if (rd.mustSync || snap != nil) && !synced {
             try wal.sync()

@@ -56,7 +56,7 @@ import Testing
         #expect(r.recovery.hardState == hs, "seed \(seed)")
         #expect(r.memory.hardState == hs)
         #expect(r.recovery.snapshot == snap, "seed \(seed)")
-        #expect(r.recovery.tornTail == nil && r.recovery.droppedStaleEntries == 0)
+        #expect(r.recovery.tornTail == nil)
         let logAfter = try c.log(1, using: r)
         #expect(logAfter.first?.index == snap.metadata.index + 1)
         #expect(logBefore.suffix(logAfter.count) == logAfter[...], "seed \(seed)")
@@ -174,7 +174,14 @@ import Testing
         let r = try DurableRaftStorage.open(dd, newMember: meta)
         #expect(r.recovery.snapshot == snap)
         #expect(r.recovery.hardState == hs)
-        #expect(r.recovery.droppedStaleEntries == Int(staleLast - snap.metadata.index))
+        // The stale tail is in the WAL, and so is the mark that ends the log after the snapshot.
+        var staleRecords = 0, marks = 0
+        try WAL.dump(directory: dd.walDirectory) { ev in
+            guard case let .record(rec) = ev, case let .entry(e) = rec.record, e.index > snap.metadata.index else { return }
+            if e.data.isEmpty { marks += 1 } else if e.term < snap.metadata.term { staleRecords += 1 }
+        }
+        #expect(staleRecords == Int(staleLast - snap.metadata.index))
+        #expect(marks == 1)
         #expect(try r.memory.lastIndex() == snap.metadata.index)
         try c.restartDurable(r)
         for _ in 0..<5 {
@@ -213,6 +220,22 @@ import Testing
         // The WAL lock was released by the failed open.
         let again = try WAL.open(directory: dd2.walDirectory)
         try again.wal.close()
+        // A truncation mark in the middle of the log, and terms going down.
+        let dd6 = DataDir(path: tmp.sub("f"))
+        try dd6.prepare()
+        let w6 = try WAL.create(directory: dd6.walDirectory, metadata: meta.encoded)
+        try w6.save(hardState: nil, entries: [WALEntry(index: 1, term: 1, data: Entry(term: 1, index: 1).encode()),
+                                              WALEntry(index: 2, term: 1, data: []),
+                                              WALEntry(index: 3, term: 1, data: Entry(term: 1, index: 3).encode())])
+        try w6.close()
+        #expect(throws: DurableRaftError.self) { try DurableRaftStorage.open(dd6, newMember: meta) }
+        let dd7 = DataDir(path: tmp.sub("g"))
+        try dd7.prepare()
+        let w7 = try WAL.create(directory: dd7.walDirectory, metadata: meta.encoded)
+        try w7.save(hardState: nil, entries: [WALEntry(index: 1, term: 2, data: Entry(term: 2, index: 1).encode()),
+                                              WALEntry(index: 2, term: 1, data: Entry(term: 1, index: 2).encode())])
+        try w7.close()
+        #expect(throws: DurableRaftError.self) { try DurableRaftStorage.open(dd7, newMember: meta) }
         // Entry bytes that decode to another position.
         let dd3 = DataDir(path: tmp.sub("c"))
         try dd3.prepare()
