@@ -15,6 +15,10 @@ public enum DurableRaftError: Error, CustomStringConvertible, Sendable, Equatabl
     /// The WAL no longer reaches back to index 0 and no snapshot file that it has a marker
     /// for could be loaded.
     case noUsableSnapshot(walDirectory: String, skipped: [SkippedSnapshot])
+    /// The newest snapshot the WAL refers to was received from the leader in place of the log
+    /// up to it, and its file is damaged or missing: the entries before it in the WAL are not
+    /// the committed ones, so no older snapshot can stand in. Restore the file or rejoin.
+    case snapshotMissing(index: UInt64, term: UInt64, skipped: [SkippedSnapshot])
     /// Used after ``DurableRaftStorage/close()``.
     case closed
 
@@ -31,6 +35,9 @@ public enum DurableRaftError: Error, CustomStringConvertible, Sendable, Equatabl
         case let .noUsableSnapshot(dir, skipped):
             "raft storage: WAL \(dir) needs a snapshot and none is usable"
                 + (skipped.isEmpty ? "" : " (" + skipped.map { "\($0.file): \($0.reason)" }.joined(separator: "; ") + ")")
+        case let .snapshotMissing(index, term, skipped):
+            "raft storage: the snapshot at index \(index), term \(term) replaced the log before it and cannot be loaded"
+                + (skipped.isEmpty ? " (no file)" : " (" + skipped.map { "\($0.file): \($0.reason)" }.joined(separator: "; ") + ")")
         case .closed:
             "raft storage: closed"
         }
@@ -141,6 +148,7 @@ public final class DurableRaftStorage {
         let snapshotter = Snapshotter(directory: dataDir.snapDirectory)
         let markers = try WAL.snapshotMarkers(directory: walDir)
         let (stored, skipped) = try snapshotter.loadNewest(matching: markers)
+        try checkFallback(walDir, from: stored?.index ?? 0, passing: markers, skipped: skipped)
         let opened: (wal: WAL, contents: WALContents)
         do {
             opened = try WAL.open(directory: walDir, snapshot: stored?.marker, options: options.wal)
@@ -214,6 +222,34 @@ public final class DurableRaftStorage {
             try? wal.close()
             throw error
         }
+    }
+
+    /// When the snapshot loaded is older than markers in the WAL (their files are damaged or
+    /// missing), the WAL stands in for those snapshots, which is only right for snapshots taken
+    /// locally: the log held their last entry, with their term, before the marker. A snapshot
+    /// received from the leader replaced a log that did not (Raft only sends one on a
+    /// mismatch), so the entries before it are not the committed ones. Reads the whole WAL,
+    /// only on this rare path.
+    private static func checkFallback(_ walDir: String, from index: UInt64, passing markers: [WALSnapshotMarker],
+                                      skipped: [SkippedSnapshot]) throws {
+        let wanted = Set(markers.filter { $0.index > index }.map(\.index))
+        guard !wanted.isEmpty else { return }
+        var termAt: [UInt64: UInt64] = [:]
+        var received: WALSnapshotMarker?
+        try WAL.dump(directory: walDir) { ev in
+            guard received == nil, case let .record(r) = ev else { return }
+            switch r.record {
+            case let .entry(e):
+                // An entry replaces the log from its index on.
+                for k in termAt.keys where k > e.index { termAt[k] = nil }
+                if wanted.contains(e.index) { termAt[e.index] = e.term }
+            case let .snapshot(m) where wanted.contains(m.index) && termAt[m.index] != m.term:
+                received = m
+            default:
+                break
+            }
+        }
+        if let m = received { throw DurableRaftError.snapshotMissing(index: m.index, term: m.term, skipped: skipped) }
     }
 
     /// Finds the file and offset of the last WAL record for entry `index` (slow: only used to

@@ -186,7 +186,8 @@ import Testing
             switch r.record {
             case let .entry(e):
                 for i in e.index...max(e.index, last) { log[i] = nil }
-                log[e.index] = try Entry(decoding: e.data)
+                // Empty data: a truncation mark, which only ends the log.
+                if !e.data.isEmpty { log[e.index] = try Entry(decoding: e.data) }
                 last = e.index
             case let .hardState(h):
                 hs = HardState(term: h.term, vote: h.vote, commit: h.commit)

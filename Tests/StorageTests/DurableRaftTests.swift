@@ -182,8 +182,23 @@ import Testing
         }
         #expect(staleRecords == Int(staleLast - snap.metadata.index))
         #expect(marks == 1)
+        try r.close()
+        // With the received snapshot's file damaged, the older bootstrap snapshot must not
+        // stand in: the WAL's entries before the received one include the stale tail.
+        let snapPath = dd.snapDirectory + "/" + Snapshotter.fileName(term: snap.metadata.term, index: snap.metadata.index)
+        let good = try walFileBytes(snapPath)
+        var bad = good
+        bad[bad.count - 1] ^= 1
+        try walWriteFile(snapPath, bad)
+        #expect(throws: DurableRaftError.snapshotMissing(index: snap.metadata.index, term: snap.metadata.term,
+                                                         skipped: [SkippedSnapshot(file: FileIO.lastComponent(snapPath), reason: "CRC mismatch")])) {
+            try DurableRaftStorage.open(dd, newMember: meta)
+        }
+        try walWriteFile(snapPath, good)
+        let r2 = try DurableRaftStorage.open(dd, newMember: meta)
+        #expect(r2.recovery.snapshot == snap)
         #expect(try r.memory.lastIndex() == snap.metadata.index)
-        try c.restartDurable(r)
+        try c.restartDurable(r2)
         for _ in 0..<5 {
             let p = drPayload(&rng, max: 32)
             proposed.append(p)
@@ -307,12 +322,28 @@ import Testing
         let r = try DurableRaftStorage.open(dd, newMember: meta)
         #expect(r.recovery.snapshot == snap)
         #expect(r.recovery.skippedSnapshots.count == 1)
+        let log = try DRCluster.log(of: r)
+        try r.close()
+        // A damaged local snapshot: the older (bootstrap) one stands in, with the WAL holding
+        // every entry since; the log after the damaged snapshot is the same.
+        let name = Snapshotter.fileName(term: snap.metadata.term, index: snap.metadata.index)
+        var b = try walFileBytes(dd.snapDirectory + "/" + name)
+        b[60] ^= 0x10
+        try walWriteFile(dd.snapDirectory + "/" + name, b)
+        let older = try DurableRaftStorage.open(dd, newMember: meta)
+        #expect(older.recovery.snapshot.metadata.index == 0)
+        #expect(older.recovery.skippedSnapshots.count == 2)
+        #expect(older.recovery.hardState == hs)
+        #expect(try DRCluster.log(of: older).suffix(log.count) == log[...])
     }
 }
 
 extension DRCluster {
     /// The entries another storage holds after its snapshot.
-    func log(_ id: UInt64, using d: DurableRaftStorage) throws -> [Entry] {
+    func log(_ id: UInt64, using d: DurableRaftStorage) throws -> [Entry] { try Self.log(of: d) }
+
+    /// The entries a durable storage holds after its snapshot.
+    static func log(of d: DurableRaftStorage) throws -> [Entry] {
         let s = d.memory
         let first = try s.firstIndex(), last = try s.lastIndex()
         return first > last ? [] : try s.entries(first, last + 1, maxBytes: .max)
