@@ -72,6 +72,10 @@ public struct DurableRaftRecovery: Sendable, Equatable {
     public var tornTail: WALTornTail?
     /// Snapshot files passed over (damaged, or without a WAL marker), with the reason.
     public var skippedSnapshots: [SkippedSnapshot]
+    /// Entries after the snapshot dropped because their term is below the snapshot's or their
+    /// predecessor's: a stale tail that a crash after a snapshot's marker and before its
+    /// truncation mark left in the WAL (see ``DurableRaftStorage/persist(_:)``).
+    public var droppedStaleEntries: Int
 }
 
 /// The Raft log made durable the way etcd does it: the ``RaftNode`` reads a `MemoryStorage`,
@@ -136,7 +140,7 @@ public final class DurableRaftStorage {
         if before == .empty {
             let wal = try WAL.create(directory: dataDir.walDirectory, metadata: newMember.encoded, options: options.wal)
             let rec = DurableRaftRecovery(isNew: true, snapshot: Snapshot(), hardState: HardState(), lastIndex: 0,
-                                          tornTail: nil, skippedSnapshots: [])
+                                          tornTail: nil, skippedSnapshots: [], droppedStaleEntries: 0)
             return DurableRaftStorage(dataDir: dataDir, metadata: newMember, memory: MemoryStorage(),
                                       recovery: rec, options: options, wal: wal)
         }
@@ -176,6 +180,7 @@ public final class DurableRaftStorage {
             var entries: [Entry] = []
             entries.reserveCapacity(contents.entries.count)
             var lastTerm = snap.metadata.term
+            var dropped = 0
             for (i, we) in contents.entries.enumerated() {
                 if we.data.isEmpty {
                     // A truncation mark (see `persist`): the log ends before it.
@@ -191,8 +196,11 @@ public final class DurableRaftStorage {
                 guard e.index == we.index, e.term == we.term else {
                     throw try corruptEntry(walDir, we.index, "holds entry \(e.index) of term \(e.term), record says term \(we.term)")
                 }
-                guard e.term >= lastTerm else {
-                    throw DurableRaftError.inconsistent("entry \(e.index) in \(walDir) has term \(e.term), below the term \(lastTerm) before it")
+                if e.term < lastTerm {
+                    // A stale tail that a crash between a snapshot's marker and its truncation
+                    // mark left behind the snapshot: terms never go down along a Raft log.
+                    dropped = contents.entries.count - i
+                    break
                 }
                 lastTerm = e.term
                 entries.append(e)
@@ -215,7 +223,8 @@ public final class DurableRaftStorage {
             }
             memory.setHardState(hs)
             let rec = DurableRaftRecovery(isNew: false, snapshot: snap, hardState: hs, lastIndex: last,
-                                          tornTail: contents.tornTail, skippedSnapshots: skipped)
+                                          tornTail: contents.tornTail, skippedSnapshots: skipped,
+                                          droppedStaleEntries: dropped)
             return DurableRaftStorage(dataDir: dataDir, metadata: meta, memory: memory, recovery: rec,
                                       options: options, wal: wal)
         } catch {
@@ -240,9 +249,9 @@ public final class DurableRaftStorage {
             guard received == nil, case let .record(r) = ev else { return }
             switch r.record {
             case let .entry(e):
-                // An entry replaces the log from its index on.
-                for k in termAt.keys where k > e.index { termAt[k] = nil }
-                if wanted.contains(e.index) { termAt[e.index] = e.term }
+                // An entry replaces the log from its index on; a truncation mark only cuts it.
+                for k in termAt.keys where k >= e.index { termAt[k] = nil }
+                if wanted.contains(e.index) && !e.data.isEmpty { termAt[e.index] = e.term }
             case let .snapshot(m) where wanted.contains(m.index) && termAt[m.index] != m.term:
                 received = m
             default:
@@ -294,20 +303,16 @@ public final class DurableRaftStorage {
     public func persist(_ rd: Ready) throws -> Bool {
         let wal = try usableWAL()
         let snap = rd.snapshot.flatMap { $0.isEmpty ? nil : $0 }
-        var walEntries = rd.entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
-        if let snap {
-            let s = snap.metadata
-            // A snapshot from the leader replaces a log that may go on past it. Those entries
-            // stay in the WAL before the marker, and reading from the marker would hand them
-            // back: unless the Ready's entries overwrite them, a truncation mark (an entry
-            // record with no data, never a valid encoded entry) at the next index ends the log.
-            if try memory.lastIndex() > s.index, walEntries.first.map({ $0.index > s.index + 1 }) ?? true {
-                walEntries.insert(WALEntry(index: s.index + 1, term: s.term, data: []), at: 0)
-            }
-            try saveSnapshot(snap, wal)
-        }
+        if let snap { try saveSnapshot(snap, wal) }
         let hs = rd.hardState.map { WALHardState(term: $0.term, vote: $0.vote, commit: $0.commit) }
+        let walEntries = rd.entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
         var synced = try wal.save(hardState: hs, entries: walEntries)
+        if let snap, walEntries.isEmpty {
+            // The log now ends at the snapshot. The mark goes after the hard state: a mark
+            // without the commit index that makes the marker usable would leave a gap for a
+            // reader falling back to an older snapshot.
+            synced = try wal.save(hardState: nil, entries: [Self.truncationMark(after: snap.metadata)])
+        }
         if (rd.mustSync || snap != nil) && !synced {
             try wal.sync()
             synced = true
@@ -316,6 +321,18 @@ public final class DurableRaftStorage {
         try memory.append(rd.entries)
         if let h = rd.hardState { memory.setHardState(h) }
         return synced
+    }
+
+    /// An entry record with no data (never a valid encoded entry) at the index after a
+    /// snapshot's, written after its marker (and after the hard state that commits it) when the
+    /// log ends at the snapshot. Reading the WAL from a marker ignores entry records at or
+    /// below the snapshot index, so without the mark it would hand back any entry records past
+    /// the snapshot written before the marker: the stale tail of a log that a snapshot from the
+    /// leader replaced, or, after that, of an older one. By the WAL's rule (an entry at index i
+    /// replaces everything from i on) the mark cuts them; recovery drops it, and the next entry
+    /// at that index replaces it.
+    static func truncationMark(after s: SnapshotMetadata) -> WALEntry {
+        WALEntry(index: s.index + 1, term: s.term, data: [])
     }
 
     /// Makes a snapshot durable and installs it in ``memory``. The file comes first: a crash
@@ -345,6 +362,7 @@ public final class DurableRaftStorage {
         let stored = StoredSnapshot(index: index, term: snap.metadata.term, confState: confState.encode(), data: data)
         try snapshotter.save(stored)
         try wal.saveSnapshot(stored.marker)
+        if try memory.lastIndex() == index { try wal.save(hardState: nil, entries: [Self.truncationMark(after: snap.metadata)]) }
         try release(to: index)
         return snap
     }
