@@ -277,7 +277,7 @@ public final class DurableRaftStorage {
 
     /// Records the initial configuration of a brand-new cluster member, as a snapshot at
     /// index 0 (file and WAL marker), so it survives restarts. Create the `RaftNode` on
-    /// ``raftStorage`` afterwards (no `RaftNode.bootstrap` call is needed). Only valid on a
+    /// ``raftStorage`` afterwards (it starts from that configuration). Only valid on a
     /// storage that holds no log yet.
     public func bootstrap(_ confState: ConfState) throws {
         guard try memory.lastIndex() == 0, memory.hardState.isEmpty,
