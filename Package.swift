@@ -31,12 +31,13 @@ let package = Package(
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
         .target(name: "Raft"),
         .testTarget(name: "RaftTests", dependencies: ["Raft"]),
+        .executableTarget(name: "raft-bench", dependencies: ["Raft"], path: "Sources/RaftBench"),
 
         // LMDB from Debian's liblmdb-dev.
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB", providers: [.apt(["liblmdb-dev"])]),
-        // Durability: WAL segments, snapshot files, the LMDB backend.
-        .target(name: "Storage", dependencies: ["CLMDB"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        // Durability: WAL segments, snapshot files, the LMDB backend; the Raft log kept on them.
+        .target(name: "Storage", dependencies: ["CLMDB", "Raft"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
         // `swift run -c release wal-bench`: fsynced WAL appends per second.
         .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
 
