@@ -1,8 +1,9 @@
 // swift-tools-version:6.1
 // swetcd: an etcd-compatible control-plane store.
-// Targets are layered: Raft (pure consensus core) and Storage (WAL, snapshot
-// files, LMDB backend) are independent; MVCC builds on Storage; the server
-// joins them. See docs/ARCHITECTURE.md.
+// Targets are layered: Raft (the pure consensus core, no dependencies); Storage
+// (WAL, snapshot files, LMDB backend, and the durable Raft log on them); MVCC on
+// Storage; EtcdConfig and EtcdProto beside them; the Server joins them all.
+// See docs/ARCHITECTURE.md.
 import PackageDescription
 
 let package = Package(
