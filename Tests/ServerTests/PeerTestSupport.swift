@@ -68,13 +68,12 @@ struct CapturedLog: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
-             source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         var all: [String: String] = [:]
-        for (key, value) in self.metadata.merging(extra ?? [:], uniquingKeysWith: { $1 }) { all[key] = "\(value)" }
-        let record = Record(level: level, message: "\(message)", metadata: all)
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { all[key] = "\(value)" }
+        let record = Record(level: event.level, message: "\(event.message)", metadata: all)
         if ProcessInfo.processInfo.environment["PEER_TEST_LOG"] != nil {
-            print("[\(level)] \(message) \(all)")
+            print("[\(event.level)] \(event.message) \(all)")
         }
         records.update { $0.append(record) }
     }
@@ -221,7 +220,7 @@ final class TestMember: RaftTransportDelegate, @unchecked Sendable {
         var nextTick = Date(timeIntervalSinceNow: tick)
         while true {
             condition.lock()
-            while inbox.isEmpty && running && Date() < nextTick { condition.wait(until: nextTick) }
+            while inbox.isEmpty && running && Date() < nextTick { _ = condition.wait(until: nextTick) }
             guard running else {
                 condition.unlock()
                 done.signal()
@@ -401,5 +400,25 @@ final class PeerTestCluster: @unchecked Sendable {
         for server in servers.values { await server.stop() }
         for member in members.values { member.stop() }
         try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// A delegate that only records what the transport hands it.
+final class RecordingDelegate: RaftTransportDelegate {
+    struct Events: Sendable {
+        var received: [Raft.Message] = []
+        var snapshots: [(message: Raft.Message, file: String)] = []
+        var unreachable: [UInt64] = []
+        var snapshotReports: [(peer: UInt64, success: Bool)] = []
+    }
+
+    let events = Watched(Events())
+    func transportReceived(_ messages: [Raft.Message]) { events.update { $0.received += messages } }
+    func transportReceivedSnapshot(_ message: Raft.Message, backendFile: String) {
+        events.update { $0.snapshots.append((message, backendFile)) }
+    }
+    func transportReportUnreachable(_ peer: UInt64) { events.update { $0.unreachable.append(peer) } }
+    func transportReportSnapshot(_ peer: UInt64, success: Bool) {
+        events.update { $0.snapshotReports.append((peer, success)) }
     }
 }

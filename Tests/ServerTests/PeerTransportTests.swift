@@ -99,7 +99,7 @@ struct PeerTransportTests {
         #expect(await foreignLogs.wait { $0.contains { $0.level == .error && $0.metadata["error"]?.contains("cluster ID mismatch") == true } })
         #expect(!foreign.isActive(1))
         foreign.send([Raft.Message(type: .heartbeat, to: 1, from: foreignID, term: termBefore + 100)])
-        #expect(recorder.unreachable.withLock { $0 } >= 1, "a dropped message reports the peer unreachable")
+        #expect(recorder.events.current.unreachable.count >= 1, "a dropped message reports the peer unreachable")
         await foreign.stop()
 
         // The same with a raw client that skips the handshake: the stream is ended.
@@ -173,13 +173,4 @@ struct PeerTransportTests {
         #expect(leftovers.allSatisfy { !$0.hasSuffix(".tmp") }, "\(leftovers)")
         await cluster.shutdown()
     }
-}
-
-final class RecordingDelegate: RaftTransportDelegate {
-    let received = Mutex<[Raft.Message]>([])
-    let unreachable = Mutex(0)
-    func transportReceived(_ messages: [Raft.Message]) { received.withLock { $0 += messages } }
-    func transportReceivedSnapshot(_ message: Raft.Message, backendFile: String) {}
-    func transportReportUnreachable(_ peer: UInt64) { unreachable.withLock { $0 += 1 } }
-    func transportReportSnapshot(_ peer: UInt64, success: Bool) {}
 }

@@ -21,7 +21,7 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
         reply.memberID = transport.localID
         reply.protocolVersion = PeerProtocol.version
         reply.serverVersion = Self.serverVersion
-        var reason = transport.refusal(cluster: request.clusterID, to: request.to)
+        var reason = transport.refusal(cluster: request.clusterID, from: request.from, to: request.to)
         if reason == nil && request.protocolVersion != PeerProtocol.version {
             reason = "unsupported peer protocol version \(request.protocolVersion) (this member speaks \(PeerProtocol.version))"
         }
@@ -43,7 +43,7 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         for try await batch in request {
-            if let reason = transport.refusal(cluster: batch.clusterID, to: batch.to) {
+            if let reason = transport.refusal(cluster: batch.clusterID, from: batch.from, to: batch.to) {
                 transport.logger.error("refused messages", metadata: [
                     "remote-peer-id": "\(hexID(batch.from))", "remote-cluster-id": "\(hexID(batch.clusterID))",
                     "reason": "\(reason)",
@@ -85,7 +85,7 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
                 switch part.part {
                 case .header(let header):
                     guard receiver == nil else { throw SnapshotRefusal("a second header") }
-                    if let reason = transport.refusal(cluster: header.clusterID, to: header.to) {
+                    if let reason = transport.refusal(cluster: header.clusterID, from: header.from, to: header.to) {
                         throw SnapshotRefusal(reason)
                     }
                     guard !transport.isStopped else { throw SnapshotRefusal("member is stopping") }

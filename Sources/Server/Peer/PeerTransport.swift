@@ -50,6 +50,7 @@ public final class PeerTransport: Sendable {
 
     private struct State {
         var links: [UInt64: PeerLink] = [:]
+        var removed: Set<UInt64> = []
         var started = false
         var stopped = false
     }
@@ -75,22 +76,27 @@ public final class PeerTransport: Sendable {
     /// Adds a peer reachable at `urls` (tried in turn). Replaces the URLs of a known peer.
     public func addPeer(_ id: UInt64, urls: [EndpointURL]) {
         guard id != localID else { return }
-        let link = state.withLock { s -> PeerLink? in
-            if let existing = s.links[id] {
-                existing.update(urls: urls)
-                return nil
-            }
-            guard !s.stopped else { return nil }
+        let (link, isNew) = state.withLock { s -> (PeerLink?, Bool) in
+            if let existing = s.links[id] { return (existing, false) }
+            guard !s.stopped, !s.removed.contains(id) else { return (nil, false) }
             let link = PeerLink(id: id, urls: urls, transport: self)
             s.links[id] = link
-            return s.started ? link : nil
+            return (s.started ? link : nil, true)
         }
-        link?.start()
+        if isNew {
+            link?.start()
+        } else {
+            link?.update(urls: urls)
+        }
     }
 
-    /// Forgets a peer: its stream is closed and messages to it are no longer sent.
+    /// Forgets a removed member: its stream is closed, messages to it are no longer sent and
+    /// its calls are refused from now on.
     public func removePeer(_ id: UInt64) {
-        let link = state.withLock { $0.links.removeValue(forKey: id) }
+        let link = state.withLock { s in
+            s.removed.insert(id)
+            return s.links.removeValue(forKey: id)
+        }
         link?.cancel()
     }
 
@@ -169,13 +175,16 @@ public final class PeerTransport: Sendable {
 
     var isStopped: Bool { state.withLock { $0.stopped } }
 
-    /// Why a call naming `cluster` and receiver `to` is refused, or `nil`.
-    func refusal(cluster: UInt64, to: UInt64) -> String? {
+    /// Why a call from `from` naming `cluster` and receiver `to` is refused, or `nil`.
+    func refusal(cluster: UInt64, from: UInt64, to: UInt64) -> String? {
         if cluster != clusterID {
             return "cluster ID mismatch: peer is in cluster \(hexID(cluster)), this member in \(hexID(clusterID))"
         }
         if to != localID {
             return "member ID mismatch: this member is \(hexID(localID)), not \(hexID(to))"
+        }
+        if state.withLock({ $0.removed.contains(from) }) {
+            return "member \(hexID(from)) was removed from the cluster"
         }
         return nil
     }
