@@ -199,7 +199,7 @@ struct PeerServiceTests {
         }
     }
 
-    @Test("Sending to a peer that is down drops the messages and reports it unreachable")
+    @Test("Start removes partial snapshot files; sending to a peer that is down drops and reports it")
     func unreachablePeer() async throws {
         let delegate = RecordingDelegate()
         let directory = NSTemporaryDirectory() + "peer-down-\(UUID().uuidString)"
@@ -208,10 +208,16 @@ struct PeerServiceTests {
         let transport = PeerTransport(localID: 1, clusterID: Self.cluster, snapshotDirectory: directory,
                                       delegate: delegate, snapshots: try FakeBackend(directory: directory, size: 8),
                                       logger: Logger(label: "down", factory: { _ in SwiftLogNoOpLogHandler() }))
+        // Partial files of an earlier run go at start; finished ones stay.
+        for name in ["0000000000000007.snap.db.tmp", "outgoing-2-7.tmp", "0000000000000006.snap.db"] {
+            #expect(FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data([1])))
+        }
         // Port 1 on loopback: nothing listens there.
         transport.addPeer(2, urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 1)])
         await transport.start()
         transport.send([Raft.Message(type: .heartbeat, to: 2, from: 1, term: 1)])
+        let left = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0 != "fake-backend.db" }
+        #expect(left == ["0000000000000006.snap.db"])
         #expect(delegate.events.current.unreachable == [2])
         #expect(!transport.isActive(2))
         transport.send([Raft.Message(type: .snapshot, to: 2, from: 1, term: 1,

@@ -151,14 +151,29 @@ public final class PeerTransport: Sendable {
         PeerService(transport: self)
     }
 
-    /// Starts dialling the peers.
+    /// Starts dialling the peers. Partial snapshot files left in the snapshot directory by
+    /// an earlier run are removed first.
     public func start() async {
-        let links = state.withLock { s -> [PeerLink] in
-            guard !s.started, !s.stopped else { return [] }
+        let links = state.withLock { s -> [PeerLink]? in
+            guard !s.started, !s.stopped else { return nil }
             s.started = true
             return Array(s.links.values)
         }
+        guard let links else { return }
+        removePartialSnapshots()
         for link in links { link.start() }
+    }
+
+    private func removePartialSnapshots() {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: snapshotDirectory)) ?? []
+        for name in names where name.hasSuffix(".snap.db.tmp") || (name.hasPrefix("outgoing-") && name.hasSuffix(".tmp")) {
+            do {
+                try FileManager.default.removeItem(atPath: "\(snapshotDirectory)/\(name)")
+                logger.info("removed a partial snapshot file", metadata: ["file": "\(name)"])
+            } catch {
+                logger.warning("cannot remove a partial snapshot file", metadata: ["file": "\(name)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Closes every stream and transfer and waits for them to end. Inbound calls are
