@@ -84,6 +84,24 @@ struct PeerServiceTests {
         }
     }
 
+    @Test("Stopping the transport ends inbound streams with UNAVAILABLE")
+    func stopEndsInbound() async throws {
+        try await Self.withReceiver { r in
+            let error = await #expect(throws: RPCError.self) {
+                try await r.client.messages { writer in
+                    try await writer.write(Self.batch([Self.heartbeat()]))
+                    _ = await r.delegate.events.wait { !$0.received.isEmpty }
+                    await r.transport.stop()
+                    // Hold the request side open: only the server may end this call.
+                    try await Task.sleep(for: .seconds(60))
+                } onResponse: { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            #expect(error?.code == .unavailable)
+        }
+    }
+
     @Test("Undecodable message bytes end the stream with INVALID_ARGUMENT; nothing is delivered")
     func garbage() async throws {
         try await Self.withReceiver { r in

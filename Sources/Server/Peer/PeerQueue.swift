@@ -85,3 +85,46 @@ final class PeerQueue: Sendable {
         return batch
     }
 }
+
+/// A one-way "stopped" flag that tasks can await (cancellable).
+final class StopSignal: Sendable {
+    private struct State {
+        var stopped = false
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextKey = 0
+    }
+
+    private let state = Mutex(State())
+
+    var isStopped: Bool { state.withLock { $0.stopped } }
+
+    func stop() {
+        let waiters = state.withLock { s in
+            s.stopped = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once stopped, or when the calling task is cancelled.
+    func wait() async {
+        let key = state.withLock { s in
+            defer { s.nextKey += 1 }
+            return s.nextKey
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { s -> Bool in
+                    if s.stopped || Task.isCancelled { return true }
+                    s.waiters[key] = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: key) }
+            waiter?.resume()
+        }
+    }
+}

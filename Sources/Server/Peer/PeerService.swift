@@ -42,6 +42,19 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
         response: RPCWriter<Swetcd_Peer_MessageBatch>,
         context: ServerContext
     ) async throws {
+        // The stream ends when the peer closes it or this transport stops, whichever is first.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await receive(request) }
+            group.addTask {
+                await transport.stopSignal.wait()
+                throw RPCError(code: .unavailable, message: "member is stopping")
+            }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
+    }
+
+    private func receive(_ request: RPCAsyncSequence<Swetcd_Peer_MessageBatch, any Error>) async throws {
         for try await batch in request {
             if let reason = transport.refusal(cluster: batch.clusterID, from: batch.from, to: batch.to) {
                 transport.logger.error("refused messages", metadata: [

@@ -56,6 +56,7 @@ public final class PeerTransport: Sendable {
     }
 
     private let state = Mutex(State())
+    let stopSignal = StopSignal()
 
     /// Creates a transport for member `localID` of cluster `clusterID`. Received snapshot
     /// bodies are stored in `snapshotDirectory` (created if missing).
@@ -184,6 +185,7 @@ public final class PeerTransport: Sendable {
             defer { s.links = [:] }
             return Array(s.links.values)
         }
+        stopSignal.stop()
         for link in links { link.cancel() }
         for link in links { await link.finished() }
     }
