@@ -214,6 +214,15 @@ struct PeerServiceTests {
             #expect(r.delegate.events.current.snapshots.isEmpty)
             let files = (try? FileManager.default.contentsOfDirectory(atPath: r.directory)) ?? []
             #expect(files.isEmpty, "left behind: \(files)")
+
+            // Each refusal released index 42: a good body for it is accepted now. While one
+            // transfer holds an index, a second one for it is refused.
+            #expect(r.transport.claimIncomingSnapshot(42))
+            let busy = try await Self.upload(r.client, body: body)
+            #expect(!busy.accepted && busy.reason.contains("already being received"), "\(busy.reason)")
+            r.transport.releaseIncomingSnapshot(42)
+            let good = try await Self.upload(r.client, body: body)
+            #expect(good.accepted, "\(good.reason)")
         }
     }
 

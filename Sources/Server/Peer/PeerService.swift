@@ -150,6 +150,7 @@ final class SnapshotReceiver {
     private(set) var received: UInt64 = 0
     private var fd: Int32
     private var hasher = SHA256()
+    private let transport: PeerTransport
 
     init(header: Swetcd_Peer_SnapshotHeader, transport: PeerTransport) throws {
         let message: Raft.Message
@@ -173,10 +174,18 @@ final class SnapshotReceiver {
         let padded = String(repeating: "0", count: max(0, 16 - name.count)) + name
         finalPath = "\(directory)/\(padded).snap.db"
         tempPath = finalPath + ".tmp"
-        fd = open(tempPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            throw PeerTransportError.snapshotFile("cannot create \(tempPath): \(String(cString: strerror(errno)))")
+        // Two senders (say, an old and a new leader) must not write the same file at once.
+        guard transport.claimIncomingSnapshot(header.index) else {
+            throw SnapshotRefusal("a snapshot at index \(header.index) is already being received")
         }
+        let fd = open(tempPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let reason = String(cString: strerror(errno))
+            transport.releaseIncomingSnapshot(header.index)
+            throw PeerTransportError.snapshotFile("cannot create \(tempPath): \(reason)")
+        }
+        self.fd = fd
+        self.transport = transport
     }
 
     func write(_ bytes: Data) throws {
@@ -234,5 +243,6 @@ final class SnapshotReceiver {
 
     deinit {
         if fd >= 0 { close(fd) }
+        transport.releaseIncomingSnapshot(header.index)
     }
 }

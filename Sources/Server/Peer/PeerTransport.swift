@@ -51,6 +51,7 @@ public final class PeerTransport: Sendable {
     private struct State {
         var links: [UInt64: PeerLink] = [:]
         var removed: Set<UInt64> = []
+        var receivingSnapshots: Set<UInt64> = []
         var started = false
         var stopped = false
     }
@@ -191,6 +192,15 @@ public final class PeerTransport: Sendable {
     }
 
     var isStopped: Bool { state.withLock { $0.stopped } }
+
+    /// Marks a snapshot index as being received; false if it already is.
+    func claimIncomingSnapshot(_ index: UInt64) -> Bool {
+        state.withLock { $0.receivingSnapshots.insert(index).inserted }
+    }
+
+    func releaseIncomingSnapshot(_ index: UInt64) {
+        _ = state.withLock { $0.receivingSnapshots.remove(index) }
+    }
 
     /// Why a call from `from` naming `cluster` and receiver `to` is refused, or `nil`.
     func refusal(cluster: UInt64, from: UInt64, to: UInt64) -> String? {
