@@ -6,7 +6,8 @@ import Raft
 import Synchronization
 
 /// Receives what the peer transport delivers. Calls come from NIO and Swift concurrency
-/// threads, possibly concurrently: an implementation only enqueues and returns.
+/// threads, possibly concurrently, and also synchronously from inside
+/// ``PeerTransport/send(_:)`` (drop reports): an implementation only enqueues and returns.
 public protocol RaftTransportDelegate: AnyObject, Sendable {
     /// Raft messages from peers (never snapshots), in the order each peer sent them.
     func transportReceived(_ messages: [Raft.Message])
@@ -42,7 +43,9 @@ public protocol BackendSnapshotReader: Sendable {
 public final class FileBackendSnapshotReader: BackendSnapshotReader {
     /// Path of the file being read.
     public let path: String
+    /// The file's length when opened.
     public let size: UInt64
+    /// The SHA-256 given at creation, if any.
     public let sha256: [UInt8]?
     private let removeOnClose: Bool
     private let handle: Mutex<FileHandle?>
@@ -61,6 +64,7 @@ public final class FileBackendSnapshotReader: BackendSnapshotReader {
         self.handle = Mutex(handle)
     }
 
+    /// The next bytes of the file, at most `maxLength`; empty at the end.
     public func read(upTo maxLength: Int) throws -> [UInt8] {
         try handle.withLock { handle in
             guard let handle else { throw PeerTransportError.snapshotFile("\(path) is closed") }
@@ -68,6 +72,7 @@ public final class FileBackendSnapshotReader: BackendSnapshotReader {
         }
     }
 
+    /// Closes the file (and deletes it if asked to); later reads throw.
     public func close() {
         let open = handle.withLock { handle in
             defer { handle = nil }
@@ -92,6 +97,7 @@ public enum PeerTransportError: Error, Equatable, CustomStringConvertible {
     /// A snapshot transfer failed (size or hash mismatch, refusal, stream error).
     case snapshotTransfer(String)
 
+    /// A readable explanation.
     public var description: String {
         switch self {
         case .refused(let reason): return "peer refused: \(reason)"
