@@ -354,8 +354,10 @@ public final class RaftNode {
                 try becomeFollower(term: m.term, lead: 0)
             }
         } else if m.term < term {
-            if (cfg.checkQuorum || cfg.preVote) && (m.type == .heartbeat || m.type == .append) {
-                // Tell a stale leader about the newer term.
+            if m.type == .heartbeat || m.type == .append {
+                // Tell a stale leader about the newer term (as every Raft response does). Without
+                // this a node that cannot campaign (it has not applied its own promotion yet) but
+                // holds a higher term would ignore the leader forever.
                 send(Message(type: .appendResponse, to: m.from))
             } else if m.type == .requestPreVote {
                 send(Message(type: .requestPreVoteResponse, to: m.from, term: term, reject: true))

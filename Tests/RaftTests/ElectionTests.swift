@@ -87,6 +87,18 @@ import Testing
         #expect(n.term == 7 && n.softState.lead == 3 && n.role == .follower)
     }
 
+    @Test func staleLeaderLearnsNewerTermEvenWithoutPreVoteOrCheckQuorum() throws {
+        let c = try TestCluster(voters: [1, 2, 3]) { $0.preVote = false; $0.checkQuorum = false }
+        try c.elect(1)
+        // 3 moved to a later term without the leader noticing.
+        try c[3].step(Message(type: .requestVote, to: 3, from: 2, term: 5, logTerm: 0, index: 0))
+        _ = try c.process(3)
+        #expect(c[3].term == 5)
+        try c.tick(1)
+        try c.settle()
+        #expect(c[1].role != .leader || c[1].term > 1)
+    }
+
     @Test func candidateStepsDownOnAppendFromLeaderOfSameTerm() throws {
         let n = try voter(log: [], term: 1)
         try n.campaign()
