@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
+        .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -66,6 +67,8 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
+        .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
     ],
     swiftLanguageModes: [.v6]
 )
