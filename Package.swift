@@ -29,9 +29,9 @@ let package = Package(
 
         // LMDB from Debian's liblmdb-dev.
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB", providers: [.apt(["liblmdb-dev"])]),
-        // Durability: WAL segments, snapshot files, the LMDB backend.
-        .target(name: "Storage", dependencies: ["CLMDB"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        // Durability: WAL segments, snapshot files, the LMDB backend; the Raft log kept on them.
+        .target(name: "Storage", dependencies: ["CLMDB", "Raft"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
         // `swift run -c release wal-bench`: fsynced WAL appends per second.
         .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
 
