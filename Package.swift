@@ -21,6 +21,10 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        // The server shell: NIO listener, HTTP/1.1, TLS hook, logging.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
@@ -69,6 +73,28 @@ let package = Package(
         ),
         // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
         .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
+        // libsystemd's sd_notify / sd_watchdog_enabled (Debian libsystemd-dev).
+        .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
+                       providers: [.apt(["libsystemd-dev"])]),
+        // The server shell: one client port for gRPC and HTTP/1.1, JSON logs, systemd notify.
+        .target(name: "Server", dependencies: [
+            "CSystemd",
+            .product(name: "GRPCCore", package: "grpc-swift-2"),
+            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "ServerTests", dependencies: [
+            "Server",
+            .product(name: "GRPCCore", package: "grpc-swift-2"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

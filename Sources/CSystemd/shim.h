@@ -1,0 +1,4 @@
+#ifndef SWETCD_CSYSTEMD_SHIM_H
+#define SWETCD_CSYSTEMD_SHIM_H
+#include <systemd/sd-daemon.h>
+#endif
