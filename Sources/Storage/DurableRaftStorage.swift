@@ -233,54 +233,48 @@ public final class DurableRaftStorage {
               try memory.snapshot().metadata.confState.voters.isEmpty else {
             throw DurableRaftError.inconsistent("bootstrap needs a storage without log or configuration")
         }
-        try saveSnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: confState)))
+        try saveSnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: confState)), usableWAL())
     }
 
     // MARK: Persisting
 
     /// Persists a `Ready` in the order that keeps Raft safe, before its messages are sent:
-    /// 1. a snapshot: file saved, WAL marker written and synced, applied to ``memory``, then
-    ///    WAL segments and snapshot files it makes unnecessary are released;
+    /// 1. a snapshot: file saved, then WAL marker written and synced, then applied to
+    ///    ``memory``;
     /// 2. the hard state and entries: one WAL write, and one `fdatasync` if `rd.mustSync`
-    ///    (or if the segment was cut, which syncs);
-    /// 3. the entries appended to ``memory`` and the hard state recorded there.
+    ///    (or if the segment was cut, which syncs) or if a snapshot came with them, so the
+    ///    commit index covering the snapshot is on disk before anything is released;
+    /// 3. with a snapshot, WAL segments and snapshot files it makes unnecessary are released;
+    /// 4. the entries appended to ``memory`` and the hard state recorded there.
     /// Returns whether everything written is on disk. After a thrown error the WAL refuses
     /// further writes; reopen the storage.
     @discardableResult
     public func persist(_ rd: Ready) throws -> Bool {
-        if let snap = rd.snapshot, !snap.isEmpty { try saveSnapshot(snap) }
-        return try save(hardState: rd.hardState, entries: rd.entries, mustSync: rd.mustSync)
-    }
-
-    /// Step 1 of ``persist(_:)``: makes a snapshot received from the leader durable and
-    /// installs it in ``memory``.
-    public func saveSnapshot(_ snap: Snapshot) throws {
         let wal = try usableWAL()
-        let stored = StoredSnapshot(index: snap.metadata.index, term: snap.metadata.term,
-                                    confState: snap.metadata.confState.encode(), data: snap.data)
-        // File first: a crash before the marker leaves an orphan file that recovery skips,
-        // never a marker without its file.
-        try snapshotter.save(stored)
-        try wal.saveSnapshot(stored.marker)
-        try memory.applySnapshot(snap)
-        try release(to: snap.metadata.index)
-    }
-
-    /// Steps 2 and 3 of ``persist(_:)``. `mustSync` is the Ready's flag; the WAL syncs at most
-    /// once. Returns whether the batch is on disk.
-    @discardableResult
-    public func save(hardState: HardState?, entries: [Entry], mustSync: Bool) throws -> Bool {
-        let wal = try usableWAL()
-        let hs = hardState.map { WALHardState(term: $0.term, vote: $0.vote, commit: $0.commit) }
-        let walEntries = entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
+        let snap = rd.snapshot.flatMap { $0.isEmpty ? nil : $0 }
+        if let snap { try saveSnapshot(snap, wal) }
+        let hs = rd.hardState.map { WALHardState(term: $0.term, vote: $0.vote, commit: $0.commit) }
+        let walEntries = rd.entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
         var synced = try wal.save(hardState: hs, entries: walEntries)
-        if mustSync && !synced {
+        if (rd.mustSync || snap != nil) && !synced {
             try wal.sync()
             synced = true
         }
-        try memory.append(entries)
-        if let hardState { memory.setHardState(hardState) }
+        if let snap { try release(to: snap.metadata.index) }
+        try memory.append(rd.entries)
+        if let h = rd.hardState { memory.setHardState(h) }
         return synced
+    }
+
+    /// Makes a snapshot durable and installs it in ``memory``. The file comes first: a crash
+    /// before the marker leaves an orphan file that recovery skips, never a marker without its
+    /// file.
+    private func saveSnapshot(_ snap: Snapshot, _ wal: WAL) throws {
+        let stored = StoredSnapshot(index: snap.metadata.index, term: snap.metadata.term,
+                                    confState: snap.metadata.confState.encode(), data: snap.data)
+        try snapshotter.save(stored)
+        try wal.saveSnapshot(stored.marker)
+        try memory.applySnapshot(snap)
     }
 
     // MARK: Snapshots and compaction

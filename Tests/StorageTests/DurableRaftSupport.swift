@@ -40,6 +40,8 @@ final class DRCluster {
     var state: [UInt64: [[UInt8]]] = [:]
     var applied: [UInt64: UInt64] = [:]
     var isolated: Set<UInt64> = []
+    /// When not empty, messages only flow within a group.
+    var groups: [Set<UInt64>] = []
     /// Called after the durable member persisted a Ready (with `persist`'s result).
     var onPersist: ((Ready, Bool) throws -> Void)?
 
@@ -57,6 +59,15 @@ final class DRCluster {
             applied[id] = 0
         }
         try restartDurable(durable)
+    }
+
+    /// A one-member cluster on a durable storage opened in `dd`, already leading.
+    static func singleLeader(_ dd: DataDir, _ meta: WALMetadata, _ options: DurableRaftOptions) throws -> DRCluster {
+        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta, options: options))
+        try c.nodes[1]!.campaign()
+        try c.settle()
+        try #require(c.leader == 1)
+        return c
     }
 
     static func config(_ id: UInt64) -> RaftConfig {
@@ -110,13 +121,26 @@ final class DRCluster {
             var msgs: [Message] = []
             for id in nodes.keys.sorted() { msgs += try process(id) }
             if msgs.isEmpty && !nodes.values.contains(where: \.hasReady) { return }
-            for m in msgs where !isolated.contains(m.from) && !isolated.contains(m.to) {
+            for m in msgs where connected(m.from, m.to) {
                 guard let to = nodes[m.to] else { continue }
                 try to.step(m)
                 if m.type == .snapshot { try nodes[m.from]?.reportSnapshot(m.to, success: true) }
             }
         }
         Issue.record("cluster did not settle")
+    }
+
+    func connected(_ a: UInt64, _ b: UInt64) -> Bool {
+        if isolated.contains(a) || isolated.contains(b) { return false }
+        return groups.isEmpty || groups.contains { $0.contains(a) && $0.contains(b) }
+    }
+
+    /// Ticks every node `n` times, settling after each round.
+    func tickAll(_ n: Int) throws {
+        for _ in 0..<n {
+            for id in nodes.keys.sorted() { try nodes[id]!.tick() }
+            try settle()
+        }
     }
 
     func tick(_ id: UInt64, _ n: Int = 1) throws {

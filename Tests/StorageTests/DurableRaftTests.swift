@@ -16,7 +16,7 @@ import Testing
         #expect(d.metadata == meta)
         #expect(try d.memory.lastIndex() == 0)
         try d.close()
-        #expect(throws: DurableRaftError.closed) { try d.save(hardState: HardState(term: 1), entries: [], mustSync: true) }
+        #expect(throws: DurableRaftError.closed) { try d.createSnapshot(index: 1, confState: ConfState(), data: []) }
         // Reopened: the stored metadata wins over the one offered for a new member.
         let again = try DurableRaftStorage.open(dd, newMember: WALMetadata(memberID: 9, clusterID: 9))
         #expect(!again.recovery.isNew)
@@ -33,10 +33,7 @@ import Testing
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
-        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta, options: smallWAL))
-        try c.nodes[1]!.campaign()
-        try c.settle()
-        #expect(c.leader == 1, "seed \(seed)")
+        let c = try DRCluster.singleLeader(dd, meta, smallWAL)
         var proposed: [[UInt8]] = []
         for i in 0..<120 {
             let p = drPayload(&rng)
@@ -136,6 +133,59 @@ import Testing
         #expect(c.state[1] == proposed && c.state[2] == proposed && c.state[3] == proposed)
     }
 
+    /// A durable follower holding a long uncommitted tail from a deposed minority leader gets
+    /// the new leader's snapshot, which ends before that tail. The stale entries stay in the
+    /// WAL (before the marker), but recovery must not resurrect them behind the snapshot.
+    @Test func staleTailBehindReceivedSnapshotIsNotResurrected() throws {
+        var rng = SeededRNG(seed: 9)
+        let tmp = try WALTempDir("draft")
+        defer { tmp.cleanup() }
+        let dd = DataDir(path: tmp.sub("data"))
+        let c = try DRCluster(ids: [1, 2, 3, 4, 5], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta))
+        try c.nodes[2]!.campaign()
+        try c.settle()
+        #expect(c.leader == 2)
+        // Leader 2 and follower 1 are cut off: their 40 proposals never commit.
+        c.groups = [[1, 2], [3, 4, 5]]
+        for _ in 0..<40 { try c.nodes[2]!.propose(drPayload(&rng, max: 32)) }
+        try c.settle()
+        let staleLast = try c.durable!.memory.lastIndex()
+        #expect(staleLast > 40)
+        try c.tickAll(40)
+        let l = try #require(c.leader.flatMap { [3, 4, 5].contains($0) ? $0 : nil })
+        var proposed: [[UInt8]] = []
+        for _ in 0..<5 {
+            let p = drPayload(&rng, max: 32)
+            proposed.append(p)
+            try c.nodes[l]!.propose(p)
+        }
+        try c.settle()
+        for id: UInt64 in [3, 4, 5] { try c.snapshot(id, keeping: 0) }
+        let snap = try c.mem[l]!.snapshot()
+        #expect(snap.metadata.index < staleLast)
+        c.groups = []
+        try c.tick(l, 3)
+        #expect(c.state[1] == proposed)
+        #expect(try c.durable!.memory.snapshot() == snap)
+        #expect(try c.durable!.memory.lastIndex() == snap.metadata.index)
+        let hs = c.nodes[1]!.hardState
+        try c.durable!.close()
+
+        let r = try DurableRaftStorage.open(dd, newMember: meta)
+        #expect(r.recovery.snapshot == snap)
+        #expect(r.recovery.hardState == hs)
+        #expect(r.recovery.droppedStaleEntries == Int(staleLast - snap.metadata.index))
+        #expect(try r.memory.lastIndex() == snap.metadata.index)
+        try c.restartDurable(r)
+        for _ in 0..<5 {
+            let p = drPayload(&rng, max: 32)
+            proposed.append(p)
+            try c.nodes[l]!.propose(p)
+            try c.settle()
+        }
+        for id in c.nodes.keys { #expect(c.state[id] == proposed, "node \(id)") }
+    }
+
     @Test func damagedPiecesGiveClearErrors() throws {
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
@@ -191,9 +241,7 @@ import Testing
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
-        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta, options: smallWAL))
-        try c.nodes[1]!.campaign()
-        try c.settle()
+        let c = try DRCluster.singleLeader(dd, meta, smallWAL)
         for i in 0..<150 {
             try c.nodes[1]!.propose(drPayload(&rng))
             try c.settle()
@@ -222,9 +270,7 @@ import Testing
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
-        let c = try DRCluster(ids: [1], durableID: 1, durable: try DurableRaftStorage.open(dd, newMember: meta))
-        try c.nodes[1]!.campaign()
-        try c.settle()
+        let c = try DRCluster.singleLeader(dd, meta, DurableRaftOptions())
         for _ in 0..<20 {
             try c.nodes[1]!.propose(drPayload(&rng))
             try c.settle()
