@@ -62,6 +62,7 @@ public struct RangeRequest: Sendable, Equatable {
     }
 }
 
+/// etcd's RangeResponse (the server adds the header's cluster, member and term).
 public struct RangeResponse: Sendable, Equatable {
     /// The store's current revision (the response header's revision).
     public var revision: Int64
@@ -90,6 +91,7 @@ public struct PutRequest: Sendable, Equatable {
     }
 }
 
+/// etcd's PutResponse: the new revision, and the previous version if asked for.
 public struct PutResponse: Sendable, Equatable {
     public var revision: Int64
     public var prevKv: KeyValue?
@@ -108,6 +110,7 @@ public struct DeleteRangeRequest: Sendable, Equatable {
     }
 }
 
+/// etcd's DeleteRangeResponse: the revision after, keys deleted, their last versions if asked.
 public struct DeleteRangeResponse: Sendable, Equatable {
     public var revision: Int64
     public var deleted: Int64
@@ -142,6 +145,7 @@ public indirect enum RequestOp: Sendable, Equatable {
     case txn(TxnRequest)
 }
 
+/// The response of one op of a Txn branch.
 public indirect enum ResponseOp: Sendable, Equatable {
     case range(RangeResponse)
     case put(PutResponse)
@@ -162,6 +166,7 @@ public struct TxnRequest: Sendable, Equatable {
     }
 }
 
+/// etcd's TxnResponse: the revision after, the branch taken, one response per op of it.
 public struct TxnResponse: Sendable, Equatable {
     public var revision: Int64
     public var succeeded: Bool

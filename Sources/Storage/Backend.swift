@@ -115,8 +115,9 @@ public final class Backend: @unchecked Sendable {
         try put(.meta, key: Backend.termKey, value: BigEndian.bytes(term))
     }
 
-    static let consistentIndexKey = Array("consistent_index".utf8)
-    static let termKey = Array("term".utf8)
+    /// `meta` keys of the consistent index and its term.
+    public static let consistentIndexKey = Array("consistent_index".utf8)
+    public static let termKey = Array("term".utf8)
 
     /// The consistent index as of the current batch (0 if never set).
     public func consistentIndex() throws -> UInt64 {
@@ -323,13 +324,16 @@ public final class Backend: @unchecked Sendable {
         }
     }
 
-    /// CRC-32C over every bucket (name, then each key and value in key order), batch included.
-    public func hash() throws -> UInt32 {
+    /// CRC-32C over every bucket (name, then each key and value in key order), batch included,
+    /// leaving out the `meta` keys in `ignoring` (by default the consistent index and term,
+    /// which members reach at different log positions; etcd ignores the index too).
+    public func hash(ignoring: Set<[UInt8]> = [Backend.consistentIndexKey, Backend.termKey]) throws -> UInt32 {
         try read { r in
             var crc = CRC32C()
             for b in BackendBucket.allCases {
                 crc.update(Array(b.name.utf8))
                 try r.scan(b, from: [], to: nil) { k, v in
+                    if b == .meta, !ignoring.isEmpty, ignoring.contains(Array(k)) { return true }
                     crc.update(k)
                     crc.update(v)
                     return true

@@ -138,6 +138,10 @@ private func fastOptions(limit: Int = 10_000) -> Backend.Options {
             try y.put(.key, key: b("k\(i)"), value: b("\(i)"))
         }
         #expect(try x.hash() == y.hash())
+        try x.setConsistentIndex(5)
+        try y.setConsistentIndex(9, term: 2)
+        #expect(try x.hash() == y.hash(), "the consistent index is not part of the hash")
+        #expect(try x.hash(ignoring: []) != y.hash(ignoring: []))
         try y.put(.key, key: b("k3"), value: b("other"))
         #expect(try x.hash() != y.hash())
     }
