@@ -73,6 +73,7 @@ let package = Package(
         ),
         // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
         .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
+
         // libsystemd's sd_notify / sd_watchdog_enabled (Debian libsystemd-dev).
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),

@@ -1,0 +1,232 @@
+public import GRPCCore
+public import GRPCNIOTransportHTTP2
+import NIOCore
+public import NIOPosix
+public import NIOSSL
+import NIOTLS
+
+/// How the client port listens: address, optional TLS, gRPC limits and keepalive policy, and
+/// the HTTP/1.1 routes served next to gRPC.
+public struct ClientPortConfiguration: Sendable {
+    /// Where to listen.
+    public enum Address: Sendable, Equatable {
+        /// A TCP host (name or IP literal) and port; port 0 picks a free port.
+        case tcp(host: String, port: Int)
+        /// A Unix-domain socket path (an existing socket file is replaced).
+        case unix(path: String)
+    }
+
+    /// Where to listen.
+    public var address: Address
+    /// TLS for the port, or nil for plaintext. ALPN `h2` selects gRPC, `http/1.1` selects HTTP;
+    /// without ALPN the first bytes decide, as in plaintext. The context should offer both
+    /// protocols (`applicationProtocols = ["h2", "http/1.1"]`).
+    public var tls: NIOSSLContext?
+    /// The largest gRPC request message accepted (etcd: `--max-request-bytes` + 512 KiB).
+    public var maxReceiveMessageBytes: Int
+    /// The largest HTTP/1.1 request body accepted (larger: 413).
+    public var maxHTTPBodyBytes: Int
+    /// Clients may ping at most this often without being told to go away (etcd:
+    /// `--grpc-keepalive-min-time`, 5 s).
+    public var keepaliveMinClientPingInterval: Duration
+    /// Idle time after which the server pings a client (etcd: `--grpc-keepalive-interval`, 2 h).
+    public var keepaliveTime: Duration
+    /// How long the server waits for a ping answer (etcd: `--grpc-keepalive-timeout`, 20 s).
+    public var keepaliveTimeout: Duration
+    /// A connection that sends nothing for this long before its protocol is known is closed.
+    public var protocolDetectionTimeout: Duration
+    /// The HTTP/1.1 routes.
+    public var router: HTTPRouter
+
+    /// etcd's defaults: 1.5 MiB + 512 KiB receive limit, 5 s minimum client ping interval,
+    /// 2 h server keepalive, 20 s keepalive timeout; `/version` is routed.
+    public init(address: Address, tls: NIOSSLContext? = nil, router: HTTPRouter? = nil) {
+        self.address = address
+        self.tls = tls
+        self.maxReceiveMessageBytes = 1_572_864 + 524_288
+        self.maxHTTPBodyBytes = 1_572_864 + 524_288
+        self.keepaliveMinClientPingInterval = .seconds(5)
+        self.keepaliveTime = .seconds(2 * 60 * 60)
+        self.keepaliveTimeout = .seconds(20)
+        self.protocolDetectionTimeout = .seconds(10)
+        if let router {
+            self.router = router
+        } else {
+            var router = HTTPRouter()
+            router.addVersionRoute()
+            self.router = router
+        }
+    }
+}
+
+/// A gRPC server transport for etcd's client port: gRPC (HTTP/2) and HTTP/1.1 on one socket.
+///
+/// Each accepted connection is classified by its first bytes (the HTTP/2 client preface means
+/// gRPC) or, with TLS, by ALPN. gRPC connections go to the `GRPCServer` this transport is
+/// given to; HTTP/1.1 connections are answered by the configuration's ``HTTPRouter``.
+///
+/// ```swift
+/// let transport = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: 0)))
+/// let server = GRPCServer(transport: transport, services: services)
+/// try await withThrowingDiscardingTaskGroup { group in
+///     group.addTask { try await server.serve() }
+///     let address = try await transport.listeningAddress
+/// }
+/// ```
+public struct ClientPortTransport: ServerTransport {
+    public typealias Bytes = GRPCNIOTransportBytes
+
+    private let underlying: HTTP2ServerTransport.Custom<ClientPortListener>
+
+    /// Creates the transport; nothing is bound until the server starts.
+    public init(
+        configuration: ClientPortConfiguration,
+        eventLoopGroup: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup
+    ) {
+        var config = HTTP2ServerTransport.Custom<ClientPortListener>.Config.defaults
+        config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes
+        config.connection.keepalive = .init(
+            time: configuration.keepaliveTime,
+            timeout: configuration.keepaliveTimeout,
+            clientBehavior: .init(
+                minPingIntervalWithoutCalls: configuration.keepaliveMinClientPingInterval,
+                allowWithoutCalls: false
+            )
+        )
+        underlying = HTTP2ServerTransport.Custom(
+            listenerFactory: ClientPortListener(configuration: configuration, eventLoopGroup: eventLoopGroup),
+            config: config
+        )
+    }
+
+    /// The bound address, once listening (port 0 resolved to the real port).
+    /// - Throws: ``ClientPortError/notListening`` if binding failed or the transport stopped.
+    public var listeningAddress: GRPCNIOTransportHTTP2.SocketAddress {
+        get async throws {
+            guard let address = await underlying.listeningAddress else {
+                throw ClientPortError.notListening
+            }
+            return address
+        }
+    }
+
+    public func listen(
+        streamHandler: @escaping @Sendable (
+            _ stream: RPCStream<Inbound, Outbound>,
+            _ context: ServerContext
+        ) async -> Void
+    ) async throws {
+        try await underlying.listen(streamHandler: streamHandler)
+    }
+
+    public func configure(context: GRPCServerContext) {
+        underlying.configure(context: context)
+    }
+
+    public func beginGracefulShutdown() {
+        underlying.beginGracefulShutdown()
+    }
+}
+
+/// Errors of the client port.
+public enum ClientPortError: Error, Equatable, CustomStringConvertible {
+    /// The transport is not (or no longer) listening.
+    case notListening
+
+    public var description: String {
+        switch self {
+        case .notListening: return "the client port is not listening"
+        }
+    }
+}
+
+/// Binds the client port and classifies each accepted connection (see ``ClientPortTransport``).
+struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
+    let configuration: ClientPortConfiguration
+    let eventLoopGroup: any EventLoopGroup
+
+    init(configuration: ClientPortConfiguration, eventLoopGroup: any EventLoopGroup) {
+        self.configuration = configuration
+        self.eventLoopGroup = eventLoopGroup
+    }
+
+    func makeListeningChannel(
+        listenerConfigurator: HTTP2ServerTransport.ListenerConfigurator,
+        connectionConfigurator: HTTP2ServerTransport.ConnectionConfigurator
+    ) async throws -> NIOAsyncChannel<HTTP2ServerTransport.ConnectionConfigurator.ConnectionChannel, Never> {
+        let inbox = GRPCConnectionInbox()
+        let starter = ConnectionStarter(
+            connectionConfigurator: connectionConfigurator,
+            inbox: inbox,
+            router: configuration.router,
+            maxHTTPBodyBytes: configuration.maxHTTPBodyBytes,
+            usesTLS: configuration.tls != nil
+        )
+        let tls = configuration.tls
+        let sniffTimeout = TimeAmount(configuration.protocolDetectionTimeout)
+
+        let bootstrap = ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                listenerConfigurator.configure(channel: channel)
+            }
+            .childChannelInitializer { child in
+                child.eventLoop.makeCompletedFuture {
+                    try Self.initialize(child: child, tls: tls, starter: starter, sniffTimeout: sniffTimeout)
+                }
+            }
+
+        let server: any Channel
+        switch configuration.address {
+        case .tcp(let host, let port):
+            server = try await bootstrap.bind(host: host, port: port).get()
+        case .unix(let path):
+            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        }
+
+        do {
+            return try await server.eventLoop.submit {
+                let bypass = AcceptedChannelBypass()
+                try server.pipeline.syncOperations.addHandler(GRPCConnectionInboxHandler(inbox: inbox, bypass: bypass))
+                let connections = try NIOAsyncChannel<HTTP2ServerTransport.ConnectionConfigurator.ConnectionChannel, Never>(
+                    wrappingChannelSynchronously: server
+                )
+                try server.pipeline.syncOperations.addHandler(bypass)
+                return connections
+            }.get()
+        } catch {
+            try? await server.close()
+            throw error
+        }
+    }
+
+    /// The first handlers of an accepted connection: TLS and ALPN when configured, else the
+    /// protocol sniffer.
+    static func initialize(
+        child: any Channel,
+        tls: NIOSSLContext?,
+        starter: ConnectionStarter,
+        sniffTimeout: TimeAmount
+    ) throws {
+        let sync = child.pipeline.syncOperations
+        guard let tls else {
+            try sync.addHandler(ProtocolSniffer(starter: starter, timeout: sniffTimeout))
+            return
+        }
+        try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
+            switch result {
+            case .negotiated("h2"):
+                return starter.startGRPC(on: channel)
+            case .negotiated("http/1.1"):
+                return channel.eventLoop.makeCompletedFuture { try starter.startHTTP(on: channel) }
+            default:
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProtocolSniffer(starter: starter, timeout: sniffTimeout)
+                    )
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,153 @@
+import NIOCore
+import NIOHTTP1
+
+/// Serves HTTP/1.1 requests of one connection through an ``HTTPRouter``.
+///
+/// NIO's pipelining handler in front of it delivers one request at a time, so at most one
+/// route handler runs per connection. Bodies larger than the limit are answered with 413 and
+/// the connection is closed. Malformed requests never reach this handler: NIO's protocol error
+/// handler answers 400 and closes the connection.
+final class HTTPConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        case idle
+        case receiving(HTTPRequestHead, ByteBuffer)
+        case rejecting(HTTPRequestHead)
+        case responding
+    }
+
+    private let router: HTTPRouter
+    private let maxBodyBytes: Int
+    private var state = State.idle
+    private var task: Task<Void, Never>?
+
+    init(router: HTTPRouter, maxBodyBytes: Int) {
+        self.router = router
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch (unwrapInboundIn(data), state) {
+        case (.head(let head), .idle):
+            let declared = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+            if declared > maxBodyBytes {
+                state = .rejecting(head)
+            } else {
+                state = .receiving(head, context.channel.allocator.buffer(capacity: max(0, declared)))
+            }
+        case (.body(var chunk), .receiving(let head, var body)):
+            state = .idle  // drop the reference while appending (avoid a copy)
+            if body.readableBytes + chunk.readableBytes > maxBodyBytes {
+                state = .rejecting(head)
+            } else {
+                body.writeBuffer(&chunk)
+                state = .receiving(head, body)
+            }
+        case (.body, .rejecting):
+            break
+        case (.end, .receiving(let head, let body)):
+            state = .responding
+            let request = HTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
+            respond(context: context, head: head) { router in await router.respond(to: request) }
+        case (.end, .rejecting(let head)):
+            state = .responding
+            var tooLarge = HTTPResponse.text(.payloadTooLarge, "request body too large\n")
+            tooLarge.headers.replaceOrAdd(name: "connection", value: "close")
+            let response = tooLarge
+            respond(context: context, head: head, forceClose: true) { _ in response }
+        default:
+            // Parts out of order cannot come from NIO's decoder; treat as a broken connection.
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Parse errors were answered with 400 by NIO's error handler; nothing else is
+        // recoverable on this connection either.
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        task?.cancel()
+        task = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        task?.cancel()
+        task = nil
+    }
+
+    private func respond(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        forceClose: Bool = false,
+        produce: @escaping @Sendable (HTTPRouter) async -> HTTPResponse
+    ) {
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        let router = self.router
+        let version = head.version
+        let keepAlive = head.isKeepAlive && !forceClose
+
+        @Sendable func write(_ part: HTTPServerResponsePart) async throws {
+            try await loop.flatSubmit {
+                bound.value.1.writeAndFlush(NIOAny(part))
+            }.get()
+        }
+
+        task = Task {
+            let response = await produce(router)
+            var headers = response.headers
+            var closeAfter = !keepAlive
+            switch response.body {
+            case .bytes(let bytes):
+                headers.replaceOrAdd(name: "content-length", value: String(bytes.readableBytes))
+                headers.remove(name: "transfer-encoding")
+            case .stream:
+                headers.remove(name: "content-length")
+                if version < .http1_1 { closeAfter = true }  // no chunking: the body ends at close
+            }
+            if closeAfter { headers.replaceOrAdd(name: "connection", value: "close") }
+
+            var failed = false
+            do {
+                try await write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
+                switch response.body {
+                case .bytes(let bytes):
+                    if bytes.readableBytes > 0 { try await write(.body(.byteBuffer(bytes))) }
+                case .stream(let produceBody):
+                    try await produceBody(HTTPBodyWriter { chunk in try await write(.body(.byteBuffer(chunk))) })
+                }
+            } catch {
+                failed = true
+            }
+
+            // Back to idle before `.end` goes out: the pipelining handler may deliver the next
+            // request as soon as it sees the end of this response.
+            let close = closeAfter || failed
+            let broken = failed
+            loop.execute {
+                let (handler, context) = bound.value
+                handler.task = nil
+                handler.state = .idle
+                if broken {
+                    context.close(promise: nil)
+                    return
+                }
+                let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
+                if close {
+                    written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                }
+            }
+        }
+    }
+}
+
+extension HTTPVersion {
+    fileprivate static func < (lhs: HTTPVersion, rhs: HTTPVersion) -> Bool {
+        (lhs.major, lhs.minor) < (rhs.major, rhs.minor)
+    }
+}
