@@ -79,7 +79,9 @@ let package = Package(
                        providers: [.apt(["libsystemd-dev"])]),
         // The server shell: one client port for gRPC and HTTP/1.1, JSON logs, systemd notify.
         .target(name: "Server", dependencies: [
-            "CSystemd",
+            "CSystemd", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -90,12 +92,19 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server",
+            "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The server executable: `swetcd` with etcd's flags.
+        .executableTarget(name: "swetcd", dependencies: [
+            "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
+        ]),
+        // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
+        .testTarget(name: "E2ETests"),
     ],
     swiftLanguageModes: [.v6]
 )
