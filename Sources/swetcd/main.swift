@@ -72,6 +72,8 @@ let serving = Task { try await listener.serve() }
 let stopOnSignal = Task {
     for await sig in signals {
         logger.info("received signal; shutting down", metadata: ["signal": "\(sig)"])
+        // End the streams (watch, keep-alive), then stop accepting and let calls finish.
+        server.closing.fire()
         listener.stop()
         return
     }

@@ -122,7 +122,17 @@ struct E2ESingleMemberTests {
             try await m.start()
             for i in 0..<5 { _ = try await m.ctl("put", "r\(i)", "v\(i)") }
             let before = try #require(Self.number("revision", try await m.ctl("get", "r0", "-w", "json").stdout))
+            // Open streams (a watch, a keep-alive) must not hold up a graceful stop.
+            let watch = try m.watch(["r0", "--rev=1"])
+            _ = try await watch.waitLines(3)
+            let lease = try await m.ctl("lease", "grant", "100")
+            let id = try #require(lease.stdout.split(separator: " ").dropFirst().first.map(String.init))
+            let keepAlive = try etcdctlProcess(m.endpoint, ["lease", "keep-alive", id], limit: 30)
+            try keepAlive.start()
+            _ = try await keepAlive.waitLines(1)
             #expect(try await m.stop() == 0)
+            watch.signal(SIGTERM)
+            keepAlive.signal(SIGTERM)
             try await m.start()
             #expect(try await m.ctl("get", "r", "--prefix", "--keys-only").lines == ["r0", "r1", "r2", "r3", "r4"])
             let after = try await m.ctl("get", "r0", "-w", "json")

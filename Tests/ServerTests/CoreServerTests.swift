@@ -108,6 +108,10 @@ struct CoreServerTests {
             txn.success.append(op)
         }
         await #expect(throws: EtcdError.tooManyOps) { try await s.txn(txn) }
+        // --max-request-bytes (1.5 MiB by default) bounds what is proposed.
+        let big = String(repeating: "x", count: 1_600_000)
+        await #expect(throws: EtcdError.requestTooLarge) { try await s.put(putRequest("big", big)) }
+        #expect(try await s.range(rangeRequest("big")).kvs.isEmpty)
         await s.stop()
     }
 

@@ -52,55 +52,76 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
                     }
                 }
             }
-            // Client requests.
-            do {
-                for try await req in request {
-                    switch req.requestUnion {
-                    case .createRequest(let c)?:
-                        emit.state.withLock { st in
-                            var out = Etcdserverpb_WatchResponse()
-                            out.created = true
-                            do {
-                                let id = try stream.watch(
-                                    key: [UInt8](c.key), rangeEnd: [UInt8](c.rangeEnd), startRevision: c.startRevision,
-                                    options: WatchOptions(prevKV: c.prevKv, noPut: c.filters.contains(.noput),
-                                                          noDelete: c.filters.contains(.nodelete),
-                                                          progressNotify: c.progressNotify),
-                                    id: c.watchID == 0 ? -1 : c.watchID)
-                                out.watchID = id
-                                if c.fragment { st.fragmenting.insert(id) }
-                            } catch {
-                                out.watchID = -1
-                                out.canceled = true
-                                out.cancelReason = "\(error)"
-                            }
-                            out.header = server.header()
-                            st.sink.yield(out)
-                        }
-                    case .cancelRequest(let c)?:
-                        emit.state.withLock { st in
-                            if (try? stream.cancel(c.watchID)) != nil {
-                                st.fragmenting.remove(c.watchID)
-                                var out = Etcdserverpb_WatchResponse()
-                                out.header = server.header()
-                                out.watchID = c.watchID
-                                out.canceled = true
-                                st.sink.yield(out)
-                            }
-                        }
-                    case .progressRequest?:
-                        stream.requestProgress()
-                    case nil:
-                        continue
-                    }
-                }
-            } catch {
-                // The client went away; end quietly below.
+            // Client requests, until the client ends the stream or the server stops.
+            let clientDone = ShutdownSignal()
+            let reader = Task {
+                await Self.handleRequests(request, stream: stream, emit: emit, server: server)
+                clientDone.fire()
             }
+            await withTaskGroup(of: Void.self) { race in
+                race.addTask { await clientDone.wait() }
+                race.addTask { await server.closing.wait() }
+                await race.next()
+                race.cancelAll()
+            }
+            reader.cancel()
             stream.close()
             sink.finish()
-            group.cancelAll()
+            if server.closing.isFired {
+                group.cancelAll()
+                throw EtcdError.stopped.rpcError
+            }
             try? await group.waitForAll()
+        }
+    }
+
+    private static func handleRequests(
+        _ request: RPCAsyncSequence<Etcdserverpb_WatchRequest, any Error>,
+        stream: WatchStream, emit: WatchEmitter, server: EtcdServer
+    ) async {
+        do {
+            for try await req in request {
+                switch req.requestUnion {
+                case .createRequest(let c)?:
+                    emit.state.withLock { st in
+                        var out = Etcdserverpb_WatchResponse()
+                        out.created = true
+                        do {
+                            let id = try stream.watch(
+                                key: [UInt8](c.key), rangeEnd: [UInt8](c.rangeEnd), startRevision: c.startRevision,
+                                options: WatchOptions(prevKV: c.prevKv, noPut: c.filters.contains(.noput),
+                                                      noDelete: c.filters.contains(.nodelete),
+                                                      progressNotify: c.progressNotify),
+                                id: c.watchID == 0 ? -1 : c.watchID)
+                            out.watchID = id
+                            if c.fragment { st.fragmenting.insert(id) }
+                        } catch {
+                            out.watchID = -1
+                            out.canceled = true
+                            out.cancelReason = "\(error)"
+                        }
+                        out.header = server.header()
+                        st.sink.yield(out)
+                    }
+                case .cancelRequest(let c)?:
+                    emit.state.withLock { st in
+                        if (try? stream.cancel(c.watchID)) != nil {
+                            st.fragmenting.remove(c.watchID)
+                            var out = Etcdserverpb_WatchResponse()
+                            out.header = server.header()
+                            out.watchID = c.watchID
+                            out.canceled = true
+                            st.sink.yield(out)
+                        }
+                    }
+                case .progressRequest?:
+                    stream.requestProgress()
+                case nil:
+                    continue
+                }
+            }
+        } catch {
+            // The client went away or the stream was cancelled.
         }
     }
 

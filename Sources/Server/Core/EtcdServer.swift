@@ -55,6 +55,8 @@ public final class EtcdServer: Sendable {
     let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let loopExited = Atomic<Bool>(false)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
+    /// Fired when the server begins to stop: streaming RPCs end on it.
+    public let closing = ShutdownSignal()
     /// Members of the bootstrap configuration (ID → name and peer URLs).
     let initialMembers: [InitialCluster.Member]
     /// Owned by the Raft loop thread only.
@@ -162,7 +164,17 @@ public final class EtcdServer: Sendable {
         ])
         server.startLoopThread()
         let watchTask = store.runWatchLoop()
-        server.backgroundTasks.withLock { $0.append(watchTask) }
+        // Watches created with progress_notify get an empty response every interval (etcd:
+        // --experimental-watch-progress-notify-interval, 10 minutes).
+        let interval = cfg.watchProgressNotifyInterval > .zero ? cfg.watchProgressNotifyInterval : .seconds(600)
+        let progressTask = Task { [store] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { break }
+                store.notifyProgress()
+            }
+        }
+        server.backgroundTasks.withLock { $0.append(contentsOf: [watchTask, progressTask]) }
         // A single voter campaigns at once instead of waiting out an election timeout.
         if (try? raftStorage.raftStorage.initialState().1.voters) == [memberID] {
             server.inbox.send(.campaign)
@@ -252,6 +264,7 @@ public final class EtcdServer: Sendable {
     /// loop stops, pending requests fail with "server stopped", the backend is committed and
     /// closed and the WAL synced and closed.
     public func stop() async {
+        closing.fire()
         if isLeader, loop.peerCount > 1 {
             if let target = loop.transferTarget() {
                 requestLeadershipTransfer(to: target)

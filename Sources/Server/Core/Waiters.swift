@@ -108,3 +108,50 @@ final class Waiters<Value: Sendable>: Sendable {
         }
     }
 }
+
+/// A one-shot event that long-running streams (watch, keep-alive) wait on, so a graceful stop
+/// can end them instead of waiting for their clients to leave.
+public final class ShutdownSignal: Sendable {
+    private struct State {
+        var fired = false
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var next: UInt64 = 0
+    }
+    private let state = Mutex(State())
+
+    init() {}
+
+    /// Whether ``fire()`` was called.
+    public var isFired: Bool { state.withLock { $0.fired } }
+
+    /// Wakes every current and future waiter.
+    public func fire() {
+        let all = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.fired = true
+            defer { s.waiters.removeAll() }
+            return Array(s.waiters.values)
+        }
+        for c in all { c.resume() }
+    }
+
+    /// Returns once fired, or when the calling task is cancelled.
+    public func wait() async {
+        let id = state.withLock { s -> UInt64 in
+            s.next += 1
+            return s.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { s -> Bool in
+                    if s.fired || Task.isCancelled { return true }
+                    s.waiters[id] = c
+                    return false
+                }
+                if resumeNow { c.resume() }
+            }
+        } onCancel: {
+            let c = state.withLock { $0.waiters.removeValue(forKey: id) }
+            c?.resume()
+        }
+    }
+}
