@@ -30,6 +30,7 @@ let package = Package(
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
         .target(name: "Raft"),
         .testTarget(name: "RaftTests", dependencies: ["Raft"]),
+        .executableTarget(name: "raft-bench", dependencies: ["Raft"], path: "Sources/RaftBench"),
 
         // LMDB from Debian's liblmdb-dev.
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB", providers: [.apt(["liblmdb-dev"])]),

@@ -135,6 +135,9 @@ struct RaftLog {
     mutating func maybeAppend(index: UInt64, logTerm: UInt64, commit: UInt64,
                               entries ents: [Entry]) throws -> UInt64? {
         guard matchTerm(index, logTerm) else { return nil }
+        for (k, e) in ents.enumerated() where e.index != index + 1 + UInt64(k) {
+            throw RaftError.logInvariant("append entries are not consecutive after \(index)")
+        }
         let lastNew = index + UInt64(ents.count)
         let ci = findConflict(ents)
         if ci != 0 {

@@ -42,8 +42,8 @@ public final class RaftNode {
     var prevSoftState: SoftState
     var prevHardState: HardState
 
-    /// Creates a node from its persisted state in `storage` (empty storage = new node; give the
-    /// initial configuration with ``bootstrap(_:)`` or a snapshot).
+    /// Creates a node from its persisted state in `storage`. A new cluster starts from storage
+    /// holding a snapshot at index 0 whose ``ConfState`` lists the initial members.
     public init(config: RaftConfig, storage: any RaftStorage) throws {
         try config.validate()
         cfg = config
@@ -72,19 +72,6 @@ public final class RaftNode {
         prevHardState = HardState(term: term, vote: vote, commit: log.committed)
         try switchMembership(mc)
         try becomeFollower(term: term, lead: 0)
-    }
-
-    /// Starts a brand-new cluster member with `voters` as the initial configuration; only
-    /// valid on empty storage. Equivalent to having applied an initial snapshot at index 0.
-    public func bootstrap(voters: [UInt64], learners: [UInt64] = []) throws {
-        guard try log.lastIndex() == 0, term == 0 else {
-            throw RaftError.invalidConfChange("bootstrap needs empty storage")
-        }
-        var c = MembershipConfig()
-        c.voters = Set(voters)
-        c.learners = Set(learners)
-        try c.validate()
-        try switchMembership(c)
     }
 
     // MARK: - Public interface
@@ -117,6 +104,14 @@ public final class RaftNode {
     /// Feeds a message received from a peer.
     public func step(_ m: Message) throws {
         if m.type.isLocal { throw RaftError.stepLocalMessage }
+        // Terms and indexes stay far below 2^62 in any real cluster; larger values are garbage
+        // and would make the arithmetic overflow.
+        let limit: UInt64 = 1 << 62
+        if m.term >= limit || m.logTerm >= limit || m.index >= limit || m.commit >= limit
+            || m.rejectHint >= limit || m.entries.contains(where: { $0.term >= limit || $0.index >= limit })
+            || (m.snapshot.map { $0.metadata.index >= limit || $0.metadata.term >= limit } ?? false) {
+            throw RaftError.logInvariant("message field out of range")
+        }
         if m.type.isResponse && progress[m.from] == nil { throw RaftError.stepPeerNotFound }
         try stepInternal(m)
     }
@@ -548,6 +543,7 @@ public final class RaftNode {
     func restore(_ s: Snapshot) throws -> Bool {
         let md = s.metadata
         if md.index <= log.committed { return false }
+        if md.index >= UInt64.max / 2 { throw RaftError.logInvariant("snapshot index \(md.index) out of range") }
         if log.matchTerm(md.index, md.term) {
             try log.commitTo(md.index)
             return false
@@ -668,9 +664,10 @@ public final class RaftNode {
         switch m.type {
         case .appendResponse:
             p.recentActive = true
+            let last = try log.lastIndex()
             if m.reject {
-                var hint = m.rejectHint
-                if m.logTerm > 0 { hint = log.findConflictByTerm(m.rejectHint, m.logTerm).index }
+                var hint = min(m.rejectHint, last)
+                if m.logTerm > 0 { hint = log.findConflictByTerm(hint, m.logTerm).index }
                 if p.maybeDecrease(rejected: m.index, hint: hint) {
                     if p.state == .replicate { p.becomeProbe() }
                     progress[m.from] = p
@@ -679,6 +676,10 @@ public final class RaftNode {
                     progress[m.from] = p
                 }
                 return
+            }
+            if m.index > last {
+                progress[m.from] = p
+                throw RaftError.logInvariant("peer \(m.from) acknowledges \(m.index) beyond last index \(last)")
             }
             let wasPaused = p.isPaused
             if p.maybeUpdate(m.index) {
