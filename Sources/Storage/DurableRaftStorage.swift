@@ -15,6 +15,10 @@ public enum DurableRaftError: Error, CustomStringConvertible, Sendable, Equatabl
     /// The WAL no longer reaches back to index 0 and no snapshot file that it has a marker
     /// for could be loaded.
     case noUsableSnapshot(walDirectory: String, skipped: [SkippedSnapshot])
+    /// The newest snapshot the WAL refers to was received from the leader in place of the log
+    /// up to it, and its file is damaged or missing: the entries before it in the WAL are not
+    /// the committed ones, so no older snapshot can stand in. Restore the file or rejoin.
+    case snapshotMissing(index: UInt64, term: UInt64, skipped: [SkippedSnapshot])
     /// Used after ``DurableRaftStorage/close()``.
     case closed
 
@@ -31,6 +35,9 @@ public enum DurableRaftError: Error, CustomStringConvertible, Sendable, Equatabl
         case let .noUsableSnapshot(dir, skipped):
             "raft storage: WAL \(dir) needs a snapshot and none is usable"
                 + (skipped.isEmpty ? "" : " (" + skipped.map { "\($0.file): \($0.reason)" }.joined(separator: "; ") + ")")
+        case let .snapshotMissing(index, term, skipped):
+            "raft storage: the snapshot at index \(index), term \(term) replaced the log before it and cannot be loaded"
+                + (skipped.isEmpty ? " (no file)" : " (" + skipped.map { "\($0.file): \($0.reason)" }.joined(separator: "; ") + ")")
         case .closed:
             "raft storage: closed"
         }
@@ -65,9 +72,9 @@ public struct DurableRaftRecovery: Sendable, Equatable {
     public var tornTail: WALTornTail?
     /// Snapshot files passed over (damaged, or without a WAL marker), with the reason.
     public var skippedSnapshots: [SkippedSnapshot]
-    /// Entries after the snapshot dropped because their term is lower than the snapshot's or
-    /// their predecessor's: leftovers of a log that a snapshot received from the leader
-    /// replaced (Raft terms never decrease along a log).
+    /// Entries after the snapshot dropped because their term is below the snapshot's or their
+    /// predecessor's: a stale tail that a crash after a snapshot's marker and before its
+    /// truncation mark left in the WAL (see ``DurableRaftStorage/persist(_:)``).
     public var droppedStaleEntries: Int
 }
 
@@ -77,9 +84,14 @@ public struct DurableRaftRecovery: Sendable, Equatable {
 ///
 /// For every `Ready`, call ``persist(_:)`` before sending its messages: it writes a snapshot
 /// (file, then WAL marker, then `MemoryStorage.applySnapshot`), then the hard state and
-/// entries with one WAL write and at most one `fdatasync` (when `Ready.mustSync`), then appends
-/// the entries to the `MemoryStorage`. The server takes periodic snapshots with
+/// entries with one WAL write and at most one `fdatasync` (when `Ready.mustSync`), then
+/// releases what a snapshot made unnecessary, then appends the entries to the `MemoryStorage`. The server takes periodic snapshots with
 /// ``createSnapshot(index:confState:data:)`` and trims memory with ``compact(keeping:)``.
+///
+/// On restart, create the `RaftNode` on ``raftStorage``: it hands out the committed entries
+/// after the recovered snapshot again (or set `RaftConfig.applied` to the state machine's
+/// durable applied index to skip those it already has; ``committedEntries(after:)`` lists
+/// them for a replay outside the node).
 ///
 /// Entries are stored as `Entry.encode()` bytes in `WALEntry.data`, snapshot markers carry
 /// `ConfState.encode()`, the WAL metadata is `WALMetadata`. Not thread-safe: one owner
@@ -140,6 +152,7 @@ public final class DurableRaftStorage {
         let snapshotter = Snapshotter(directory: dataDir.snapDirectory)
         let markers = try WAL.snapshotMarkers(directory: walDir)
         let (stored, skipped) = try snapshotter.loadNewest(matching: markers)
+        try checkFallback(walDir, from: stored?.index ?? 0, passing: markers, skipped: skipped)
         let opened: (wal: WAL, contents: WALContents)
         do {
             opened = try WAL.open(directory: walDir, snapshot: stored?.marker, options: options.wal)
@@ -169,6 +182,13 @@ public final class DurableRaftStorage {
             var lastTerm = snap.metadata.term
             var dropped = 0
             for (i, we) in contents.entries.enumerated() {
+                if we.data.isEmpty {
+                    // A truncation mark (see `persist`): the log ends before it.
+                    guard i == contents.entries.count - 1 else {
+                        throw try corruptEntry(walDir, we.index, "truncation mark followed by entry \(we.index + 1)")
+                    }
+                    break
+                }
                 let e: Entry
                 do { e = try Entry(decoding: we.data) } catch {
                     throw try corruptEntry(walDir, we.index, "\(error)")
@@ -177,6 +197,8 @@ public final class DurableRaftStorage {
                     throw try corruptEntry(walDir, we.index, "holds entry \(e.index) of term \(e.term), record says term \(we.term)")
                 }
                 if e.term < lastTerm {
+                    // A stale tail that a crash between a snapshot's marker and its truncation
+                    // mark left behind the snapshot: terms never go down along a Raft log.
                     dropped = contents.entries.count - i
                     break
                 }
@@ -201,13 +223,42 @@ public final class DurableRaftStorage {
             }
             memory.setHardState(hs)
             let rec = DurableRaftRecovery(isNew: false, snapshot: snap, hardState: hs, lastIndex: last,
-                                          tornTail: contents.tornTail, skippedSnapshots: skipped, droppedStaleEntries: dropped)
+                                          tornTail: contents.tornTail, skippedSnapshots: skipped,
+                                          droppedStaleEntries: dropped)
             return DurableRaftStorage(dataDir: dataDir, metadata: meta, memory: memory, recovery: rec,
                                       options: options, wal: wal)
         } catch {
             try? wal.close()
             throw error
         }
+    }
+
+    /// When the snapshot loaded is older than markers in the WAL (their files are damaged or
+    /// missing), the WAL stands in for those snapshots, which is only right for snapshots taken
+    /// locally: the log held their last entry, with their term, before the marker. A snapshot
+    /// received from the leader replaced a log that did not (Raft only sends one on a
+    /// mismatch), so the entries before it are not the committed ones. Reads the whole WAL,
+    /// only on this rare path.
+    private static func checkFallback(_ walDir: String, from index: UInt64, passing markers: [WALSnapshotMarker],
+                                      skipped: [SkippedSnapshot]) throws {
+        let wanted = Set(markers.filter { $0.index > index }.map(\.index))
+        guard !wanted.isEmpty else { return }
+        var termAt: [UInt64: UInt64] = [:]
+        var received: WALSnapshotMarker?
+        try WAL.dump(directory: walDir) { ev in
+            guard received == nil, case let .record(r) = ev else { return }
+            switch r.record {
+            case let .entry(e):
+                // An entry replaces the log from its index on; a truncation mark only cuts it.
+                for k in termAt.keys where k >= e.index { termAt[k] = nil }
+                if wanted.contains(e.index) && !e.data.isEmpty { termAt[e.index] = e.term }
+            case let .snapshot(m) where wanted.contains(m.index) && termAt[m.index] != m.term:
+                received = m
+            default:
+                break
+            }
+        }
+        if let m = received { throw DurableRaftError.snapshotMissing(index: m.index, term: m.term, skipped: skipped) }
     }
 
     /// Finds the file and offset of the last WAL record for entry `index` (slow: only used to
@@ -226,7 +277,7 @@ public final class DurableRaftStorage {
 
     /// Records the initial configuration of a brand-new cluster member, as a snapshot at
     /// index 0 (file and WAL marker), so it survives restarts. Create the `RaftNode` on
-    /// ``raftStorage`` afterwards (no `RaftNode.bootstrap` call is needed). Only valid on a
+    /// ``raftStorage`` afterwards (it starts from that configuration). Only valid on a
     /// storage that holds no log yet.
     public func bootstrap(_ confState: ConfState) throws {
         guard try memory.lastIndex() == 0, memory.hardState.isEmpty,
@@ -256,6 +307,12 @@ public final class DurableRaftStorage {
         let hs = rd.hardState.map { WALHardState(term: $0.term, vote: $0.vote, commit: $0.commit) }
         let walEntries = rd.entries.map { WALEntry(index: $0.index, term: $0.term, data: $0.encode()) }
         var synced = try wal.save(hardState: hs, entries: walEntries)
+        if let snap, walEntries.isEmpty {
+            // The log now ends at the snapshot. The mark goes after the hard state: a mark
+            // without the commit index that makes the marker usable would leave a gap for a
+            // reader falling back to an older snapshot.
+            synced = try wal.save(hardState: nil, entries: [Self.truncationMark(after: snap.metadata)])
+        }
         if (rd.mustSync || snap != nil) && !synced {
             try wal.sync()
             synced = true
@@ -264,6 +321,18 @@ public final class DurableRaftStorage {
         try memory.append(rd.entries)
         if let h = rd.hardState { memory.setHardState(h) }
         return synced
+    }
+
+    /// An entry record with no data (never a valid encoded entry) at the index after a
+    /// snapshot's, written after its marker (and after the hard state that commits it) when the
+    /// log ends at the snapshot. Reading the WAL from a marker ignores entry records at or
+    /// below the snapshot index, so without the mark it would hand back any entry records past
+    /// the snapshot written before the marker: the stale tail of a log that a snapshot from the
+    /// leader replaced, or, after that, of an older one. By the WAL's rule (an entry at index i
+    /// replaces everything from i on) the mark cuts them; recovery drops it, and the next entry
+    /// at that index replaces it.
+    static func truncationMark(after s: SnapshotMetadata) -> WALEntry {
+        WALEntry(index: s.index + 1, term: s.term, data: [])
     }
 
     /// Makes a snapshot durable and installs it in ``memory``. The file comes first: a crash
@@ -293,6 +362,7 @@ public final class DurableRaftStorage {
         let stored = StoredSnapshot(index: index, term: snap.metadata.term, confState: confState.encode(), data: data)
         try snapshotter.save(stored)
         try wal.saveSnapshot(stored.marker)
+        if try memory.lastIndex() == index { try wal.save(hardState: nil, entries: [Self.truncationMark(after: snap.metadata)]) }
         try release(to: index)
         return snap
     }
@@ -311,14 +381,16 @@ public final class DurableRaftStorage {
         return try memory.firstIndex()
     }
 
-    /// Committed entries after `index` (from the first one still held), in order: what to
-    /// re-apply at start-up to a state machine whose consistent index is `index`.
+    /// The committed entries after `index`, in order: what to re-apply at start-up to a state
+    /// machine whose consistent index is `index`. Throws `RaftStorageError.compacted` when
+    /// some of them are no longer held (the state machine is older than the snapshot: restore
+    /// it from the snapshot first; taking a snapshot only after the state machine has made its
+    /// applied index durable avoids this).
     public func committedEntries(after index: UInt64) throws -> [Entry] {
-        let first = try memory.firstIndex()
-        let lo = max(index + 1, first)
-        let hi = memory.hardState.commit + 1
-        guard lo < hi else { return [] }
-        return try memory.entries(lo, hi, maxBytes: UInt64.max)
+        let commit = memory.hardState.commit
+        guard index < commit else { return [] }
+        guard index >= (try memory.firstIndex()) - 1 else { throw RaftStorageError.compacted }
+        return try memory.entries(index + 1, commit + 1, maxBytes: UInt64.max)
     }
 
     /// The WAL segment files in use, oldest first.

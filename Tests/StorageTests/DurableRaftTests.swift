@@ -56,7 +56,7 @@ import Testing
         #expect(r.recovery.hardState == hs, "seed \(seed)")
         #expect(r.memory.hardState == hs)
         #expect(r.recovery.snapshot == snap, "seed \(seed)")
-        #expect(r.recovery.tornTail == nil && r.recovery.droppedStaleEntries == 0)
+        #expect(r.recovery.tornTail == nil)
         let logAfter = try c.log(1, using: r)
         #expect(logAfter.first?.index == snap.metadata.index + 1)
         #expect(logBefore.suffix(logAfter.count) == logAfter[...], "seed \(seed)")
@@ -174,9 +174,31 @@ import Testing
         let r = try DurableRaftStorage.open(dd, newMember: meta)
         #expect(r.recovery.snapshot == snap)
         #expect(r.recovery.hardState == hs)
-        #expect(r.recovery.droppedStaleEntries == Int(staleLast - snap.metadata.index))
+        // The stale tail is in the WAL, and so is the mark that ends the log after the snapshot.
+        var staleRecords = 0, marks = 0
+        try WAL.dump(directory: dd.walDirectory) { ev in
+            guard case let .record(rec) = ev, case let .entry(e) = rec.record, e.index > snap.metadata.index else { return }
+            if e.data.isEmpty { marks += 1 } else if e.term < snap.metadata.term { staleRecords += 1 }
+        }
+        #expect(staleRecords == Int(staleLast - snap.metadata.index))
+        #expect(marks == 1)
+        try r.close()
+        // With the received snapshot's file damaged, the older bootstrap snapshot must not
+        // stand in: the WAL's entries before the received one include the stale tail.
+        let snapPath = dd.snapDirectory + "/" + Snapshotter.fileName(term: snap.metadata.term, index: snap.metadata.index)
+        let good = try walFileBytes(snapPath)
+        var bad = good
+        bad[bad.count - 1] ^= 1
+        try walWriteFile(snapPath, bad)
+        #expect(throws: DurableRaftError.snapshotMissing(index: snap.metadata.index, term: snap.metadata.term,
+                                                         skipped: [SkippedSnapshot(file: FileIO.lastComponent(snapPath), reason: "CRC mismatch")])) {
+            try DurableRaftStorage.open(dd, newMember: meta)
+        }
+        try walWriteFile(snapPath, good)
+        let r2 = try DurableRaftStorage.open(dd, newMember: meta)
+        #expect(r2.recovery.snapshot == snap)
         #expect(try r.memory.lastIndex() == snap.metadata.index)
-        try c.restartDurable(r)
+        try c.restartDurable(r2)
         for _ in 0..<5 {
             let p = drPayload(&rng, max: 32)
             proposed.append(p)
@@ -213,6 +235,26 @@ import Testing
         // The WAL lock was released by the failed open.
         let again = try WAL.open(directory: dd2.walDirectory)
         try again.wal.close()
+        // A truncation mark in the middle of the log is corruption; a tail whose terms go down
+        // is stale (what a crash before a truncation mark leaves) and dropped.
+        let dd6 = DataDir(path: tmp.sub("f"))
+        try dd6.prepare()
+        let w6 = try WAL.create(directory: dd6.walDirectory, metadata: meta.encoded)
+        try w6.save(hardState: nil, entries: [WALEntry(index: 1, term: 1, data: Entry(term: 1, index: 1).encode()),
+                                              WALEntry(index: 2, term: 1, data: []),
+                                              WALEntry(index: 3, term: 1, data: Entry(term: 1, index: 3).encode())])
+        try w6.close()
+        #expect(throws: DurableRaftError.self) { try DurableRaftStorage.open(dd6, newMember: meta) }
+        let dd7 = DataDir(path: tmp.sub("g"))
+        try dd7.prepare()
+        let w7 = try WAL.create(directory: dd7.walDirectory, metadata: meta.encoded)
+        try w7.save(hardState: nil, entries: [WALEntry(index: 1, term: 2, data: Entry(term: 2, index: 1).encode()),
+                                              WALEntry(index: 2, term: 1, data: Entry(term: 1, index: 2).encode())])
+        try w7.close()
+        let r7 = try DurableRaftStorage.open(dd7, newMember: meta)
+        #expect(r7.recovery.droppedStaleEntries == 1)
+        #expect(try r7.memory.lastIndex() == 1)
+        try r7.close()
         // Entry bytes that decode to another position.
         let dd3 = DataDir(path: tmp.sub("c"))
         try dd3.prepare()
@@ -284,12 +326,28 @@ import Testing
         let r = try DurableRaftStorage.open(dd, newMember: meta)
         #expect(r.recovery.snapshot == snap)
         #expect(r.recovery.skippedSnapshots.count == 1)
+        let log = try DRCluster.log(of: r)
+        try r.close()
+        // A damaged local snapshot: the older (bootstrap) one stands in, with the WAL holding
+        // every entry since; the log after the damaged snapshot is the same.
+        let name = Snapshotter.fileName(term: snap.metadata.term, index: snap.metadata.index)
+        var b = try walFileBytes(dd.snapDirectory + "/" + name)
+        b[60] ^= 0x10
+        try walWriteFile(dd.snapDirectory + "/" + name, b)
+        let older = try DurableRaftStorage.open(dd, newMember: meta)
+        #expect(older.recovery.snapshot.metadata.index == 0)
+        #expect(older.recovery.skippedSnapshots.count == 2)
+        #expect(older.recovery.hardState == hs)
+        #expect(try DRCluster.log(of: older).suffix(log.count) == log[...])
     }
 }
 
 extension DRCluster {
     /// The entries another storage holds after its snapshot.
-    func log(_ id: UInt64, using d: DurableRaftStorage) throws -> [Entry] {
+    func log(_ id: UInt64, using d: DurableRaftStorage) throws -> [Entry] { try Self.log(of: d) }
+
+    /// The entries a durable storage holds after its snapshot.
+    static func log(of d: DurableRaftStorage) throws -> [Entry] {
         let s = d.memory
         let first = try s.firstIndex(), last = try s.lastIndex()
         return first > last ? [] : try s.entries(first, last + 1, maxBytes: .max)
