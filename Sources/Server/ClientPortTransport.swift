@@ -170,6 +170,9 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             .serverChannelInitializer { channel in
                 listenerConfigurator.configure(channel: channel)
             }
+            // Dead peers of idle HTTP/1.1 connections are found by TCP keepalive (gRPC
+            // connections also have HTTP/2 pings); ignored on Unix sockets.
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
                     try Self.initialize(child: child, tls: tls, starter: starter, sniffTimeout: sniffTimeout)

@@ -18,6 +18,12 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
         case responding
     }
 
+    private static let tooLarge: HTTPResponse = {
+        var response = HTTPResponse.text(.payloadTooLarge, "request body too large\n")
+        response.headers.replaceOrAdd(name: "connection", value: "close")
+        return response
+    }()
+
     private let router: HTTPRouter
     private let maxBodyBytes: Int
     private var state = State.idle
@@ -32,10 +38,20 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
         switch (unwrapInboundIn(data), state) {
         case (.head(let head), .idle):
             let declared = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+            let expectsContinue = head.headers["expect"].contains { $0.lowercased() == "100-continue" }
             if declared > maxBodyBytes {
                 state = .rejecting(head)
+                if expectsContinue {
+                    // The client waits for our word before sending the body: refuse now.
+                    state = .responding
+                    respond(context: context, head: head, forceClose: true) { _ in Self.tooLarge }
+                }
             } else {
                 state = .receiving(head, context.channel.allocator.buffer(capacity: max(0, declared)))
+                if expectsContinue {
+                    let interim = HTTPResponseHead(version: head.version, status: .continue)
+                    context.writeAndFlush(wrapOutboundOut(.head(interim)), promise: nil)
+                }
             }
         case (.body(var chunk), .receiving(let head, var body)):
             state = .idle  // drop the reference while appending (avoid a copy)
@@ -53,14 +69,21 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
             respond(context: context, head: head) { router in await router.respond(to: request) }
         case (.end, .rejecting(let head)):
             state = .responding
-            var tooLarge = HTTPResponse.text(.payloadTooLarge, "request body too large\n")
-            tooLarge.headers.replaceOrAdd(name: "connection", value: "close")
-            let response = tooLarge
-            respond(context: context, head: head, forceClose: true) { _ in response }
+            respond(context: context, head: head, forceClose: true) { _ in Self.tooLarge }
+        case (.body, .responding), (.end, .responding):
+            // The rest of a request already refused (413 after `expect: 100-continue`).
+            break
         default:
             // Parts out of order cannot come from NIO's decoder; treat as a broken connection.
             context.close(promise: nil)
         }
+    }
+
+    /// The server is shutting down: a response still being produced is cancelled (a streamed
+    /// body ends and the connection closes; a complete body is still sent). NIO's pipelining
+    /// handler closes the connection once no response is pending.
+    func quiesce() {
+        task?.cancel()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -91,6 +114,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
         let router = self.router
         let version = head.version
         let keepAlive = head.isKeepAlive && !forceClose
+        let headersOnly = head.method == .HEAD
 
         @Sendable func write(_ part: HTTPServerResponsePart) async throws {
             try await loop.flatSubmit {
@@ -117,9 +141,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
                 try await write(.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
                 switch response.body {
                 case .bytes(let bytes):
-                    if bytes.readableBytes > 0 { try await write(.body(.byteBuffer(bytes))) }
+                    if bytes.readableBytes > 0, !headersOnly { try await write(.body(.byteBuffer(bytes))) }
                 case .stream(let produceBody):
-                    try await produceBody(HTTPBodyWriter { chunk in try await write(.body(.byteBuffer(chunk))) })
+                    if !headersOnly {
+                        try await produceBody(HTTPBodyWriter { chunk in try await write(.body(.byteBuffer(chunk))) })
+                    }
                 }
             } catch {
                 failed = true
@@ -143,6 +169,28 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
                 }
             }
         }
+    }
+}
+
+/// Tells the ``HTTPConnectionHandler`` behind NIO's HTTP handlers about a graceful shutdown.
+final class HTTPQuiesceRelay: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+
+    private let handler: HTTPConnectionHandler
+
+    init(handler: HTTPConnectionHandler) {
+        self.handler = handler
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            handler.quiesce()
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 

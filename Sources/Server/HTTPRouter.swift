@@ -49,7 +49,9 @@ public struct HTTPBodyWriter: Sendable {
     let writeChunk: @Sendable (ByteBuffer) async throws -> Void
 
     /// Writes one chunk (empty buffers are skipped: an empty chunk would end the body).
+    /// - Throws: `CancellationError` once the connection closed or the server is stopping.
     public func write(_ chunk: ByteBuffer) async throws {
+        try Task.checkCancellation()
         guard chunk.readableBytes > 0 else { return }
         try await writeChunk(chunk)
     }
@@ -151,7 +153,9 @@ public struct HTTPRouter: Sendable {
         } else {
             return .text(.notFound, "404 page not found\n")
         }
-        if let methods = route.methods, !methods.contains(request.method) {
+        // HEAD is answered like GET (the listener sends no body).
+        let method = request.method == .HEAD ? HTTPMethod.GET : request.method
+        if let methods = route.methods, !methods.contains(method) {
             var response = HTTPResponse.text(.methodNotAllowed, "Method Not Allowed\n")
             let allowed = methods.map(\.rawValue).sorted().joined(separator: ", ")
             response.headers.add(name: "allow", value: allowed)

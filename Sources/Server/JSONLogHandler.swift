@@ -39,6 +39,24 @@ public final class LogSink: Sendable {
         if ownsDescriptor { close(descriptor) }
     }
 
+    /// The sinks for etcd's `--log-outputs` values: `default` and `stderr` (standard error),
+    /// `stdout`, or a file path (appended to). Duplicates are written once.
+    /// - Throws: ``LogSinkError`` when a file cannot be opened.
+    public static func forEtcdOutputs(_ outputs: [String]) throws -> [LogSink] {
+        var sinks: [LogSink] = []
+        var seen: Set<String> = []
+        for output in outputs {
+            let key = output == "default" ? "stderr" : output
+            guard seen.insert(key).inserted else { continue }
+            switch key {
+            case "stderr": sinks.append(.standardError)
+            case "stdout": sinks.append(.standardOutput)
+            default: sinks.append(try LogSink(appendingTo: output))
+            }
+        }
+        return sinks
+    }
+
     /// Writes one complete line (the caller includes the trailing newline).
     public func write(line: [UInt8]) {
         lock.withLock { _ in

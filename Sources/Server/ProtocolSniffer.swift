@@ -1,6 +1,7 @@
 import GRPCNIOTransportHTTP2
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import Synchronization
 
 /// Hands configured gRPC connections from child channels (any event loop) to the listening
@@ -167,7 +168,14 @@ struct ConnectionStarter: Sendable {
         let inbox = self.inbox
         let tls: HTTP2ServerTransport.ConnectionConfigurator.TLS =
             usesTLS ? .configured(requireALPN: false) : .none
-        return connectionConfigurator.configure(channel: channel, tls: tls).map { connection in
+        return connectionConfigurator.configure(channel: channel, tls: tls).flatMapThrowing { connection in
+            // The socket became active before this pipeline existed. The HTTP/2 handler copes
+            // (it starts at once when added to an active channel) but then swallows the
+            // channel-active event, so gRPC's connection manager behind it, which starts its
+            // keepalive and idle timers on that event, is told from the HTTP/2 handler's place.
+            if channel.isActive {
+                try channel.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self).fireChannelActive()
+            }
             inbox.deliver(connection, channel: channel)
         }
     }
@@ -176,8 +184,12 @@ struct ConnectionStarter: Sendable {
     /// pipeline. Must run on the channel's event loop.
     func startHTTP(on channel: any Channel) throws {
         let sync = channel.pipeline.syncOperations
+        let handler = HTTPConnectionHandler(router: router, maxBodyBytes: maxHTTPBodyBytes)
+        // NIO's pipelining handler keeps the quiesce event to itself while a response is in
+        // flight, so the connection handler hears of it from in front.
+        try sync.addHandler(HTTPQuiesceRelay(handler: handler))
         try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
-        try sync.addHandler(HTTPConnectionHandler(router: router, maxBodyBytes: maxHTTPBodyBytes))
+        try sync.addHandler(handler)
     }
 }
 

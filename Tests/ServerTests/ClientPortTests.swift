@@ -1,4 +1,6 @@
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -131,6 +133,36 @@ private let etcdctlPath = "/usr/bin/etcdctl"
         }
     }
 
+    @Test func expectContinueAndHead() async throws {
+        var router = HTTPRouter()
+        router.addVersionRoute()
+        router.add("/echo", methods: [.POST]) { request in .text(.ok, String(buffer: request.body)) }
+        try await withClientPort(configure: { $0.router = router; $0.maxHTTPBodyBytes = 64 }) { port in
+            let client = try await RawClient.connect(port: port)
+            try await client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            let interim = String(decoding: try await client.read(atLeast: 25), as: UTF8.self)
+            #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n")
+            try await client.send("hello")
+            let echoed = try await client.readResponse()
+            #expect(echoed.status == 200)
+            #expect(echoed.text == "hello")
+
+            // Too large: refused before the body is sent.
+            try await client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\nExpect: 100-continue\r\n\r\n")
+            #expect(try await client.readResponse().status == 413)
+            #expect(try await client.readToEnd().closed)
+
+            let head = try await RawClient.connect(port: port)
+            try await head.send("HEAD /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            let (bytes, closed) = try await head.readToEnd()
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(closed)
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(text.lowercased().contains("content-length: 45\r\n"))
+            #expect(text.hasSuffix("\r\n\r\n"), "no body after the headers: \(text)")
+        }
+    }
+
     @Test func routerUnitBehaviour() async {
         var router = HTTPRouter()
         router.add("/health") { _ in .json(.ok, #"{"health":"true"}"#) }
@@ -149,5 +181,112 @@ private let etcdctlPath = "/usr/bin/etcdctl"
         #expect(request.path == "/health")
         #expect(request.queryValues("exclude") == ["NOSPACE"])
         #expect(request.queryValues("flag") == [""])
+    }
+}
+
+@Suite struct ClientPortLifecycleTests {
+    @Test func gracefulStopEndsAStreamedResponse() async throws {
+        var router = HTTPRouter()
+        router.add("/stream") { _ in
+            HTTPResponse(status: .ok, body: .stream { writer in
+                try await writer.write(Array("first\n".utf8))
+                // A watch-like stream that only ends when cancelled.
+                try await Task.sleep(for: .seconds(3600))
+            })
+        }
+        try await withClientPortHarness(configure: { $0.router = router }) { harness in
+            let client = try await RawClient.connect(port: harness.port)
+            try await client.send("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            let start = String(decoding: try await client.read(atLeast: 1), as: UTF8.self)
+            #expect(start.hasPrefix("HTTP/1.1 200 OK"))
+            #expect(start.contains("transfer-encoding: chunked"))
+            try await harness.stop()
+            #expect(try await client.readToEnd().closed)
+        }
+    }
+
+    @Test func unixDomainSocket() async throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/curl") else { return }
+        let path = "/tmp/swetcd-client-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        defer { unlink(path) }
+        try await withClientPort(configure: { $0.address = .unix(path: path) }) { _ in
+            let result = try await run("/usr/bin/curl", ["-s", "-m", "10", "--unix-socket", path, "http://localhost/version"])
+            #expect(result.status == 0)
+            #expect(result.output.contains(#""etcdcluster":"3.5.0""#))
+        }
+    }
+}
+
+@Suite struct ClientPortBindTests {
+    @Test func bindingAPortInUseFails() async throws {
+        try await withClientPort { port in
+            let second = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: port)))
+            let server = GRPCServer(transport: second, services: [FixedStatusService()])
+            await #expect(throws: (any Error).self) { try await server.serve() }
+            await #expect(throws: ClientPortError.notListening) { _ = try await second.listeningAddress }
+        }
+    }
+}
+
+@Suite struct ClientPortGRPCLimitTests {
+    @Test func requestsOverTheReceiveLimitAreRefused() async throws {
+        try await withClientPort(configure: { $0.maxReceiveMessageBytes = 1024 }) { port in
+            let transport = try HTTP2ClientTransport.Posix(
+                target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+            let results: [Result<[UInt8], RPCError>] = try await withGRPCClient(transport: transport) { client in
+                var results: [Result<[UInt8], RPCError>] = []
+                // At the limit, one over, then again under: the connection keeps serving.
+                for size in [1024, 1025, 0] {
+                    do {
+                        let reply = try await client.unary(
+                            request: ClientRequest(message: [UInt8](repeating: 0, count: size)),
+                            descriptor: MethodDescriptor(fullyQualifiedService: "etcdserverpb.Maintenance", method: "Status"),
+                            serializer: RawBytesCodec(),
+                            deserializer: RawBytesCodec(),
+                            options: .defaults
+                        ) { try $0.message }
+                        results.append(.success(reply))
+                    } catch let error as RPCError {
+                        results.append(.failure(error))
+                    }
+                }
+                return results
+            }
+            #expect(results.count == 3)
+            #expect(try results[0].get() == FixedStatusService.responseBytes)
+            // grpc-swift's server resets an oversize stream (RST_STREAM cancel), so the client
+            // sees `unavailable` where etcd (grpc-go) answers `resourceExhausted`.
+            #expect(throws: RPCError.self) { try results[1].get() }
+            #expect(try results[2].get() == FixedStatusService.responseBytes)
+        }
+    }
+}
+
+@Suite struct ClientPortHTTP2Tests {
+    /// gRPC's server keepalive (pings after `keepaliveTime` without reads) must run on sniffed
+    /// connections too: a raw HTTP/2 client that stays silent receives a PING frame.
+    @Test func serverPingsAnIdleConnection() async throws {
+        try await withClientPort(configure: { $0.keepaliveTime = .milliseconds(200) }) { port in
+            let client = try await RawClient.connect(port: port)
+            let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+            let emptySettings: [UInt8] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0]
+            try await client.send(preface + emptySettings)
+            var sawPing = false
+            var buffered: [UInt8] = []
+            // Frames: 3-byte length, type, flags, 4-byte stream id, payload. Bounded by the
+            // client's 10 s receive timeout.
+            while !sawPing {
+                let more = try await client.read(atLeast: 1)
+                if more.isEmpty { break }
+                buffered += more
+                while buffered.count >= 9 {
+                    let length = Int(buffered[0]) << 16 | Int(buffered[1]) << 8 | Int(buffered[2])
+                    guard buffered.count >= 9 + length else { break }
+                    if buffered[3] == 0x6, buffered[4] & 0x1 == 0 { sawPing = true }
+                    buffered.removeFirst(9 + length)
+                }
+            }
+            #expect(sawPing, "no PING from the server on an idle HTTP/2 connection")
+        }
     }
 }

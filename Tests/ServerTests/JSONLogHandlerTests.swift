@@ -105,6 +105,19 @@ import Testing
         #expect(second["member"] as? String == "abc")
     }
 
+    @Test func etcdLogOutputs() throws {
+        let path = FileManager.default.temporaryDirectory
+            .appendingPathComponent("swetcd-log-\(UUID().uuidString).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let sinks = try LogSink.forEtcdOutputs(["default", "stderr", "stdout", path, path])
+        #expect(sinks.count == 3)
+        #expect(sinks[0] === LogSink.standardError)
+        #expect(sinks[1] === LogSink.standardOutput)
+        sinks[2].write(line: Array("x\n".utf8))
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "x\n")
+        #expect(throws: LogSinkError.self) { _ = try LogSink.forEtcdOutputs(["/nonexistent-dir-swetcd/x.log"]) }
+    }
+
     @Test func unopenableFileThrows() {
         #expect(throws: LogSinkError.self) {
             _ = try LogSink(appendingTo: "/nonexistent-dir-swetcd/x.log")

@@ -9,7 +9,7 @@ import Glibc
 final class RawClient: @unchecked Sendable {
     let fd: Int32
     /// Bytes received but not yet consumed (a read may return several pipelined responses).
-    private var pending: [UInt8] = []
+    fileprivate var pending: [UInt8] = []
 
     init(port: Int, timeoutSeconds: Int = 10) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -202,39 +202,78 @@ struct FixedStatusService: RegistrableRPCService {
     }
 }
 
-/// Runs `body` with a started `GRPCServer` on a ClientPortTransport bound to 127.0.0.1:0,
-/// then shuts it down gracefully (cancelling it if that takes more than 10 s).
-func withClientPort<T: Sendable>(
+/// A running test server.
+struct ClientPortHarness: Sendable {
+    /// The bound TCP port (0 for a Unix-domain socket).
+    let port: Int
+    fileprivate let server: GRPCServer<ClientPortTransport>
+    fileprivate let serving: Task<Void, any Error>
+
+    /// Begins a graceful shutdown and waits (at most 10 s) until the server has stopped.
+    func stop() async throws {
+        server.beginGracefulShutdown()
+        let serving = self.serving
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await serving.value
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: .seconds(10))
+                return false
+            }
+            let stopped = try await group.next() ?? false
+            group.cancelAll()
+            if !stopped {
+                serving.cancel()
+                throw HarnessError.gracefulShutdownTimedOut
+            }
+        }
+    }
+}
+
+enum HarnessError: Error {
+    case gracefulShutdownTimedOut
+}
+
+/// Runs `body` with a started `GRPCServer` on a ClientPortTransport bound to 127.0.0.1:0
+/// (unless `configure` changes the address), then shuts it down gracefully; the test fails if
+/// that takes more than 10 s.
+func withClientPortHarness<T: Sendable>(
     configure: (inout ClientPortConfiguration) -> Void = { _ in },
-    _ body: @Sendable (_ port: Int) async throws -> T
+    _ body: @Sendable (ClientPortHarness) async throws -> T
 ) async throws -> T {
     var configuration = ClientPortConfiguration(address: .tcp(host: "127.0.0.1", port: 0))
     configure(&configuration)
     let transport = ClientPortTransport(configuration: configuration)
     let server = GRPCServer(transport: transport, services: [FixedStatusService()])
-    return try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask {
-            try await server.serve()
-            return nil
-        }
-        let result: T
-        do {
-            let address = try await transport.listeningAddress
-            guard let port = address.ipv4?.port else { throw ClientPortError.notListening }
-            result = try await body(port)
-        } catch {
-            group.cancelAll()
-            throw error
-        }
-        server.beginGracefulShutdown()
-        group.addTask {
-            try await Task.sleep(for: .seconds(10))
-            throw CancellationError()
-        }
-        // The first to finish: the server (graceful stop done) or the 10 s guard.
-        _ = try await group.next()
-        group.cancelAll()
-        return result
+    let serving = Task { try await server.serve() }
+    let harness: ClientPortHarness
+    do {
+        let address = try await transport.listeningAddress
+        harness = ClientPortHarness(port: address.ipv4?.port ?? 0, server: server, serving: serving)
+    } catch {
+        serving.cancel()
+        throw error
+    }
+    let result: T
+    do {
+        result = try await body(harness)
+    } catch {
+        serving.cancel()
+        throw error
+    }
+    try await harness.stop()
+    return result
+}
+
+/// ``withClientPortHarness`` for bodies that only need the port.
+func withClientPort<T: Sendable>(
+    configure: (inout ClientPortConfiguration) -> Void = { _ in },
+    _ body: @Sendable (_ port: Int) async throws -> T
+) async throws -> T {
+    try await withClientPortHarness(configure: configure) { harness in
+        try await body(harness.port)
     }
 }
 
@@ -289,6 +328,20 @@ extension RawClient {
 
     func readResponse() async throws -> RawResponse {
         try await onOwnThread { try self.readResponseBlocking() }
+    }
+
+    /// Reads until at least `count` bytes arrived in total (or EOF/timeout); returns them.
+    func read(atLeast count: Int) async throws -> [UInt8] {
+        try await onOwnThread {
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while self.pending.count < count {
+                let n = recv(self.fd, &buffer, buffer.count, 0)
+                if n <= 0 { break }
+                self.pending.append(contentsOf: buffer[..<n])
+            }
+            defer { self.pending = [] }
+            return self.pending
+        }
     }
 
     func readToEnd() async throws -> (bytes: [UInt8], closed: Bool) {

@@ -1,0 +1,52 @@
+import Foundation
+import NIOSSL
+import Testing
+@testable import Server
+
+/// A smoke test of the TLS hook (full TLS coverage belongs to the TLS issue): ALPN `h2` reaches
+/// gRPC, ALPN `http/1.1` and no ALPN reach the HTTP router, all on one port.
+@Suite struct ClientPortTLSTests {
+    static let tools = ["/usr/bin/openssl", "/usr/bin/curl", "/usr/bin/etcdctl"]
+    static let toolsPresent = tools.allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// A throw-away self-signed certificate for 127.0.0.1, made with openssl.
+    static func makeContext(in directory: URL) async throws -> NIOSSLContext {
+        let key = directory.appendingPathComponent("key.pem").path
+        let cert = directory.appendingPathComponent("cert.pem").path
+        let made = try await run("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        try #require(made.status == 0, "openssl: \(made.error)")
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+        )
+        tls.applicationProtocols = ["h2", "http/1.1"]
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    @Test(.enabled(if: toolsPresent))
+    func alpnRoutesGRPCAndHTTPOnOneTLSPort() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swetcd-tls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let context = try await Self.makeContext(in: directory)
+
+        try await withClientPort(configure: { $0.tls = context }) { port in
+            let url = "https://127.0.0.1:\(port)/version"
+            let viaALPN = try await run("/usr/bin/curl", ["-sk", "-m", "10", "--http1.1", url])
+            #expect(viaALPN.output == #"{"etcdserver":"3.5.17","etcdcluster":"3.5.0"}"#, "curl: \(viaALPN.error)")
+            let noALPN = try await run("/usr/bin/curl", ["-sk", "-m", "10", "--http1.1", "--no-alpn", url])
+            #expect(noALPN.output == #"{"etcdserver":"3.5.17","etcdcluster":"3.5.0"}"#, "curl: \(noALPN.error)")
+
+            let status = try await run("/usr/bin/etcdctl", [
+                "--endpoints", "https://127.0.0.1:\(port)", "--cacert", directory.appendingPathComponent("cert.pem").path,
+                "--dial-timeout", "5s", "endpoint", "status", "-w", "json",
+            ])
+            #expect(status.status == 0, "etcdctl: \(status.error)")
+            #expect(status.output.contains(#""version":"3.5.17""#))
+        }
+    }
+}
