@@ -93,6 +93,7 @@ let package = Package(
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
@@ -103,6 +104,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // The server executable: `swetcd` with etcd's flags.
         .executableTarget(name: "swetcd", dependencies: [
