@@ -177,7 +177,10 @@ final class Member: @unchecked Sendable {
     let clientPort: Int
     let peerPort: Int
     var extraArgs: [String]
+    /// `--initial-cluster` (default: this member alone).
+    var initialCluster: String?
     private(set) var child: Child?
+    var peerURL: String { "http://127.0.0.1:\(peerPort)" }
 
     var endpoint: String { "127.0.0.1:\(clientPort)" }
 
@@ -197,7 +200,7 @@ final class Member: @unchecked Sendable {
             "--listen-client-urls", "http://127.0.0.1:\(clientPort)",
             "--advertise-client-urls", "http://127.0.0.1:\(clientPort)",
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", "\(name)=\(peer)",
+            "--initial-cluster", initialCluster ?? "\(name)=\(peer)",
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ] + extraArgs
         let c = try Child(try #require(E2E.swetcdPath), args)
@@ -245,6 +248,25 @@ final class Member: @unchecked Sendable {
             _ = try? await c.waitExit()
         }
         try? FileManager.default.removeItem(atPath: dataDir)
+    }
+
+    /// Runs `body` with `count` started members forming one cluster, always cleaning up.
+    static func withCluster(_ count: Int, _ body: ([Member]) async throws -> Void) async throws {
+        var members: [Member] = []
+        for i in 1...count { members.append(try Member(name: "m\(i)")) }
+        let cluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+        for m in members { m.initialCluster = cluster }
+        do {
+            for m in members { try await m.start() }
+            try await body(members)
+        } catch {
+            for m in members {
+                Issue.record("\(m.name) log tail: \((m.child?.stderr ?? "").suffix(2000))")
+                await m.cleanUp()
+            }
+            throw error
+        }
+        for m in members { await m.cleanUp() }
     }
 
     /// Runs `body` with a started member, always cleaning up.

@@ -158,8 +158,9 @@ final class TestMember: RaftTransportDelegate, @unchecked Sendable {
         config.electionTick = 10
         config.heartbeatTick = 1
         config.seed = id &* 7919
+        // The initial configuration as a snapshot at index 0 (RaftNode.bootstrap is gone).
+        try storage.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: ConfState(voters: voters))))
         node = try RaftNode(config: config, storage: storage)
-        try node.bootstrap(voters: voters)
         self.tick = Double(tick.components.attoseconds) / 1e18 + Double(tick.components.seconds)
     }
 

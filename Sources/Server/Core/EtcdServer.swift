@@ -44,7 +44,10 @@ public final class EtcdServer: Sendable {
     let lessor: Lessor
     let backend: Backend
     let bridge: LeaseBridge
-    let inbox = LoopInbox()
+    let inbox: LoopInbox
+    /// The peer transport and its listener (nil only in a failed start).
+    let peers: PeerTransport
+    let peerServer: PeerServer
     let status = Mutex(LoopStatus())
     let waiters = Waiters<ApplyResult>()
     let readWaiters = Waiters<Void>()
@@ -64,7 +67,11 @@ public final class EtcdServer: Sendable {
 
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger, store: MVCCStore,
                  lessor: Lessor, backend: Backend, bridge: LeaseBridge, loop: RaftLoopState,
-                 initialMembers: [InitialCluster.Member]) {
+                 initialMembers: [InitialCluster.Member], inbox: LoopInbox, peers: PeerTransport,
+                 peerServer: PeerServer) {
+        self.inbox = inbox
+        self.peers = peers
+        self.peerServer = peerServer
         self.memberID = memberID
         self.clusterID = clusterID
         self.name = config.name
@@ -149,9 +156,28 @@ public final class EtcdServer: Sendable {
         let loop = RaftLoopState(node: node, storage: raftStorage, heartbeat: heartbeat,
                                  snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
                                  snapshotIndex: snapIndex, consistentIndex: consistent)
+        // Peers: the members of --initial-cluster (also on restart, until membership is stored).
+        let inbox = LoopInbox()
+        let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
+        let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
+                                      delegate: transportBridge, snapshots: transportBridge, logger: logger)
+        for m in loaded.initialCluster.members where m.id != memberID {
+            transport.addPeer(m.id, urls: m.peerURLs)
+        }
+        loop.transport = transport
+        let peerServer = PeerServer(logger: logger)
+        do {
+            try await peerServer.start(urls: cfg.listenPeerURLs, services: [transport.makeService()])
+        } catch {
+            try? backend.close()
+            try? raftStorage.close()
+            throw ServerStartError("cannot listen on the peer URLs \(cfg.listenPeerURLs.map(\.description)): \(error)")
+        }
+        await transport.start()
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
                                 lessor: lessor, backend: backend, bridge: bridge, loop: loop,
-                                initialMembers: loaded.initialCluster.members)
+                                initialMembers: loaded.initialCluster.members, inbox: inbox, peers: transport,
+                                peerServer: peerServer)
         server.status.withLock {
             $0.applied = raftConfig.applied
             $0.committed = hs.commit
@@ -265,13 +291,12 @@ public final class EtcdServer: Sendable {
     /// closed and the WAL synced and closed.
     public func stop() async {
         closing.fire()
-        if isLeader, loop.peerCount > 1 {
-            if let target = loop.transferTarget() {
-                requestLeadershipTransfer(to: target)
-                let deadline = ContinuousClock.now + electionTimeout * 2
-                while isLeader, ContinuousClock.now < deadline {
-                    try? await Task.sleep(for: .milliseconds(10))
-                }
+        if isLeader, status.withLock({ $0.voters }) > 1 {
+            // 0: the loop picks the most up-to-date voter.
+            requestLeadershipTransfer(to: 0)
+            let deadline = ContinuousClock.now + electionTimeout * 2
+            while isLeader, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(10))
             }
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
@@ -284,6 +309,8 @@ public final class EtcdServer: Sendable {
             if exited { c.resume() }
         }
         for t in backgroundTasks.withLock({ $0 }) { t.cancel() }
+        await peers.stop()
+        await peerServer.stop()
         waiters.failAll(EtcdError.stopped)
         readWaiters.failAll(EtcdError.stopped)
         do {

@@ -25,6 +25,8 @@ final class RaftLoopState {
     var readsAwaitingApply: [(index: UInt64, readers: [UInt64])] = []
     var readCounter: UInt64 = 0
     var lastLeaseHousekeeping = ContinuousClock.now
+    /// Sends messages to the other members (set before the loop starts).
+    var transport: PeerTransport?
 
     init(node: RaftNode, storage: DurableRaftStorage, heartbeat: Duration, snapshotCount: UInt64,
          appliedIndex: UInt64, snapshotIndex: UInt64, consistentIndex: UInt64) {
@@ -37,9 +39,6 @@ final class RaftLoopState {
         self.startConsistentIndex = consistentIndex
         self.confState = node.status.confState
     }
-
-    /// Voters and learners other than this member (read from any thread: approximate).
-    var peerCount: Int { confState.voters.count + confState.learners.count }
 
     /// The most up-to-date other voter, for a leadership transfer.
     func transferTarget() -> UInt64? {
@@ -110,7 +109,9 @@ extension EtcdServer {
             case .read(let id):
                 readers.append(id)
             case .transferLeadership(let to):
-                try? loop.node.transferLeadership(to: to)
+                if let target = to != 0 ? to : loop.transferTarget() {
+                    try? loop.node.transferLeadership(to: target)
+                }
             case .reportUnreachable(let p):
                 try? loop.node.reportUnreachable(p)
             case .reportSnapshot(let p, let ok):
@@ -140,7 +141,7 @@ extension EtcdServer {
 
     private func handleReady(_ rd: Ready) throws {
         _ = try loop.storage.persist(rd)
-        // Single member so far: messages to other members have no transport yet.
+        if !rd.messages.isEmpty { loop.transport?.send(rd.messages) }
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
             loop.confState = snap.metadata.confState
@@ -157,10 +158,12 @@ extension EtcdServer {
         releaseReads()
         let hs = loop.node.hardState
         let applied = loop.appliedIndex
+        let voters = loop.confState.voters.count
         status.withLock {
             $0.term = hs.term
             $0.committed = hs.commit
             $0.applied = applied
+            $0.voters = voters
         }
         try loop.node.advance(rd)
         try maybeSnapshot()

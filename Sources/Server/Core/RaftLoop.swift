@@ -55,4 +55,6 @@ struct LoopStatus: Sendable {
     var isLearner = false
     /// Bumped at every leader change, so readers can tell a change happened while they waited.
     var leaderEpoch: UInt64 = 0
+    /// Voters in the current configuration.
+    var voters = 1
 }
