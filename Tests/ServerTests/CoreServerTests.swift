@@ -192,3 +192,28 @@ struct CoreServerTests {
         #expect(!FileManager.default.fileExists(atPath: f.dataDir + "/member/snap"))
     }
 }
+
+@Suite("Core: watch responses")
+struct CoreWatchConvertTests {
+    @Test func largeResponsesSplitIntoFragmentsOnlyWhenAsked() async throws {
+        let f = CoreFixture()
+        defer { f.remove() }
+        let s = try await f.start()
+        let events = (0..<10).map { i in
+            Event(type: .put, kv: KeyValue(key: Array("k\(i)".utf8), createRevision: 5, modRevision: 5, version: 1,
+                                           value: [UInt8](repeating: 1, count: 100)))
+        }
+        let wr = WatchResponse(watchID: 3, events: events, revision: 5)
+        let whole = WatchService.convert(wr, server: s, fragment: false, maxBytes: 300)
+        #expect(whole.count == 1 && whole[0].events.count == 10 && !whole[0].fragment)
+        let parts = WatchService.convert(wr, server: s, fragment: true, maxBytes: 300)
+        #expect(parts.count > 1)
+        #expect(parts.dropLast().allSatisfy(\.fragment) && parts.last?.fragment == false)
+        #expect(parts.flatMap(\.events).map(\.kv.key) == whole[0].events.map(\.kv.key))
+        #expect(parts.allSatisfy { $0.watchID == 3 && $0.header.revision == 5 })
+        let compacted = WatchService.convert(WatchResponse(watchID: 1, events: [], revision: 9, compactRevision: 4, canceled: true),
+                                             server: s, fragment: false, maxBytes: 300)
+        #expect(compacted[0].canceled && compacted[0].compactRevision == 4)
+        await s.stop()
+    }
+}

@@ -13,6 +13,7 @@ struct CoreFixture {
         dataDir = NSTemporaryDirectory() + "swetcd-core-\(UUID().uuidString.prefix(8))"
         args = ["--name", "n1", "--data-dir", dataDir,
                 "--initial-cluster", "n1=http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--listen-peer-urls", "http://127.0.0.1:0",
                 "--heartbeat-interval", "20", "--election-timeout", "200"] + extraArgs
     }
 
