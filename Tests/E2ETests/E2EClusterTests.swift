@@ -43,3 +43,41 @@ struct E2EClusterTests {
         }
     }
 }
+
+extension E2EClusterTests {
+    /// kill -9 of the leader while writes go on: a new leader takes over, no acknowledged write
+    /// is lost, and the old leader restarts and catches up.
+    @Test func killTheLeaderUnderWrites() async throws {
+        try await Member.withCluster(3) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "warm", "up").status == 0
+            }
+            var leader: Member?
+            try await E2E.waitUntil("members agree on the leader") {
+                let seen = Set(ms.compactMap(\.lastKnownLeader))
+                leader = ms.first { $0.memberID != nil && seen == [$0.memberID!] }
+                return leader != nil
+            }
+            let old = try #require(leader)
+            let others = ms.filter { $0 !== old }
+            // Writes through the followers; each acknowledged one must survive.
+            var acked: [String] = []
+            for i in 0..<10 where try await others[i % 2].ctl("put", "load\(i)", "v\(i)").status == 0 {
+                acked.append("load\(i)")
+            }
+            try await old.crash()
+            for i in 10..<30 {
+                // Retried writes during the election: count only what was acknowledged.
+                if try await others[i % 2].ctl("put", "load\(i)", "v\(i)").status == 0 { acked.append("load\(i)") }
+            }
+            #expect(acked.count >= 20, "\(acked.count) writes acknowledged")
+            try await old.start()
+            for m in ms {
+                try await E2E.waitUntil("\(m.name) has every acknowledged write", limit: .seconds(20)) {
+                    let keys = try await m.ctl("get", "load", "--prefix", "--keys-only").lines
+                    return Set(acked).isSubset(of: Set(keys))
+                }
+            }
+        }
+    }
+}

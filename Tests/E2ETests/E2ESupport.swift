@@ -250,6 +250,26 @@ final class Member: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: dataDir)
     }
 
+    /// This member's ID as logged at start ("member-id" of "starting member"), in hex.
+    var memberID: String? {
+        guard let log = child?.stderr else { return nil }
+        for line in log.split(separator: "\n") where line.contains("\"starting member\"") {
+            return Self.field("member-id", in: line)
+        }
+        return nil
+    }
+
+    /// The leader this member last logged ("leader changed"), in hex.
+    var lastKnownLeader: String? {
+        guard let log = child?.stderr else { return nil }
+        return log.split(separator: "\n").last { $0.contains("\"leader changed\"") }.flatMap { Self.field("leader", in: $0) }
+    }
+
+    private static func field(_ name: String, in line: Substring) -> String? {
+        guard let r = line.range(of: "\"\(name)\":\"") else { return nil }
+        return String(line[r.upperBound...].prefix { $0 != "\"" })
+    }
+
     /// Runs `body` with `count` started members forming one cluster, always cleaning up.
     static func withCluster(_ count: Int, _ body: ([Member]) async throws -> Void) async throws {
         var members: [Member] = []
