@@ -33,8 +33,14 @@ case .run(let l):
     loaded = l
 }
 
-let level = Logger.Level(etcdName: loaded.config.logLevel) ?? .info
-JSONLogHandler.bootstrap(level: level)
+guard let level = Logger.Level(etcdName: loaded.config.logLevel) else {
+    fail("invalid --log-level \"\(loaded.config.logLevel)\" (debug, info, warn, error, panic or fatal)")
+}
+do {
+    JSONLogHandler.bootstrap(level: level, sinks: try LogSink.forEtcdOutputs(loaded.config.logOutputs))
+} catch {
+    fail("\(error)")
+}
 let logger = Logger(label: "")
 for w in loaded.warnings { logger.warning("\(w)") }
 

@@ -66,6 +66,8 @@ struct CoreServerTests {
         #expect(put.header.revision == base + 1)
         #expect(put.header.memberID == s.memberID && put.header.clusterID == s.clusterID)
         #expect(put.header.raftTerm >= 1)
+        #expect(s.members().map(\.name) == ["n1"] && s.members().first?.id == s.memberID)
+        #expect(s.isLeader && s.leaderID == s.memberID)
         _ = try await s.put(putRequest("b", "2"))
         let r = try await s.range(rangeRequest("a", end: "c"))
         #expect(r.kvs.map { String(decoding: $0.key, as: UTF8.self) } == ["a", "b"])

@@ -180,3 +180,18 @@ extension EtcdServer {
     /// A new watch stream on the keyspace (the Watch service drives it).
     public func makeWatchStream() -> WatchStream { store.makeWatchStream() }
 }
+
+extension EtcdServer {
+    /// The members as this member knows them: the bootstrap configuration (`--initial-cluster`),
+    /// with client URLs known only for this member (other members' are not published yet).
+    public func members() -> [Etcdserverpb_Member] {
+        initialMembers.map { m in
+            var out = Etcdserverpb_Member()
+            out.id = m.id
+            out.name = m.name
+            out.peerUrls = m.peerURLs.map(\.description)
+            if m.id == memberID { out.clientUrls = config.advertiseClientURLs.map(\.description) }
+            return out
+        }
+    }
+}
