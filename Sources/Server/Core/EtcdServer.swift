@@ -61,13 +61,13 @@ public final class EtcdServer: Sendable {
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
     /// Members of the bootstrap configuration (ID → name and peer URLs).
-    let initialMembers: [InitialCluster.Member]
+    let initialMembers: [MemberRecord]
     /// Owned by the Raft loop thread only.
     nonisolated(unsafe) let loop: RaftLoopState
 
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger, store: MVCCStore,
                  lessor: Lessor, backend: Backend, bridge: LeaseBridge, loop: RaftLoopState,
-                 initialMembers: [InitialCluster.Member], inbox: LoopInbox, peers: PeerTransport,
+                 initialMembers: [MemberRecord], inbox: LoopInbox, peers: PeerTransport,
                  peerServer: PeerServer) {
         self.inbox = inbox
         self.peers = peers
@@ -156,13 +156,18 @@ public final class EtcdServer: Sendable {
         let loop = RaftLoopState(node: node, storage: raftStorage, heartbeat: heartbeat,
                                  snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
                                  snapshotIndex: snapIndex, consistentIndex: consistent)
-        // Peers: the members of --initial-cluster (also on restart, until membership is stored).
+        // Membership: recorded at bootstrap, read back on restart (--initial-* are ignored then).
+        var members = try MembershipStore.load(from: backend)
+        if isNew || members.isEmpty {
+            members = loaded.initialCluster.members.map(MemberRecord.init)
+            try MembershipStore.save(members, in: backend)
+        }
         let inbox = LoopInbox()
         let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
                                       delegate: transportBridge, snapshots: transportBridge, logger: logger)
-        for m in loaded.initialCluster.members where m.id != memberID {
-            transport.addPeer(m.id, urls: m.peerURLs)
+        for m in members where m.id != memberID {
+            transport.addPeer(m.id, urls: m.endpoints)
         }
         loop.transport = transport
         let peerServer = PeerServer(logger: logger)
@@ -176,7 +181,7 @@ public final class EtcdServer: Sendable {
         await transport.start()
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
                                 lessor: lessor, backend: backend, bridge: bridge, loop: loop,
-                                initialMembers: loaded.initialCluster.members, inbox: inbox, peers: transport,
+                                initialMembers: members, inbox: inbox, peers: transport,
                                 peerServer: peerServer)
         server.status.withLock {
             $0.applied = raftConfig.applied

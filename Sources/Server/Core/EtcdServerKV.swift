@@ -182,14 +182,14 @@ extension EtcdServer {
 }
 
 extension EtcdServer {
-    /// The members as this member knows them: the bootstrap configuration (`--initial-cluster`),
-    /// with client URLs known only for this member (other members' are not published yet).
+    /// The members as this member knows them: the bootstrap configuration (recorded in the
+    /// backend), with client URLs known only for this member (others' are not published yet).
     public func members() -> [Etcdserverpb_Member] {
         initialMembers.map { m in
             var out = Etcdserverpb_Member()
             out.id = m.id
             out.name = m.name
-            out.peerUrls = m.peerURLs.map(\.description)
+            out.peerUrls = m.peerURLs
             if m.id == memberID { out.clientUrls = config.advertiseClientURLs.map(\.description) }
             return out
         }

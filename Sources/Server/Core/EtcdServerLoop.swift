@@ -263,7 +263,7 @@ extension EtcdServer {
     /// The membership as stored in Raft snapshots: JSON `[{id, name, peerURLs}]`.
     func membershipData() -> [UInt8] {
         let list = initialMembers.map { m -> [String: Any] in
-            ["id": String(m.id, radix: 16), "name": m.name, "peerURLs": m.peerURLs.map(\.description)]
+            ["id": String(m.id, radix: 16), "name": m.name, "peerURLs": m.peerURLs]
         }
         return (try? [UInt8](JSONSerialization.data(withJSONObject: list, options: [.sortedKeys]))) ?? []
     }
