@@ -98,7 +98,8 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server", "Raft", "EtcdProto", "EtcdConfig",
+            "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -107,6 +108,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The server executable: `swetcd` with etcd's flags.
+        .executableTarget(name: "swetcd", dependencies: [
+            "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
+        ]),
+        // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
+        .testTarget(name: "E2ETests"),
     ],
     swiftLanguageModes: [.v6]
 )
