@@ -12,6 +12,8 @@ let package = Package(
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
         .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
+        .executable(name: "swetcdutl", targets: ["swetcdutl"]),
+        .executable(name: "swetcd-bench", targets: ["SwetcdBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -21,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
@@ -69,6 +72,21 @@ let package = Package(
         ),
         // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
         .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
+
+        // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
+        .executableTarget(name: "swetcdutl", dependencies: [
+            "Storage", "MVCC",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "SwetcdBench", dependencies: [
+            "EtcdProto",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "GRPCCore", package: "grpc-swift-2"),
+            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        ]),
+        // Run the built tool binaries; the dependencies make sure they are built first.
+        .testTarget(name: "ToolsTests", dependencies: ["swetcdutl", "SwetcdBench", "Storage", "MVCC"]),
     ],
     swiftLanguageModes: [.v6]
 )
