@@ -26,7 +26,7 @@ struct PutCommand: AsyncParsableCommand {
                 return true
             }
         }
-        Report(command: "put", total: total, result: result, seconds: secs).print(json: connection.json)
+        try Report(command: "put", total: total, result: result, seconds: secs).printChecked(json: connection.json)
     }
 }
 
@@ -74,7 +74,7 @@ struct RangeCommand: AsyncParsableCommand {
                 return true
             }
         }
-        Report(command: "range", total: total, result: result, seconds: secs).print(json: connection.json)
+        try Report(command: "range", total: total, result: result, seconds: secs).printChecked(json: connection.json)
     }
 }
 
@@ -137,6 +137,6 @@ struct TxnPutCommand: AsyncParsableCommand {
                 return false
             }
         }
-        Report(command: "txn-put", total: total, result: result, seconds: secs).print(json: connection.json)
+        try Report(command: "txn-put", total: total, result: result, seconds: secs).printChecked(json: connection.json)
     }
 }

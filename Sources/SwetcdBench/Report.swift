@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// The summary printed at the end of a run.
@@ -44,6 +45,12 @@ struct Report: Codable, Sendable {
         p99Ms = pct(99)
         p999Ms = pct(99.9)
         maxMs = sorted.last.map(ms) ?? 0
+    }
+
+    /// Prints the report; throws (exit code 1) when no request succeeded.
+    func printChecked(json: Bool) throws {
+        print(json: json)
+        if succeeded == 0 { throw ExitCode.failure }
     }
 
     func print(json: Bool) {

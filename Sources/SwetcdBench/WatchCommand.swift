@@ -141,6 +141,7 @@ struct WatchCommand: AsyncParsableCommand {
             print("Watch events (\(watchers) watchers):")
             received.print(json: false)
         }
+        if received.succeeded == 0 { throw ExitCode.failure }
     }
 }
 

@@ -93,6 +93,15 @@ import Testing
         #expect(try await Self.etcdctlGet(ep, ["watch/", "--prefix", "--keys-only"]).count == 50)
     }
 
+    @Test func unreachableEndpointFailsEveryRequest() async throws {
+        let port = try EtcdProcess.freePort()
+        let r = try await Self.bench(["put", "--endpoints", "127.0.0.1:\(port)", "--total", "3", "--json"])
+        #expect(r.status == 1)
+        let report = try JSONDecoder().decode(Report.self, from: Data(r.stdout.utf8))
+        #expect(report.errors == 3 && report.succeeded == 0)
+        #expect(report.firstError?.contains("unavailable") == true)
+    }
+
     @Test func badFlagsFailClearly() async throws {
         let bad = try await Self.bench(["put", "--conns", "0"])
         #expect(bad.status != 0)
