@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
         .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
+        .executable(name: "swetcdutl", targets: ["swetcdutl"]),
+        .executable(name: "swetcd-bench", targets: ["SwetcdBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -27,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
@@ -114,6 +117,20 @@ let package = Package(
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
         .testTarget(name: "E2ETests"),
+        // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
+        .executableTarget(name: "swetcdutl", dependencies: [
+            "Storage", "MVCC",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "SwetcdBench", dependencies: [
+            "EtcdProto",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "GRPCCore", package: "grpc-swift-2"),
+            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        ]),
+        // Run the built tool binaries; the dependencies make sure they are built first.
+        .testTarget(name: "ToolsTests", dependencies: ["swetcdutl", "SwetcdBench", "Storage", "MVCC"]),
     ],
     swiftLanguageModes: [.v6]
 )
