@@ -26,6 +26,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        // Prometheus metrics at /metrics.
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
@@ -80,7 +83,12 @@ let package = Package(
                        providers: [.apt(["libsystemd-dev"])]),
         // The server shell: one client port for gRPC and HTTP/1.1, JSON logs, systemd notify.
         .target(name: "Server", dependencies: [
-            "CSystemd",
+            "CSystemd", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -92,8 +100,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server",
-            "EtcdProto",
+            "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "NIOCore", package: "swift-nio"),
