@@ -34,12 +34,13 @@ let package = Package(
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
         .target(name: "Raft"),
         .testTarget(name: "RaftTests", dependencies: ["Raft"]),
+        .executableTarget(name: "raft-bench", dependencies: ["Raft"], path: "Sources/RaftBench"),
 
         // LMDB from Debian's liblmdb-dev.
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB", providers: [.apt(["liblmdb-dev"])]),
-        // Durability: WAL segments, snapshot files, the LMDB backend.
-        .target(name: "Storage", dependencies: ["CLMDB"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        // Durability: WAL segments, snapshot files, the LMDB backend; the Raft log kept on them.
+        .target(name: "Storage", dependencies: ["CLMDB", "Raft"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
         // `swift run -c release wal-bench`: fsynced WAL appends per second.
         .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
 
@@ -88,7 +89,6 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
-            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -98,18 +98,25 @@ let package = Package(
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // The server executable: `swetcd` with etcd's flags.
+        .executableTarget(name: "swetcd", dependencies: [
+            "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
+        ]),
+        // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
+        .testTarget(name: "E2ETests"),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,127 @@
+import EtcdProto
+import Foundation
+import Logging
+import MVCC
+import Raft
+import Storage
+import SwiftProtobuf
+
+extension EtcdServer {
+    /// Applies one committed entry (Raft loop thread). Normal entries at or below the backend's
+    /// consistent index were applied before a restart and are skipped; each applied entry
+    /// stores its index in the same backend batch as its changes.
+    func apply(_ entry: Entry) throws {
+        defer { loop.appliedIndex = max(loop.appliedIndex, entry.index) }
+        switch entry.type {
+        case .confChange:
+            let cc = try ConfChange(decoding: entry.data)
+            loop.confState = try loop.node.applyConfChange(cc)
+            try markApplied(entry)
+        case .confChangeV2:
+            let cc = try ConfChangeV2(decoding: entry.data)
+            loop.confState = try loop.node.applyConfChange(cc)
+            try markApplied(entry)
+        case .normal:
+            if entry.index <= loop.startConsistentIndex { return }
+            if entry.data.isEmpty {
+                try markApplied(entry)
+                return
+            }
+            let req: Swetcd_Internal_InternalRequest
+            do {
+                req = try Swetcd_Internal_InternalRequest(serializedBytes: entry.data)
+            } catch {
+                logger.error("skipping an undecodable log entry", metadata: ["index": "\(entry.index)", "error": "\(error)"])
+                try markApplied(entry)
+                return
+            }
+            let id = req.header.id
+            var outcome: Result<ApplyResult, any Error> = .success(.none)
+            try backend.batch {
+                do {
+                    outcome = .success(try applyRequest(req, waited: id != 0 && waiters.isRegistered(id)))
+                } catch let e where Self.isRequestError(e) {
+                    outcome = .failure(EtcdError.from(e))
+                }
+                try backend.setConsistentIndex(entry.index, term: entry.term)
+            }
+            if id != 0 { waiters.trigger(id, outcome) }
+        }
+    }
+
+    private func markApplied(_ entry: Entry) throws {
+        if entry.index <= loop.startConsistentIndex { return }
+        try backend.batch { try backend.setConsistentIndex(entry.index, term: entry.term) }
+    }
+
+    /// Errors that belong to one request (the client gets them); anything else stops the loop.
+    static func isRequestError(_ e: any Error) -> Bool {
+        switch e {
+        case let m as MVCCError:
+            if case .corrupt = m { return false }
+            if case .stopped = m { return false }
+            return true
+        case let l as LeaseError:
+            switch l {
+            case .corruptRecord, .noKeyDeleter: return false
+            default: return true
+            }
+        case is EtcdError: return true
+        default: return false
+        }
+    }
+
+    private func applyRequest(_ req: Swetcd_Internal_InternalRequest, waited: Bool) throws -> ApplyResult {
+        switch req.request {
+        case .put(let p)?:
+            let r = try store.put(PutRequest(p))
+            var resp = Etcdserverpb_PutResponse(r)
+            resp.header = header(revision: r.revision)
+            return .put(resp)
+        case .deleteRange(let d)?:
+            let r = try store.deleteRange(DeleteRangeRequest(d))
+            var resp = Etcdserverpb_DeleteRangeResponse(r)
+            resp.header = header(revision: r.revision)
+            return .deleteRange(resp)
+        case .txn(let t)?:
+            let r = try store.txn(TxnRequest(t))
+            return .txn(Etcdserverpb_TxnResponse(r, header: header(revision: r.revision)))
+        case .compaction(let c)?:
+            let job = try store.scheduleCompaction(c.revision)
+            var resp = Etcdserverpb_CompactionResponse()
+            resp.header = header()
+            if waited && c.physical { return .compaction(resp, job) }
+            runCompaction(job)
+            return .compaction(resp, job)
+        case .leaseGrant(let g)?:
+            let ttl = try lessor.grant(id: g.id, ttl: g.ttl)
+            var resp = Etcdserverpb_LeaseGrantResponse()
+            resp.id = g.id
+            resp.ttl = ttl
+            resp.header = header()
+            return .leaseGrant(resp)
+        case .leaseRevoke(let r)?:
+            try lessor.revoke(id: r.id)
+            var resp = Etcdserverpb_LeaseRevokeResponse()
+            resp.header = header()
+            return .leaseRevoke(resp)
+        case .leaseCheckpoint(let c)?:
+            try lessor.applyCheckpoints(c.checkpoints.map { LeaseCheckpoint(id: $0.id, remainingTTL: $0.remainingTtl) })
+            return .none
+        case .alarm?:
+            throw EtcdError.unimplemented("Alarm")
+        case .noop?, nil:
+            return .none
+        }
+    }
+
+    /// Removes compacted entries from the backend off the Raft loop.
+    func runCompaction(_ job: MVCCStore.CompactionJob) {
+        let logger = self.logger
+        Task.detached {
+            do { try job.run() } catch {
+                logger.error("compaction failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+import EtcdConfig
+import EtcdProto
+import Foundation
+import Logging
+import MVCC
+import Raft
+import Storage
+import SwiftProtobuf
+import Synchronization
+
+/// Why the server could not start (a clear message for the operator).
+public struct ServerStartError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The result of applying one entry, handed to the request that proposed it.
+enum ApplyResult: Sendable {
+    case put(Etcdserverpb_PutResponse)
+    case deleteRange(Etcdserverpb_DeleteRangeResponse)
+    case txn(Etcdserverpb_TxnResponse)
+    case compaction(Etcdserverpb_CompactionResponse, MVCCStore.CompactionJob)
+    case leaseGrant(Etcdserverpb_LeaseGrantResponse)
+    case leaseRevoke(Etcdserverpb_LeaseRevokeResponse)
+    case none
+}
+
+/// One swetcd member: the Raft loop on its own thread, the durable Raft log, and the state
+/// machine (MVCC keyspace and lessor on the LMDB backend) that committed entries are applied to
+/// in log order. The API services call the async methods; each change is proposed as an
+/// `InternalRequest` and answered with its own apply result.
+public final class EtcdServer: Sendable {
+    /// This member's ID.
+    public let memberID: UInt64
+    /// The cluster's ID.
+    public let clusterID: UInt64
+    /// The member's name (--name).
+    public let name: String
+    /// The configuration it runs with.
+    public let config: ServerConfig
+
+    let logger: Logger
+    let store: MVCCStore
+    let lessor: Lessor
+    let backend: Backend
+    let bridge: LeaseBridge
+    let inbox: LoopInbox
+    /// The peer transport and its listener (nil only in a failed start).
+    let peers: PeerTransport
+    let peerServer: PeerServer
+    let status = Mutex(LoopStatus())
+    let waiters = Waiters<ApplyResult>()
+    let readWaiters = Waiters<Void>()
+    let ids: RequestIDGenerator
+    let leaseIDs: LeaseIDGenerator
+    let requestTimeout: Duration
+    let electionTimeout: Duration
+    let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    let loopExited = Atomic<Bool>(false)
+    let backgroundTasks = Mutex<[Task<Void, Never>]>([])
+    /// Fired when the server begins to stop: streaming RPCs end on it.
+    public let closing = ShutdownSignal()
+    /// Members of the bootstrap configuration (ID → name and peer URLs).
+    let initialMembers: [InitialCluster.Member]
+    /// Owned by the Raft loop thread only.
+    nonisolated(unsafe) let loop: RaftLoopState
+
+    private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger, store: MVCCStore,
+                 lessor: Lessor, backend: Backend, bridge: LeaseBridge, loop: RaftLoopState,
+                 initialMembers: [InitialCluster.Member], inbox: LoopInbox, peers: PeerTransport,
+                 peerServer: PeerServer) {
+        self.inbox = inbox
+        self.peers = peers
+        self.peerServer = peerServer
+        self.memberID = memberID
+        self.clusterID = clusterID
+        self.name = config.name
+        self.config = config
+        self.logger = logger
+        self.store = store
+        self.lessor = lessor
+        self.backend = backend
+        self.bridge = bridge
+        self.loop = loop
+        self.initialMembers = initialMembers
+        ids = RequestIDGenerator(memberID: memberID)
+        leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
+        electionTimeout = .milliseconds(Int64(config.electionTimeoutMs))
+        requestTimeout = .seconds(5) + .milliseconds(Int64(2 * config.electionTimeoutMs))
+    }
+
+    /// Opens (or creates) the data directory and starts the Raft loop. An empty directory
+    /// bootstraps the member from `--initial-cluster`; an existing swetcd directory restarts
+    /// (the `--initial-*` flags are ignored); anything else is refused untouched.
+    public static func start(_ loaded: LoadedConfig, logger: Logger) async throws -> EtcdServer {
+        let cfg = loaded.config
+        let dataDir = DataDir(path: cfg.effectiveDataDir)
+        let found = try dataDir.inspect()
+        if case let .foreign(reason) = found {
+            throw ServerStartError("data directory \(dataDir.path) was not written by swetcd (\(reason)); refusing to use or modify it")
+        }
+        var newMember = WALMetadata(memberID: 0, clusterID: 0)
+        if found == .empty {
+            guard let local = loaded.initialCluster.member(named: cfg.name) else {
+                throw ServerStartError("--initial-cluster has no member named \"\(cfg.name)\"")
+            }
+            guard cfg.initialClusterState == "new" else {
+                throw ServerStartError("--initial-cluster-state=existing (joining a running cluster) is not supported yet")
+            }
+            newMember = WALMetadata(memberID: local.id, clusterID: loaded.initialCluster.clusterID)
+        }
+        var walOptions = WALOptions()
+        walOptions.maxSegmentFiles = Int(cfg.maxWALs)
+        let raftStorage = try DurableRaftStorage.open(
+            dataDir, newMember: newMember,
+            options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(cfg.maxSnapshots)))
+        let isNew = raftStorage.recovery.isNew
+        if isNew {
+            try raftStorage.bootstrap(ConfState(voters: loaded.initialCluster.members.map(\.id).sorted()))
+        }
+        let memberID = raftStorage.metadata.memberID
+        let clusterID = raftStorage.metadata.clusterID
+
+        var backendOptions = Backend.Options()
+        if cfg.backendBatchInterval > .zero { backendOptions.batchInterval = cfg.backendBatchInterval }
+        if cfg.backendBatchLimit > 0 { backendOptions.batchLimit = Int(cfg.backendBatchLimit) }
+        if cfg.unsafeNoFsync { backendOptions.sync = false }
+        let backend = try Backend(path: dataDir.backendPath, options: backendOptions)
+
+        let heartbeat = Duration.milliseconds(Int64(max(1, cfg.heartbeatIntervalMs)))
+        let electionTicks = max(2, Int(cfg.electionTimeoutMs / max(1, cfg.heartbeatIntervalMs)))
+        let lessorConfig = LessorConfig(minTTL: LessorConfig.minimumTTL(electionTicks: electionTicks, heartbeat: heartbeat))
+        let lessor = try Lessor(config: lessorConfig, persistence: BackendLeasePersistence(backend))
+        var storeOptions = MVCCStore.Options()
+        storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
+        let store = try MVCCStore(backend: backend, options: storeOptions)
+        let bridge = LeaseBridge(lessor: lessor)
+        bridge.store = store
+        store.setLeaseHooks(bridge)
+        lessor.setKeyDeleter(bridge)
+        try bridge.reattach()
+
+        let consistent = try backend.consistentIndex()
+        let hs = raftStorage.recovery.hardState
+        let snapIndex = raftStorage.recovery.snapshot.metadata.index
+        var raftConfig = RaftConfig(id: memberID)
+        raftConfig.electionTick = electionTicks
+        raftConfig.heartbeatTick = 1
+        raftConfig.preVote = cfg.preVote
+        raftConfig.checkQuorum = true
+        raftConfig.maxInflightMsgs = 512
+        // Entries after the snapshot are re-applied: conf changes to Raft, normal entries only
+        // when above the backend's consistent index.
+        raftConfig.applied = snapIndex
+        let node = try RaftNode(config: raftConfig, storage: raftStorage.raftStorage)
+        let loop = RaftLoopState(node: node, storage: raftStorage, heartbeat: heartbeat,
+                                 snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
+                                 snapshotIndex: snapIndex, consistentIndex: consistent)
+        // Peers: the members of --initial-cluster (also on restart, until membership is stored).
+        let inbox = LoopInbox()
+        let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
+        let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
+                                      delegate: transportBridge, snapshots: transportBridge, logger: logger)
+        for m in loaded.initialCluster.members where m.id != memberID {
+            transport.addPeer(m.id, urls: m.peerURLs)
+        }
+        loop.transport = transport
+        let peerServer = PeerServer(logger: logger)
+        do {
+            try await peerServer.start(urls: cfg.listenPeerURLs, services: [transport.makeService()])
+        } catch {
+            try? backend.close()
+            try? raftStorage.close()
+            throw ServerStartError("cannot listen on the peer URLs \(cfg.listenPeerURLs.map(\.description)): \(error)")
+        }
+        await transport.start()
+        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
+                                lessor: lessor, backend: backend, bridge: bridge, loop: loop,
+                                initialMembers: loaded.initialCluster.members, inbox: inbox, peers: transport,
+                                peerServer: peerServer)
+        server.status.withLock {
+            $0.applied = raftConfig.applied
+            $0.committed = hs.commit
+            $0.term = hs.term
+        }
+        logger.info("starting member", metadata: [
+            "member-id": "\(MemberIdentity.hex(memberID))", "cluster-id": "\(MemberIdentity.hex(clusterID))",
+            "data-dir": "\(dataDir.path)", "new": "\(isNew)", "consistent-index": "\(consistent)",
+            "commit-index": "\(hs.commit)", "snapshot-index": "\(snapIndex)",
+        ])
+        server.startLoopThread()
+        let watchTask = store.runWatchLoop()
+        // Watches created with progress_notify get an empty response every interval (etcd:
+        // --experimental-watch-progress-notify-interval, 10 minutes).
+        let interval = cfg.watchProgressNotifyInterval > .zero ? cfg.watchProgressNotifyInterval : .seconds(600)
+        let progressTask = Task { [store] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { break }
+                store.notifyProgress()
+            }
+        }
+        server.backgroundTasks.withLock { $0.append(contentsOf: [watchTask, progressTask]) }
+        // A single voter campaigns at once instead of waiting out an election timeout.
+        if (try? raftStorage.raftStorage.initialState().1.voters) == [memberID] {
+            server.inbox.send(.campaign)
+        }
+        return server
+    }
+
+    // MARK: State seen by the API
+
+    /// The current leader (0 when none is known).
+    public var leaderID: UInt64 { status.withLock { $0.leader } }
+    /// The current Raft term.
+    public var term: UInt64 { status.withLock { $0.term } }
+    /// The index of the last applied entry.
+    public var appliedIndex: UInt64 { status.withLock { $0.applied } }
+    /// The index of the last committed entry known to this member.
+    public var committedIndex: UInt64 { status.withLock { $0.committed } }
+    /// Whether this member is the leader.
+    public var isLeader: Bool { status.withLock { $0.isLeader } }
+    /// Whether this member is a learner.
+    public var isLearner: Bool { status.withLock { $0.isLearner } }
+    /// The keyspace's current revision.
+    public var currentRevision: Int64 { store.currentRevision }
+
+    /// A response header for this member: cluster and member ID, Raft term, and `revision`
+    /// (the current revision when nil).
+    public func header(revision: Int64? = nil) -> Etcdserverpb_ResponseHeader {
+        var h = Etcdserverpb_ResponseHeader()
+        h.clusterID = clusterID
+        h.memberID = memberID
+        h.raftTerm = term
+        h.revision = revision ?? store.currentRevision
+        return h
+    }
+
+    // MARK: Proposals
+
+    /// Waits (bounded by about two election timeouts) for a leader to be known.
+    func waitForLeader() async throws {
+        let deadline = ContinuousClock.now + electionTimeout * 2
+        while leaderID == 0 {
+            if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+            if ContinuousClock.now >= deadline { throw EtcdError.noLeader }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Proposes `request` and waits for its apply result.
+    func propose(_ request: Swetcd_Internal_InternalRequest) async throws -> ApplyResult {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try await waitForLeader()
+        var req = request
+        let id = ids.next()
+        req.header.id = id
+        let data: [UInt8] = try req.serializedBytes()
+        if data.count > Int(config.maxRequestBytes) { throw EtcdError.requestTooLarge }
+        waiters.register(id)
+        inbox.send(.propose(data))
+        return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+    }
+
+    /// Proposes without waiting (lease expiry, checkpoints); from the loop thread or anywhere.
+    func proposeDetached(_ request: Swetcd_Internal_InternalRequest) {
+        guard let data: [UInt8] = try? request.serializedBytes() else { return }
+        inbox.send(.propose(data))
+    }
+
+    /// Waits until this member has applied everything committed when the call began, as
+    /// confirmed by the leader (ReadIndex): what a linearizable read must see.
+    public func linearizableBarrier() async throws {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try await waitForLeader()
+        let id = ids.next()
+        readWaiters.register(id)
+        inbox.send(.read(id))
+        try await readWaiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+    }
+
+    /// Asks the Raft loop to hand leadership to `transferee` (returns at once).
+    func requestLeadershipTransfer(to transferee: UInt64) {
+        inbox.send(.transferLeadership(transferee))
+    }
+
+    // MARK: Stop
+
+    /// Stops gracefully: a leader of a multi-member cluster first hands leadership over; then the
+    /// loop stops, pending requests fail with "server stopped", the backend is committed and
+    /// closed and the WAL synced and closed.
+    public func stop() async {
+        closing.fire()
+        if isLeader, status.withLock({ $0.voters }) > 1 {
+            // 0: the loop picks the most up-to-date voter.
+            requestLeadershipTransfer(to: 0)
+            let deadline = ContinuousClock.now + electionTimeout * 2
+            while isLeader, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let exited = loopDone.withLock { slot -> Bool in
+                if loopExited.load(ordering: .acquiring) { return true }
+                slot = c
+                return false
+            }
+            inbox.requestStop()
+            if exited { c.resume() }
+        }
+        for t in backgroundTasks.withLock({ $0 }) { t.cancel() }
+        await peers.stop()
+        await peerServer.stop()
+        waiters.failAll(EtcdError.stopped)
+        readWaiters.failAll(EtcdError.stopped)
+        do {
+            try backend.commit()
+            try backend.close()
+        } catch {
+            logger.error("closing backend failed", metadata: ["error": "\(error)"])
+        }
+        logger.info("stopped member", metadata: ["member-id": "\(MemberIdentity.hex(memberID))"])
+    }
+}

@@ -1,0 +1,270 @@
+import EtcdProto
+import Foundation
+import Logging
+import MVCC
+import Raft
+import Storage
+import SwiftProtobuf
+
+/// State owned by the Raft loop thread.
+final class RaftLoopState {
+    let node: RaftNode
+    let storage: DurableRaftStorage
+    let heartbeat: Duration
+    let snapshotCount: UInt64
+    var appliedIndex: UInt64
+    var snapshotIndex: UInt64
+    /// The backend's consistent index at start-up: entries up to it are already applied.
+    let startConsistentIndex: UInt64
+    var confState: ConfState
+    var leader: UInt64 = 0
+    var leaderEpoch: UInt64 = 0
+    /// ReadIndex requests sent and not yet answered: context → reader IDs.
+    var pendingReads: [[UInt8]: [UInt64]] = [:]
+    /// Readers whose read index is known, waiting for the apply loop to reach it.
+    var readsAwaitingApply: [(index: UInt64, readers: [UInt64])] = []
+    var readCounter: UInt64 = 0
+    var lastLeaseHousekeeping = ContinuousClock.now
+    /// Sends messages to the other members (set before the loop starts).
+    var transport: PeerTransport?
+
+    init(node: RaftNode, storage: DurableRaftStorage, heartbeat: Duration, snapshotCount: UInt64,
+         appliedIndex: UInt64, snapshotIndex: UInt64, consistentIndex: UInt64) {
+        self.node = node
+        self.storage = storage
+        self.heartbeat = heartbeat
+        self.snapshotCount = snapshotCount
+        self.appliedIndex = appliedIndex
+        self.snapshotIndex = snapshotIndex
+        self.startConsistentIndex = consistentIndex
+        self.confState = node.status.confState
+    }
+
+    /// The most up-to-date other voter, for a leadership transfer.
+    func transferTarget() -> UInt64? {
+        let st = node.status
+        return st.progress.filter { $0.key != node.id && !$0.value.isLearner }
+            .max { $0.value.match < $1.value.match }?.key
+    }
+}
+
+extension EtcdServer {
+    func startLoopThread() {
+        let thread = Thread { [self] in
+            runLoop()
+            loopExited.store(true, ordering: .releasing)
+            let c = loopDone.withLock { slot -> CheckedContinuation<Void, Never>? in
+                let c = slot
+                slot = nil
+                return c
+            }
+            c?.resume()
+        }
+        thread.name = "raft-loop"
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    private func runLoop() {
+        let hbNanos = UInt64(loop.heartbeat.components.seconds) * 1_000_000_000
+            + UInt64(loop.heartbeat.components.attoseconds / 1_000_000_000)
+        var nextTick = DispatchTime.now().uptimeNanoseconds + hbNanos
+        while !inbox.isStopping {
+            inbox.wait(until: DispatchTime(uptimeNanoseconds: nextTick))
+            if inbox.isStopping { break }
+            do {
+                try handleInputs(inbox.drain())
+                let now = DispatchTime.now().uptimeNanoseconds
+                if now >= nextTick {
+                    try loop.node.tick()
+                    nextTick = max(nextTick + hbNanos, now + hbNanos / 4)
+                    leaseHousekeeping()
+                }
+                while loop.node.hasReady {
+                    try handleReady(try loop.node.ready())
+                }
+                _ = try backend.commitIfDue()
+            } catch {
+                logger.critical("raft loop failed; stopping", metadata: ["error": "\(error)"])
+                break
+            }
+        }
+        // Leave what is durable durable: the WAL syncs on close, the backend commits in stop().
+        do { try loop.storage.close() } catch {
+            logger.error("closing the WAL failed", metadata: ["error": "\(error)"])
+        }
+        failPendingReads(EtcdError.stopped)
+    }
+
+    private func handleInputs(_ inputs: [LoopInput]) throws {
+        var readers: [UInt64] = []
+        for input in inputs {
+            switch input {
+            case .propose(let data):
+                do { try loop.node.propose(data) } catch RaftError.proposalDropped {
+                    failProposal(data, EtcdError.noLeader)
+                }
+            case .messages(let ms):
+                for m in ms { try? loop.node.step(m) }
+            case .read(let id):
+                readers.append(id)
+            case .transferLeadership(let to):
+                if let target = to != 0 ? to : loop.transferTarget() {
+                    try? loop.node.transferLeadership(to: target)
+                }
+            case .reportUnreachable(let p):
+                try? loop.node.reportUnreachable(p)
+            case .reportSnapshot(let p, let ok):
+                try? loop.node.reportSnapshot(p, success: ok)
+            case .campaign:
+                try? loop.node.campaign()
+            }
+        }
+        if !readers.isEmpty {
+            loop.readCounter &+= 1
+            var ctx: [UInt8] = []
+            withUnsafeBytes(of: loop.readCounter.bigEndian) { ctx.append(contentsOf: $0) }
+            do {
+                try loop.node.readIndex(context: ctx)
+                loop.pendingReads[ctx] = readers
+            } catch {
+                for r in readers { readWaiters.trigger(r, .failure(EtcdError.noLeader)) }
+            }
+        }
+    }
+
+    /// Tells the waiter of a dropped proposal (if it has one) why.
+    private func failProposal(_ data: [UInt8], _ error: EtcdError) {
+        guard let req = try? Swetcd_Internal_InternalRequest(serializedBytes: data) else { return }
+        waiters.trigger(req.header.id, .failure(error))
+    }
+
+    private func handleReady(_ rd: Ready) throws {
+        _ = try loop.storage.persist(rd)
+        if !rd.messages.isEmpty { loop.transport?.send(rd.messages) }
+        if let ss = rd.softState { noteSoftState(ss) }
+        if let snap = rd.snapshot, !snap.isEmpty {
+            loop.confState = snap.metadata.confState
+            loop.appliedIndex = max(loop.appliedIndex, snap.metadata.index)
+        }
+        for entry in rd.committedEntries {
+            try apply(entry)
+        }
+        for rs in rd.readStates {
+            if let readers = loop.pendingReads.removeValue(forKey: rs.context) {
+                loop.readsAwaitingApply.append((rs.index, readers))
+            }
+        }
+        releaseReads()
+        let hs = loop.node.hardState
+        let applied = loop.appliedIndex
+        let voters = loop.confState.voters.count
+        status.withLock {
+            $0.term = hs.term
+            $0.committed = hs.commit
+            $0.applied = applied
+            $0.voters = voters
+        }
+        try loop.node.advance(rd)
+        try maybeSnapshot()
+    }
+
+    private func noteSoftState(_ ss: SoftState) {
+        let changed = ss.lead != loop.leader
+        let wasLeader = status.withLock { $0.isLeader }
+        let nowLeader = ss.role == .leader
+        if changed {
+            loop.leader = ss.lead
+            loop.leaderEpoch &+= 1
+            failPendingReads(EtcdError.leaderChanged)
+            logger.info("leader changed", metadata: ["leader": "\(String(ss.lead, radix: 16))"])
+        }
+        let epoch = loop.leaderEpoch
+        status.withLock {
+            $0.leader = ss.lead
+            $0.isLeader = nowLeader
+            $0.leaderEpoch = epoch
+        }
+        if nowLeader && !wasLeader {
+            lessor.promote(extension: electionTimeout)
+        } else if !nowLeader && wasLeader {
+            lessor.demote()
+        }
+    }
+
+    private func failPendingReads(_ error: EtcdError) {
+        for (_, readers) in loop.pendingReads {
+            for r in readers { readWaiters.trigger(r, .failure(error)) }
+        }
+        loop.pendingReads.removeAll()
+    }
+
+    private func releaseReads() {
+        guard !loop.readsAwaitingApply.isEmpty else { return }
+        let applied = loop.appliedIndex
+        var keep: [(index: UInt64, readers: [UInt64])] = []
+        for w in loop.readsAwaitingApply {
+            if w.index <= applied {
+                for r in w.readers { readWaiters.trigger(r, .success(())) }
+            } else {
+                keep.append(w)
+            }
+        }
+        loop.readsAwaitingApply = keep
+    }
+
+    /// On the leader, every 500 ms: propose revocations of expired leases and one checkpoint
+    /// entry for the due checkpoints.
+    private func leaseHousekeeping() {
+        let now = ContinuousClock.now
+        guard now - loop.lastLeaseHousekeeping >= .milliseconds(500) else { return }
+        loop.lastLeaseHousekeeping = now
+        guard status.withLock({ $0.isLeader }) else { return }
+        for id in lessor.expiredLeases() {
+            var req = Swetcd_Internal_InternalRequest()
+            var revoke = Etcdserverpb_LeaseRevokeRequest()
+            revoke.id = id
+            req.leaseRevoke = revoke
+            proposeDetached(req)
+        }
+        let due = lessor.dueCheckpoints()
+        if !due.isEmpty {
+            var req = Swetcd_Internal_InternalRequest()
+            req.leaseCheckpoint = Self.checkpointRequest(due)
+            proposeDetached(req)
+        }
+    }
+
+    static func checkpointRequest(_ cps: [LeaseCheckpoint]) -> Etcdserverpb_LeaseCheckpointRequest {
+        var r = Etcdserverpb_LeaseCheckpointRequest()
+        r.checkpoints = cps.map { cp in
+            var c = Etcdserverpb_LeaseCheckpoint()
+            c.id = cp.id
+            c.remainingTtl = cp.remainingTTL
+            return c
+        }
+        return r
+    }
+
+    /// Every `--snapshot-count` applied entries: commit the backend, record a Raft snapshot
+    /// (its data is the membership) and drop log entries from memory beyond the 5000 kept for
+    /// slow followers.
+    private func maybeSnapshot() throws {
+        guard loop.appliedIndex > loop.snapshotIndex,
+              loop.appliedIndex - loop.snapshotIndex >= loop.snapshotCount else { return }
+        try backend.commit()
+        let data = membershipData()
+        _ = try loop.storage.createSnapshot(index: loop.appliedIndex, confState: loop.confState, data: data)
+        loop.snapshotIndex = loop.appliedIndex
+        _ = try loop.storage.compact(keeping: 5000)
+        logger.info("saved snapshot", metadata: ["index": "\(loop.appliedIndex)"])
+    }
+
+    /// The membership as stored in Raft snapshots: JSON `[{id, name, peerURLs}]`.
+    func membershipData() -> [UInt8] {
+        let list = initialMembers.map { m -> [String: Any] in
+            ["id": String(m.id, radix: 16), "name": m.name, "peerURLs": m.peerURLs.map(\.description)]
+        }
+        return (try? [UInt8](JSONSerialization.data(withJSONObject: list, options: [.sortedKeys]))) ?? []
+    }
+}

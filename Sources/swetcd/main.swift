@@ -1,0 +1,96 @@
+// swetcd: an etcd-compatible server. Reads etcd's flags, ETCD_* variables or --config-file,
+// serves etcd's v3 gRPC API on the client URLs and stops gracefully on SIGTERM/SIGINT.
+import Dispatch
+import EtcdConfig
+import Foundation
+import Logging
+import Server
+
+let swetcdVersion = "3.5.0-swetcd"
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("swetcd: \(message)\n".utf8))
+    exit(1)
+}
+
+let outcome: LoadOutcome
+do {
+    outcome = try ConfigLoader.load(arguments: Array(CommandLine.arguments.dropFirst()),
+                                    environment: ProcessInfo.processInfo.environment)
+} catch {
+    fail("\(error)\nRun 'swetcd --help' for the list of flags.")
+}
+
+let loaded: LoadedConfig
+switch outcome {
+case .help(let text):
+    print(text)
+    exit(0)
+case .version:
+    print("swetcd Version: \(swetcdVersion)\nAPI Version: 3.5")
+    exit(0)
+case .run(let l):
+    loaded = l
+}
+
+guard let level = Logger.Level(etcdName: loaded.config.logLevel) else {
+    fail("invalid --log-level \"\(loaded.config.logLevel)\" (debug, info, warn, error, panic or fatal)")
+}
+do {
+    JSONLogHandler.bootstrap(level: level, sinks: try LogSink.forEtcdOutputs(loaded.config.logOutputs))
+} catch {
+    fail("\(error)")
+}
+let logger = Logger(label: "")
+for w in loaded.warnings { logger.warning("\(w)") }
+
+// Signals are delivered to dispatch sources (off the main actor), not the default handler.
+nonisolated func watchSignals(_ signals: [Int32]) -> (AsyncStream<Int32>, [any DispatchSourceSignal]) {
+    let (stream, continuation) = AsyncStream<Int32>.makeStream()
+    var sources: [any DispatchSourceSignal] = []
+    for sig in signals {
+        signal(sig, SIG_IGN)
+        let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        src.setEventHandler { @Sendable in continuation.yield(sig) }
+        src.resume()
+        sources.append(src)
+    }
+    return (stream, sources)
+}
+let (signals, signalSources) = watchSignals([SIGTERM, SIGINT])
+
+let server: EtcdServer
+do {
+    server = try await EtcdServer.start(loaded, logger: logger)
+} catch {
+    logger.critical("failed to start", metadata: ["error": "\(error)"])
+    fail("\(error)")
+}
+let listener: ClientListener
+do {
+    listener = try ClientListener(server: server, logger: logger)
+} catch {
+    await server.stop()
+    fail("\(error)")
+}
+
+let serving = Task { try await listener.serve() }
+let stopOnSignal = Task {
+    for await sig in signals {
+        logger.info("received signal; shutting down", metadata: ["signal": "\(sig)"])
+        // End the streams (watch, keep-alive), then stop accepting and let calls finish.
+        server.closing.fire()
+        listener.stop()
+        return
+    }
+}
+var exitCode: Int32 = 0
+do {
+    try await serving.value
+} catch {
+    logger.critical("serving clients failed", metadata: ["error": "\(error)"])
+    exitCode = 1
+}
+stopOnSignal.cancel()
+await server.stop()
+exit(exitCode)

@@ -1,0 +1,594 @@
+@testable import Raft
+
+/// An invariant violation found by the simulator.
+struct SimFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// A deterministic cluster simulation driven by one seed.
+///
+/// Every step is one tick of global time: a random action (proposal, read, membership change,
+/// transfer, crash/restart, partition, snapshot), message delivery with loss, duplication,
+/// delay and reordering, then every live node ticks. Each node's Ready is handled at once:
+/// persist, (maybe crash), send, apply, advance. Invariants are checked after every event and
+/// every step; a liveness phase without faults ends the run.
+final class Simulation {
+    struct Pending {
+        var at: Int
+        var seq: Int
+        var message: Message
+    }
+
+    struct App {
+        var index: UInt64
+        var digest: UInt64
+    }
+
+    struct EntryKey: Hashable {
+        var index: UInt64
+        var term: UInt64
+    }
+
+    let seed: UInt64
+    let steps: Int
+    var rng: SplitMix64
+    var now = 0
+    var seq = 0
+    var faults = true
+    /// Profile: frequent short partitions of small clusters, one entry per append — the
+    /// conditions under which old-term entries get re-replicated by new leaders.
+    var churn = false
+
+    var ids: [UInt64] = []
+    var configs: [UInt64: RaftConfig] = [:]
+    var storages: [UInt64: MemoryStorage] = [:]
+    var nodes: [UInt64: RaftNode] = [:]
+    var apps: [UInt64: App] = [:]
+    var crashedUntil: [UInt64: Int] = [:]
+    var inflight: [Pending] = []
+    var cuts: Set<[UInt64]> = []
+    var healAt = 0
+    /// Nodes removed from the cluster: the transport refuses their traffic from then on.
+    var retired: Set<UInt64> = []
+    var everMember: Set<UInt64> = []
+
+    // Oracles.
+    var leaderOfTerm: [UInt64: UInt64] = [:]
+    var committedTerm: [UInt64: UInt64] = [:]
+    var maxCommitted: UInt64 = 0
+    var seenCommit: [UInt64: UInt64] = [:]
+    var entryInfo: [EntryKey: (hash: UInt64, prevTerm: UInt64?)] = [:]
+    var digestAt: [UInt64: UInt64] = [:]
+    var readFloor: [[UInt8]: UInt64] = [:]
+    var votesFor: [EntryKey: Set<UInt64>] = [:] // key: (candidate, term)
+    var nextData: UInt64 = 0
+    var nextRead: UInt64 = 0
+
+    // Statistics.
+    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0)
+
+    init(seed: UInt64, steps: Int) throws {
+        self.seed = seed
+        self.steps = steps
+        rng = SplitMix64(seed: seed)
+        churn = rng.next() % 2 == 0
+        let voters = churn ? [3, 3, 5][Int(rng.next() % 3)] : [3, 5, 7][Int(rng.next() % 3)]
+        let learners = Int(rng.next() % 3)
+        let spares = 3
+        ids = (1...UInt64(voters + learners + spares)).map { $0 }
+        let cs = ConfState(voters: Array(ids[0..<voters]), learners: Array(ids[voters..<(voters + learners)]))
+        everMember = Set(ids[0..<(voters + learners)])
+        let preVote = rng.next() % 5 != 0
+        let checkQuorum = rng.next() % 4 != 0
+        let heartbeat = 1 + Int(rng.next() % 3)
+        let maxSize: UInt64 = churn ? 1 : [1, 64, 1 << 20][Int(rng.next() % 3)]
+        let inflights = 1 + Int(rng.next() % 8)
+        for id in ids {
+            let s = MemoryStorage()
+            try s.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: cs)))
+            var c = RaftConfig(id: id)
+            c.seed = seed &+ id
+            c.electionTick = 10
+            c.heartbeatTick = heartbeat
+            c.preVote = preVote
+            c.checkQuorum = checkQuorum
+            c.maxSizePerMsg = maxSize
+            c.maxInflightMsgs = inflights
+            storages[id] = s
+            configs[id] = c
+            nodes[id] = try RaftNode(config: c, storage: s)
+            apps[id] = App(index: 0, digest: 0)
+            seenCommit[id] = 0
+        }
+    }
+
+    var summary: String {
+        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous)"
+    }
+
+    let tracing = SimEnv.int("SIM_TRACE") != nil
+
+    func trace(_ s: @autoclosure () -> String) {
+        if tracing { print("[\(now)] \(s())") }
+    }
+
+    func fail(_ s: String) -> SimFailure { SimFailure(description: "step \(now): \(s)") }
+
+    func chance(_ percent: UInt64) -> Bool { rng.next() % 1000 < percent }
+
+    func pick<T>(_ a: [T]) -> T? { a.isEmpty ? nil : a[Int(rng.next() % UInt64(a.count))] }
+
+    var liveIDs: [UInt64] { nodes.keys.sorted() }
+
+    var leaders: [RaftNode] { liveIDs.compactMap { nodes[$0] }.filter { $0.role == .leader } }
+
+    // MARK: - Driver
+
+    func run() throws {
+        for _ in 0..<steps {
+            try step()
+        }
+        try liveness()
+    }
+
+    func step() throws {
+        now += 1
+        if faults { try randomAction() }
+        if faults && churn && chance(120) { partition() }
+        if faults && churn && chance(300), let l = pick(leaders) { try propose(at: l.id) }
+        try deliverDue()
+        for id in liveIDs {
+            guard let n = nodes[id] else { continue }
+            if faults && chance(30) { continue } // clock skew: a missed tick
+            try event(id) { try n.tick() }
+        }
+        try checkStep()
+    }
+
+    func randomAction() throws {
+        let r = rng.next() % 1000
+        switch r {
+        case 0..<250:
+            if let id = pick(liveIDs) { try propose(at: id) }
+        case 250..<330:
+            if let id = pick(liveIDs) { try read(at: id) }
+        case 330..<345:
+            try membershipChange()
+        case 345..<355:
+            if let l = pick(leaders), let t = pick(l.membership.voters.sorted()) {
+                try event(l.id) { try l.transferLeadership(to: t) }
+            }
+        case 355..<365:
+            if crashedUntil.count < 2, let id = pick(liveIDs) { crash(id) }
+        case 365..<385:
+            partition()
+        case 385..<415:
+            if let id = pick(liveIDs) { try snapshot(at: id) }
+        default:
+            break
+        }
+        for (id, t) in crashedUntil.sorted(by: { $0.key < $1.key }) where t <= now { try restart(id) }
+        if !cuts.isEmpty && now >= healAt { cuts = [] }
+    }
+
+    func propose(at id: UInt64) throws {
+        guard let n = nodes[id] else { return }
+        nextData += 1
+        var d: [UInt8] = []
+        withUnsafeBytes(of: nextData.littleEndian) { d.append(contentsOf: $0) }
+        try event(id) { try n.propose(d) }
+    }
+
+    func read(at id: UInt64) throws {
+        guard let n = nodes[id] else { return }
+        nextRead += 1
+        let ctx = Array("r\(nextRead)".utf8)
+        for k in liveIDs { maxCommitted = max(maxCommitted, nodes[k]!.log.committed) }
+        readFloor[ctx] = maxCommitted
+        try event(id) { try n.readIndex(context: ctx) }
+    }
+
+    func membershipChange() throws {
+        guard let l = pick(leaders) else { return }
+        let m = l.membership
+        if m.isJoint {
+            if !m.autoLeave { try event(l.id) { try l.proposeConfChange(ConfChangeV2()) } }
+            return
+        }
+        let fresh = ids.filter { !everMember.contains($0) && !retired.contains($0) }
+        let voters = m.voters.sorted(), learners = m.learners.sorted()
+        var changes: [ConfChangeSingle] = []
+        var transition = ConfChangeTransition.auto
+        switch rng.next() % 6 {
+        case 0:
+            if let f = pick(fresh) { changes = [.init(type: .addLearnerNode, nodeID: f)] }
+        case 1:
+            if voters.count < 7, let x = pick(learners) { changes = [.init(type: .addNode, nodeID: x)] }
+        case 2:
+            if voters.count > 3, let x = pick(voters) { changes = [.init(type: .removeNode, nodeID: x)] }
+            else if let x = pick(learners) { changes = [.init(type: .removeNode, nodeID: x)] }
+        case 3:
+            if voters.count > 3, let x = pick(voters) { changes = [.init(type: .addLearnerNode, nodeID: x)] }
+        default:
+            // Joint consensus: swap a voter for a learner or fresh node, sometimes explicitly.
+            if let out = pick(voters), let inn = pick(learners + fresh) {
+                changes = [.init(type: .addNode, nodeID: inn), .init(type: .removeNode, nodeID: out)]
+                transition = [.auto, .jointImplicit, .jointExplicit][Int(rng.next() % 3)]
+            }
+        }
+        if changes.isEmpty { return }
+        for c in changes where c.type != .removeNode { everMember.insert(c.nodeID) }
+        let cc = ConfChangeV2(transition: transition, changes: changes)
+        try event(l.id) {
+            if changes.count == 1 && rng.next() % 2 == 0 {
+                try l.proposeConfChange(ConfChange(id: 1, type: changes[0].type, nodeID: changes[0].nodeID))
+            } else {
+                try l.proposeConfChange(cc)
+            }
+        }
+    }
+
+    func crash(_ id: UInt64) {
+        trace("crash \(id)")
+        nodes[id] = nil
+        crashedUntil[id] = now + 5 + Int(rng.next() % 40)
+        stats.crashes += 1
+    }
+
+    func restart(_ id: UInt64) throws {
+        crashedUntil[id] = nil
+        let s = storages[id]!
+        let snap = try s.snapshot()
+        var c = configs[id]!
+        c.applied = snap.metadata.index
+        c.seed = rng.next()
+        let n = try RaftNode(config: c, storage: s)
+        trace("restart \(id) hs \(s.hardState) last \((try? s.lastIndex()) ?? 0)")
+        nodes[id] = n
+        apps[id] = App(index: snap.metadata.index, digest: Self.digest(of: snap.data))
+        seenCommit[id] = n.log.committed
+    }
+
+    func partition() {
+        let all = ids
+        cuts = []
+        // Churn: mostly cut off the newest leader, which leaves divergent uncommitted tails.
+        let kind = churn && chance(700) ? 1 : rng.next() % 3
+        switch kind {
+        case 0: // symmetric split into two groups
+            for a in all {
+                for b in all where a != b && (a % 2) != (b % 2) && rng.next() % 2 == 0 { cuts.insert([a, b]); cuts.insert([b, a]) }
+            }
+        case 1: // isolate one node (maybe the leader)
+            let newest = leaders.max { $0.term < $1.term }?.id
+            if let x = churn || rng.next() % 2 == 0 ? newest ?? pick(all) : pick(all) {
+                for b in all where b != x { cuts.insert([x, b]); cuts.insert([b, x]) }
+            }
+        default: // asymmetric: some links one way only
+            for a in all {
+                for b in all where a != b && chance(150) { cuts.insert([a, b]) }
+            }
+        }
+        healAt = now + (churn ? 2 + Int(rng.next() % 20) : 5 + Int(rng.next() % 60))
+    }
+
+    func snapshot(at id: UInt64) throws {
+        guard let n = nodes[id], let a = apps[id] else { return }
+        let s = storages[id]!
+        guard a.index > (try s.snapshot()).metadata.index else { return }
+        try s.createSnapshot(index: a.index, confState: n.membership.confState, data: Self.bytes(a.digest))
+        let keep = rng.next() % 4
+        let upTo = a.index > keep ? a.index - keep : a.index
+        if upTo >= (try s.firstIndex()) { try s.compact(upTo) }
+        stats.snapshots += 1
+    }
+
+    // MARK: - Network
+
+    func send(_ m: Message) {
+        if faults {
+            if chance(churn ? 200 : 50) { return dropped(m) }
+            let copies = chance(20) ? 2 : 1
+            for _ in 0..<copies {
+                seq += 1
+                inflight.append(Pending(at: now + Int(rng.next() % (churn ? 6 : 4)), seq: seq, message: m))
+            }
+        } else {
+            seq += 1
+            inflight.append(Pending(at: now + Int(rng.next() % 2), seq: seq, message: m))
+        }
+    }
+
+    func dropped(_ m: Message) {
+        guard let sender = nodes[m.from] else { return }
+        if m.type == .snapshot { try? sender.reportSnapshot(m.to, success: false) }
+        if m.type == .append && chance(300) { try? sender.reportUnreachable(m.to) }
+    }
+
+    func deliverDue() throws {
+        var due: [Pending] = []
+        var rest: [Pending] = []
+        for p in inflight { if p.at <= now { due.append(p) } else { rest.append(p) } }
+        inflight = rest
+        // Reorder: deliver in a random permutation.
+        for i in due.indices.reversed() where i > 0 {
+            let j = Int(rng.next() % UInt64(i + 1))
+            due.swapAt(i, j)
+        }
+        for p in due { try deliver(p.message) }
+    }
+
+    func deliver(_ m: Message) throws {
+        if cuts.contains([m.from, m.to]) || retired.contains(m.from) || retired.contains(m.to) {
+            return dropped(m)
+        }
+        guard let n = nodes[m.to] else { return dropped(m) }
+        trace("deliver \(m.type) \(m.from)->\(m.to) t\(m.term) i\(m.index) lt\(m.logTerm) c\(m.commit) n\(m.entries.count)\(m.entries.first.map { " first \($0.index)/\($0.term)" } ?? "") rej\(m.reject) hint\(m.rejectHint) [node t\(n.term) \(n.role) last\((try? n.log.lastIndex()) ?? 0) c\(n.log.committed)]")
+        if m.type == .requestVoteResponse && !m.reject {
+            votesFor[EntryKey(index: m.to, term: m.term), default: []].insert(m.from)
+        }
+        try event(m.to) {
+            do {
+                try n.step(m)
+            } catch RaftError.proposalDropped {
+            } catch RaftError.stepPeerNotFound {
+            }
+        }
+        if m.type == .snapshot, let sender = nodes[m.from] {
+            try event(m.from) { try sender.reportSnapshot(m.to, success: true) }
+        }
+    }
+
+    // MARK: - Ready handling
+
+    /// Runs `body` against node `id`, checks the per-event invariants, then handles its Ready.
+    func event(_ id: UInt64, _ body: () throws -> Void) throws {
+        guard let n = nodes[id] else { return }
+        let wasLeader = n.role == .leader
+        let commit = n.log.committed
+        do {
+            try body()
+        } catch RaftError.proposalDropped {
+        } catch let e as RaftError {
+            throw fail("node \(id): \(e)")
+        }
+        try afterEvent(n, wasLeader: wasLeader, commitBefore: commit)
+        try processReady(id)
+    }
+
+    func afterEvent(_ n: RaftNode, wasLeader: Bool, commitBefore: UInt64) throws {
+        if n.role == .leader && !wasLeader {
+            stats.leaders += 1
+            if let other = leaderOfTerm[n.term], other != n.id {
+                throw fail("two leaders in term \(n.term): \(other) and \(n.id)")
+            }
+            leaderOfTerm[n.term] = n.id
+            // Elected by a quorum of voters of its configuration; learners' votes never count.
+            var granted: [UInt64: Bool] = [n.id: true]
+            for v in votesFor[EntryKey(index: n.id, term: n.term), default: []] { granted[v] = true }
+            if n.membership.voteResult(granted) != .won {
+                throw fail("node \(n.id) leads term \(n.term) without a quorum of voters: \(granted.keys.sorted())")
+            }
+            // Leader completeness: it holds every committed entry.
+            for k in liveIDs { maxCommitted = max(maxCommitted, nodes[k]!.log.committed) }
+            let first = try n.log.firstIndex()
+            if maxCommitted > 0, try n.log.lastIndex() < maxCommitted {
+                throw fail("leader \(n.id) of term \(n.term) lacks committed index \(maxCommitted)")
+            }
+            if maxCommitted >= first {
+                for i in first...maxCommitted {
+                    if let t = committedTerm[i], t != (try n.log.term(i)) {
+                        throw fail("leader \(n.id) of term \(n.term) has a different entry at committed index \(i)")
+                    }
+                }
+            }
+        }
+        if n.role == .leader && n.log.committed > commitBefore {
+            // Whatever a leader commits is durable on a quorum of voters (learners never count).
+            let ci = n.log.committed
+            let t = try n.log.term(ci)
+            if t != n.term {
+                stats.oldTermCommits += 1
+                let holders = ids.filter { (try? storages[$0]!.term(ci)).map { $0 > t } ?? false }
+                if !holders.isEmpty {
+                    stats.dangerous += 1
+                    trace("DANGER leader \(n.id) t\(n.term) commits \(ci)/\(t); higher-term holders \(holders)")
+                }
+            }
+            var has: [UInt64: Bool] = [n.id: true]
+            for v in n.membership.allVoters where v != n.id {
+                let s = storages[v]!
+                if try (try? s.term(ci)) == t || s.firstIndex() > ci { has[v] = true }
+            }
+            if n.membership.voteResult(has) != .won {
+                throw fail("leader \(n.id) committed \(ci) held by \(has.keys.sorted()) only; voters \(n.membership.allVoters.sorted())")
+            }
+        }
+        if n.role != .follower && !n.membership.allVoters.contains(n.id) {
+            throw fail("non-voter \(n.id) is \(n.role)")
+        }
+    }
+
+    func processReady(_ id: UInt64) throws {
+        while let n = nodes[id], n.hasReady {
+            let rd = try n.ready()
+            if faults && chance(churn ? 2 : 5) { return crash(id) } // lose the whole Ready
+            let s = storages[id]!
+            if let snap = rd.snapshot {
+                if let d = digestAt[snap.metadata.index], d != Self.digest(of: snap.data) {
+                    throw fail("node \(id) received a snapshot at \(snap.metadata.index) with a foreign state")
+                }
+                try s.applySnapshot(snap)
+                apps[id] = App(index: snap.metadata.index, digest: Self.digest(of: snap.data))
+            }
+            if !rd.entries.isEmpty {
+                trace("persist \(id) \(rd.entries.map { "\($0.index)/\($0.term)" }) hs \(String(describing: rd.hardState))")
+                try checkNewEntries(id, rd.entries)
+                try s.append(rd.entries)
+            }
+            if let hs = rd.hardState { s.setHardState(hs) }
+            if faults && chance(churn ? 2 : 5) { return crash(id) } // persisted, nothing sent or applied
+            for m in rd.messages { send(m) }
+            for e in rd.committedEntries { try apply(id, e) }
+            for r in rd.readStates {
+                stats.reads += 1
+                guard let floor = readFloor[r.context] else { throw fail("unknown read context") }
+                if r.index < floor {
+                    throw fail("read at node \(id) answered \(r.index) < commit \(floor) at request time")
+                }
+            }
+            guard nodes[id] === n else { return }
+            try n.advance(rd)
+        }
+    }
+
+    func checkNewEntries(_ id: UInt64, _ ents: [Entry]) throws {
+        var prev: UInt64? = ents[0].index == 0 ? nil : (try? nodes[id]!.log.term(ents[0].index - 1))
+        for e in ents {
+            // A stale leader may write anything at a committed index in its own log, but no
+            // node may lose a committed entry it holds.
+            if let ct = committedTerm[e.index], ct != e.term, (try? storages[id]!.term(e.index)) == ct {
+                throw fail("node \(id) overwrites committed index \(e.index) (term \(ct)) with term \(e.term)")
+            }
+            let key = EntryKey(index: e.index, term: e.term)
+            let h = Self.hash(e)
+            if let known = entryInfo[key] {
+                if known.hash != h { throw fail("two different entries at index \(e.index) term \(e.term)") }
+                if let p = prev, let kp = known.prevTerm, p != kp {
+                    throw fail("log matching broken before index \(e.index) term \(e.term)")
+                }
+                if known.prevTerm == nil, prev != nil { entryInfo[key] = (h, prev) }
+            } else {
+                entryInfo[key] = (h, prev)
+            }
+            prev = e.term
+        }
+    }
+
+    func apply(_ id: UInt64, _ e: Entry) throws {
+        guard var a = apps[id], let n = nodes[id] else { return }
+        if e.index != a.index + 1 { throw fail("node \(id) applies \(e.index) after \(a.index)") }
+        a.index = e.index
+        a.digest = Self.mix(a.digest, Self.hash(e))
+        if let d = digestAt[e.index] {
+            if d != a.digest { throw fail("node \(id) applied a different sequence at \(e.index)") }
+        } else {
+            digestAt[e.index] = a.digest
+        }
+        apps[id] = a
+        guard e.type != .normal else { return }
+        let cc: ConfChangeV2 = e.type == .confChange ? try ConfChange(decoding: e.data).asV2 : try ConfChangeV2(decoding: e.data)
+        let before = n.membership.allMembers
+        let wasLeader = n.role == .leader, commit = n.log.committed
+        do {
+            try n.applyConfChange(cc)
+            stats.confChanges += 1
+        } catch RaftError.invalidConfChange {
+            return
+        }
+        try afterEvent(n, wasLeader: wasLeader, commitBefore: commit)
+        for r in before.subtracting(n.membership.allMembers) { retired.insert(r) }
+    }
+
+    func checkStep() throws {
+        for id in liveIDs {
+            let n = nodes[id]!
+            let c = n.log.committed
+            if n.role == .leader, let other = leaderOfTerm[n.term], other != id {
+                throw fail("two leaders in term \(n.term)")
+            }
+            if c > seenCommit[id, default: 0] {
+                let lo = max(seenCommit[id, default: 0] + 1, try n.log.firstIndex())
+                if lo <= c {
+                    for i in lo...c {
+                        let t = try n.log.term(i)
+                        if let ct = committedTerm[i] {
+                            if ct != t { throw fail("node \(id) committed term \(t) at \(i), others \(ct)") }
+                        } else {
+                            committedTerm[i] = t
+                        }
+                    }
+                }
+                seenCommit[id] = c
+                maxCommitted = max(maxCommitted, c)
+                stats.commits = maxCommitted
+            }
+        }
+    }
+
+    // MARK: - Liveness
+
+    func liveness() throws {
+        faults = false
+        cuts = []
+        for id in crashedUntil.keys.sorted() { try restart(id) }
+        var leaderAt: Int?
+        var proposedAt = -100
+        nextData += 1
+        var marker: [UInt8] = Array("done".utf8)
+        withUnsafeBytes(of: nextData.littleEndian) { marker.append(contentsOf: $0) }
+        let start = now
+        while now - start < 600 {
+            try step()
+            let ls = leaders.filter { l in l.membership.allMembers.allSatisfy { (nodes[$0]?.term ?? 0) <= l.term } }
+            if leaderAt == nil, !ls.isEmpty { leaderAt = now - start }
+            if leaderAt == nil && now - start > 200 {
+                throw fail("no leader \(now - start) ticks after healing: \(stateDump())")
+            }
+            guard let l = ls.first else { continue }
+            guard let idx = markerIndex(l, marker) else {
+                if now - proposedAt >= 5 {
+                    proposedAt = now
+                    try event(l.id) { try l.propose(marker) }
+                }
+                continue
+            }
+            // Done when every member of the leader's configuration applied the marker.
+            guard l.log.committed >= idx else { continue }
+            if l.membership.allMembers.allSatisfy({ (apps[$0]?.index ?? 0) >= idx }) { return }
+        }
+        throw fail("proposal did not commit everywhere after healing: \(stateDump())")
+    }
+
+    func stateDump() -> String {
+        liveIDs.map { id -> String in
+            let n = nodes[id]!
+            let m = n.membership
+            return "\(id)\(retired.contains(id) ? "(retired)" : ""): \(n.role) t\(n.term) v\(n.vote) last\((try? n.log.lastIndex()) ?? 0)/\((try? n.log.lastTerm()) ?? 0) c\(n.log.committed) a\(apps[id]!.index) lead\(n.lead) V\(m.voters.sorted()) O\(m.outgoing.sorted()) L\(m.learners.sorted()) LN\(m.learnersNext.sorted()) prevote\(configs[id]!.preVote) cq\(configs[id]!.checkQuorum)"
+        }.joined(separator: "\n  ")
+    }
+
+    func markerIndex(_ l: RaftNode, _ marker: [UInt8]) -> UInt64? {
+        let first = (try? l.log.firstIndex()) ?? 1
+        guard let last = try? l.log.lastIndex(), last >= first else { return nil }
+        var i = last
+        while i >= max(first, last > 300 ? last - 300 : 0) {
+            if let e = try? l.log.slice(i, i + 1, maxBytes: .max).first, e.data == marker { return i }
+            i -= 1
+        }
+        return nil
+    }
+
+    // MARK: - Hashing
+
+    static func hash(_ e: Entry) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ UInt64(e.type.rawValue)
+        for b in e.data {
+            h ^= UInt64(b)
+            h = h &* 0x100_0000_01b3
+        }
+        return h
+    }
+
+    static func mix(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        var s = SplitMix64(seed: a ^ (b &* 0x9E37_79B9_7F4A_7C15))
+        return s.next()
+    }
+
+    static func bytes(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> ($0 * 8)) } }
+
+    static func digest(of data: [UInt8]) -> UInt64 {
+        guard data.count == 8 else { return 0 }
+        return data.enumerated().reduce(0) { $0 | (UInt64($1.element) << (UInt64($1.offset) * 8)) }
+    }
+}
