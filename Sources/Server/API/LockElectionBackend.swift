@@ -79,9 +79,10 @@ extension LockElectionBackend {
             get.maxCreateRevision = myRevision - 1
             get.sortOrder = .descend
             get.sortTarget = .create
-            get.limit = 1
             let older = try await range(get)
-            guard let blocker = older.kvs.first else { return older.header }
+            // Filtered here too, so a store that ignores max_create_revision stays correct.
+            let blockers = older.kvs.filter { $0.createRevision < myRevision }
+            guard let blocker = blockers.max(by: { $0.createRevision < $1.createRevision }) else { return older.header }
             _ = try await waitForDeletion(key: Array(blocker.key), afterRevision: older.header.revision)
         }
     }

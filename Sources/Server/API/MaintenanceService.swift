@@ -126,6 +126,7 @@ func rpc<T>(_ body: () throws -> T) throws -> T {
 /// `error` as the status a client sees.
 func asRPCError(_ error: any Error) -> RPCError {
     if let e = error as? RPCError { return e }
+    if let e = error as? EtcdError { return e.rpcError }
     if let e = error as? any RPCErrorConvertible {
         return RPCError(code: e.rpcErrorCode, message: e.rpcErrorMessage)
     }
