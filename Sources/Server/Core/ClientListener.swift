@@ -8,19 +8,25 @@ public final class ClientListener: Sendable {
     private let servers: [(url: EndpointURL, grpc: GRPCServer<ClientPortTransport>)]
     private let logger: Logger
 
-    /// Prepares one gRPC server per client URL with the KV, Watch and Lease services.
+    /// Prepares one gRPC server per client URL with the etcd services (KV, Watch, Lease,
+    /// Maintenance, Cluster, Auth, Lock, Election) and, on the same port, the HTTP routes:
+    /// `/version`, `/health`, `/livez`, `/readyz`, `/metrics` and the `/v3/` JSON gateway.
     public init(server: EtcdServer, logger: Logger) throws {
         let cfg = server.config
         let services: [any RegistrableRPCService] = [
             KVService(server: server), WatchService(server: server), LeaseService(server: server),
-        ]
+        ] + server.coordinationServices()
+        var router = HTTPRouter()
+        router.addVersionRoute()
+        server.registerHTTPRoutes(in: &router, metrics: ServerMetrics(memberID: server.memberID))
         var list: [(EndpointURL, GRPCServer<ClientPortTransport>)] = []
         for url in cfg.listenClientURLs {
             guard url.scheme == "http" else {
                 throw ServerStartError("listen client URL \(url): only plaintext http:// is supported yet (TLS comes later)")
             }
             var port = ClientPortConfiguration(
-                address: .tcp(host: url.host == "localhost" ? "127.0.0.1" : url.host, port: url.port))
+                address: .tcp(host: url.host == "localhost" ? "127.0.0.1" : url.host, port: url.port),
+                router: router)
             port.maxReceiveMessageBytes = cfg.maxReceiveMessageBytes
             port.maxHTTPBodyBytes = cfg.maxReceiveMessageBytes
             port.keepaliveMinClientPingInterval = cfg.grpcKeepaliveMinTime

@@ -1,0 +1,180 @@
+import EtcdProto
+import Foundation
+public import GRPCCore
+import MVCC
+
+// The server side of Maintenance, Cluster, Lock, Election and the health checks, plus the
+// services and HTTP routes built on them (the API layer's entry points for the listener).
+
+extension EtcdServer: MaintenanceBackend {
+    public func responseHeader() -> Etcdserverpb_ResponseHeader { header() }
+
+    public func status() async throws -> Etcdserverpb_StatusResponse {
+        var out = Etcdserverpb_StatusResponse()
+        out.header = header()
+        out.version = EtcdVersion.server
+        out.dbSize = try backend.fileSize()
+        out.dbSizeInUse = try backend.sizeInUse()
+        out.leader = leaderID
+        out.raftIndex = committedIndex
+        out.raftTerm = term
+        out.raftAppliedIndex = appliedIndex
+        out.isLearner = isLearner
+        out.errors = []   // no alarms can be raised yet
+        return out
+    }
+
+    public func alarm(_ request: Etcdserverpb_AlarmRequest) async throws -> Etcdserverpb_AlarmResponse {
+        guard request.action == .get else {
+            // Raising and clearing alarms needs the quota / corruption checks (later issues).
+            throw RPCError(code: .unimplemented, message: "alarm activate/deactivate is not supported yet")
+        }
+        var out = Etcdserverpb_AlarmResponse()
+        out.header = header()
+        out.alarms = []
+        return out
+    }
+
+    public func hash() async throws -> Etcdserverpb_HashResponse {
+        var out = Etcdserverpb_HashResponse()
+        out.header = header()
+        out.hash = try backend.hash()
+        return out
+    }
+
+    public func hashKV(_ request: Etcdserverpb_HashKVRequest) async throws -> Etcdserverpb_HashKVResponse {
+        let result: (hash: UInt32, revision: Int64, compactRevision: Int64)
+        do { result = try store.hashKV(revision: request.revision) } catch { throw EtcdError.from(error) }
+        var out = Etcdserverpb_HashKVResponse()
+        out.header = header(revision: result.revision)
+        out.hash = result.hash
+        out.compactRevision = result.compactRevision
+        out.hashRevision = result.revision
+        return out
+    }
+
+    public func openSnapshot() async throws -> any SnapshotReader {
+        let path = config.effectiveDataDir + "/member/snap/stream-\(UInt64.random(in: 1...UInt64.max)).snapshot.db"
+        do {
+            try backend.copy(toPath: path)
+            return try FileSnapshotReader(path: path, removeOnClose: true)
+        } catch {
+            unlink(path)
+            throw error
+        }
+    }
+
+    public func moveLeader(to target: UInt64) async throws {
+        guard isLeader else { throw EtcdError.notLeader }
+        guard target != memberID, members().contains(where: { $0.id == target }) else {
+            throw EtcdError("etcdserver: bad leader transferee", code: .failedPrecondition)
+        }
+        requestLeadershipTransfer(to: target)
+        let deadline = ContinuousClock.now + requestTimeout
+        while leaderID != target {
+            guard ContinuousClock.now < deadline else {
+                throw EtcdError("etcdserver: request timed out, leader transfer took too long", code: .deadlineExceeded)
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}
+
+extension EtcdServer: ClusterBackend {
+    public func memberList(linearizable: Bool) async throws -> [Etcdserverpb_Member] {
+        if linearizable { try await linearizableBarrier() }
+        return members()
+    }
+}
+
+extension EtcdServer: LockElectionBackend {
+    public func nextEvents(key: [UInt8], rangeEnd: [UInt8], afterRevision: Int64) async throws -> [Mvccpb_Event] {
+        let stream = makeWatchStream()
+        defer { stream.close() }
+        do {
+            try stream.watch(key: key, rangeEnd: rangeEnd, startRevision: afterRevision + 1)
+        } catch {
+            throw EtcdError.from(error)
+        }
+        return try await withTaskCancellationHandler {
+            while let response = await stream.next() {
+                if response.canceled { throw EtcdError.compacted }
+                if !response.events.isEmpty { return response.events.map(Mvccpb_Event.init) }
+            }
+            throw CancellationError()
+        } onCancel: {
+            stream.close()
+        }
+    }
+}
+
+extension EtcdServer: HealthSource {
+    public var hasLeader: Bool { leaderID != 0 }
+
+    public func activeAlarms() -> [Etcdserverpb_AlarmType] { [] }
+
+    public func serializableRead() async throws {
+        var r = Etcdserverpb_RangeRequest()
+        r.key = Data("health".utf8)
+        r.serializable = true
+        r.limit = 1
+        _ = try await range(r)
+    }
+
+    public func linearizableRead() async throws { try await linearizableBarrier() }
+}
+
+extension EtcdServer {
+    /// The Maintenance, Cluster, Auth, Lock and Election gRPC services of this server.
+    public func coordinationServices() -> [any RegistrableRPCService] {
+        [
+            MaintenanceService(backend: self), ClusterService(backend: self),
+            AuthService(header: { [self] in header() }),
+            LockService(backend: self), ElectionService(backend: self),
+        ]
+    }
+
+    /// Adds /health, /livez, /readyz, /metrics and the /v3 gateway (KV, Lease unary calls,
+    /// Maintenance, Cluster, Auth, Lock, Election) to `router`.
+    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics) {
+        HealthEndpoints(source: self).register(in: &router)
+        router.add("/metrics") { [self] _ in
+            .text(.ok, metrics.render(sample: metricsSample()), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        }
+        let kv = KVService(server: self)
+        Gateway.addUnary(&router, "/v3/kv/range", kv.range(request:context:))
+        Gateway.addUnary(&router, "/v3/kv/put", kv.put(request:context:))
+        Gateway.addUnary(&router, "/v3/kv/deleterange", kv.deleteRange(request:context:))
+        Gateway.addUnary(&router, "/v3/kv/txn", kv.txn(request:context:))
+        Gateway.addUnary(&router, "/v3/kv/compaction", kv.compact(request:context:))
+        let lease = LeaseService(server: self)
+        Gateway.addUnary(&router, "/v3/lease/grant", lease.leaseGrant(request:context:))
+        for path in ["/v3/lease/revoke", "/v3/kv/lease/revoke"] {
+            Gateway.addUnary(&router, path, lease.leaseRevoke(request:context:))
+        }
+        for path in ["/v3/lease/timetolive", "/v3/kv/lease/timetolive"] {
+            Gateway.addUnary(&router, path, lease.leaseTimeToLive(request:context:))
+        }
+        for path in ["/v3/lease/leases", "/v3/kv/lease/leases"] {
+            Gateway.addUnary(&router, path, lease.leaseLeases(request:context:))
+        }
+        Gateway.register(maintenance: MaintenanceService(backend: self), in: &router)
+        Gateway.register(cluster: ClusterService(backend: self), in: &router)
+        Gateway.register(auth: AuthService(header: { [self] in header() }), in: &router)
+        Gateway.register(lock: LockService(backend: self), in: &router)
+        Gateway.register(election: ElectionService(backend: self), in: &router)
+    }
+
+    /// The gauges /metrics reports, read now.
+    func metricsSample() -> MetricsSample {
+        var s = MetricsSample()
+        s.hasLeader = hasLeader
+        s.isLeader = isLeader
+        s.committedIndex = committedIndex
+        s.appliedIndex = appliedIndex
+        s.dbTotalSize = (try? backend.fileSize()) ?? 0
+        s.dbTotalSizeInUse = (try? backend.sizeInUse()) ?? 0
+        s.watchers = store.watcherCounts.synced + store.watcherCounts.unsynced + store.watcherCounts.victims
+        return s
+    }
+}
