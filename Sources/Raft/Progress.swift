@@ -64,6 +64,8 @@ struct Progress {
     var recentActive = false
     /// In probe state: an append is outstanding, wait for its answer or a heartbeat answer.
     var probeSent = false
+    /// In snapshot state: heartbeat answers received since the snapshot was sent.
+    var snapshotWaitAcks = 0
     var inflights: Inflights
     var isLearner = false
 
@@ -84,6 +86,7 @@ struct Progress {
     private mutating func reset(to s: ProgressState) {
         probeSent = false
         pendingSnapshot = 0
+        snapshotWaitAcks = 0
         state = s
         inflights.reset()
     }

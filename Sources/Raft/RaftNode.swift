@@ -724,6 +724,15 @@ public final class RaftNode {
             p.recentActive = true
             p.probeSent = false
             if p.state == .replicate && p.inflights.full { p.inflights.freeFirst() }
+            if p.state == .snapshot {
+                // The follower is alive but its snapshot never arrived (lost without a report):
+                // after 2 x electionTick heartbeat answers, give up and probe (resending it).
+                p.snapshotWaitAcks += 1
+                if p.snapshotWaitAcks >= 2 * cfg.electionTick {
+                    p.pendingSnapshot = 0
+                    p.becomeProbe()
+                }
+            }
             progress[m.from] = p
             if p.match < (try log.lastIndex()) { try sendAppend(to: m.from) }
             if !m.context.isEmpty && !readOnly.pending.isEmpty {

@@ -136,6 +136,26 @@ import Testing
         #expect(throws: RaftError.proposalDropped) { try c[1].propose([1]) }
     }
 
+    /// Finding 9: a snapshot lost without a report does not pause the follower forever.
+    @Test func lostUnreportedSnapshotIsRetried() throws {
+        let c = try TestCluster(voters: [1, 2, 3])
+        try c.elect(1)
+        c.isolate(3)
+        for i in 0..<5 { try c[1].propose([UInt8(i)]) }
+        try c.settle()
+        try c.storages[1]!.createSnapshot(index: 6, confState: c[1].status.confState, data: [])
+        try c.storages[1]!.compact(6)
+        c.heal()
+        c.dropIf = { $0.type == .snapshot } // lost, and never reported
+        try c.tickAll(3)
+        #expect(c[1].progress[3]!.state == .snapshot)
+        try c.tickAll(40)
+        #expect(c.dropped.filter { $0.type == .snapshot && $0.to == 3 }.count >= 2) // resent
+        c.dropIf = nil
+        try c.tickAll(25)
+        #expect(c[3].log.committed == c[1].log.committed)
+    }
+
     /// Finding 13: only the zero-value change leaves a joint configuration.
     @Test func onlyZeroValueChangeLeavesJoint() {
         #expect(ConfChangeV2().leavesJoint)
