@@ -1,9 +1,9 @@
 /// How the leader answers ``RaftNode/readIndex(context:)``.
 public enum ReadOnlyOption: Sendable, Equatable {
-    /// Confirm leadership with a heartbeat round per batch of reads (linearizable).
+    /// Confirm leadership with a heartbeat round per read (linearizable). The only mode:
+    /// lease-based reads were removed (they could be served after a leadership transfer or
+    /// after the followers' lease had expired).
     case safe
-    /// Trust the leader lease kept by CheckQuorum; needs `checkQuorum` and bounded clock drift.
-    case leaseBased
 }
 
 /// Why a ``RaftConfig`` was refused.
@@ -18,8 +18,6 @@ public enum RaftConfigError: Error, Equatable, Sendable {
     case zeroMaxInflightMsgs
     /// `maxInflightBytes` is smaller than `maxSizePerMsg`.
     case maxInflightBytesTooSmall
-    /// `.leaseBased` reads need `checkQuorum`.
-    case leaseBasedNeedsCheckQuorum
 }
 
 /// Parameters of a ``RaftNode``.
@@ -68,7 +66,6 @@ public struct RaftConfig: Sendable, Equatable {
         if maxInflightBytes != 0 && maxInflightBytes < maxSizePerMsg {
             throw RaftConfigError.maxInflightBytesTooSmall
         }
-        if readOnlyOption == .leaseBased && !checkQuorum { throw RaftConfigError.leaseBasedNeedsCheckQuorum }
     }
 }
 

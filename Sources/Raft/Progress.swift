@@ -64,6 +64,8 @@ struct Progress {
     var recentActive = false
     /// In probe state: an append is outstanding, wait for its answer or a heartbeat answer.
     var probeSent = false
+    /// In snapshot state: heartbeat answers received since the snapshot was sent.
+    var snapshotWaitAcks = 0
     var inflights: Inflights
     var isLearner = false
 
@@ -84,6 +86,7 @@ struct Progress {
     private mutating func reset(to s: ProgressState) {
         probeSent = false
         pendingSnapshot = 0
+        snapshotWaitAcks = 0
         state = s
         inflights.reset()
     }
@@ -287,36 +290,59 @@ extension MembershipConfig {
 }
 
 /// Pending ReadIndex requests awaiting a heartbeat quorum (safe mode).
+///
+/// Each request gets a new round number of this leader; the heartbeats sent for it carry the
+/// round (8 bytes, big-endian), never client bytes. An acknowledgement of round r counts only for
+/// requests of rounds <= r, so an ack sent before a request arrived never confirms it, and
+/// requests with equal client contexts stay distinct.
 struct ReadOnlyQueue {
     struct Request {
         var index: UInt64
         var message: Message
-        var acks: Set<UInt64>
+        var round: UInt64
     }
 
     private(set) var pending: [Request] = []
+    private(set) var round: UInt64 = 0
+    /// Highest round each peer acknowledged.
+    private var acked: [UInt64: UInt64] = [:]
 
-    var lastContext: [UInt8]? { pending.last?.message.context }
+    /// Heartbeat context for the newest pending request (nil if none).
+    var lastContext: [UInt8]? { pending.last.map { Self.encode($0.round) } }
 
-    mutating func add(index: UInt64, _ m: Message) {
-        if pending.contains(where: { $0.message.context == m.context }) { return }
-        pending.append(Request(index: index, message: m, acks: []))
+    static func encode(_ r: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: r >> (56 - 8 * $0)) } }
+
+    static func decode(_ c: [UInt8]) -> UInt64? {
+        guard c.count == 8 else { return nil }
+        return c.reduce(0) { $0 << 8 | UInt64($1) }
     }
 
-    /// Records an acknowledgement of `context` and returns the acks so far.
-    mutating func ack(from id: UInt64, context: [UInt8]) -> [UInt64: Bool]? {
-        guard let k = pending.firstIndex(where: { $0.message.context == context }) else { return nil }
-        pending[k].acks.insert(id)
-        var votes: [UInt64: Bool] = [:]
-        for a in pending[k].acks { votes[a] = true }
-        return votes
+    /// Queues a request in a new round; returns the heartbeat context to send for it.
+    mutating func add(index: UInt64, _ m: Message) -> [UInt8] {
+        round += 1
+        pending.append(Request(index: index, message: m, round: round))
+        return Self.encode(round)
     }
 
-    /// Removes and returns every request up to and including `context`.
-    mutating func release(through context: [UInt8]) -> [Request] {
-        guard let k = pending.firstIndex(where: { $0.message.context == context }) else { return [] }
-        let done = Array(pending[...k])
-        pending.removeFirst(k + 1)
+    /// Records that `id` acknowledged the round in `context`.
+    mutating func ack(from id: UInt64, context: [UInt8]) {
+        guard let r = Self.decode(context), r <= round else { return }
+        acked[id] = max(acked[id] ?? 0, r)
+    }
+
+    /// Removes and returns the oldest requests whose round `confirmed` says a quorum acknowledged
+    /// (the leader itself counts for every round).
+    mutating func release(leader: UInt64, confirmed: ([UInt64: Bool]) -> Bool) -> [Request] {
+        var k = 0
+        while k < pending.count {
+            let r = pending[k].round
+            var votes: [UInt64: Bool] = [leader: true]
+            for (id, a) in acked where a >= r { votes[id] = true }
+            if !confirmed(votes) { break }
+            k += 1
+        }
+        let done = Array(pending[..<k])
+        pending.removeFirst(k)
         return done
     }
 }

@@ -112,8 +112,21 @@ public final class RaftNode {
             || (m.snapshot.map { $0.metadata.index >= limit || $0.metadata.term >= limit } ?? false) {
             throw RaftError.logInvariant("message field out of range")
         }
+        if m.to != id { throw RaftError.logInvariant("message for node \(m.to) delivered to \(id)") }
+        // Forwarded requests carry term 0 (they are handled like local ones); every other
+        // message must carry its sender's term, or it would bypass all term checks.
+        switch m.type {
+        case .propose, .readIndex, .transferLeader:
+            if m.term != 0 { throw RaftError.logInvariant("forwarded \(m.type) with term \(m.term)") }
+        default:
+            if m.term == 0 { throw RaftError.logInvariant("\(m.type) without a term") }
+        }
         if m.type.isResponse && progress[m.from] == nil { throw RaftError.stepPeerNotFound }
-        try stepInternal(m)
+        do {
+            try stepInternal(m)
+        } catch RaftError.proposalDropped {
+            // A forwarded request that cannot be served is dropped; the requester times out.
+        }
     }
 
     /// Proposes application data for the log.
@@ -134,7 +147,8 @@ public final class RaftNode {
     }
 
     /// Requests a linearizable read; the answer arrives as a ``ReadState`` with `context`.
-    /// Contexts must be unique among outstanding reads.
+    /// Contexts are opaque and returned unchanged; they need not be unique. Pending reads are
+    /// discarded when the leader steps down: the caller must time them out.
     public func readIndex(context: [UInt8]) throws {
         try stepInternal(Message(type: .readIndex, from: id, context: context))
     }
@@ -206,6 +220,8 @@ public final class RaftNode {
         rd.entries = log.unstable.entries
         if !rd.entries.isEmpty { rd.mustSync = true }
         rd.snapshot = log.unstable.snapshot
+        // The hard state's commit may point into the snapshot: both must be durable together.
+        if rd.snapshot != nil { rd.mustSync = true }
         rd.committedEntries = try log.nextCommittedEntries()
         if let last = rd.committedEntries.last { log.applying = last.index }
         rd.messages = msgs
@@ -227,7 +243,7 @@ public final class RaftNode {
             log.appliedTo(e.index)
             if role == .leader {
                 var s: UInt64 = 0
-                for c in rd.committedEntries { s += UInt64(c.data.count) }
+                for c in rd.committedEntries where c.type == .normal { s += UInt64(c.data.count) }
                 uncommittedSize = uncommittedSize > s ? uncommittedSize - s : 0
             }
         }
@@ -568,7 +584,8 @@ public final class RaftNode {
         for i in ents.indices {
             ents[i].term = term
             ents[i].index = li + 1 + UInt64(i)
-            size += UInt64(ents[i].data.count)
+            // Membership changes are exempt from the limit (an auto-leave must never be lost).
+            if ents[i].type == .normal { size += UInt64(ents[i].data.count) }
         }
         if cfg.maxUncommittedEntriesSize > 0 && size > 0 && uncommittedSize > 0
             && uncommittedSize + size > cfg.maxUncommittedEntriesSize {
@@ -707,12 +724,20 @@ public final class RaftNode {
             p.recentActive = true
             p.probeSent = false
             if p.state == .replicate && p.inflights.full { p.inflights.freeFirst() }
+            if p.state == .snapshot {
+                // The follower is alive but its snapshot never arrived (lost without a report):
+                // after 2 x electionTick heartbeat answers, give up and probe (resending it).
+                p.snapshotWaitAcks += 1
+                if p.snapshotWaitAcks >= 2 * cfg.electionTick {
+                    p.pendingSnapshot = 0
+                    p.becomeProbe()
+                }
+            }
             progress[m.from] = p
             if p.match < (try log.lastIndex()) { try sendAppend(to: m.from) }
-            if cfg.readOnlyOption == .safe, !m.context.isEmpty,
-               let acks = readOnly.ack(from: m.from, context: m.context),
-               membership.voteResult(acks) == .won {
-                for r in readOnly.release(through: m.context) { respondToRead(r.message, index: r.index) }
+            if !m.context.isEmpty && !readOnly.pending.isEmpty {
+                readOnly.ack(from: m.from, context: m.context)
+                releaseReads()
             }
         case .snapStatus:
             guard p.state == .snapshot else { return }
@@ -755,6 +780,7 @@ public final class RaftNode {
         if progress[id] == nil || leadTransferee != 0 { throw RaftError.proposalDropped }
         var ents = m.entries
         let li = try log.lastIndex()
+        var newPending: UInt64?
         for i in ents.indices where ents[i].type != .normal {
             let cc: ConfChangeV2
             do {
@@ -763,16 +789,24 @@ public final class RaftNode {
             } catch {
                 throw RaftError.invalidConfChange("undecodable conf change")
             }
-            let pending = pendingConfIndex > log.applied
-            if pending || membership.isJoint != cc.leavesJoint {
-                if m.from == id { throw RaftError.proposalDropped }
+            let pending = pendingConfIndex > log.applied || newPending != nil
+            var refusal: RaftError? = pending || membership.isJoint != cc.leavesJoint ? .proposalDropped : nil
+            if refusal == nil {
+                // Only one change is ever pending, so it applies to the current configuration;
+                // one that cannot be applied must never reach the log (every node would fail).
+                do { _ = try membership.applying(cc) } catch let e as RaftError { refusal = e }
+            }
+            if let refusal {
+                if m.from == id { throw refusal }
                 // A forwarded change that cannot be accepted becomes a no-op entry.
                 ents[i] = Entry(term: 0, index: 0)
                 continue
             }
-            pendingConfIndex = li + UInt64(i) + 1
+            newPending = li + UInt64(i) + 1
         }
         try appendEntries(ents)
+        // Only once the entry is in the log: a dropped proposal must not block later changes.
+        if let newPending { pendingConfIndex = newPending }
         try broadcastAppend()
     }
 
@@ -781,17 +815,15 @@ public final class RaftNode {
             respondToRead(m, index: log.committed)
             return
         }
-        switch cfg.readOnlyOption {
-        case .safe:
-            readOnly.add(index: log.committed, m)
-            if let acks = readOnly.ack(from: id, context: m.context), membership.voteResult(acks) == .won {
-                for r in readOnly.release(through: m.context) { respondToRead(r.message, index: r.index) }
-                return
-            }
-            broadcastHeartbeat(context: m.context)
-        case .leaseBased:
-            respondToRead(m, index: log.committed)
-        }
+        let ctx = readOnly.add(index: log.committed, m)
+        releaseReads()
+        if !readOnly.pending.isEmpty { broadcastHeartbeat(context: ctx) }
+    }
+
+    /// Answers the pending reads a quorum has confirmed.
+    func releaseReads() {
+        let done = readOnly.release(leader: id) { membership.voteResult($0) == .won }
+        for r in done { respondToRead(r.message, index: r.index) }
     }
 
     func respondToRead(_ m: Message, index: UInt64) {

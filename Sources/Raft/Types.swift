@@ -305,8 +305,9 @@ public struct ConfChangeV2: Sendable, Equatable {
         self.context = context
     }
 
-    /// True for the empty change that leaves a joint configuration.
-    public var leavesJoint: Bool { changes.isEmpty }
+    /// True for the zero value (`.auto`, no changes), which leaves a joint configuration.
+    /// An empty change with a joint transition enters a joint configuration instead.
+    public var leavesJoint: Bool { transition == .auto && changes.isEmpty }
 
     /// Whether applying this change enters a joint configuration, and if so with auto-leave.
     var entersJoint: (enters: Bool, autoLeave: Bool) {

@@ -144,10 +144,6 @@ import Testing
         c.maxSizePerMsg = 100
         #expect(throws: RaftConfigError.maxInflightBytesTooSmall) { try c.validate() }
         c.maxInflightBytes = 0
-        c.readOnlyOption = .leaseBased
-        c.checkQuorum = false
-        #expect(throws: RaftConfigError.leaseBasedNeedsCheckQuorum) { try c.validate() }
-        c.checkQuorum = true
         #expect(throws: Never.self) { try c.validate() }
     }
 }
