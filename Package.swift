@@ -50,7 +50,7 @@ let package = Package(
 
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
-        .testTarget(name: "MVCCTests", dependencies: ["MVCC", "Storage"]),
+        .testTarget(name: "MVCCTests", dependencies: ["MVCC", "Storage", "Raft"]),
 
         // etcd-compatible configuration: flags, ETCD_* environment, YAML file, member IDs.
         .target(name: "EtcdConfig", dependencies: [

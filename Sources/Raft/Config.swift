@@ -69,13 +69,14 @@ public struct RaftConfig: Sendable, Equatable {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator for election timeouts.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
+/// SplitMix64: a tiny deterministic generator. The core draws its randomized election
+/// timeouts from it; seeded tests across the package use it too, so a printed seed replays.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
 
-    init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { state = seed }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

@@ -1,3 +1,4 @@
+import Raft
 import Testing
 @testable import MVCC
 
@@ -6,7 +7,7 @@ import Testing
     /// sorted array; every lookup and random range scan must agree.
     @Test(arguments: modelSeeds(default: 2))
     func orderedKeyMapMatchesSortedArray(seed: UInt64) {
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var map = OrderedKeyMap()
         var ref = Set<[UInt8]>()
         func randomKey() -> [UInt8] {

@@ -1,3 +1,4 @@
+import Raft
 import Testing
 
 @testable import MVCC
@@ -263,7 +264,7 @@ import Testing
     }
 
     @Test func spreadKeepsOrderAndCapsEveryWindow() {
-        var rng = LeaseTestRandom(seed: 99)
+        var rng = SplitMix64(seed: 99)
         let second: Int64 = 1_000_000_000
         var expiries = (0..<3000).map { i in (expiry: Int64.random(in: 0..<(20 * second), using: &rng), id: Int64(i)) }
         expiries.sort { $0.expiry < $1.expiry }

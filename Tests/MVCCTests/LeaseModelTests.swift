@@ -1,4 +1,5 @@
 import Foundation
+import Raft
 import Testing
 
 @testable import MVCC
@@ -46,7 +47,7 @@ struct LeaseModelRun {
         minTTL: 2, checkpointInterval: .seconds(5), expiredRetryInterval: .seconds(3), revokeRate: 1_000_000)
     static let keySpace = (0..<10).map { leaseKey("k\($0)") }
 
-    var rng: LeaseTestRandom
+    var rng: SplitMix64
     let clock = ManualLeaseClock(start: .seconds(100))
     let persistence = InMemoryLeasePersistence()
     let store = FakeLeasedKeys()
@@ -72,7 +73,7 @@ struct LeaseModelRun {
     }
 
     init(seed: UInt64) throws {
-        rng = LeaseTestRandom(seed: seed)
+        rng = SplitMix64(seed: seed)
         lessor = try Lessor(config: Self.config, clock: clock, persistence: persistence, keyDeleter: store)
     }
 

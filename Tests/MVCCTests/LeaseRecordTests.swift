@@ -1,3 +1,4 @@
+import Raft
 import Testing
 
 @testable import MVCC
@@ -14,7 +15,7 @@ import Testing
     }
 
     @Test func roundTripsRandomRecords() throws {
-        var rng = LeaseTestRandom(seed: 7)
+        var rng = SplitMix64(seed: 7)
         for _ in 0..<500 {
             let record = PersistedLease(
                 id: Int64.random(in: Int64.min...Int64.max, using: &rng),
@@ -46,7 +47,7 @@ import Testing
             #expect(throws: LeaseError.self) { try PersistedLease(decoding: bytes) }
         }
         // Random garbage never crashes: it decodes or throws.
-        var rng = LeaseTestRandom(seed: 11)
+        var rng = SplitMix64(seed: 11)
         for _ in 0..<2000 {
             let bytes = (0..<Int.random(in: 0..<24, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             _ = try? PersistedLease(decoding: bytes)
@@ -76,7 +77,7 @@ import Testing
 
 @Suite struct LeaseDeadlineQueueTests {
     @Test func popsInDeadlineThenIDOrder() {
-        var rng = LeaseTestRandom(seed: 3)
+        var rng = SplitMix64(seed: 3)
         var queue = LeaseDeadlineQueue()
         var pushed: [LeaseDeadlineQueue.Entry] = []
         for _ in 0..<1000 {

@@ -1,18 +1,7 @@
+import Raft
 import Foundation
 @testable import MVCC
 
-/// A small seeded generator (SplitMix64) so every randomized run can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Seeds for randomized tests: `MVCC_MODEL_SEEDS` (count) and `MVCC_MODEL_SEED` (first).
 func modelSeeds(default count: Int) -> [UInt64] {
@@ -228,7 +217,7 @@ enum ModelOp: CustomStringConvertible {
 }
 
 struct OpGenerator {
-    var rng: SeededRandom
+    var rng: SplitMix64
     let keys = ["a", "ab", "abc", "b", "ba", "c", "d", "e", "f/1", "f/2", "f/3"]
 
     mutating func key() -> [UInt8] { b(keys.randomElement(using: &rng)!) }

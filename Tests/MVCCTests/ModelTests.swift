@@ -1,5 +1,6 @@
 import Foundation
 import Storage
+import Raft
 import Testing
 @testable import MVCC
 
@@ -9,7 +10,7 @@ import Testing
     @Test(arguments: modelSeeds(default: 6))
     func keyspaceMatchesModelAcrossRestarts(seed: UInt64) throws {
         let steps = modelSteps(default: 400)
-        var gen = OpGenerator(rng: SeededRandom(seed: seed))
+        var gen = OpGenerator(rng: SplitMix64(seed: seed))
         let model = Model()
         let d1 = StoreDir(), d2 = StoreDir()
         var o = MVCCStore.Options()
@@ -51,7 +52,7 @@ import Testing
     @Test(arguments: modelSeeds(default: 6))
     func watchStreamsDeliverEveryEventOnceInOrder(seed: UInt64) throws {
         let steps = modelSteps(default: 400)
-        var gen = OpGenerator(rng: SeededRandom(seed: seed))
+        var gen = OpGenerator(rng: SplitMix64(seed: seed))
         let model = Model()
         let dir = StoreDir()
         var o = MVCCStore.Options()
@@ -174,7 +175,7 @@ import Testing
     /// batch tells which log entries to replay, and replaying them restores the history.
     @Test(arguments: modelSeeds(default: 4))
     func crashLosesUncommittedBatchAndReplayRestoresIt(seed: UInt64) throws {
-        var gen = OpGenerator(rng: SeededRandom(seed: seed))
+        var gen = OpGenerator(rng: SplitMix64(seed: seed))
         let planner = Model()
         var log: [ModelOp] = []   // the "WAL": entry i + 1 is log[i]
         for _ in 0..<modelSteps(default: 300) {

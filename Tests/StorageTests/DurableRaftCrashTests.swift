@@ -33,7 +33,7 @@ import Testing
 
     @Test(arguments: drSeeds("DURABLE_RAFT_CRASH_SEED", [11, 12, 13]))
     func crashAtRandomOffsets(seed: UInt64) throws {
-        var rng = SeededRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let tmp = try WALTempDir("draftcrash")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))

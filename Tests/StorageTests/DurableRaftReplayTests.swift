@@ -46,7 +46,7 @@ import Testing
 
     @Test(arguments: drSeeds("DURABLE_RAFT_REPLAY_SEED", [31, 32, 33]))
     func killDuringBackendBatchThenReplay(seed: UInt64) throws {
-        var rng = SeededRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let tmp = try WALTempDir("draftreplay")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))

@@ -173,7 +173,7 @@ final class DRCluster {
 }
 
 /// A payload of random length and bytes.
-func drPayload(_ rng: inout SeededRNG, max: Int = 300) -> [UInt8] {
+func drPayload(_ rng: inout SplitMix64, max: Int = 300) -> [UInt8] {
     walBytes(Int.random(in: 1...max, using: &rng), &rng)
 }
 

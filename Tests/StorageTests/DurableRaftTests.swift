@@ -29,7 +29,7 @@ import Testing
     /// rebuilds the same hard state, snapshot and log, and the restarted node carries on.
     @Test(arguments: drSeeds("DURABLE_RAFT_SEED", [1, 2]))
     func singleNodeRoundTrip(seed: UInt64) throws {
-        var rng = SeededRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
@@ -83,7 +83,7 @@ import Testing
     /// A durable follower that fell behind receives the leader's snapshot: it is saved (file,
     /// marker), survives a reopen, and the member can even take over leadership afterwards.
     @Test func followerInstallsSnapshotFromLeader() throws {
-        var rng = SeededRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
@@ -137,7 +137,7 @@ import Testing
     /// the new leader's snapshot, which ends before that tail. The stale entries stay in the
     /// WAL (before the marker), but recovery must not resurrect them behind the snapshot.
     @Test func staleTailBehindReceivedSnapshotIsNotResurrected() throws {
-        var rng = SeededRNG(seed: 9)
+        var rng = SplitMix64(seed: 9)
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
@@ -279,7 +279,7 @@ import Testing
     /// Once old segments are released, the WAL needs a snapshot; if every snapshot file is
     /// damaged, start-up fails naming them instead of starting from a partial log.
     @Test func releasedWALWithoutUsableSnapshotIsAnError() throws {
-        var rng = SeededRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))
@@ -308,7 +308,7 @@ import Testing
 
     /// An orphan snapshot file (saved, but the crash came before its WAL marker) is skipped.
     @Test func orphanSnapshotFileIsSkipped() throws {
-        var rng = SeededRNG(seed: 4)
+        var rng = SplitMix64(seed: 4)
         let tmp = try WALTempDir("draft")
         defer { tmp.cleanup() }
         let dd = DataDir(path: tmp.sub("data"))

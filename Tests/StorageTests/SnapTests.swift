@@ -1,4 +1,5 @@
 import Foundation
+import Raft
 import Testing
 @testable import Storage
 
@@ -51,7 +52,7 @@ import Testing
         let path = try s.save(StoredSnapshot(index: 5, term: 1, confState: [1], data: Array(repeating: 7, count: 100)))
         let name = FileIO.lastComponent(path)
         let good = try walFileBytes(path)
-        var rng = SeededRNG(seed: 3)
+        var rng = SplitMix64(seed: 3)
         for cut in [0, 10, 47, 52, good.count - 1] {
             try walWriteFile(path, Array(good[..<cut]))
             #expect(throws: SnapshotError.self) { try s.load(fileName: name) }

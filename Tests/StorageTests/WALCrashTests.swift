@@ -1,4 +1,5 @@
 import Foundation
+import Raft
 import Testing
 @testable import Storage
 
@@ -55,7 +56,7 @@ import Testing
     }
 
     func writeHistory(seed: UInt64, dir: String) throws -> History {
-        var rng = SeededRNG(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let wal = try WAL.create(directory: dir, metadata: meta, options: WALOptions(segmentSize: Self.segmentSize))
         let p0 = wal.tailPosition
         var batches: [Batch] = []
@@ -114,7 +115,7 @@ import Testing
             let seed = fixed ?? UInt64.random(in: 0...UInt64.max)
             let hdir = tmp.sub("h\(h)")
             let history = try writeHistory(seed: seed, dir: hdir)
-            var rng = SeededRNG(seed: seed ^ 0x5EED)
+            var rng = SplitMix64(seed: seed ^ 0x5EED)
             for t in 0..<trials {
                 let ok = try crashTrial(history, dir: tmp.sub("h\(h)-t\(t)"), rng: &rng,
                                         label: "WAL_CRASH_SEED=\(seed) trial \(t)", stats: &stats)
@@ -136,7 +137,7 @@ import Testing
         let tmp = try WALTempDir("crash-mid")
         defer { tmp.cleanup() }
         let history = try writeHistory(seed: seed, dir: tmp.sub("h"))
-        var rng = SeededRNG(seed: seed ^ 0xBAD)
+        var rng = SplitMix64(seed: seed ^ 0xBAD)
         let lastSeg = history.files.count - 1
         let candidates = history.records.indices.filter { i in
             history.records[i].pos.seg < lastSeg || (i + 1 < history.records.count && history.records[i + 1].pos.seg == lastSeg)
@@ -176,7 +177,7 @@ import Testing
         let tmp = try WALTempDir("crash-pages")
         defer { tmp.cleanup() }
         let dir = tmp.sub("wal")
-        var rng = SeededRNG(seed: 11)
+        var rng = SplitMix64(seed: 11)
         let wal = try WAL.create(directory: dir, metadata: meta, options: WALOptions(segmentSize: 1 << 20))
         let a = (1...3).map { WALEntry(index: $0, term: 1, data: walBytes(100, &rng)) }
         let b = (4...11).map { WALEntry(index: $0, term: 1, data: walBytes(3000, &rng)) }
@@ -213,7 +214,7 @@ import Testing
     }
 
     /// One simulated crash during a random batch; false after a recorded failure.
-    func crashTrial(_ h: History, dir: String, rng: inout SeededRNG, label: String, stats: inout Stats) throws -> Bool {
+    func crashTrial(_ h: History, dir: String, rng: inout SplitMix64, label: String, stats: inout Stats) throws -> Bool {
         let c = Int.random(in: 0..<h.batches.count, using: &rng)
         let prev = c == 0 ? h.start : h.batches[c - 1].end
         let seg = prev.seg

@@ -1,4 +1,5 @@
 import Foundation
+import Raft
 import Testing
 @testable import Storage
 
@@ -18,20 +19,8 @@ struct WALTempDir {
     func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// Deterministic generator (SplitMix64) so failures reproduce from a printed seed.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
-func walBytes(_ n: Int, _ rng: inout SeededRNG) -> [UInt8] {
+func walBytes(_ n: Int, _ rng: inout SplitMix64) -> [UInt8] {
     (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
 }
 

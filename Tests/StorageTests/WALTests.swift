@@ -1,4 +1,5 @@
 import Foundation
+import Raft
 import Testing
 @testable import Storage
 
@@ -306,7 +307,7 @@ import Testing
         defer { tmp.cleanup() }
         let dir = tmp.sub("wal")
         try FileIO.makeDirectory(dir)
-        var rng = SeededRNG(seed: 42)
+        var rng = SplitMix64(seed: 42)
         for _ in 0..<20 {
             let name = dir + "/0000000000000000-0000000000000000.wal"
             try walWriteFile(name, walBytes(Int.random(in: 0..<3000, using: &rng), &rng))
