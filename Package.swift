@@ -133,9 +133,17 @@ let package = Package(
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
         ]),
         // Run the built tool binaries; the dependencies make sure they are built first.
-        .testTarget(name: "ToolsTests", dependencies: ["swetcdutl", "SwetcdBench", "Storage", "MVCC"]),
+        .testTarget(name: "ToolsTests", dependencies: [
+            "swetcdutl", "SwetcdBench", "Storage", "MVCC", .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        // The deployment files (systemd unit, config example, Kubernetes manifests, tune.sh).
+        .testTarget(name: "PackagingTests", dependencies: [
+            "EtcdConfig", .product(name: "Yams", package: "Yams"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -57,6 +57,8 @@ public final class EtcdServer: Sendable {
     let electionTimeout: Duration
     let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let loopExited = Atomic<Bool>(false)
+    /// Uptime (DispatchTime nanoseconds) at the end of the Raft loop's last pass: its liveness.
+    let loopPassNanos = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()

@@ -84,6 +84,7 @@ extension EtcdServer {
                     try handleReady(try loop.node.ready())
                 }
                 _ = try backend.commitIfDue()
+                loopPassNanos.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
             } catch {
                 logger.critical("raft loop failed; stopping", metadata: ["error": "\(error)"])
                 break
