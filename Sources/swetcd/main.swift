@@ -84,6 +84,12 @@ let stopOnSignal = Task {
         return
     }
 }
+// A member removed from the cluster stops (it logged why when it applied its removal).
+let stopOnRemoval = Task {
+    await server.removal.wait()
+    server.closing.fire()
+    listener.stop()
+}
 var exitCode: Int32 = 0
 do {
     try await serving.value
@@ -92,5 +98,6 @@ do {
     exitCode = 1
 }
 stopOnSignal.cancel()
+stopOnRemoval.cancel()
 await server.stop()
 exit(exitCode)
