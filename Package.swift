@@ -121,7 +121,7 @@ let package = Package(
             "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
-        .testTarget(name: "E2ETests"),
+        .testTarget(name: "E2ETests", dependencies: ["Raft"]),
         // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
         .executableTarget(name: "swetcdutl", dependencies: [
             "Storage", "MVCC",
