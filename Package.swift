@@ -123,7 +123,7 @@ let package = Package(
             "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
-        .testTarget(name: "E2ETests"),
+        .testTarget(name: "E2ETests", dependencies: ["Raft"]),
         // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
         .executableTarget(name: "swetcdutl", dependencies: [
             "Storage", "MVCC", "Raft", "EtcdConfig",
@@ -136,9 +136,17 @@ let package = Package(
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
         ]),
         // Run the built tool binaries; the dependencies make sure they are built first.
-        .testTarget(name: "ToolsTests", dependencies: ["swetcdutl", "SwetcdBench", "Storage", "MVCC"]),
+        .testTarget(name: "ToolsTests", dependencies: [
+            "swetcdutl", "SwetcdBench", "Storage", "MVCC", .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        // The deployment files (systemd unit, config example, Kubernetes manifests, tune.sh).
+        .testTarget(name: "PackagingTests", dependencies: [
+            "EtcdConfig", .product(name: "Yams", package: "Yams"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -103,13 +103,6 @@ extension EtcdServer: MaintenanceBackend {
     }
 }
 
-extension EtcdServer: ClusterBackend {
-    public func memberList(linearizable: Bool) async throws -> [Etcdserverpb_Member] {
-        if linearizable { try await linearizableBarrier() }
-        return members()
-    }
-}
-
 extension EtcdServer: LockElectionBackend {
     public func nextEvents(key: [UInt8], rangeEnd: [UInt8], afterRevision: Int64) async throws -> [Mvccpb_Event] {
         let stream = makeWatchStream()
