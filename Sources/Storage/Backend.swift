@@ -50,6 +50,8 @@ public final class Backend: @unchecked Sendable {
         public var initialMapSize: Int = 1 << 30
         /// Let LMDB fsync at each batch commit.
         public var sync: Bool = true
+        /// Called after each batch is written to LMDB with how long the write took (metrics).
+        public var onCommit: (@Sendable (Duration) -> Void)?
         public init() {}
     }
 
@@ -219,6 +221,7 @@ public final class Backend: @unchecked Sendable {
     private func commitLocked() throws {
         guard pendingOps > 0 else { return }
         let e = try env()
+        let started = ContinuousClock.now
         while true {
             let rc = try writeBatch(e)
             if rc == MDB_SUCCESS { break }
@@ -235,6 +238,7 @@ public final class Backend: @unchecked Sendable {
         pendingOps = 0
         batchStarted = nil
         commits += 1
+        options.onCommit?(ContinuousClock.now - started)
     }
 
     /// One attempt to write the whole batch; returns LMDB's code (the txn is aborted on error).
