@@ -86,6 +86,7 @@ extension EtcdServer {
                     try handleReady(try loop.node.ready())
                 }
                 _ = try backend.commitIfDue()
+                loopPassNanos.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
             } catch {
                 logger.critical("raft loop failed; stopping", metadata: ["error": "\(error)"])
                 break
@@ -152,7 +153,9 @@ extension EtcdServer {
     }
 
     private func handleReady(_ rd: Ready) throws {
-        _ = try loop.storage.persist(rd)
+        let persistStart = ContinuousClock.now
+        let synced = try loop.storage.persist(rd)
+        if rd.mustSync && synced { metrics.walFsync(ContinuousClock.now - persistStart) }
         if !rd.messages.isEmpty { loop.transport?.send(rd.messages) }
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
@@ -206,6 +209,7 @@ extension EtcdServer {
             loop.leader = ss.lead
             loop.leaderEpoch &+= 1
             failPendingReads(EtcdError.leaderChanged)
+            if ss.lead != 0 { metrics.leaderChanged() }
             logger.info("leader changed", metadata: ["leader": "\(String(ss.lead, radix: 16))"])
         }
         let epoch = loop.leaderEpoch
@@ -250,7 +254,9 @@ extension EtcdServer {
         loop.lastLeaseHousekeeping = now
         guard status.withLock({ $0.isLeader }) else { return }
         autoPromoteLearners()
-        for id in lessor.expiredLeases() {
+        let expired = lessor.expiredLeases()
+        if !expired.isEmpty { metrics.leasesExpired(expired.count) }
+        for id in expired {
             var req = Swetcd_Internal_InternalRequest()
             var revoke = Etcdserverpb_LeaseRevokeRequest()
             revoke.id = id
