@@ -86,6 +86,31 @@ struct E2EMembershipTests {
         }
     }
 
+    /// --strict-reconfig-check (the default): with one of three members down, adding a voter or
+    /// removing a started one would leave too few started members for a quorum: refused.
+    @Test func strictReconfigCheckRefusesQuorumLoss() async throws {
+        try await Member.withCluster(3) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "k", "v").status == 0
+            }
+            let downID = try #require(ms[2].memberID)
+            try await ms[2].crash()
+            // m1's transport must have seen m3 go before the checks mean anything.
+            try await E2E.waitUntil("m1 lost its stream to m3", limit: .seconds(20)) {
+                (ms[0].child?.stderr ?? "").split(separator: "\n").contains {
+                    $0.contains("\"lost the stream to peer\"") && $0.contains("\"remote-peer-id\":\"\(downID)\"")
+                }
+            }
+            let add = try await ms[0].ctl("member", "add", "m4", "--peer-urls=http://127.0.0.1:\(try E2E.freePort())")
+            #expect(add.stderr.contains("etcdserver: re-configuration failed due to not enough started members"), "\(add.stderr)")
+            let remove = try await ms[0].ctl("member", "remove", try #require(ms[1].memberID))
+            #expect(remove.stderr.contains("etcdserver: re-configuration failed due to not enough started members"), "\(remove.stderr)")
+            #expect(try await ms[0].ctl("member", "list").lines.count == 3)
+            // A learner does not count: it may be added.
+            #expect(try await ms[0].ctl("member", "add", "l", "--learner", "--peer-urls=http://127.0.0.1:\(try E2E.freePort())").status == 0)
+        }
+    }
+
     /// --auto-promote-learners: a learner added to a one-member cluster becomes a voter by
     /// itself once it has caught up, and publishes its name.
     @Test func autoPromoteLearner() async throws {
