@@ -86,6 +86,31 @@ struct E2EMembershipTests {
         }
     }
 
+    /// --strict-reconfig-check (the default): with one of three members down, adding a voter or
+    /// removing a started one would leave too few started members for a quorum: refused.
+    @Test func strictReconfigCheckRefusesQuorumLoss() async throws {
+        try await Member.withCluster(3) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "k", "v").status == 0
+            }
+            let downID = try #require(ms[2].memberID)
+            try await ms[2].crash()
+            // m1's transport must have seen m3 go before the checks mean anything.
+            try await E2E.waitUntil("m1 lost its stream to m3", limit: .seconds(20)) {
+                (ms[0].child?.stderr ?? "").split(separator: "\n").contains {
+                    $0.contains("\"lost the stream to peer\"") && $0.contains("\"remote-peer-id\":\"\(downID)\"")
+                }
+            }
+            let add = try await ms[0].ctl("member", "add", "m4", "--peer-urls=http://127.0.0.1:\(try E2E.freePort())")
+            #expect(add.stderr.contains("etcdserver: re-configuration failed due to not enough started members"), "\(add.stderr)")
+            let remove = try await ms[0].ctl("member", "remove", try #require(ms[1].memberID))
+            #expect(remove.stderr.contains("etcdserver: re-configuration failed due to not enough started members"), "\(remove.stderr)")
+            #expect(try await ms[0].ctl("member", "list").lines.count == 3)
+            // A learner does not count: it may be added.
+            #expect(try await ms[0].ctl("member", "add", "l", "--learner", "--peer-urls=http://127.0.0.1:\(try E2E.freePort())").status == 0)
+        }
+    }
+
     /// --auto-promote-learners: a learner added to a one-member cluster becomes a voter by
     /// itself once it has caught up, and publishes its name.
     @Test func autoPromoteLearner() async throws {
@@ -102,8 +127,16 @@ struct E2EMembershipTests {
                     let lines = try await m1.ctl("member", "list").lines
                     return lines.count == 2 && lines.allSatisfy { $0.hasSuffix(", false") } && lines.contains { $0.contains(", m2, ") }
                 }
-                try await E2E.waitUntil("m2 accepts writes", limit: .seconds(20)) {
-                    try await m2.ctl("put", "k2", "v2").status == 0
+                var last = ""
+                do {
+                    try await E2E.waitUntil("m2 accepts writes", limit: .seconds(40)) {
+                        let r = try await m2.ctl("put", "k2", "v2")
+                        last = r.stderr
+                        return r.status == 0
+                    }
+                } catch {
+                    Issue.record("last put on m2: \(last); m1 member list: \(try await m1.ctl("member", "list").stdout)")
+                    throw error
                 }
             } catch {
                 Issue.record("m2 log tail: \((m2.child?.stderr ?? "").suffix(3000))")
@@ -114,8 +147,8 @@ struct E2EMembershipTests {
         }
     }
 
-    /// 3 → 5 (each added as a learner, started with `existing`, promoted) → 3 (two original
-    /// members removed, the leader among them when it is one) under a continuous write load:
+    /// 3 → 5 (each added as a learner, started with `existing`, promoted) → 3 (the leader
+    /// removed, then an original member) under a continuous write load:
     /// every acknowledged write is on the final members, and the longest interval in which no
     /// member reported a leader is measured (printed; bounded generously).
     @Test func scaleThreeToFiveAndBackUnderLoad() async throws {
@@ -157,7 +190,10 @@ struct E2EMembershipTests {
                     }
                     load.voters.withLock { $0.append(m) }
                 }
-                for old in [ms[0], ms[1]] {
+                // Shrink: first the current leader, then another original member.
+                let leader = try await M.leader(of: load.voters.withLock { $0 })
+                let second = try #require(ms.first { m in m !== leader && !added.contains { a in a === m } })
+                for old in [leader, second] {
                     let id = try #require(old.memberID)
                     load.voters.withLock { $0.removeAll { $0 === old } }
                     let via = load.voters.withLock { $0[0] }
@@ -181,13 +217,22 @@ struct E2EMembershipTests {
                 let acked = load.acked.withLock { $0 }
                 #expect(acked.count >= 10, "\(acked.count) writes acknowledged")
                 for m in final {
-                    try await E2E.waitUntil("\(m.name) has every acknowledged write", limit: .seconds(20)) {
-                        let keys = try await m.ctl("get", "load", "--prefix", "--keys-only").lines
-                        return Set(acked).isSubset(of: Set(keys))
+                    var missing: [String] = []
+                    var lastError = ""
+                    do {
+                        try await E2E.waitUntil("\(m.name) has every acknowledged write", limit: .seconds(30)) {
+                            let out = try await m.ctl("get", "load", "--prefix", "--keys-only")
+                            lastError = out.stderr
+                            missing = Array(Set(acked).subtracting(out.lines))
+                            return out.status == 0 && missing.isEmpty
+                        }
+                    } catch {
+                        Issue.record("\(m.name): missing \(missing.sorted()), last error \(lastError)")
+                        throw error
                     }
                 }
                 let gap = load.longestGap
-                print("scale 3→5→3: \(acked.count) acknowledged writes, \(load.samples) status polls, longest interval without a leader: \(gap.map { "\($0)" } ?? "none observed")")
+                print("scale 3→5→3: \(acked.count) acknowledged writes, \(load.samples) status polls (mean interval \(load.meanPollInterval.map { "\($0)" } ?? "-")), longest interval without a leader: \(gap.map { "\($0)" } ?? "none observed")")
                 #expect((gap ?? .zero) < .seconds(10))
             } catch {
                 writer.cancel()
@@ -208,8 +253,8 @@ final class LoadState: Sendable {
     let acked = Mutex<[String]>([])
     /// The members writes go to (and whose status is polled).
     let voters: Mutex<[Member]>
-    private let state = Mutex<(lastSeen: ContinuousClock.Instant?, missing: Bool, longest: Duration?, samples: Int)>(
-        (nil, false, nil, 0))
+    private let state = Mutex<(lastSeen: ContinuousClock.Instant?, missing: Bool, longest: Duration?, samples: Int,
+                               first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((nil, false, nil, 0, nil, nil))
 
     init(_ members: [Member]) { voters = Mutex(members) }
 
@@ -218,6 +263,8 @@ final class LoadState: Sendable {
         let now = ContinuousClock.now
         state.withLock { s in
             s.samples += 1
+            if s.first == nil { s.first = now }
+            s.last = now
             if hasLeader {
                 if s.missing, let last = s.lastSeen {
                     let gap = now - last
@@ -233,6 +280,13 @@ final class LoadState: Sendable {
 
     var longestGap: Duration? { state.withLock { $0.longest } }
     var samples: Int { state.withLock { $0.samples } }
+    /// The mean time between polls (the resolution of `longestGap`).
+    var meanPollInterval: Duration? {
+        state.withLock { s in
+            guard let f = s.first, let l = s.last, s.samples > 1 else { return nil }
+            return (l - f) / (s.samples - 1)
+        }
+    }
 }
 
 /// Membership helpers for the tests.

@@ -89,13 +89,14 @@ struct MembershipUnitTests {
             (MembershipChange(operation: .add, member: a), .addNode),
             (MembershipChange(operation: .add, member: l), .addLearnerNode),
             (MembershipChange(operation: .promote, member: l), .addNode),
-            (MembershipChange(operation: .update, member: l), .addLearnerNode),
+            (MembershipChange(operation: .update, member: l), .addNode),
             (MembershipChange(operation: .remove, member: b), .removeNode),
         ]
         for (change, type) in cases {
             let cc = change.confChange(requestID: 77)
             #expect(cc.type == type)
-            #expect(cc.nodeID == change.member.id)
+            // An update is a Raft no-op (node 0), so it never changes voter/learner status.
+            #expect(cc.nodeID == (change.operation == .update ? 0 : change.member.id))
             #expect(cc.id == 77)
             let back = try ConfChange(decoding: cc.encode())
             #expect(try MembershipChange.decode(back.context) == change)

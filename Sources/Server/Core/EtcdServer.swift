@@ -304,14 +304,10 @@ public final class EtcdServer: Sendable {
 
     /// Waits until this member has applied everything committed when the call began, as
     /// confirmed by the leader (ReadIndex): what a linearizable read must see.
+    /// A learner refuses it ("rpc not supported for learner").
     public func linearizableBarrier() async throws {
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
         try refuseOnLearner()
-        try await waitForLeader()
-        let id = ids.next()
-        readWaiters.register(id)
-        inbox.send(.read(id))
-        try await readWaiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        try await readBarrier()
     }
 
     /// Asks the Raft loop to hand leadership to `transferee` (returns at once).

@@ -74,10 +74,13 @@ struct MembershipChange: Sendable, Equatable, Codable {
     }
 
     /// The Raft conf change carrying this change; `requestID` lets the proposer find its result.
+    /// An update names node 0, which Raft skips: re-adding the member instead could undo a
+    /// promotion committed between the proposal and its apply.
     func confChange(requestID: UInt64) -> ConfChange {
         let type: ConfChangeType
         switch operation {
-        case .add, .update: type = member.isLearner ? .addLearnerNode : .addNode
+        case .add: type = member.isLearner ? .addLearnerNode : .addNode
+        case .update: return ConfChange(id: requestID, type: .addNode, nodeID: 0, context: encoded())
         case .promote: type = .addNode
         case .remove: type = .removeNode
         }
