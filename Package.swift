@@ -47,6 +47,8 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
         // `swift run -c release wal-bench`: fsynced WAL appends per second.
         .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
+        // `swift run -c release defrag-bench`: stalls seen by a writer and a reader during defrag.
+        .executableTarget(name: "defrag-bench", dependencies: ["Storage"], path: "Sources/DefragBench"),
 
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
@@ -121,11 +123,12 @@ let package = Package(
             "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
-        .testTarget(name: "E2ETests"),
+        .testTarget(name: "E2ETests", dependencies: ["Raft"]),
         // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
         .executableTarget(name: "swetcdutl", dependencies: [
-            "Storage", "MVCC",
+            "Storage", "MVCC", "Raft", "EtcdConfig",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "SwetcdBench", dependencies: [
             "EtcdProto",

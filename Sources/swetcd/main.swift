@@ -91,6 +91,12 @@ let stopOnSignal = Task {
         return
     }
 }
+// A member removed from the cluster stops (it logged why when it applied its removal).
+let stopOnRemoval = Task {
+    await server.removal.wait()
+    server.closing.fire()
+    listener.stop()
+}
 var exitCode: Int32 = 0
 do {
     try await serving.value
@@ -99,6 +105,7 @@ do {
     exitCode = 1
 }
 stopOnSignal.cancel()
+stopOnRemoval.cancel()
 systemd.stopping()
 await server.stop()
 systemd.finish()
