@@ -191,13 +191,30 @@ struct RestorePlan {
         local = me
     }
 
-    /// A member record in the backend's `members` bucket: the format the server writes at
-    /// bootstrap (Server/Core/Membership.swift): key = ID as 8 big-endian bytes, value = JSON
-    /// with sorted keys.
+    /// A member record in the backend's `members` bucket, the server's format
+    /// (Server/Core/Membership.swift, `MemberRecord`): key = ID as 8 big-endian bytes, value =
+    /// JSON with sorted keys. Keep the two in step.
     private struct MemberRecord: Encodable {
         var id: UInt64
         var name: String
         var peerURLs: [String]
+        var isLearner = false
+    }
+
+    /// The context of a membership conf-change entry, the server's `MembershipChange`.
+    private struct MembershipChange: Encodable {
+        var operation: String
+        var member: MemberRecord
+    }
+
+    private var records: [MemberRecord] {
+        cluster.members.sorted { $0.id < $1.id }.map { MemberRecord(id: $0.id, name: $0.name, peerURLs: $0.peerURLs.map(\.description)) }
+    }
+
+    private var encoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return encoder
     }
 
     struct Result { var revision: Int64; var compactRevision: Int64 }
@@ -219,10 +236,19 @@ struct RestorePlan {
         guard mkdir(temp, 0o700) == 0 else { throw ToolError("cannot create \(temp): \(String(cString: strerror(errno)))") }
         let dir = DataDir(path: temp)
 
-        // The Raft log: a new WAL for this member and the cluster's first configuration, as a
-        // new member's first start would write them.
+        // The Raft log: a new WAL for this member holding what a new cluster's first start
+        // writes (the server's bootstrap): one committed conf-change entry per member, term 1,
+        // so a member joining later learns the configuration from the log.
         let raft = try DurableRaftStorage.open(dir, newMember: WALMetadata(memberID: local.id, clusterID: cluster.clusterID))
-        try raft.bootstrap(ConfState(voters: cluster.members.map(\.id).sorted()))
+        var ready = Ready()
+        ready.entries = try records.enumerated().map { i, m in
+            let context = [UInt8](try encoder.encode(MembershipChange(operation: "add", member: m)))
+            let change = ConfChange(id: 0, type: .addNode, nodeID: m.id, context: context)
+            return Entry(term: 1, index: UInt64(i + 1), type: .confChange, data: change.encode())
+        }
+        ready.hardState = HardState(term: 1, vote: 0, commit: UInt64(records.count))
+        ready.mustSync = true
+        try raft.persist(ready)
         try raft.close()
 
         // The backend: the snapshot's db with the new membership and no applied index.
@@ -257,16 +283,13 @@ struct RestorePlan {
         do { revision = try MVCCStore(backend: backend).currentRevision } catch {
             throw ToolError("the snapshot's keyspace is damaged: \(error)")
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
         try backend.batch {
             for bucket in [BackendBucket.members, .membersRemoved] {
                 let keys = try backend.read { r in try r.range(bucket, from: [], to: nil).map(\.key) }
                 for k in keys { try backend.delete(bucket, key: k) }
             }
-            for m in cluster.members {
-                let record = MemberRecord(id: m.id, name: m.name, peerURLs: m.peerURLs.map(\.description))
-                try backend.put(.members, key: BigEndian.bytes(m.id), value: [UInt8](try encoder.encode(record)))
+            for m in records {
+                try backend.put(.members, key: BigEndian.bytes(m.id), value: [UInt8](try encoder.encode(m)))
             }
             // The new cluster's log starts at index 1: every entry of it must be applied.
             try backend.setConsistentIndex(0, term: 0)

@@ -167,6 +167,14 @@ import Glibc
             #expect(b.compactRevision == made.revision + 1000)
             #expect(b.keys == made.liveKeys)
             reports.append(report)
+            // The WAL holds the new cluster's bootstrap log: one committed conf-change entry
+            // per member, term 1 (as a new cluster's first start writes it).
+            let dump = try await Tools.run(util, ["wal", "dump", "--data-dir", target, "-w", "json"])
+            #expect(dump.status == 0, "\(dump.stderr)")
+            struct Line: Decodable { var type: String; var index: UInt64?; var term: UInt64? }
+            let lines = try dump.stdout.split(separator: "\n").map { try JSONDecoder().decode(Line.self, from: Data($0.utf8)) }
+            let entries = lines.filter { $0.type == "entry" }
+            #expect(entries.map(\.index) == [1, 2] && entries.allSatisfy { $0.term == 1 }, "\(dump.stdout)")
 
             var o = Backend.Options()
             o.sync = false
