@@ -40,10 +40,11 @@ public final class EtcdServer: Sendable {
     public let config: ServerConfig
 
     let logger: Logger
-    let store: MVCCStore
-    let lessor: Lessor
-    let backend: Backend
-    let bridge: LeaseBridge
+    /// Backend, keyspace, lessor and membership; replaced when a leader's snapshot is installed.
+    let machine: StateMachineHolder
+    var store: MVCCStore { machine.value.store }
+    var lessor: Lessor { machine.value.lessor }
+    var backend: Backend { machine.value.backend }
     let inbox: LoopInbox
     /// The peer transport and its listener (nil only in a failed start).
     let peers: PeerTransport
@@ -57,17 +58,18 @@ public final class EtcdServer: Sendable {
     let electionTimeout: Duration
     let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let loopExited = Atomic<Bool>(false)
+    /// Snapshots from the leader installed since start.
+    let snapshotsInstalled = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
-    /// Members of the bootstrap configuration (ID → name and peer URLs).
-    let initialMembers: [MemberRecord]
+    /// The members recorded in the backend (ID → name and peer URLs).
+    var initialMembers: [MemberRecord] { machine.value.members }
     /// Owned by the Raft loop thread only.
     nonisolated(unsafe) let loop: RaftLoopState
 
-    private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger, store: MVCCStore,
-                 lessor: Lessor, backend: Backend, bridge: LeaseBridge, loop: RaftLoopState,
-                 initialMembers: [MemberRecord], inbox: LoopInbox, peers: PeerTransport,
+    private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
+                 machine: StateMachineHolder, loop: RaftLoopState, inbox: LoopInbox, peers: PeerTransport,
                  peerServer: PeerServer) {
         self.inbox = inbox
         self.peers = peers
@@ -77,12 +79,8 @@ public final class EtcdServer: Sendable {
         self.name = config.name
         self.config = config
         self.logger = logger
-        self.store = store
-        self.lessor = lessor
-        self.backend = backend
-        self.bridge = bridge
+        self.machine = machine
         self.loop = loop
-        self.initialMembers = initialMembers
         ids = RequestIDGenerator(memberID: memberID)
         leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
         electionTimeout = .milliseconds(Int64(config.electionTimeoutMs))
@@ -125,24 +123,21 @@ public final class EtcdServer: Sendable {
         if cfg.backendBatchInterval > .zero { backendOptions.batchInterval = cfg.backendBatchInterval }
         if cfg.backendBatchLimit > 0 { backendOptions.batchLimit = Int(cfg.backendBatchLimit) }
         if cfg.unsafeNoFsync { backendOptions.sync = false }
+        let snapIndex = raftStorage.recovery.snapshot.metadata.index
+        // A snapshot from the leader whose backend file was not swapped in before a crash.
+        try SnapshotInstaller.recoverBackend(dataDir: dataDir, snapshotIndex: snapIndex, options: backendOptions, logger: logger)
         let backend = try Backend(path: dataDir.backendPath, options: backendOptions)
 
         let heartbeat = Duration.milliseconds(Int64(max(1, cfg.heartbeatIntervalMs)))
         let electionTicks = max(2, Int(cfg.electionTimeoutMs / max(1, cfg.heartbeatIntervalMs)))
         let lessorConfig = LessorConfig(minTTL: LessorConfig.minimumTTL(electionTicks: electionTicks, heartbeat: heartbeat))
-        let lessor = try Lessor(config: lessorConfig, persistence: BackendLeasePersistence(backend))
         var storeOptions = MVCCStore.Options()
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
-        let store = try MVCCStore(backend: backend, options: storeOptions)
-        let bridge = LeaseBridge(lessor: lessor)
-        bridge.store = store
-        store.setLeaseHooks(bridge)
-        lessor.setKeyDeleter(bridge)
-        try bridge.reattach()
+        let parts = ServerConfigParts(backend: backendOptions, lessor: lessorConfig, store: storeOptions)
+        var stateMachine = try StateMachine.open(backend, config: parts)
 
         let consistent = try backend.consistentIndex()
         let hs = raftStorage.recovery.hardState
-        let snapIndex = raftStorage.recovery.snapshot.metadata.index
         var raftConfig = RaftConfig(id: memberID)
         raftConfig.electionTick = electionTicks
         raftConfig.heartbeatTick = 1
@@ -157,13 +152,16 @@ public final class EtcdServer: Sendable {
                                  snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
                                  snapshotIndex: snapIndex, consistentIndex: consistent)
         // Membership: recorded at bootstrap, read back on restart (--initial-* are ignored then).
-        var members = try MembershipStore.load(from: backend)
+        var members = stateMachine.members
         if isNew || members.isEmpty {
             members = loaded.initialCluster.members.map(MemberRecord.init)
             try MembershipStore.save(members, in: backend)
+            stateMachine.members = members
         }
+        let machine = StateMachineHolder(stateMachine, parts: parts)
+        machine.attributes.withLock { $0 = (try? MemberAttributesStore.load(from: backend)) ?? [:] }
         let inbox = LoopInbox()
-        let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
+        let transportBridge = TransportBridge(inbox: inbox, machine: machine, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
                                       delegate: transportBridge, snapshots: transportBridge, logger: logger)
         for m in members where m.id != memberID {
@@ -172,17 +170,17 @@ public final class EtcdServer: Sendable {
         loop.transport = transport
         let peerServer = PeerServer(logger: logger)
         do {
-            try await peerServer.start(urls: cfg.listenPeerURLs, services: [transport.makeService()])
+            try await peerServer.start(urls: cfg.listenPeerURLs, services: [transport.makeService(), transport.makeLeaseService()])
         } catch {
             try? backend.close()
             try? raftStorage.close()
             throw ServerStartError("cannot listen on the peer URLs \(cfg.listenPeerURLs.map(\.description)): \(error)")
         }
         await transport.start()
-        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
-                                lessor: lessor, backend: backend, bridge: bridge, loop: loop,
-                                initialMembers: members, inbox: inbox, peers: transport,
+        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
+                                machine: machine, loop: loop, inbox: inbox, peers: transport,
                                 peerServer: peerServer)
+        transport.setLeaseHandler(server)
         server.status.withLock {
             $0.applied = raftConfig.applied
             $0.committed = hs.commit
@@ -194,18 +192,22 @@ public final class EtcdServer: Sendable {
             "commit-index": "\(hs.commit)", "snapshot-index": "\(snapIndex)",
         ])
         server.startLoopThread()
-        let watchTask = store.runWatchLoop()
+        machine.restartWatchLoop()
         // Watches created with progress_notify get an empty response every interval (etcd:
         // --experimental-watch-progress-notify-interval, 10 minutes).
         let interval = cfg.watchProgressNotifyInterval > .zero ? cfg.watchProgressNotifyInterval : .seconds(600)
-        let progressTask = Task { [store] in
+        let progressTask = Task { [machine] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
                 if Task.isCancelled { break }
-                store.notifyProgress()
+                machine.value.store.notifyProgress()
             }
         }
-        server.backgroundTasks.withLock { $0.append(contentsOf: [watchTask, progressTask]) }
+        let publishTask = Task { [weak server] in
+            guard let server else { return }
+            await server.publishAttributes()
+        }
+        server.backgroundTasks.withLock { $0.append(contentsOf: [progressTask, publishTask]) }
         // A single voter campaigns at once instead of waiting out an election timeout.
         if (try? raftStorage.raftStorage.initialState().1.voters) == [memberID] {
             server.inbox.send(.campaign)
@@ -314,6 +316,7 @@ public final class EtcdServer: Sendable {
             if exited { c.resume() }
         }
         for t in backgroundTasks.withLock({ $0 }) { t.cancel() }
+        machine.stopWatchLoop()
         await peers.stop()
         await peerServer.stop()
         waiters.failAll(EtcdError.stopped)

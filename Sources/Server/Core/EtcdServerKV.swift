@@ -122,9 +122,31 @@ extension EtcdServer {
         return resp
     }
 
-    /// One keep-alive: renews on the leader and returns the new TTL.
+    /// One keep-alive: renews on the leader (a follower forwards it there) and returns the
+    /// new TTL.
     public func leaseRenew(_ id: Int64) async throws -> Etcdserverpb_LeaseKeepAliveResponse {
-        try await waitForLeader()
+        let ttl = try await onLeader(
+            local: { try renewLocally(id) },
+            forward: { leader, timeout in try await peers.forwardLeaseRenew(id, to: leader, timeout: timeout) })
+        var resp = Etcdserverpb_LeaseKeepAliveResponse()
+        resp.header = header()
+        resp.id = id
+        resp.ttl = ttl
+        return resp
+    }
+
+    /// LeaseTimeToLive as the leader sees it (a follower asks the leader); an unknown lease
+    /// answers TTL -1, as etcd.
+    public func leaseTimeToLive(_ r: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        var resp = try await onLeader(
+            local: { try await timeToLiveLocally(r) },
+            forward: { leader, timeout in try await peers.forwardLeaseTimeToLive(r, to: leader, timeout: timeout) })
+        resp.header = header()
+        return resp
+    }
+
+    /// Renews on this member, which must be the leader.
+    func renewLocally(_ id: Int64) throws -> Int64 {
         guard isLeader else { throw EtcdError.notLeader }
         do {
             let renewal = try lessor.renew(id: id)
@@ -133,18 +155,15 @@ extension EtcdServer {
                 req.leaseCheckpoint = Self.checkpointRequest([clear])
                 proposeDetached(req)
             }
-            var resp = Etcdserverpb_LeaseKeepAliveResponse()
-            resp.header = header()
-            resp.id = id
-            resp.ttl = renewal.ttl
-            return resp
+            return renewal.ttl
         } catch {
             throw EtcdError.from(error)
         }
     }
 
-    /// LeaseTimeToLive on the leader; an unknown lease answers TTL -1, as etcd.
-    public func leaseTimeToLive(_ r: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+    /// Time to live from this member's lessor (after a read barrier), which must be the leader.
+    func timeToLiveLocally(_ r: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        guard isLeader else { throw EtcdError.notLeader }
         try await linearizableBarrier()
         var resp = Etcdserverpb_LeaseTimeToLiveResponse()
         resp.id = r.id
@@ -160,6 +179,30 @@ extension EtcdServer {
         }
         resp.header = header()
         return resp
+    }
+
+    /// Runs `local` when this member leads, else `forward` to the leader; retries (every 50 ms)
+    /// while the leader is unreachable or changes, for at most the request timeout, as etcd.
+    /// No leader within two election timeouts: "etcdserver: no leader".
+    func onLeader<T: Sendable>(local: () async throws -> T,
+                               forward: (UInt64, Duration) async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + requestTimeout
+        while true {
+            try await waitForLeader()
+            let leader = leaderID
+            do {
+                if leader == memberID { return try await local() }
+                return try await forward(leader, max(.milliseconds(100), deadline - .now))
+            } catch let e as EtcdError where e != .notLeader && e != .stopped && e.code != .unavailable {
+                throw e
+            } catch let e as EtcdError where e == .stopped {
+                throw e
+            } catch {
+                if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+            }
+            if ContinuousClock.now >= deadline { throw EtcdError.timeout }
+            try await Task.sleep(for: .milliseconds(50))
+        }
     }
 
     /// LeaseLeases: every granted lease.
@@ -178,18 +221,27 @@ extension EtcdServer {
     // MARK: Watch
 
     /// A new watch stream on the keyspace (the Watch service drives it).
-    public func makeWatchStream() -> WatchStream { store.makeWatchStream() }
+    public func makeWatchStream() -> ServerWatchStream {
+        let stream = ServerWatchStream(store: store, registry: machine.watchStreams)
+        machine.watchStreams.add(stream)
+        return stream
+    }
 }
 
 extension EtcdServer {
-    /// The members as this member knows them: the bootstrap configuration (recorded in the
-    /// backend), with client URLs known only for this member (others' are not published yet).
+    /// The members as this member knows them (recorded in the backend), with the name and
+    /// client URLs each member published through the log (this member's own always current).
     public func members() -> [Etcdserverpb_Member] {
-        initialMembers.map { m in
+        let published = machine.attributes.withLock { $0 }
+        return initialMembers.map { m in
             var out = Etcdserverpb_Member()
             out.id = m.id
             out.name = m.name
             out.peerUrls = m.peerURLs
+            if let a = published[m.id] {
+                if !a.name.isEmpty { out.name = a.name }
+                out.clientUrls = a.clientURLs
+            }
             if m.id == memberID { out.clientUrls = config.advertiseClientURLs.map(\.description) }
             return out
         }
