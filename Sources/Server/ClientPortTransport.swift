@@ -73,7 +73,7 @@ public struct ClientPortConfiguration: Sendable {
 ///     let address = try await transport.listeningAddress
 /// }
 /// ```
-public struct ClientPortTransport: ServerTransport {
+public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     public typealias Bytes = GRPCNIOTransportBytes
 
     private let underlying: HTTP2ServerTransport.Custom<ClientPortListener>

@@ -14,9 +14,7 @@ extension EtcdServer {
         defer { loop.appliedIndex = max(loop.appliedIndex, entry.index) }
         switch entry.type {
         case .confChange:
-            let cc = try ConfChange(decoding: entry.data)
-            loop.confState = try loop.node.applyConfChange(cc)
-            try markApplied(entry)
+            try applyConfChangeEntry(try ConfChange(decoding: entry.data), entry: entry)
         case .confChangeV2:
             let cc = try ConfChangeV2(decoding: entry.data)
             loop.confState = try loop.node.applyConfChange(cc)

@@ -2,6 +2,7 @@ import EtcdProto
 import Foundation
 public import GRPCCore
 import MVCC
+import Storage
 
 // The server side of Maintenance, Cluster, Lock, Election and the health checks, plus the
 // services and HTTP routes built on them (the API layer's entry points for the listener).
@@ -64,6 +65,28 @@ extension EtcdServer: MaintenanceBackend {
         }
     }
 
+    /// Defragments this member's backend (as etcd: on this member only, not through Raft).
+    /// Unlike etcd, reads and writes go on during the copy; they wait only for the short final
+    /// swap (see `Backend.defragment()`). The blocking work runs on its own thread.
+    public func defragment() async throws {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        let backend = self.backend
+        let logger = self.logger
+        logger.info("defragmenting", metadata: ["path": "\(backend.path)"])
+        let result: DefragmentResult = try await withCheckedThrowingContinuation { c in
+            let thread = Thread {
+                do { c.resume(returning: try backend.defragment()) } catch { c.resume(throwing: error) }
+            }
+            thread.name = "swetcd-defrag"
+            thread.start()
+        }
+        logger.info("defragmented", metadata: [
+            "size-before": "\(result.sizeBefore)", "size-after": "\(result.sizeAfter)",
+            "copy-ms": "\(milliseconds(result.copyDuration))", "pause-ms": "\(milliseconds(result.pause))",
+            "replayed-batches": "\(result.replayedBatches)", "took-ms": "\(milliseconds(result.total))",
+        ])
+    }
+
     public func moveLeader(to target: UInt64) async throws {
         guard isLeader else { throw EtcdError.notLeader }
         guard target != memberID, members().contains(where: { $0.id == target }) else {
@@ -77,13 +100,6 @@ extension EtcdServer: MaintenanceBackend {
             }
             try await Task.sleep(for: .milliseconds(10))
         }
-    }
-}
-
-extension EtcdServer: ClusterBackend {
-    public func memberList(linearizable: Bool) async throws -> [Etcdserverpb_Member] {
-        if linearizable { try await linearizableBarrier() }
-        return members()
     }
 }
 
@@ -177,4 +193,10 @@ extension EtcdServer {
         s.watchers = store.watcherCounts.synced + store.watcherCounts.unsynced + store.watcherCounts.victims
         return s
     }
+}
+
+/// `d` in milliseconds with one decimal, for logs.
+private func milliseconds(_ d: Duration) -> String {
+    let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+    return String(format: "%.1f", ms)
 }

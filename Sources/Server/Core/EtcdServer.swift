@@ -40,7 +40,7 @@ public final class EtcdServer: Sendable {
     public let config: ServerConfig
 
     let logger: Logger
-    /// Backend, keyspace, lessor and membership; replaced when a leader's snapshot is installed.
+    /// Backend, keyspace and lessor; replaced when a leader's snapshot is installed.
     let machine: StateMachineHolder
     var store: MVCCStore { machine.value.store }
     var lessor: Lessor { machine.value.lessor }
@@ -60,16 +60,21 @@ public final class EtcdServer: Sendable {
     let loopExited = Atomic<Bool>(false)
     /// Snapshots from the leader installed since start.
     let snapshotsInstalled = Atomic<UInt64>(0)
+    /// Uptime (DispatchTime nanoseconds) at the end of the Raft loop's last pass: its liveness.
+    let loopPassNanos = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
-    /// The members recorded in the backend (ID → name and peer URLs).
-    var initialMembers: [MemberRecord] { machine.value.members }
+    /// The member list (changed by applied conf changes).
+    let membership: ClusterMembership
+    /// Fired when this member applies its own removal: the process should stop.
+    public let removal = ShutdownSignal()
     /// Owned by the Raft loop thread only.
     nonisolated(unsafe) let loop: RaftLoopState
 
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
-                 machine: StateMachineHolder, loop: RaftLoopState, inbox: LoopInbox, peers: PeerTransport,
+                 machine: StateMachineHolder, loop: RaftLoopState,
+                 membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
                  peerServer: PeerServer) {
         self.inbox = inbox
         self.peers = peers
@@ -81,6 +86,7 @@ public final class EtcdServer: Sendable {
         self.logger = logger
         self.machine = machine
         self.loop = loop
+        self.membership = membership
         ids = RequestIDGenerator(memberID: memberID)
         leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
         electionTimeout = .milliseconds(Int64(config.electionTimeoutMs))
@@ -98,14 +104,19 @@ public final class EtcdServer: Sendable {
             throw ServerStartError("data directory \(dataDir.path) was not written by swetcd (\(reason)); refusing to use or modify it")
         }
         var newMember = WALMetadata(memberID: 0, clusterID: 0)
+        // Joining a running cluster: the membership read from its members' peer URLs.
+        var joined: RemoteMembership.Found?
         if found == .empty {
             guard let local = loaded.initialCluster.member(named: cfg.name) else {
                 throw ServerStartError("--initial-cluster has no member named \"\(cfg.name)\"")
             }
-            guard cfg.initialClusterState == "new" else {
-                throw ServerStartError("--initial-cluster-state=existing (joining a running cluster) is not supported yet")
+            if cfg.initialClusterState == "existing" {
+                let (remote, id) = try await joinExisting(loaded, local: local, logger: logger)
+                joined = remote
+                newMember = WALMetadata(memberID: id, clusterID: remote.clusterID)
+            } else {
+                newMember = WALMetadata(memberID: local.id, clusterID: loaded.initialCluster.clusterID)
             }
-            newMember = WALMetadata(memberID: local.id, clusterID: loaded.initialCluster.clusterID)
         }
         var walOptions = WALOptions()
         walOptions.maxSegmentFiles = Int(cfg.maxWALs)
@@ -113,8 +124,8 @@ public final class EtcdServer: Sendable {
             dataDir, newMember: newMember,
             options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(cfg.maxSnapshots)))
         let isNew = raftStorage.recovery.isNew
-        if isNew {
-            try raftStorage.bootstrap(ConfState(voters: loaded.initialCluster.members.map(\.id).sorted()))
+        if isNew && joined == nil {
+            try bootstrapLog(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
         }
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID
@@ -134,7 +145,8 @@ public final class EtcdServer: Sendable {
         var storeOptions = MVCCStore.Options()
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
         let parts = ServerConfigParts(backend: backendOptions, lessor: lessorConfig, store: storeOptions)
-        var stateMachine = try StateMachine.open(backend, config: parts)
+        let machine = StateMachineHolder(try StateMachine.open(backend, config: parts), parts: parts)
+        machine.attributes.withLock { $0 = (try? MemberAttributesStore.load(from: backend)) ?? [:] }
 
         let consistent = try backend.consistentIndex()
         let hs = raftStorage.recovery.hardState
@@ -152,14 +164,17 @@ public final class EtcdServer: Sendable {
                                  snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
                                  snapshotIndex: snapIndex, consistentIndex: consistent)
         // Membership: recorded at bootstrap, read back on restart (--initial-* are ignored then).
-        var members = stateMachine.members
-        if isNew || members.isEmpty {
-            members = loaded.initialCluster.members.map(MemberRecord.init)
-            try MembershipStore.save(members, in: backend)
-            stateMachine.members = members
+        var members = try MembershipStore.load(from: backend)
+        let removed = try MembershipStore.loadRemoved(from: backend)
+        if removed.contains(memberID) {
+            try? backend.close()
+            try? raftStorage.close()
+            throw ServerStartError("the member has been permanently removed from the cluster (member \(MemberIdentity.hex(memberID)), data directory \(dataDir.path)); start it with a new, empty data directory after adding it again")
         }
-        let machine = StateMachineHolder(stateMachine, parts: parts)
-        machine.attributes.withLock { $0 = (try? MemberAttributesStore.load(from: backend)) ?? [:] }
+        if isNew || members.isEmpty {
+            members = joined?.members ?? loaded.initialCluster.members.map(MemberRecord.init)
+            try MembershipStore.save(members, in: backend)
+        }
         let inbox = LoopInbox()
         let transportBridge = TransportBridge(inbox: inbox, machine: machine, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
@@ -169,22 +184,28 @@ public final class EtcdServer: Sendable {
         }
         loop.transport = transport
         let peerServer = PeerServer(logger: logger)
+        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
+                                machine: machine, loop: loop,
+                                membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
+                                peers: transport, peerServer: peerServer)
         do {
-            try await peerServer.start(urls: cfg.listenPeerURLs, services: [transport.makeService(), transport.makeLeaseService()])
+            try await peerServer.start(urls: cfg.listenPeerURLs,
+                                       services: [transport.makeService(), ClusterService(backend: server, peerFacing: true),
+                                                  transport.makeLeaseService()])
         } catch {
             try? backend.close()
             try? raftStorage.close()
             throw ServerStartError("cannot listen on the peer URLs \(cfg.listenPeerURLs.map(\.description)): \(error)")
         }
         await transport.start()
-        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
-                                machine: machine, loop: loop, inbox: inbox, peers: transport,
-                                peerServer: peerServer)
         transport.setLeaseHandler(server)
+        let joinedAsLearner = joined?.members.first(where: { m in m.id == memberID })?.isLearner ?? false
         server.status.withLock {
             $0.applied = raftConfig.applied
             $0.committed = hs.commit
             $0.term = hs.term
+            // A joining learner is one from the start (etcd: it has the remote membership).
+            $0.isLearner = joinedAsLearner
         }
         logger.info("starting member", metadata: [
             "member-id": "\(MemberIdentity.hex(memberID))", "cluster-id": "\(MemberIdentity.hex(clusterID))",
@@ -207,11 +228,10 @@ public final class EtcdServer: Sendable {
             guard let server else { return }
             await server.publishAttributes()
         }
-        server.backgroundTasks.withLock { $0.append(contentsOf: [progressTask, publishTask]) }
-        // A single voter campaigns at once instead of waiting out an election timeout.
-        if (try? raftStorage.raftStorage.initialState().1.voters) == [memberID] {
-            server.inbox.send(.campaign)
-        }
+        server.backgroundTasks.withLock { $0.append(contentsOf: [progressTask, server.publishNameWhenJoined(), publishTask]) }
+        // A single voter campaigns at once instead of waiting out an election timeout (once
+        // its configuration is applied).
+        if joined == nil { server.inbox.send(.campaign) }
         return server
     }
 
@@ -258,6 +278,7 @@ public final class EtcdServer: Sendable {
     /// Proposes `request` and waits for its apply result.
     func propose(_ request: Swetcd_Internal_InternalRequest) async throws -> ApplyResult {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try refuseOnLearner()
         try await waitForLeader()
         var req = request
         let id = ids.next()
@@ -279,6 +300,7 @@ public final class EtcdServer: Sendable {
     /// confirmed by the leader (ReadIndex): what a linearizable read must see.
     public func linearizableBarrier() async throws {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try refuseOnLearner()
         try await waitForLeader()
         let id = ids.next()
         readWaiters.register(id)

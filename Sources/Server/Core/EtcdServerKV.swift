@@ -125,6 +125,7 @@ extension EtcdServer {
     /// One keep-alive: renews on the leader (a follower forwards it there) and returns the
     /// new TTL.
     public func leaseRenew(_ id: Int64) async throws -> Etcdserverpb_LeaseKeepAliveResponse {
+        try refuseOnLearner()
         let ttl = try await onLeader(
             local: { try renewLocally(id) },
             forward: { leader, timeout in try await peers.forwardLeaseRenew(id, to: leader, timeout: timeout) })
@@ -225,25 +226,5 @@ extension EtcdServer {
         let stream = ServerWatchStream(store: store, registry: machine.watchStreams)
         machine.watchStreams.add(stream)
         return stream
-    }
-}
-
-extension EtcdServer {
-    /// The members as this member knows them (recorded in the backend), with the name and
-    /// client URLs each member published through the log (this member's own always current).
-    public func members() -> [Etcdserverpb_Member] {
-        let published = machine.attributes.withLock { $0 }
-        return initialMembers.map { m in
-            var out = Etcdserverpb_Member()
-            out.id = m.id
-            out.name = m.name
-            out.peerUrls = m.peerURLs
-            if let a = published[m.id] {
-                if !a.name.isEmpty { out.name = a.name }
-                out.clientUrls = a.clientURLs
-            }
-            if m.id == memberID { out.clientUrls = config.advertiseClientURLs.map(\.description) }
-            return out
-        }
     }
 }

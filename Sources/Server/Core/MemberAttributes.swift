@@ -84,12 +84,9 @@ extension EtcdServer {
         let attrs = PublishedAttributes(name: a.name, clientURLs: a.clientUrls)
         guard try MemberAttributesStore.save(attrs, for: a.memberID, in: backend) else { return }
         machine.attributes.withLock { $0[a.memberID] = attrs }
-        if !a.name.isEmpty {
-            machine.setMembers(initialMembers.map { m in
-                var m = m
-                if m.id == a.memberID { m.name = a.name }
-                return m
-            })
+        if !a.name.isEmpty, var m = membership.member(a.memberID), m.name != a.name {
+            m.name = a.name
+            membership.apply(MembershipChange(operation: .update, member: m))
         }
     }
 }

@@ -127,17 +127,13 @@ extension EtcdServer {
 
         try SnapshotInstaller.swapIn(file, as: dataDir.backendPath)
         let backend = try Backend(path: dataDir.backendPath, options: parts.backend)
-        let opened = try StateMachine.open(backend, config: parts)
-        var replacement = opened
-        if replacement.members.isEmpty { replacement.members = old.members }
+        let replacement = try StateMachine.open(backend, config: parts)
         _ = machine.replace(with: replacement)
         machine.attributes.withLock { $0 = (try? MemberAttributesStore.load(from: backend)) ?? [:] }
         machine.restartWatchLoop()
         for stream in machine.watchStreams.all { stream.rebind(to: replacement.store) }
         if status.withLock({ $0.isLeader }) { replacement.lessor.promote(extension: electionTimeout) }
-        for m in replacement.members where m.id != memberID {
-            peers.addPeer(m.id, urls: m.endpoints)
-        }
+        try adoptMembership(from: backend)
         loop.consistentIndex = fresh
         loop.snapshotIndex = max(loop.snapshotIndex, index)
         // Older received files are of no use now.
@@ -146,5 +142,26 @@ extension EtcdServer {
         logger.info("installed snapshot from the leader", metadata: [
             "snapshot-index": "\(index)", "consistent-index": "\(fresh)", "revision": "\(replacement.store.currentRevision)",
         ])
+    }
+
+    /// Makes the member list and the peer transport match the membership recorded in a newly
+    /// installed backend.
+    private func adoptMembership(from backend: Backend) throws {
+        let members = try MembershipStore.load(from: backend)
+        guard !members.isEmpty else { return }
+        let removed = try MembershipStore.loadRemoved(from: backend)
+        let known = Set(members.map(\.id))
+        for m in membership.members where !known.contains(m.id) {
+            membership.apply(MembershipChange(operation: .remove, member: m))
+            if m.id != memberID { peers.removePeer(m.id) }
+        }
+        for id in removed where membership.member(id) != nil || !membership.removed.contains(id) {
+            membership.apply(MembershipChange(operation: .remove, member: MemberRecord(id: id, name: "", peerURLs: [])))
+            if id != memberID { peers.removePeer(id) }
+        }
+        for m in members {
+            membership.apply(MembershipChange(operation: .add, member: m))
+            if m.id != memberID { peers.addPeer(m.id, urls: m.endpoints) }
+        }
     }
 }

@@ -5,14 +5,12 @@ import Storage
 import Synchronization
 
 /// The state machine's storage objects: backend, keyspace, lessor and the bridge between the
-/// last two, plus the membership read from the backend. They are replaced together when a
-/// snapshot from the leader is installed.
+/// last two. They are replaced together when a snapshot from the leader is installed.
 struct StateMachine: Sendable {
     let backend: Backend
     let store: MVCCStore
     let lessor: Lessor
     let bridge: LeaseBridge
-    var members: [MemberRecord]
 
     /// Opens the keyspace and lessor on `backend` and wires them together.
     static func open(_ backend: Backend, config: ServerConfigParts) throws -> StateMachine {
@@ -23,8 +21,7 @@ struct StateMachine: Sendable {
         store.setLeaseHooks(bridge)
         lessor.setKeyDeleter(bridge)
         try bridge.reattach()
-        let members = try MembershipStore.load(from: backend)
-        return StateMachine(backend: backend, store: store, lessor: lessor, bridge: bridge, members: members)
+        return StateMachine(backend: backend, store: store, lessor: lessor, bridge: bridge)
     }
 }
 
@@ -63,8 +60,6 @@ final class StateMachineHolder: Sendable {
             return old
         }
     }
-
-    func setMembers(_ members: [MemberRecord]) { current.withLock { $0.members = members } }
 
     /// Starts the watch delivery task of the current keyspace, cancelling the previous one.
     func restartWatchLoop() {
