@@ -128,23 +128,32 @@ struct SnapshotInstallTests {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let b = try Backend(path: dir + "/db")
+        let big: UInt64 = 0xfd4a_d8ee_33d8_e6a8
         let members = [MemberRecord(id: 0xa1, name: "m1", peerURLs: ["http://127.0.0.1:1"]),
-                       MemberRecord(id: 0xfd4a_d8ee_33d8_e6a8, name: "", peerURLs: ["http://127.0.0.1:2"])]
+                       MemberRecord(id: big, name: "", peerURLs: ["http://127.0.0.1:2"])]
         try MembershipStore.save(members, in: b)
-        #expect(try MemberAttributesStore.load(from: b).isEmpty)
-        let attrs = PublishedAttributes(name: "m2", clientURLs: ["http://127.0.0.1:3", "http://127.0.0.1:4"])
-        let saved = try b.batch {
-            (try MemberAttributesStore.save(attrs, for: 0xfd4a_d8ee_33d8_e6a8, in: b),
-             try MemberAttributesStore.save(attrs, for: 0x99, in: b))
+        let membership = ClusterMembership(members: try MembershipStore.load(from: b))
+        #expect(membership.members.allSatisfy { $0.clientURLs.isEmpty })
+        let urls = ["http://127.0.0.1:3", "http://127.0.0.1:4"]
+        let record = try #require(membership.setAttributes(big, name: "m2", clientURLs: urls))
+        #expect(membership.setAttributes(0x99, name: "x", clientURLs: urls) == nil)
+        try b.batch {
+            try MembershipStore.record(MembershipChange(operation: .update, member: record), result: record, in: b)
         }
-        #expect(saved == (true, false))
+        // A later peer-URL update keeps the published client URLs.
+        var moved = record
+        moved.peerURLs = ["http://127.0.0.1:5"]
+        let updated = try #require(membership.apply(MembershipChange(operation: .update, member: MemberRecord(id: big, name: "", peerURLs: moved.peerURLs))))
+        #expect(updated.clientURLs == urls && updated.name == "m2")
+        try b.batch {
+            try MembershipStore.record(MembershipChange(operation: .update, member: updated), result: updated, in: b)
+        }
         try b.close()
         let reopened = try Backend(path: dir + "/db")
-        #expect(try MemberAttributesStore.load(from: reopened) == [0xfd4a_d8ee_33d8_e6a8: attrs])
-        // The membership reads the same records (name updated, peer URLs kept).
         let loaded = try MembershipStore.load(from: reopened)
         #expect(loaded.map(\.name) == ["m1", "m2"])
-        #expect(loaded.map(\.peerURLs) == members.map(\.peerURLs))
+        #expect(loaded.map(\.clientURLs) == [[], urls])
+        #expect(loaded.map(\.peerURLs) == [["http://127.0.0.1:1"], ["http://127.0.0.1:5"]])
         try reopened.close()
     }
 }

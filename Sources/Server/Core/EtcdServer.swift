@@ -146,7 +146,6 @@ public final class EtcdServer: Sendable {
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
         let parts = ServerConfigParts(backend: backendOptions, lessor: lessorConfig, store: storeOptions)
         let machine = StateMachineHolder(try StateMachine.open(backend, config: parts), parts: parts)
-        machine.attributes.withLock { $0 = (try? MemberAttributesStore.load(from: backend)) ?? [:] }
 
         let consistent = try backend.consistentIndex()
         let hs = raftStorage.recovery.hardState

@@ -28,14 +28,13 @@ extension EtcdServer: ClusterBackend {
     /// The members as this member knows them, with the client URLs each published through the
     /// log (MemberAttributes.swift); this member's own are always current.
     public func members() -> [Etcdserverpb_Member] {
-        let published = machine.attributes.withLock { $0 }
-        return membership.members.map { m in
+        membership.members.map { m in
             if m.id == memberID {
                 var own = m
                 if own.name.isEmpty { own.name = name }
                 return own.proto(clientURLs: config.advertiseClientURLs.map(\.description))
             }
-            return m.proto(clientURLs: published[m.id]?.clientURLs ?? [])
+            return m.proto(clientURLs: m.clientURLs)
         }
     }
 

@@ -129,7 +129,6 @@ extension EtcdServer {
         let backend = try Backend(path: dataDir.backendPath, options: parts.backend)
         let replacement = try StateMachine.open(backend, config: parts)
         _ = machine.replace(with: replacement)
-        machine.attributes.withLock { $0 = (try? MemberAttributesStore.load(from: backend)) ?? [:] }
         machine.restartWatchLoop()
         for stream in machine.watchStreams.all { stream.rebind(to: replacement.store) }
         if status.withLock({ $0.isLeader }) { replacement.lessor.promote(extension: electionTimeout) }

@@ -37,8 +37,6 @@ struct ServerConfigParts: Sendable {
 /// fails with a storage error once they are closed).
 final class StateMachineHolder: Sendable {
     private let current: Mutex<StateMachine>
-    /// Member name and client URLs as published through the log.
-    let attributes = Mutex<[UInt64: PublishedAttributes]>([:])
     /// Every open server watch stream, re-bound to the new keyspace after a swap.
     let watchStreams = WatchStreamRegistry()
     /// The keyspace's watch delivery task.
@@ -75,10 +73,4 @@ final class StateMachineHolder: Sendable {
     func stopWatchLoop() {
         watchLoop.withLock { $0 }?.cancel()
     }
-}
-
-/// The attributes one member published (name and client URLs).
-struct PublishedAttributes: Sendable, Equatable {
-    var name: String
-    var clientURLs: [String]
 }
