@@ -168,12 +168,11 @@ public final class SystemdSession: Sendable {
             let dog = SystemdWatchdog(
                 watchdogInterval: interval,
                 maxQuiet: SystemdWatchdog.raftStallLimit(watchdogInterval: interval, heartbeat: server.heartbeatInterval),
-                quietTime: { [weak server] in server?.raftLoopQuietTime },
+                quietTime: { server.raftLoopQuietTime },
                 ping: { notifier.watchdog() })
             add(Task { await dog.run() })
         }
-        add(Task { [weak server] in
-            guard let server else { return }
+        add(Task { [self] in
             notifier.status("waiting for a leader")
             // Returns once every client listener is bound.
             do { _ = try await listener.boundAddresses() } catch { return }
@@ -181,10 +180,13 @@ public final class SystemdSession: Sendable {
             while server.leaderID == 0 {
                 do { try await Task.sleep(for: .milliseconds(20)) } catch { return }
             }
+            if stopSent.load(ordering: .relaxed) { return }   // no READY=1 after STOPPING=1
             var shown = (leader: server.leaderID, term: server.term)
             notifier.ready(status: Self.statusLine(leader: shown.leader, term: shown.term, addresses: addresses))
+            // Leader changes until the stop begins (then "stopping" stays the status).
             while !Task.isCancelled {
                 do { try await Task.sleep(for: .milliseconds(200)) } catch { return }
+                if stopSent.load(ordering: .relaxed) { return }
                 let now = (leader: server.leaderID, term: server.term)
                 if now != shown {
                     shown = now
@@ -194,8 +196,8 @@ public final class SystemdSession: Sendable {
         })
     }
 
-    /// A graceful stop has begun: `STOPPING=1` and a status line (sent once). The watchdog keeps pinging
-    /// while the Raft loop still runs (a leader hands over leadership first).
+    /// A graceful stop has begun: `STOPPING=1` and a status line (sent once). The watchdog keeps
+    /// pinging while the Raft loop still runs (a leader hands over leadership first).
     public func stopping() {
         guard notifier.isEnabled, !stopSent.exchange(true, ordering: .relaxed) else { return }
         notifier.send(["STOPPING=1", "STATUS=stopping"])

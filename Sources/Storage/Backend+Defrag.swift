@@ -142,8 +142,10 @@ extension Backend {
             guard lmdb === old else { throw BackendError(message: "backend closed during defragmentation") }
             let rest = defragLog ?? []
             replayed += rest.count
-            try replay(rest, into: fresh)
-            try fresh.sync()
+            if !rest.isEmpty {
+                try replay(rest, into: fresh)
+                try fresh.sync()
+            }
             if options.sync { try fresh.setSync(true) }
             if hook(.synced) { keepFiles = true; throw BackendError(message: "defragmentation stopped at synced (test)") }
             guard rename(temp, path) == 0 else { throw BackendError(errno, "defragment: rename \(temp) to \(path)") }

@@ -50,6 +50,8 @@ public final class Backend: @unchecked Sendable {
         public var initialMapSize: Int = 1 << 30
         /// Let LMDB fsync at each batch commit.
         public var sync: Bool = true
+        /// Called after each batch is written to LMDB with how long the write took (metrics).
+        public var onCommit: (@Sendable (Duration) -> Void)?
         public init() {}
     }
 
@@ -228,6 +230,7 @@ public final class Backend: @unchecked Sendable {
 
     func commitLocked() throws {
         guard pendingOps > 0 else { return }
+        let started = ContinuousClock.now
         while true {
             let e = try env()
             let rc = Backend.write(buffer, to: e)
@@ -251,6 +254,7 @@ public final class Backend: @unchecked Sendable {
         pendingOps = 0
         batchStarted = nil
         commits += 1
+        options.onCommit?(ContinuousClock.now - started)
     }
 
     /// One attempt to write a whole batch to `e` in one write transaction; returns LMDB's code

@@ -124,6 +124,10 @@ struct E2EDefragSnapshotTests {
             let d = try await etcdctl(ms.map(\.endpoint).joined(separator: ","), ["defrag"])
             #expect(d.status == 0, "\(d.stderr)")
             #expect(d.stdout.split(separator: "\n").filter { $0.hasPrefix("Finished defragmenting") }.count == 3)
+            // --cluster: etcdctl defragments every member whose client URLs the member list names.
+            let c = try await ms[1].ctl("defrag", "--cluster")
+            #expect(c.status == 0, "\(c.stderr)")
+            #expect(c.stdout.contains("Finished defragmenting etcd member[http://\(ms[1].endpoint)]"), "\(c.stdout)")
             let s = try await ms[0].ctl("snapshot", "save", file)
             #expect(s.status == 0, "\(s.stderr)")
             snapshotRevision = try await Self.statusField(ms[0], "revision")

@@ -93,6 +93,7 @@ extension EtcdServer {
             return .compaction(resp, job)
         case .leaseGrant(let g)?:
             let ttl = try lessor.grant(id: g.id, ttl: g.ttl)
+            metrics.leaseGranted(ttl: ttl)
             var resp = Etcdserverpb_LeaseGrantResponse()
             resp.id = g.id
             resp.ttl = ttl
@@ -100,6 +101,7 @@ extension EtcdServer {
             return .leaseGrant(resp)
         case .leaseRevoke(let r)?:
             try lessor.revoke(id: r.id)
+            metrics.leaseRevoked()
             var resp = Etcdserverpb_LeaseRevokeResponse()
             resp.header = header()
             return .leaseRevoke(resp)

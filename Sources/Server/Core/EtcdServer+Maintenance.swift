@@ -150,9 +150,11 @@ extension EtcdServer {
         ]
     }
 
-    /// Adds /health, /livez, /readyz, /metrics and the /v3 gateway (KV, Lease unary calls,
+    /// Adds /health, /livez, /readyz, /metrics and the /v3 gateway (KV, Lease, Watch,
     /// Maintenance, Cluster, Auth, Lock, Election) to `router`.
-    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics) {
+    /// `metrics` defaults to this server's own (``metrics``).
+    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics? = nil) {
+        let metrics = metrics ?? self.metrics
         HealthEndpoints(source: self).register(in: &router)
         router.add("/metrics") { [self] _ in
             .text(.ok, metrics.render(sample: metricsSample()), contentType: "text/plain; version=0.0.4; charset=utf-8")
@@ -174,6 +176,8 @@ extension EtcdServer {
         for path in ["/v3/lease/leases", "/v3/kv/lease/leases"] {
             Gateway.addUnary(&router, path, lease.leaseLeases(request:context:))
         }
+        router.add("/v3/lease/keepalive", methods: [.POST], handler: Gateway.leaseKeepAlive(lease))
+        router.add("/v3/watch", methods: [.POST], handler: Gateway.watch(WatchService(server: self)))
         Gateway.register(maintenance: MaintenanceService(backend: self), in: &router)
         Gateway.register(cluster: ClusterService(backend: self), in: &router)
         Gateway.register(auth: AuthService(header: { [self] in header() }), in: &router)
@@ -190,7 +194,14 @@ extension EtcdServer {
         s.appliedIndex = appliedIndex
         s.dbTotalSize = (try? backend.fileSize()) ?? 0
         s.dbTotalSizeInUse = (try? backend.sizeInUse()) ?? 0
-        s.watchers = store.watcherCounts.synced + store.watcherCounts.unsynced + store.watcherCounts.victims
+        let watchers = store.watcherCounts
+        s.watchers = watchers.synced + watchers.unsynced + watchers.victims
+        s.keys = store.indexedKeys
+        s.leases = lessor.leases().count
+        s.proposalsPending = waiters.count
+        s.isLearner = isLearner
+        s.currentRevision = store.currentRevision
+        s.compactRevision = store.compactRevision
         return s
     }
 }

@@ -65,6 +65,8 @@ public final class EtcdServer: Sendable {
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
+    /// This member's Prometheus metrics (served at /metrics).
+    public let metrics: ServerMetrics
     /// The member list (changed by applied conf changes).
     let membership: ClusterMembership
     /// Fired when this member applies its own removal: the process should stop.
@@ -75,7 +77,8 @@ public final class EtcdServer: Sendable {
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
                  machine: StateMachineHolder, loop: RaftLoopState,
                  membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
-                 peerServer: PeerServer) {
+                 peerServer: PeerServer, metrics: ServerMetrics) {
+        self.metrics = metrics
         self.inbox = inbox
         self.peers = peers
         self.peerServer = peerServer
@@ -130,7 +133,9 @@ public final class EtcdServer: Sendable {
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID
 
+        let metrics = ServerMetrics(memberID: memberID)
         var backendOptions = Backend.Options()
+        backendOptions.onCommit = { metrics.backendCommit($0) }
         if cfg.backendBatchInterval > .zero { backendOptions.batchInterval = cfg.backendBatchInterval }
         if cfg.backendBatchLimit > 0 { backendOptions.batchLimit = Int(cfg.backendBatchLimit) }
         if cfg.unsafeNoFsync { backendOptions.sync = false }
@@ -186,7 +191,7 @@ public final class EtcdServer: Sendable {
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
-                                peers: transport, peerServer: peerServer)
+                                peers: transport, peerServer: peerServer, metrics: metrics)
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs,
                                        services: [transport.makeService(), ClusterService(backend: server, peerFacing: true),
@@ -286,7 +291,12 @@ public final class EtcdServer: Sendable {
         if data.count > Int(config.maxRequestBytes) { throw EtcdError.requestTooLarge }
         waiters.register(id)
         inbox.send(.propose(data))
-        return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        do {
+            return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        } catch let e as EtcdError where e == .timeout || e == .noLeader || e == .stopped {
+            metrics.proposalFailed()
+            throw e
+        }
     }
 
     /// Proposes without waiting (lease expiry, checkpoints); from the loop thread or anywhere.

@@ -151,6 +151,7 @@ extension EtcdServer {
         guard isLeader else { throw EtcdError.notLeader }
         do {
             let renewal = try lessor.renew(id: id)
+            metrics.leaseRenewed()
             if let clear = renewal.clearCheckpoint {
                 var req = Swetcd_Internal_InternalRequest()
                 req.leaseCheckpoint = Self.checkpointRequest([clear])

@@ -154,7 +154,9 @@ extension EtcdServer {
     }
 
     private func handleReady(_ rd: Ready) throws {
-        _ = try loop.storage.persist(rd)
+        let persistStart = ContinuousClock.now
+        let synced = try loop.storage.persist(rd)
+        if rd.mustSync && synced { metrics.walFsync(ContinuousClock.now - persistStart) }
         if !rd.messages.isEmpty { loop.transport?.send(rd.messages) }
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
@@ -209,6 +211,7 @@ extension EtcdServer {
             loop.leader = ss.lead
             loop.leaderEpoch &+= 1
             failPendingReads(EtcdError.leaderChanged)
+            if ss.lead != 0 { metrics.leaderChanged() }
             logger.info("leader changed", metadata: ["leader": "\(String(ss.lead, radix: 16))"])
         }
         let epoch = loop.leaderEpoch
@@ -253,7 +256,9 @@ extension EtcdServer {
         loop.lastLeaseHousekeeping = now
         guard status.withLock({ $0.isLeader }) else { return }
         autoPromoteLearners()
-        for id in lessor.expiredLeases() {
+        let expired = lessor.expiredLeases()
+        if !expired.isEmpty { metrics.leasesExpired(expired.count) }
+        for id in expired {
             var req = Swetcd_Internal_InternalRequest()
             var revoke = Etcdserverpb_LeaseRevokeRequest()
             revoke.id = id
