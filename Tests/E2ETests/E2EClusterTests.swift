@@ -57,13 +57,7 @@ extension E2EClusterTests {
             try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
                 try await ms[0].ctl("put", "warm", "up").status == 0
             }
-            var leader: Member?
-            try await E2E.waitUntil("members agree on the leader") {
-                let seen = Set(ms.compactMap(\.lastKnownLeader))
-                leader = ms.first { $0.memberID != nil && seen == [$0.memberID!] }
-                return leader != nil
-            }
-            let old = try #require(leader)
+            let old = try await Member.agreedLeader(of: ms)
             let others = ms.filter { $0 !== old }
             // Writes through the followers; each acknowledged one must survive.
             var acked: [String] = []

@@ -273,10 +273,21 @@ final class Member: @unchecked Sendable {
         return String(line[r.upperBound...].prefix { $0 != "\"" })
     }
 
+    /// Waits (bounded) until every member logged the same leader, one of `members`; returns it.
+    static func agreedLeader(of members: [Member]) async throws -> Member {
+        var leader: Member?
+        try await E2E.waitUntil("members agree on the leader") {
+            let seen = Set(members.compactMap(\.lastKnownLeader))
+            leader = members.first { $0.memberID != nil && seen == [$0.memberID!] }
+            return leader != nil
+        }
+        return try #require(leader)
+    }
+
     /// Runs `body` with `count` started members forming one cluster, always cleaning up.
-    static func withCluster(_ count: Int, _ body: ([Member]) async throws -> Void) async throws {
+    static func withCluster(_ count: Int, extraArgs: [String] = [], _ body: ([Member]) async throws -> Void) async throws {
         var members: [Member] = []
-        for i in 1...count { members.append(try Member(name: "m\(i)")) }
+        for i in 1...count { members.append(try Member(name: "m\(i)", extraArgs: extraArgs)) }
         let cluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
         for m in members { m.initialCluster = cluster }
         do {
@@ -285,6 +296,10 @@ final class Member: @unchecked Sendable {
         } catch {
             for m in members {
                 Issue.record("\(m.name) log tail: \((m.child?.stderr ?? "").suffix(2000))")
+                // SWETCD_E2E_LOG_DIR: keep each member's whole log for a look afterwards.
+                if let dir = ProcessInfo.processInfo.environment["SWETCD_E2E_LOG_DIR"] {
+                    FileManager.default.createFile(atPath: "\(dir)/\(m.name).log", contents: Data((m.child?.stderr ?? "").utf8))
+                }
                 await m.cleanUp()
             }
             throw error

@@ -130,6 +130,16 @@ public nonisolated struct Swetcd_Internal_InternalRequest: Sendable {
     set {request = .noop(newValue)}
   }
 
+  /// ---- member attributes (numbers from 20 on, to stay clear of others' additions)
+  /// A member publishes its name and client URLs after it starts.
+  public var memberAttributes: Swetcd_Internal_MemberAttributes {
+    get {
+      if case .memberAttributes(let v)? = request {return v}
+      return Swetcd_Internal_MemberAttributes()
+    }
+    set {request = .memberAttributes(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Request: Equatable, Sendable {
@@ -144,6 +154,9 @@ public nonisolated struct Swetcd_Internal_InternalRequest: Sendable {
     /// A linearizable-read barrier with no effect (used by tests and the
     /// applied-index wait).
     case noop(Swetcd_Internal_Noop)
+    /// ---- member attributes (numbers from 20 on, to stay clear of others' additions)
+    /// A member publishes its name and client URLs after it starts.
+    case memberAttributes(Swetcd_Internal_MemberAttributes)
 
   }
 
@@ -156,6 +169,23 @@ public nonisolated struct Swetcd_Internal_Noop: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The attributes a member publishes through the log (etcd: the attributes update).
+public nonisolated struct Swetcd_Internal_MemberAttributes: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var memberID: UInt64 = 0
+
+  public var name: String = String()
+
+  public var clientUrls: [String] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -198,7 +228,7 @@ nonisolated extension Swetcd_Internal_RequestHeader: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swetcd_Internal_InternalRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InternalRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}put\0\u{3}delete_range\0\u{1}txn\0\u{1}compaction\0\u{3}lease_grant\0\u{3}lease_revoke\0\u{3}lease_checkpoint\0\u{1}alarm\0\u{1}noop\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}put\0\u{3}delete_range\0\u{1}txn\0\u{1}compaction\0\u{3}lease_grant\0\u{3}lease_revoke\0\u{3}lease_checkpoint\0\u{1}alarm\0\u{1}noop\0\u{4}\u{a}member_attributes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -324,6 +354,19 @@ nonisolated extension Swetcd_Internal_InternalRequest: SwiftProtobuf.Message, Sw
           self.request = .noop(v)
         }
       }()
+      case 20: try {
+        var v: Swetcd_Internal_MemberAttributes?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .memberAttributes(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .memberAttributes(v)
+        }
+      }()
       default: break
       }
     }
@@ -374,6 +417,10 @@ nonisolated extension Swetcd_Internal_InternalRequest: SwiftProtobuf.Message, Sw
       guard case .noop(let v)? = self.request else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     }()
+    case .memberAttributes?: try {
+      guard case .memberAttributes(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -401,6 +448,46 @@ nonisolated extension Swetcd_Internal_Noop: SwiftProtobuf.Message, SwiftProtobuf
   }
 
   public static func ==(lhs: Swetcd_Internal_Noop, rhs: Swetcd_Internal_Noop) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swetcd_Internal_MemberAttributes: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MemberAttributes"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}member_id\0\u{1}name\0\u{3}client_urls\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.memberID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.clientUrls) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.memberID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memberID, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.clientUrls.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.clientUrls, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swetcd_Internal_MemberAttributes, rhs: Swetcd_Internal_MemberAttributes) -> Bool {
+    if lhs.memberID != rhs.memberID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.clientUrls != rhs.clientUrls {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -817,3 +817,603 @@ extension Swetcd_Peer_Peer.ClientProtocol {
         )
     }
 }
+
+// MARK: - swetcd.peer.PeerLease
+
+/// Namespace containing generated types for the "swetcd.peer.PeerLease" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Swetcd_Peer_PeerLease: Sendable {
+    /// Service descriptor for the "swetcd.peer.PeerLease" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerLease")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "LeaseRenew" metadata.
+        public enum LeaseRenew: Sendable {
+            /// Request type for "LeaseRenew".
+            public typealias Input = Swetcd_Peer_LeaseRenewForward
+            /// Response type for "LeaseRenew".
+            public typealias Output = Swetcd_Peer_LeaseRenewForwardReply
+            /// Descriptor for "LeaseRenew".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerLease"),
+                method: "LeaseRenew",
+                type: .unary
+            )
+        }
+        /// Namespace for "LeaseTimeToLive" metadata.
+        public enum LeaseTimeToLive: Sendable {
+            /// Request type for "LeaseTimeToLive".
+            public typealias Input = Swetcd_Peer_LeaseTimeToLiveForward
+            /// Response type for "LeaseTimeToLive".
+            public typealias Output = Etcdserverpb_LeaseTimeToLiveResponse
+            /// Descriptor for "LeaseTimeToLive".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerLease"),
+                method: "LeaseTimeToLive",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "swetcd.peer.PeerLease" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            LeaseRenew.descriptor,
+            LeaseTimeToLive.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "swetcd.peer.PeerLease" service.
+    public static let swetcd_peer_PeerLease = GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerLease")
+}
+
+// MARK: swetcd.peer.PeerLease (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease {
+    /// Streaming variant of the service protocol for the "swetcd.peer.PeerLease" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---- Lease forwarding -------------------------------------------------------
+    /// > Lease keep-alives and time-to-live queries do not go through the Raft log: only
+    /// > the leader knows when a lease expires. A follower that receives one from a
+    /// > client forwards it to the leader with these calls. Same identity rules as
+    /// > `Peer`; a receiver that is not the leader answers FAILED_PRECONDITION
+    /// > "etcdserver: not leader", and etcd's lease errors come back with etcd's text
+    /// > and status code.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "LeaseRenew" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews a lease on the leader; answers the new TTL in seconds.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swetcd_Peer_LeaseRenewForward` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swetcd_Peer_LeaseRenewForwardReply` messages.
+        func leaseRenew(
+            request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseRenewForward>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_LeaseRenewForwardReply>
+
+        /// Handle the "LeaseTimeToLive" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leader's view of a lease's remaining and granted TTL (and keys).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swetcd_Peer_LeaseTimeToLiveForward` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Etcdserverpb_LeaseTimeToLiveResponse` messages.
+        func leaseTimeToLive(
+            request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Etcdserverpb_LeaseTimeToLiveResponse>
+    }
+
+    /// Service protocol for the "swetcd.peer.PeerLease" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---- Lease forwarding -------------------------------------------------------
+    /// > Lease keep-alives and time-to-live queries do not go through the Raft log: only
+    /// > the leader knows when a lease expires. A follower that receives one from a
+    /// > client forwards it to the leader with these calls. Same identity rules as
+    /// > `Peer`; a receiver that is not the leader answers FAILED_PRECONDITION
+    /// > "etcdserver: not leader", and etcd's lease errors come back with etcd's text
+    /// > and status code.
+    public protocol ServiceProtocol: Swetcd_Peer_PeerLease.StreamingServiceProtocol {
+        /// Handle the "LeaseRenew" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews a lease on the leader; answers the new TTL in seconds.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewForward` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swetcd_Peer_LeaseRenewForwardReply` message.
+        func leaseRenew(
+            request: GRPCCore.ServerRequest<Swetcd_Peer_LeaseRenewForward>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewForwardReply>
+
+        /// Handle the "LeaseTimeToLive" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leader's view of a lease's remaining and granted TTL (and keys).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseTimeToLiveForward` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Etcdserverpb_LeaseTimeToLiveResponse` message.
+        func leaseTimeToLive(
+            request: GRPCCore.ServerRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Etcdserverpb_LeaseTimeToLiveResponse>
+    }
+
+    /// Simple service protocol for the "swetcd.peer.PeerLease" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---- Lease forwarding -------------------------------------------------------
+    /// > Lease keep-alives and time-to-live queries do not go through the Raft log: only
+    /// > the leader knows when a lease expires. A follower that receives one from a
+    /// > client forwards it to the leader with these calls. Same identity rules as
+    /// > `Peer`; a receiver that is not the leader answers FAILED_PRECONDITION
+    /// > "etcdserver: not leader", and etcd's lease errors come back with etcd's text
+    /// > and status code.
+    public protocol SimpleServiceProtocol: Swetcd_Peer_PeerLease.ServiceProtocol {
+        /// Handle the "LeaseRenew" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews a lease on the leader; answers the new TTL in seconds.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swetcd_Peer_LeaseRenewForward` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swetcd_Peer_LeaseRenewForwardReply` to respond with.
+        func leaseRenew(
+            request: Swetcd_Peer_LeaseRenewForward,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swetcd_Peer_LeaseRenewForwardReply
+
+        /// Handle the "LeaseTimeToLive" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leader's view of a lease's remaining and granted TTL (and keys).
+        ///
+        /// - Parameters:
+        ///   - request: A `Swetcd_Peer_LeaseTimeToLiveForward` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Etcdserverpb_LeaseTimeToLiveResponse` to respond with.
+        func leaseTimeToLive(
+            request: Swetcd_Peer_LeaseTimeToLiveForward,
+            context: GRPCCore.ServerContext
+        ) async throws -> Etcdserverpb_LeaseTimeToLiveResponse
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Swetcd_Peer_PeerLease.Method.LeaseRenew.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_LeaseRenewForward>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_LeaseRenewForwardReply>(),
+            handler: { request, context in
+                try await self.leaseRenew(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Swetcd_Peer_PeerLease.Method.LeaseTimeToLive.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_LeaseTimeToLiveForward>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Etcdserverpb_LeaseTimeToLiveResponse>(),
+            handler: { request, context in
+                try await self.leaseTimeToLive(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease.ServiceProtocol {
+    public func leaseRenew(
+        request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseRenewForward>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_LeaseRenewForwardReply> {
+        let response = try await self.leaseRenew(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func leaseTimeToLive(
+        request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Etcdserverpb_LeaseTimeToLiveResponse> {
+        let response = try await self.leaseTimeToLive(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease.SimpleServiceProtocol {
+    public func leaseRenew(
+        request: GRPCCore.ServerRequest<Swetcd_Peer_LeaseRenewForward>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewForwardReply> {
+        return GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewForwardReply>(
+            message: try await self.leaseRenew(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func leaseTimeToLive(
+        request: GRPCCore.ServerRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Etcdserverpb_LeaseTimeToLiveResponse> {
+        return GRPCCore.ServerResponse<Etcdserverpb_LeaseTimeToLiveResponse>(
+            message: try await self.leaseTimeToLive(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: swetcd.peer.PeerLease (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease {
+    /// Generated client protocol for the "swetcd.peer.PeerLease" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---- Lease forwarding -------------------------------------------------------
+    /// > Lease keep-alives and time-to-live queries do not go through the Raft log: only
+    /// > the leader knows when a lease expires. A follower that receives one from a
+    /// > client forwards it to the leader with these calls. Same identity rules as
+    /// > `Peer`; a receiver that is not the leader answers FAILED_PRECONDITION
+    /// > "etcdserver: not leader", and etcd's lease errors come back with etcd's text
+    /// > and status code.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "LeaseRenew" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews a lease on the leader; answers the new TTL in seconds.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewForward` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_LeaseRenewForward` messages.
+        ///   - deserializer: A deserializer for `Swetcd_Peer_LeaseRenewForwardReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func leaseRenew<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewForward>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_LeaseRenewForward>,
+            deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_LeaseRenewForwardReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewForwardReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "LeaseTimeToLive" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leader's view of a lease's remaining and granted TTL (and keys).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseTimeToLiveForward` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_LeaseTimeToLiveForward` messages.
+        ///   - deserializer: A deserializer for `Etcdserverpb_LeaseTimeToLiveResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func leaseTimeToLive<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_LeaseTimeToLiveForward>,
+            deserializer: some GRPCCore.MessageDeserializer<Etcdserverpb_LeaseTimeToLiveResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Etcdserverpb_LeaseTimeToLiveResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "swetcd.peer.PeerLease" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---- Lease forwarding -------------------------------------------------------
+    /// > Lease keep-alives and time-to-live queries do not go through the Raft log: only
+    /// > the leader knows when a lease expires. A follower that receives one from a
+    /// > client forwards it to the leader with these calls. Same identity rules as
+    /// > `Peer`; a receiver that is not the leader answers FAILED_PRECONDITION
+    /// > "etcdserver: not leader", and etcd's lease errors come back with etcd's text
+    /// > and status code.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "LeaseRenew" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews a lease on the leader; answers the new TTL in seconds.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewForward` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_LeaseRenewForward` messages.
+        ///   - deserializer: A deserializer for `Swetcd_Peer_LeaseRenewForwardReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func leaseRenew<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewForward>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_LeaseRenewForward>,
+            deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_LeaseRenewForwardReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewForwardReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swetcd_Peer_PeerLease.Method.LeaseRenew.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "LeaseTimeToLive" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The leader's view of a lease's remaining and granted TTL (and keys).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseTimeToLiveForward` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_LeaseTimeToLiveForward` messages.
+        ///   - deserializer: A deserializer for `Etcdserverpb_LeaseTimeToLiveResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func leaseTimeToLive<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_LeaseTimeToLiveForward>,
+            deserializer: some GRPCCore.MessageDeserializer<Etcdserverpb_LeaseTimeToLiveResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Etcdserverpb_LeaseTimeToLiveResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swetcd_Peer_PeerLease.Method.LeaseTimeToLive.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease.ClientProtocol {
+    /// Call the "LeaseRenew" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Renews a lease on the leader; answers the new TTL in seconds.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewForward` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func leaseRenew<Result>(
+        request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewForward>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewForwardReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.leaseRenew(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_LeaseRenewForward>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_LeaseRenewForwardReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "LeaseTimeToLive" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The leader's view of a lease's remaining and granted TTL (and keys).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swetcd_Peer_LeaseTimeToLiveForward` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func leaseTimeToLive<Result>(
+        request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Etcdserverpb_LeaseTimeToLiveResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.leaseTimeToLive(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_LeaseTimeToLiveForward>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Etcdserverpb_LeaseTimeToLiveResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerLease.ClientProtocol {
+    /// Call the "LeaseRenew" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Renews a lease on the leader; answers the new TTL in seconds.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func leaseRenew<Result>(
+        _ message: Swetcd_Peer_LeaseRenewForward,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewForwardReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewForward>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.leaseRenew(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "LeaseTimeToLive" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The leader's view of a lease's remaining and granted TTL (and keys).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func leaseTimeToLive<Result>(
+        _ message: Swetcd_Peer_LeaseTimeToLiveForward,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Etcdserverpb_LeaseTimeToLiveResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swetcd_Peer_LeaseTimeToLiveForward>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.leaseTimeToLive(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

@@ -20,7 +20,7 @@ extension EtcdServer {
             loop.confState = try loop.node.applyConfChange(cc)
             try markApplied(entry)
         case .normal:
-            if entry.index <= loop.startConsistentIndex { return }
+            if entry.index <= loop.consistentIndex { return }
             if entry.data.isEmpty {
                 try markApplied(entry)
                 return
@@ -48,7 +48,7 @@ extension EtcdServer {
     }
 
     private func markApplied(_ entry: Entry) throws {
-        if entry.index <= loop.startConsistentIndex { return }
+        if entry.index <= loop.consistentIndex { return }
         try backend.batch { try backend.setConsistentIndex(entry.index, term: entry.term) }
     }
 
@@ -110,6 +110,9 @@ extension EtcdServer {
             return .none
         case .alarm?:
             throw EtcdError.unimplemented("Alarm")
+        case .memberAttributes(let a)?:
+            try applyMemberAttributes(a)
+            return .none
         case .noop?, nil:
             return .none
         }

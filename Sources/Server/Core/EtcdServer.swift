@@ -40,10 +40,11 @@ public final class EtcdServer: Sendable {
     public let config: ServerConfig
 
     let logger: Logger
-    let store: MVCCStore
-    let lessor: Lessor
-    let backend: Backend
-    let bridge: LeaseBridge
+    /// Backend, keyspace and lessor; replaced when a leader's snapshot is installed.
+    let machine: StateMachineHolder
+    var store: MVCCStore { machine.value.store }
+    var lessor: Lessor { machine.value.lessor }
+    var backend: Backend { machine.value.backend }
     let inbox: LoopInbox
     /// The peer transport and its listener (nil only in a failed start).
     let peers: PeerTransport
@@ -57,6 +58,8 @@ public final class EtcdServer: Sendable {
     let electionTimeout: Duration
     let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let loopExited = Atomic<Bool>(false)
+    /// Snapshots from the leader installed since start.
+    let snapshotsInstalled = Atomic<UInt64>(0)
     /// Uptime (DispatchTime nanoseconds) at the end of the Raft loop's last pass: its liveness.
     let loopPassNanos = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
@@ -71,8 +74,8 @@ public final class EtcdServer: Sendable {
     /// Owned by the Raft loop thread only.
     nonisolated(unsafe) let loop: RaftLoopState
 
-    private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger, store: MVCCStore,
-                 lessor: Lessor, backend: Backend, bridge: LeaseBridge, loop: RaftLoopState,
+    private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
+                 machine: StateMachineHolder, loop: RaftLoopState,
                  membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
                  peerServer: PeerServer, metrics: ServerMetrics) {
         self.metrics = metrics
@@ -84,10 +87,7 @@ public final class EtcdServer: Sendable {
         self.name = config.name
         self.config = config
         self.logger = logger
-        self.store = store
-        self.lessor = lessor
-        self.backend = backend
-        self.bridge = bridge
+        self.machine = machine
         self.loop = loop
         self.membership = membership
         ids = RequestIDGenerator(memberID: memberID)
@@ -139,24 +139,21 @@ public final class EtcdServer: Sendable {
         if cfg.backendBatchInterval > .zero { backendOptions.batchInterval = cfg.backendBatchInterval }
         if cfg.backendBatchLimit > 0 { backendOptions.batchLimit = Int(cfg.backendBatchLimit) }
         if cfg.unsafeNoFsync { backendOptions.sync = false }
+        let snapIndex = raftStorage.recovery.snapshot.metadata.index
+        // A snapshot from the leader whose backend file was not swapped in before a crash.
+        try SnapshotInstaller.recoverBackend(dataDir: dataDir, snapshotIndex: snapIndex, options: backendOptions, logger: logger)
         let backend = try Backend(path: dataDir.backendPath, options: backendOptions)
 
         let heartbeat = Duration.milliseconds(Int64(max(1, cfg.heartbeatIntervalMs)))
         let electionTicks = max(2, Int(cfg.electionTimeoutMs / max(1, cfg.heartbeatIntervalMs)))
         let lessorConfig = LessorConfig(minTTL: LessorConfig.minimumTTL(electionTicks: electionTicks, heartbeat: heartbeat))
-        let lessor = try Lessor(config: lessorConfig, persistence: BackendLeasePersistence(backend))
         var storeOptions = MVCCStore.Options()
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
-        let store = try MVCCStore(backend: backend, options: storeOptions)
-        let bridge = LeaseBridge(lessor: lessor)
-        bridge.store = store
-        store.setLeaseHooks(bridge)
-        lessor.setKeyDeleter(bridge)
-        try bridge.reattach()
+        let parts = ServerConfigParts(backend: backendOptions, lessor: lessorConfig, store: storeOptions)
+        let machine = StateMachineHolder(try StateMachine.open(backend, config: parts), parts: parts)
 
         let consistent = try backend.consistentIndex()
         let hs = raftStorage.recovery.hardState
-        let snapIndex = raftStorage.recovery.snapshot.metadata.index
         var raftConfig = RaftConfig(id: memberID)
         raftConfig.electionTick = electionTicks
         raftConfig.heartbeatTick = 1
@@ -183,7 +180,7 @@ public final class EtcdServer: Sendable {
             try MembershipStore.save(members, in: backend)
         }
         let inbox = LoopInbox()
-        let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
+        let transportBridge = TransportBridge(inbox: inbox, machine: machine, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
                                       delegate: transportBridge, snapshots: transportBridge, logger: logger)
         for m in members where m.id != memberID {
@@ -191,19 +188,21 @@ public final class EtcdServer: Sendable {
         }
         loop.transport = transport
         let peerServer = PeerServer(logger: logger)
-        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
-                                lessor: lessor, backend: backend, bridge: bridge, loop: loop,
+        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
+                                machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
                                 peers: transport, peerServer: peerServer, metrics: metrics)
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs,
-                                       services: [transport.makeService(), ClusterService(backend: server, peerFacing: true)])
+                                       services: [transport.makeService(), ClusterService(backend: server, peerFacing: true),
+                                                  transport.makeLeaseService()])
         } catch {
             try? backend.close()
             try? raftStorage.close()
             throw ServerStartError("cannot listen on the peer URLs \(cfg.listenPeerURLs.map(\.description)): \(error)")
         }
         await transport.start()
+        transport.setLeaseHandler(server)
         let joinedAsLearner = joined?.members.first(where: { m in m.id == memberID })?.isLearner ?? false
         server.status.withLock {
             $0.applied = raftConfig.applied
@@ -218,18 +217,22 @@ public final class EtcdServer: Sendable {
             "commit-index": "\(hs.commit)", "snapshot-index": "\(snapIndex)",
         ])
         server.startLoopThread()
-        let watchTask = store.runWatchLoop()
+        machine.restartWatchLoop()
         // Watches created with progress_notify get an empty response every interval (etcd:
         // --experimental-watch-progress-notify-interval, 10 minutes).
         let interval = cfg.watchProgressNotifyInterval > .zero ? cfg.watchProgressNotifyInterval : .seconds(600)
-        let progressTask = Task { [store] in
+        let progressTask = Task { [machine] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
                 if Task.isCancelled { break }
-                store.notifyProgress()
+                machine.value.store.notifyProgress()
             }
         }
-        server.backgroundTasks.withLock { $0.append(contentsOf: [watchTask, progressTask, server.publishNameWhenJoined()]) }
+        let publishTask = Task { [weak server] in
+            guard let server else { return }
+            await server.publishAttributes()
+        }
+        server.backgroundTasks.withLock { $0.append(contentsOf: [progressTask, server.publishNameWhenJoined(), publishTask]) }
         // A single voter campaigns at once instead of waiting out an election timeout (once
         // its configuration is applied).
         if joined == nil { server.inbox.send(.campaign) }
@@ -340,6 +343,7 @@ public final class EtcdServer: Sendable {
             if exited { c.resume() }
         }
         for t in backgroundTasks.withLock({ $0 }) { t.cancel() }
+        machine.stopWatchLoop()
         await peers.stop()
         await peerServer.stop()
         waiters.failAll(EtcdError.stopped)

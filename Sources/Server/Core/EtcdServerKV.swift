@@ -122,10 +122,32 @@ extension EtcdServer {
         return resp
     }
 
-    /// One keep-alive: renews on the leader and returns the new TTL.
+    /// One keep-alive: renews on the leader (a follower forwards it there) and returns the
+    /// new TTL.
     public func leaseRenew(_ id: Int64) async throws -> Etcdserverpb_LeaseKeepAliveResponse {
         try refuseOnLearner()
-        try await waitForLeader()
+        let ttl = try await onLeader(
+            local: { try renewLocally(id) },
+            forward: { leader, timeout in try await peers.forwardLeaseRenew(id, to: leader, timeout: timeout) })
+        var resp = Etcdserverpb_LeaseKeepAliveResponse()
+        resp.header = header()
+        resp.id = id
+        resp.ttl = ttl
+        return resp
+    }
+
+    /// LeaseTimeToLive as the leader sees it (a follower asks the leader); an unknown lease
+    /// answers TTL -1, as etcd.
+    public func leaseTimeToLive(_ r: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        var resp = try await onLeader(
+            local: { try await timeToLiveLocally(r) },
+            forward: { leader, timeout in try await peers.forwardLeaseTimeToLive(r, to: leader, timeout: timeout) })
+        resp.header = header()
+        return resp
+    }
+
+    /// Renews on this member, which must be the leader.
+    func renewLocally(_ id: Int64) throws -> Int64 {
         guard isLeader else { throw EtcdError.notLeader }
         do {
             let renewal = try lessor.renew(id: id)
@@ -135,18 +157,15 @@ extension EtcdServer {
                 req.leaseCheckpoint = Self.checkpointRequest([clear])
                 proposeDetached(req)
             }
-            var resp = Etcdserverpb_LeaseKeepAliveResponse()
-            resp.header = header()
-            resp.id = id
-            resp.ttl = renewal.ttl
-            return resp
+            return renewal.ttl
         } catch {
             throw EtcdError.from(error)
         }
     }
 
-    /// LeaseTimeToLive on the leader; an unknown lease answers TTL -1, as etcd.
-    public func leaseTimeToLive(_ r: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+    /// Time to live from this member's lessor (after a read barrier), which must be the leader.
+    func timeToLiveLocally(_ r: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        guard isLeader else { throw EtcdError.notLeader }
         try await linearizableBarrier()
         var resp = Etcdserverpb_LeaseTimeToLiveResponse()
         resp.id = r.id
@@ -162,6 +181,30 @@ extension EtcdServer {
         }
         resp.header = header()
         return resp
+    }
+
+    /// Runs `local` when this member leads, else `forward` to the leader; retries (every 50 ms)
+    /// while the leader is unreachable or changes, for at most the request timeout, as etcd.
+    /// No leader within two election timeouts: "etcdserver: no leader".
+    func onLeader<T: Sendable>(local: () async throws -> T,
+                               forward: (UInt64, Duration) async throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + requestTimeout
+        while true {
+            try await waitForLeader()
+            let leader = leaderID
+            do {
+                if leader == memberID { return try await local() }
+                return try await forward(leader, max(.milliseconds(100), deadline - .now))
+            } catch let e as EtcdError where e != .notLeader && e != .stopped && e.code != .unavailable {
+                throw e
+            } catch let e as EtcdError where e == .stopped {
+                throw e
+            } catch {
+                if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+            }
+            if ContinuousClock.now >= deadline { throw EtcdError.timeout }
+            try await Task.sleep(for: .milliseconds(50))
+        }
     }
 
     /// LeaseLeases: every granted lease.
@@ -180,5 +223,9 @@ extension EtcdServer {
     // MARK: Watch
 
     /// A new watch stream on the keyspace (the Watch service drives it).
-    public func makeWatchStream() -> WatchStream { store.makeWatchStream() }
+    public func makeWatchStream() -> ServerWatchStream {
+        let stream = ServerWatchStream(store: store, registry: machine.watchStreams)
+        machine.watchStreams.add(stream)
+        return stream
+    }
 }

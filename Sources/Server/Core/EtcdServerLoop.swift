@@ -14,8 +14,9 @@ final class RaftLoopState {
     let snapshotCount: UInt64
     var appliedIndex: UInt64
     var snapshotIndex: UInt64
-    /// The backend's consistent index at start-up: entries up to it are already applied.
-    let startConsistentIndex: UInt64
+    /// The backend's consistent index at start-up or after a snapshot install: normal entries
+    /// up to it are already in the backend and are not applied again.
+    var consistentIndex: UInt64
     var confState: ConfState
     var leader: UInt64 = 0
     var leaderEpoch: UInt64 = 0
@@ -38,7 +39,7 @@ final class RaftLoopState {
         self.snapshotCount = snapshotCount
         self.appliedIndex = appliedIndex
         self.snapshotIndex = snapshotIndex
-        self.startConsistentIndex = consistentIndex
+        self.consistentIndex = consistentIndex
         self.confState = node.status.confState
     }
 
@@ -160,6 +161,7 @@ extension EtcdServer {
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
             loop.confState = snap.metadata.confState
+            try installSnapshot(snap)
             loop.appliedIndex = max(loop.appliedIndex, snap.metadata.index)
         }
         for entry in rd.committedEntries {

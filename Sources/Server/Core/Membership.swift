@@ -12,6 +12,8 @@ struct MemberRecord: Sendable, Equatable, Codable {
     var name: String
     var peerURLs: [String]
     var isLearner = false
+    /// The client URLs the member published through the log (empty until it has).
+    var clientURLs: [String] = []
 
     init(id: UInt64, name: String, peerURLs: [String], isLearner: Bool = false) {
         self.id = id
@@ -24,7 +26,7 @@ struct MemberRecord: Sendable, Equatable, Codable {
         self.init(id: m.id, name: m.name, peerURLs: m.peerURLs.map(\.description))
     }
 
-    private enum CodingKeys: String, CodingKey { case id, name, peerURLs, isLearner }
+    private enum CodingKeys: String, CodingKey { case id, name, peerURLs, isLearner, clientURLs }
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -33,6 +35,7 @@ struct MemberRecord: Sendable, Equatable, Codable {
         peerURLs = try c.decode([String].self, forKey: .peerURLs)
         // Records written before learners existed have no flag.
         isLearner = try c.decodeIfPresent(Bool.self, forKey: .isLearner) ?? false
+        clientURLs = try c.decodeIfPresent([String].self, forKey: .clientURLs) ?? []
     }
 
     /// Bucket key: the member ID as 8 big-endian bytes.
@@ -121,6 +124,7 @@ final class ClusterMembership: Sendable {
                 var m = change.member
                 // A bootstrap entry replayed on an existing member keeps the known name.
                 if m.name.isEmpty, let old = s.members[id] { m.name = old.name }
+                if m.clientURLs.isEmpty, let old = s.members[id] { m.clientURLs = old.clientURLs }
                 s.members[id] = m
                 s.removed.remove(id)
                 return m
@@ -136,6 +140,17 @@ final class ClusterMembership: Sendable {
                 s.removed.insert(id)
                 return nil
             }
+        }
+    }
+
+    /// Records the name (when not empty) and client URLs member `id` published; returns the
+    /// record after it (nil for an unknown member).
+    func setAttributes(_ id: UInt64, name: String, clientURLs: [String]) -> MemberRecord? {
+        state.withLock { s in
+            guard s.members[id] != nil else { return nil }
+            if !name.isEmpty { s.members[id]?.name = name }
+            s.members[id]?.clientURLs = clientURLs
+            return s.members[id]
         }
     }
 

@@ -25,7 +25,8 @@ extension MemberRecord {
 }
 
 extension EtcdServer: ClusterBackend {
-    /// The members as this member knows them (client URLs are known only for this member).
+    /// The members as this member knows them, with the client URLs each published through the
+    /// log (MemberAttributes.swift); this member's own are always current.
     public func members() -> [Etcdserverpb_Member] {
         membership.members.map { m in
             if m.id == memberID {
@@ -33,7 +34,7 @@ extension EtcdServer: ClusterBackend {
                 if own.name.isEmpty { own.name = name }
                 return own.proto(clientURLs: config.advertiseClientURLs.map(\.description))
             }
-            return m.proto()
+            return m.proto(clientURLs: m.clientURLs)
         }
     }
 
@@ -229,7 +230,7 @@ extension EtcdServer: ClusterBackend {
                 change = nil
             }
         }
-        guard entry.index > loop.startConsistentIndex else { return }
+        guard entry.index > loop.consistentIndex else { return }
         var result: MemberRecord?
         if let change { result = membership.apply(change) }
         try backend.batch {

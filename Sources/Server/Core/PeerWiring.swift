@@ -7,25 +7,25 @@ import Storage
 /// outgoing snapshots read a consistent backend copy.
 final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
     let inbox: LoopInbox
-    let backend: Backend
+    let machine: StateMachineHolder
     let snapDirectory: String
     let logger: Logger
 
-    init(inbox: LoopInbox, backend: Backend, snapDirectory: String, logger: Logger) {
+    init(inbox: LoopInbox, machine: StateMachineHolder, snapDirectory: String, logger: Logger) {
         self.inbox = inbox
-        self.backend = backend
+        self.machine = machine
         self.snapDirectory = snapDirectory
         self.logger = logger
     }
 
     func transportReceived(_ messages: [Message]) { inbox.send(.messages(messages)) }
 
-    /// Installing a leader's backend snapshot is not implemented yet: the message is dropped
-    /// (the leader retries) and the file removed, so a follower far behind cannot catch up.
+    /// The backend file stays at `<snap>/<index:016x>.snap.db` and the message goes to Raft;
+    /// when the Ready carrying the snapshot is handled, the loop swaps the file in
+    /// (SnapshotInstall.swift). A snapshot Raft ignores leaves its file behind until the next
+    /// install or restart removes it.
     func transportReceivedSnapshot(_ message: Message, backendFile: String) {
-        logger.error("received a snapshot from the leader; installing snapshots is not supported yet",
-                     metadata: ["index": "\(message.snapshot?.metadata.index ?? 0)", "from": "\(String(message.from, radix: 16))"])
-        try? FileManager.default.removeItem(atPath: backendFile)
+        inbox.send(.messages([message]))
     }
 
     func transportReportUnreachable(_ peer: UInt64) { inbox.send(.reportUnreachable(peer)) }
@@ -36,7 +36,7 @@ final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
 
     func openBackendSnapshot() throws -> any BackendSnapshotReader {
         let path = snapDirectory + "/outgoing-\(UUID().uuidString).tmp"
-        try backend.copy(toPath: path)
+        try machine.value.backend.copy(toPath: path)
         return try FileBackendSnapshotReader(path: path, removeOnClose: true)
     }
 }

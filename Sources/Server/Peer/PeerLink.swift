@@ -41,6 +41,14 @@ final class PeerLink: Sendable {
 
     var activeSince: ContinuousClock.Instant? { state.withLock { $0.activeSince } }
 
+    /// The URLs to dial for a one-off call: the connected one first, then the others.
+    var callURLs: [EndpointURL] {
+        state.withLock { s in
+            guard let c = s.connectedURL else { return s.urls }
+            return [c] + s.urls.filter { $0 != c }
+        }
+    }
+
     func start() {
         state.withLock { s in
             guard s.task == nil, !s.cancelled else { return }

@@ -58,6 +58,8 @@ public final class PeerTransport: Sendable {
 
     private let state = Mutex(State())
     let stopSignal = StopSignal()
+    /// Answers lease calls forwarded by followers (see PeerLease.swift).
+    let leaseHandler = LeaseHandlerSlot()
 
     /// Creates a transport for member `localID` of cluster `clusterID`. Received snapshot
     /// bodies are stored in `snapshotDirectory` (created if missing).
@@ -192,6 +194,9 @@ public final class PeerTransport: Sendable {
     }
 
     var isStopped: Bool { state.withLock { $0.stopped } }
+
+    /// The link to `peer`, if it is known.
+    func link(_ peer: UInt64) -> PeerLink? { state.withLock { $0.links[peer] } }
 
     /// Marks a snapshot index as being received; false if it already is.
     func claimIncomingSnapshot(_ index: UInt64) -> Bool {

@@ -1,0 +1,122 @@
+// Lease keep-alives and time-to-live queries forwarded from a follower to the leader
+// (service `PeerLease` in peer.proto): only the leader tracks lease expiry.
+
+import EtcdConfig
+import EtcdProto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Synchronization
+
+/// What answers forwarded lease calls on this member (the core). It throws
+/// `EtcdError.notLeader` when this member is not the leader, and etcd's lease errors.
+protocol PeerLeaseHandler: AnyObject, Sendable {
+    func peerLeaseRenew(_ id: Int64) async throws -> Int64
+    func peerLeaseTimeToLive(_ request: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse
+}
+
+/// Holds the lease handler weakly (the core owns the transport).
+final class LeaseHandlerSlot: Sendable {
+    private struct Ref: @unchecked Sendable { weak var handler: (any PeerLeaseHandler)? }
+    private let ref = Mutex(Ref())
+    var handler: (any PeerLeaseHandler)? { ref.withLock { $0.handler } }
+    func set(_ h: any PeerLeaseHandler) { ref.withLock { $0.handler = h } }
+}
+
+extension PeerTransport {
+    /// Installs what answers lease calls forwarded by other members.
+    func setLeaseHandler(_ handler: any PeerLeaseHandler) { leaseHandler.set(handler) }
+
+    /// The `PeerLease` service; register it on the ``PeerServer`` beside ``makeService()``.
+    func makeLeaseService() -> some Swetcd_Peer_PeerLease.ServiceProtocol { PeerLeaseService(transport: self) }
+
+    /// Renews lease `id` on member `leader`; returns the TTL. etcd's lease errors come back as
+    /// `EtcdError`; an unreachable leader as a transport error.
+    func forwardLeaseRenew(_ id: Int64, to leader: UInt64, timeout: Duration) async throws -> Int64 {
+        var req = Swetcd_Peer_LeaseRenewForward()
+        req.clusterID = clusterID
+        req.from = localID
+        req.to = leader
+        req.leaseID = id
+        let message = req
+        return try await callPeer(leader, timeout: timeout) { client, options in
+            try await Swetcd_Peer_PeerLease.Client(wrapping: client)
+                .leaseRenew(request: ClientRequest(message: message), options: options).ttl
+        }
+    }
+
+    /// Asks member `leader` for a lease's time to live.
+    func forwardLeaseTimeToLive(_ request: Etcdserverpb_LeaseTimeToLiveRequest, to leader: UInt64,
+                                timeout: Duration) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        var req = Swetcd_Peer_LeaseTimeToLiveForward()
+        req.clusterID = clusterID
+        req.from = localID
+        req.to = leader
+        req.request = request
+        let message = req
+        return try await callPeer(leader, timeout: timeout) { client, options in
+            try await Swetcd_Peer_PeerLease.Client(wrapping: client)
+                .leaseTimeToLive(request: ClientRequest(message: message), options: options)
+        }
+    }
+
+    /// One unary call to `peer`, trying its URLs in turn on a short-lived connection.
+    private func callPeer<T: Sendable>(
+        _ peer: UInt64, timeout: Duration,
+        _ body: @Sendable @escaping (GRPCClient<HTTP2ClientTransport.Posix>, CallOptions) async throws -> T
+    ) async throws -> T {
+        guard let link = link(peer) else { throw PeerTransportError.refused("member \(hexID(peer)) is not a known peer") }
+        var lastError: any Error = PeerTransportError.refused("member \(hexID(peer)) has no peer URL")
+        for url in link.callURLs {
+            do {
+                return try await withGRPCClient(transport: try clientTransport(url)) { client in
+                    var options = CallOptions.defaults
+                    options.waitForReady = false
+                    options.timeout = timeout
+                    return try await body(client, options)
+                }
+            } catch let e as RPCError where e.message.hasPrefix("etcdserver: ") {
+                // The remote member's answer (not a transport failure).
+                throw EtcdError(e.message, code: e.code)
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+}
+
+/// The receiving side of `PeerLease`.
+struct PeerLeaseService: Swetcd_Peer_PeerLease.SimpleServiceProtocol {
+    let transport: PeerTransport
+
+    private func handler(cluster: UInt64, from: UInt64, to: UInt64) throws -> any PeerLeaseHandler {
+        if let reason = transport.refusal(cluster: cluster, from: from, to: to) {
+            throw RPCError(code: .failedPrecondition, message: reason)
+        }
+        guard !transport.isStopped, let h = transport.leaseHandler.handler else {
+            throw RPCError(code: .unavailable, message: "member is stopping")
+        }
+        return h
+    }
+
+    func leaseRenew(request: Swetcd_Peer_LeaseRenewForward, context: ServerContext) async throws -> Swetcd_Peer_LeaseRenewForwardReply {
+        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to)
+        do {
+            var reply = Swetcd_Peer_LeaseRenewForwardReply()
+            reply.ttl = try await h.peerLeaseRenew(request.leaseID)
+            return reply
+        } catch {
+            throw EtcdError.from(error).rpcError
+        }
+    }
+
+    func leaseTimeToLive(request: Swetcd_Peer_LeaseTimeToLiveForward, context: ServerContext) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to)
+        do {
+            return try await h.peerLeaseTimeToLive(request.request)
+        } catch {
+            throw EtcdError.from(error).rpcError
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+
+/// A follower far behind the leader's compacted log catches up through a snapshot; lease calls
+/// on a follower reach the leader; every member lists every member's client URLs.
+@Suite("E2E snapshot install", .serialized, .enabled(if: E2E.available && E2E.benchPath != nil, "swetcd, swetcd-bench or etcdctl not found"))
+struct E2ESnapshotTests {
+    /// Writes through `swetcd-bench` (one etcdctl process per write would be too slow).
+    static let writes = Int(ProcessInfo.processInfo.environment["SWETCD_E2E_SNAPSHOT_WRITES"] ?? "") ?? 6000
+
+    @Test func followerCatchesUpThroughASnapshot() async throws {
+        try await Member.withCluster(3, extraArgs: ["--snapshot-count", "100"]) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "warm", "up").status == 0
+            }
+            // Member attributes: every member lists every member's name and client URL.
+            for m in ms {
+                try await E2E.waitUntil("member list on \(m.name) shows every client URL") {
+                    let out = try await m.ctl("member", "list").stdout
+                    return ms.allSatisfy { o in out.contains(", \(o.name), \(o.peerURL), http://\(o.endpoint),") }
+                }
+            }
+            let lead = try await Member.agreedLeader(of: ms)
+            let followers = ms.filter { $0 !== lead }
+
+            // Leases through a follower: keep-alive and time-to-live are answered by the leader.
+            let grant = try await followers[0].ctl("lease", "grant", "60")
+            let leaseID = try #require(grant.stdout.split(separator: " ").dropFirst().first.map(String.init), "\(grant.stderr)")
+            let kept = try await followers[0].ctl("lease", "keep-alive", "--once", leaseID)
+            #expect(kept.stdout.contains("lease \(leaseID) keepalived with TTL(60)"), "\(kept)")
+            let ttl = try await followers[1].ctl("lease", "timetolive", leaseID)
+            #expect(ttl.stdout.contains("granted with TTL(60s), remaining("), "\(ttl)")
+            #expect(!ttl.stdout.contains("remaining(-1s)") && !ttl.stdout.contains("already expired"), "\(ttl)")
+            let unknown = try await followers[1].ctl("lease", "timetolive", "1234abcd")
+            #expect(unknown.stdout.contains("already expired"), "\(unknown)")
+
+            // One follower down while the leader writes far beyond --snapshot-count and the
+            // 5000 entries it keeps for slow followers.
+            let behind = followers[0]
+            try await behind.crash()
+            let bench = try await runBench([
+                "put", "--endpoints", lead.endpoint, "--clients", "16", "--conns", "2",
+                "--total", "\(Self.writes)", "--key-space-size", "\(Self.writes)", "--sequential-keys",
+                "--key-prefix", "snap/", "--key-size", "12",
+            ])
+            #expect(bench.status == 0, "\(bench.stdout)\(bench.stderr)")
+
+            try await behind.start()
+            // A watch on the follower, started before it caught up (or while): as soon as it
+            // knows a leader (etcdctl's watch requires one).
+            try await E2E.waitUntil("the follower knows the leader") { behind.lastKnownLeader != nil }
+            let early = try behind.watch(["--prefix", "after/"], limit: 90)
+            try await E2E.waitUntil("the follower installs a snapshot", limit: .seconds(60)) {
+                (behind.child?.stderr ?? "").contains("\"installed snapshot from the leader\"")
+            }
+            // Every key readable locally (serializable) on the follower, and the same keyspace hash
+            // on every member.
+            let written = try await count(on: lead, serializable: false)
+            #expect(written >= Self.writes * 9 / 10, "\(written) keys written")
+            var seen = -1
+            try await E2E.waitUntil("all \(written) keys on the follower (saw \(seen))", limit: .seconds(30)) {
+                seen = try await count(on: behind, serializable: true)
+                return seen == written
+            }
+            try await E2E.waitUntil("identical HashKV on every member", limit: .seconds(30)) {
+                var hashes: Set<String> = []
+                for m in ms {
+                    let out = try await m.ctl("endpoint", "hashkv", "-w", "json").stdout
+                    guard let r = out.range(of: "\"hash\":") else { return false }
+                    hashes.insert(String(out[r.upperBound...].prefix { $0.isNumber }))
+                }
+                return hashes.count == 1
+            }
+            // Watches on the follower see new writes: the early one and a new one.
+            let late = try behind.watch(["--prefix", "after/"], limit: 60)
+            do {
+                try await E2E.waitUntil("watches on the follower see a new write", limit: .seconds(20)) {
+                    _ = try await lead.ctl("put", "after/1", "x")
+                    return early.stdout.contains("PUT\nafter/1\nx") && late.stdout.contains("PUT\nafter/1\nx")
+                }
+            } catch {
+                Issue.record("early watch: \(early.stdout) \(early.stderr); late watch: \(late.stdout) \(late.stderr)")
+                throw error
+            }
+            early.signal(SIGTERM)
+            late.signal(SIGTERM)
+            // The follower's status shows it applied as far as the leader had.
+            let leaderApplied = try await appliedIndex(of: lead)
+            #expect(leaderApplied > UInt64(Self.writes))
+            try await E2E.waitUntil("the follower applied as far as the leader") {
+                try await appliedIndex(of: behind) >= leaderApplied
+            }
+            // Its member list (now from the leader's backend) still has every client URL.
+            let list = try await behind.ctl("member", "list").stdout
+            #expect(ms.allSatisfy { list.contains("http://\($0.endpoint)") }, "\(list)")
+        }
+    }
+
+    /// The number of `snap/` keys on `member` (-1 if unreadable).
+    private func count(on member: Member, serializable: Bool) async throws -> Int {
+        let out = try await member.ctl(["get", "snap/", "--prefix", "--keys-only", "--limit=1", "-w", "json",
+                                        "--consistency=\(serializable ? "s" : "l")"]).stdout
+        guard let r = out.range(of: "\"count\":") else {
+            Issue.record("no count in: \(out)")
+            return -1
+        }
+        return Int(out[r.upperBound...].prefix { $0.isNumber }) ?? -1
+    }
+
+    /// `raftAppliedIndex` from `etcdctl endpoint status` (0 if missing).
+    private func appliedIndex(of member: Member) async throws -> UInt64 {
+        let out = try await member.ctl("endpoint", "status", "-w", "json").stdout
+        guard let r = out.range(of: "\"raftAppliedIndex\":") else { return 0 }
+        return UInt64(out[r.upperBound...].prefix { $0.isNumber }) ?? 0
+    }
+
+    private func runBench(_ args: [String]) async throws -> CommandOutput {
+        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "120", try #require(E2E.benchPath)] + args)
+        try child.start()
+        let status = try await child.waitExit(limit: .seconds(130))
+        return CommandOutput(status: status, stdout: child.stdout, stderr: child.stderr)
+    }
+}
+
+extension E2E {
+    /// `swetcd-bench`, built beside `swetcd`.
+    static let benchPath: String? = {
+        guard let swetcd = swetcdPath else { return nil }
+        let path = URL(fileURLWithPath: swetcd).deletingLastPathComponent().appendingPathComponent("swetcd-bench").path
+        return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+    }()
+}
