@@ -40,6 +40,8 @@ public struct EtcdError: Error, Equatable, Sendable, CustomStringConvertible {
     public static let notLeader = EtcdError("etcdserver: not leader", code: .failedPrecondition)
     public static let leaderChanged = EtcdError("etcdserver: leader changed", code: .unavailable)
     public static let notCapable = EtcdError("etcdserver: not capable", code: .unavailable)
+    /// Raft takes one membership change at a time (the server retries this one itself).
+    public static let membershipChangeInProgress = EtcdError("etcdserver: another membership change is in progress; retry", code: .unavailable)
     public static let stopped = EtcdError("etcdserver: server stopped", code: .unavailable)
     public static let timeout = EtcdError("etcdserver: request timed out", code: .unavailable)
     public static let timeoutDueToLeaderFail = EtcdError(

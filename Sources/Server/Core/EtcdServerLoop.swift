@@ -110,8 +110,7 @@ extension EtcdServer {
                 }
             case .proposeConfChange(let cc):
                 do { try loop.node.proposeConfChange(cc) } catch RaftError.proposalDropped {
-                    waiters.trigger(cc.id, .failure(EtcdError(
-                        "etcdserver: another membership change is in progress; retry", code: .unavailable)))
+                    waiters.trigger(cc.id, .failure(EtcdError.membershipChangeInProgress))
                 } catch {
                     waiters.trigger(cc.id, .failure(EtcdError("etcdserver: invalid membership change: \(error)", code: .failedPrecondition)))
                 }

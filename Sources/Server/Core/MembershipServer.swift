@@ -166,10 +166,21 @@ extension EtcdServer: ClusterBackend {
     func proposeMembership(_ change: MembershipChange) async throws {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
         try await waitForLeader()
-        let id = ids.next()
-        waiters.register(id)
-        inbox.send(.proposeConfChange(change.confChange(requestID: id)))
-        _ = try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        // Raft takes one membership change at a time, and a new leader takes none until it has
+        // applied the changes in its log (right after a cluster starts, its bootstrap entries):
+        // such a refusal is retried here until the request timeout, as the client would have to.
+        let deadline = ContinuousClock.now + requestTimeout
+        while true {
+            let id = ids.next()
+            waiters.register(id)
+            inbox.send(.proposeConfChange(change.confChange(requestID: id)))
+            do {
+                _ = try await waiters.wait(id, timeout: deadline - ContinuousClock.now, timeoutError: EtcdError.timeout)
+                return
+            } catch let e as EtcdError where e == EtcdError.membershipChangeInProgress && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
     }
 
     /// Asks the leader, over its peer URLs, to promote `id`.
