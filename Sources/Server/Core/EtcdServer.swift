@@ -22,6 +22,7 @@ enum ApplyResult: Sendable {
     case compaction(Etcdserverpb_CompactionResponse, MVCCStore.CompactionJob)
     case leaseGrant(Etcdserverpb_LeaseGrantResponse)
     case leaseRevoke(Etcdserverpb_LeaseRevokeResponse)
+    case alarm(Etcdserverpb_AlarmResponse)
     case none
 }
 
@@ -58,6 +59,10 @@ public final class EtcdServer: Sendable {
     let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let loopExited = Atomic<Bool>(false)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
+    /// Raised alarms (NOSPACE, CORRUPT), loaded from the backend at start.
+    let alarms = AlarmStore()
+    /// Auto-compactions this member proposed (for /metrics).
+    let autoCompactions = Atomic<Int>(0)
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
     /// Members of the bootstrap configuration (ID → name and peer URLs).
@@ -172,7 +177,9 @@ public final class EtcdServer: Sendable {
         loop.transport = transport
         let peerServer = PeerServer(logger: logger)
         do {
-            try await peerServer.start(urls: cfg.listenPeerURLs, services: [transport.makeService()])
+            try await peerServer.start(urls: cfg.listenPeerURLs, services: [
+                transport.makeService(), PeerCorruptCheckService(transport: transport, store: store),
+            ])
         } catch {
             try? backend.close()
             try? raftStorage.close()
@@ -193,7 +200,17 @@ public final class EtcdServer: Sendable {
             "data-dir": "\(dataDir.path)", "new": "\(isNew)", "consistent-index": "\(consistent)",
             "commit-index": "\(hs.commit)", "snapshot-index": "\(snapIndex)",
         ])
+        do {
+            try server.alarms.load(from: backend)
+            server.logQuota()
+            if cfg.initialCorruptCheck { try await server.initialCorruptCheck() }
+        } catch {
+            await server.abandonBeforeLoop()
+            throw error
+        }
         server.startLoopThread()
+        server.startAutoCompaction(loaded.autoCompaction)
+        server.startCorruptionMonitor(every: cfg.corruptCheckTime)
         let watchTask = store.runWatchLoop()
         // Watches created with progress_notify get an empty response every interval (etcd:
         // --experimental-watch-progress-notify-interval, 10 minutes).
@@ -262,6 +279,7 @@ public final class EtcdServer: Sendable {
         req.header.id = id
         let data: [UInt8] = try req.serializedBytes()
         if data.count > Int(config.maxRequestBytes) { throw EtcdError.requestTooLarge }
+        try await checkQuota(req)
         waiters.register(id)
         inbox.send(.propose(data))
         return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)

@@ -1,4 +1,5 @@
 public import Prometheus
+import Synchronization
 
 /// Values sampled when /metrics is scraped (gauges the server reads from its own state rather
 /// than updating on every change).
@@ -19,6 +20,9 @@ public struct MetricsSample: Sendable, Equatable {
     public var keys: Int = 0
     public var watchers: Int = 0
     public var leases: Int = 0
+    /// The backend quota in force (0 when disabled), and auto-compactions proposed so far.
+    public var quotaBackendBytes: Int64 = 0
+    public var autoCompactions: Int = 0
 
     /// A sample with everything zero.
     public init() {}
@@ -47,6 +51,9 @@ public final class ServerMetrics: Sendable {
     private let mvccKeys: Gauge
     private let mvccWatchers: Gauge
     private let leases: Gauge
+    private let quotaBackendBytes: Gauge
+    private let autoCompactions: Counter
+    private let autoCompactionsRendered = Mutex(0)
 
     /// etcd's disk latency buckets: 1 ms doubling 14 times (up to about 8 s).
     static let diskBuckets: [Duration] = (0..<14).map { .microseconds(1000 << $0) }
@@ -71,6 +78,8 @@ public final class ServerMetrics: Sendable {
         mvccKeys = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_keys_total", "Total number of keys."))
         mvccWatchers = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_watcher_total", "Total number of watchers."))
         leases = registry.makeGauge(descriptor: .etcd("swetcd_server_leases", "The number of granted leases on this member."))
+        quotaBackendBytes = registry.makeGauge(descriptor: .etcd("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."))
+        autoCompactions = registry.makeCounter(descriptor: .etcd("swetcd_server_auto_compactions_total", "The number of compactions proposed by auto-compaction on this member."))
         registry.makeGauge(descriptor: .etcd("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID."), labels: [("server_id", String(memberID, radix: 16))])
             .set(to: 1)
         registry.makeGauge(descriptor: .etcd("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version."), labels: [("server_version", serverVersion)])
@@ -105,6 +114,12 @@ public final class ServerMetrics: Sendable {
         mvccKeys.set(Int64(sample.keys))
         mvccWatchers.set(Int64(sample.watchers))
         leases.set(Int64(sample.leases))
+        quotaBackendBytes.set(sample.quotaBackendBytes)
+        let newCompactions = autoCompactionsRendered.withLock { seen in
+            defer { seen = max(seen, sample.autoCompactions) }
+            return max(0, sample.autoCompactions - seen)
+        }
+        if newCompactions > 0 { autoCompactions.increment(by: Int64(newCompactions)) }
         return registry.emitToString()
     }
 }
