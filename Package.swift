@@ -47,6 +47,8 @@ let package = Package(
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
         // `swift run -c release wal-bench`: fsynced WAL appends per second.
         .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
+        // `swift run -c release defrag-bench`: stalls seen by a writer and a reader during defrag.
+        .executableTarget(name: "defrag-bench", dependencies: ["Storage"], path: "Sources/DefragBench"),
 
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
@@ -121,11 +123,12 @@ let package = Package(
             "Server", "EtcdConfig", .product(name: "Logging", package: "swift-log"),
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
-        .testTarget(name: "E2ETests"),
+        .testTarget(name: "E2ETests", dependencies: ["Raft"]),
         // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
         .executableTarget(name: "swetcdutl", dependencies: [
-            "Storage", "MVCC",
+            "Storage", "MVCC", "Raft", "EtcdConfig",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "SwetcdBench", dependencies: [
             "EtcdProto",
@@ -133,9 +136,17 @@ let package = Package(
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
         ]),
         // Run the built tool binaries; the dependencies make sure they are built first.
-        .testTarget(name: "ToolsTests", dependencies: ["swetcdutl", "SwetcdBench", "Storage", "MVCC"]),
+        .testTarget(name: "ToolsTests", dependencies: [
+            "swetcdutl", "SwetcdBench", "Storage", "MVCC", .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        // The deployment files (systemd unit, config example, Kubernetes manifests, tune.sh).
+        .testTarget(name: "PackagingTests", dependencies: [
+            "EtcdConfig", .product(name: "Yams", package: "Yams"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -35,7 +35,8 @@ public final class MVCCStore: @unchecked Sendable {
     let lock = StoreLock()
     let compactionLock = NSLock()
     var index = OrderedKeyMap()
-    var currentRev: Int64 = 0
+    /// An empty keyspace is at revision 1, as etcd's is, so the first change is revision 2.
+    var currentRev: Int64 = 1
     var compactMainRev: Int64 = 0
     var leaseHooks: MVCCLeaseHooks?
     /// Set when a write failed half-way (see `MVCCError.stopped`).

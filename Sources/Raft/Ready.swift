@@ -56,6 +56,9 @@ public struct Ready: Sendable {
     /// Whether the hard state or entries must be synced to disk before sending.
     public var mustSync: Bool = false
 
+    /// An empty Ready (to persist state built outside a node, e.g. a new cluster's first entries).
+    public init() {}
+
     /// True if there is nothing to do.
     public var isEmpty: Bool {
         softState == nil && hardState == nil && entries.isEmpty && snapshot == nil

@@ -73,10 +73,17 @@ public struct ClientPortConfiguration: Sendable {
 ///     let address = try await transport.listeningAddress
 /// }
 /// ```
-public struct ClientPortTransport: ServerTransport {
+public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     public typealias Bytes = GRPCNIOTransportBytes
 
     private let underlying: HTTP2ServerTransport.Custom<ClientPortListener>
+    private let maxReceiveMessageBytes: Int
+
+    /// How much larger than ``ClientPortConfiguration/maxReceiveMessageBytes`` a message may be
+    /// for the transport to still read it whole, so that the limit is answered with a gRPC
+    /// status (ResourceExhausted, as etcd) instead of a reset stream. Larger messages are refused
+    /// by the transport from their length prefix (the stream is reset).
+    static let oversizeAllowance = 8 << 20
 
     /// Creates the transport; nothing is bound until the server starts.
     public init(
@@ -84,7 +91,8 @@ public struct ClientPortTransport: ServerTransport {
         eventLoopGroup: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup
     ) {
         var config = HTTP2ServerTransport.Custom<ClientPortListener>.Config.defaults
-        config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes
+        maxReceiveMessageBytes = configuration.maxReceiveMessageBytes
+        config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes + Self.oversizeAllowance
         config.connection.keepalive = .init(
             time: configuration.keepaliveTime,
             timeout: configuration.keepaliveTimeout,
@@ -116,7 +124,11 @@ public struct ClientPortTransport: ServerTransport {
             _ context: ServerContext
         ) async -> Void
     ) async throws {
-        try await underlying.listen(streamHandler: streamHandler)
+        let limit = maxReceiveMessageBytes
+        try await underlying.listen { stream, context in
+            let inbound = Inbound(wrapping: SizeLimitedRequestParts(base: stream.inbound, limit: limit))
+            await streamHandler(RPCStream(descriptor: stream.descriptor, inbound: inbound, outbound: stream.outbound), context)
+        }
     }
 
     public func configure(context: GRPCServerContext) {
@@ -125,6 +137,34 @@ public struct ClientPortTransport: ServerTransport {
 
     public func beginGracefulShutdown() {
         underlying.beginGracefulShutdown()
+    }
+}
+
+/// Request parts of one RPC, failing with etcd's (grpc-go's) ResourceExhausted error at the
+/// first message larger than `limit` bytes: "grpc: received message larger than max (N vs. M)".
+struct SizeLimitedRequestParts<Bytes: GRPCContiguousBytes & Sendable>: AsyncSequence, Sendable {
+    typealias Element = RPCRequestPart<Bytes>
+    typealias Failure = any Error
+
+    let base: RPCAsyncSequence<RPCRequestPart<Bytes>, any Error>
+    let limit: Int
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var base: RPCAsyncSequence<RPCRequestPart<Bytes>, any Error>.AsyncIterator
+        let limit: Int
+
+        mutating func next() async throws -> RPCRequestPart<Bytes>? {
+            let part = try await base.next()
+            if case .message(let bytes)? = part, bytes.count > limit {
+                throw RPCError(code: .resourceExhausted,
+                               message: "grpc: received message larger than max (\(bytes.count) vs. \(limit))")
+            }
+            return part
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: base.makeAsyncIterator(), limit: limit)
     }
 }
 

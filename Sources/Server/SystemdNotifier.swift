@@ -1,4 +1,6 @@
 import CSystemd
+import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -59,5 +61,160 @@ public struct SystemdNotifier: Sendable {
             String(line.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
         }.joined(separator: "\n")
         return sd_notify(0, text) > 0
+    }
+}
+
+// MARK: - Watchdog
+
+/// Sends systemd's watchdog keep-alive (`WATCHDOG=1`) every `pingInterval`, but only while a
+/// liveness probe shows progress: when the probed loop stalls (a disk write that never returns,
+/// a deadlock) the pings stop and systemd restarts the service once `WatchdogSec=` passes.
+public struct SystemdWatchdog: Sendable {
+    /// Time between two checks (half the watchdog interval, as sd_watchdog_enabled(3) advises).
+    public let pingInterval: Duration
+    /// The longest quiet time (see `quietTime`) that still counts as alive.
+    public let maxQuiet: Duration
+    private let quietTime: @Sendable () -> Duration?
+    private let ping: @Sendable () -> Void
+
+    /// - Parameters:
+    ///   - watchdogInterval: systemd's `WATCHDOG_USEC` (``SystemdNotifier/watchdogInterval``).
+    ///   - maxQuiet: how long the probed loop may go without a pass before pings stop.
+    ///   - quietTime: time since the probed loop last made progress; nil when it is not running.
+    ///   - ping: sends one keep-alive.
+    public init(watchdogInterval: Duration, maxQuiet: Duration,
+                quietTime: @escaping @Sendable () -> Duration?, ping: @escaping @Sendable () -> Void) {
+        pingInterval = watchdogInterval / 2
+        self.maxQuiet = maxQuiet
+        self.quietTime = quietTime
+        self.ping = ping
+    }
+
+    /// The stall limit for a Raft loop with heartbeat `heartbeat`: half the watchdog interval,
+    /// but at least five heartbeats (a healthy loop passes at least once per heartbeat).
+    public static func raftStallLimit(watchdogInterval: Duration, heartbeat: Duration) -> Duration {
+        max(watchdogInterval / 2, heartbeat * 5)
+    }
+
+    /// One check: pings if the loop passed within `maxQuiet`; returns whether it pinged.
+    @discardableResult public func check() -> Bool {
+        guard let quiet = quietTime(), quiet <= maxQuiet else { return false }
+        ping()
+        return true
+    }
+
+    /// Checks every `pingInterval` until the task is cancelled.
+    public func run() async {
+        while !Task.isCancelled {
+            check()
+            do { try await Task.sleep(for: pingInterval) } catch { return }
+        }
+    }
+}
+
+extension EtcdServer {
+    /// Time since the Raft loop last finished a pass; nil before its first pass and after it
+    /// exited. A healthy loop passes at least once per heartbeat interval, busy or idle; a pass
+    /// stuck in a WAL fsync, a backend commit or an apply makes this grow.
+    public var raftLoopQuietTime: Duration? {
+        if loopExited.load(ordering: .acquiring) { return nil }
+        let last = loopPassNanos.load(ordering: .relaxed)
+        guard last > 0 else { return nil }
+        let now = DispatchTime.now().uptimeNanoseconds
+        return .nanoseconds(Int64(clamping: now > last ? now - last : 0))
+    }
+
+    /// The heartbeat interval (`--heartbeat-interval`).
+    public var heartbeatInterval: Duration { .milliseconds(Int64(clamping: max(1, config.heartbeatIntervalMs))) }
+}
+
+// MARK: - The server's systemd session
+
+/// Everything `swetcd` tells systemd over a run: `STATUS=` while it starts, `READY=1` once it
+/// serves clients (a leader is known and the client listeners are bound, as etcd does), `STATUS=`
+/// on each leader or term change, `WATCHDOG=1` tied to Raft loop liveness, `STOPPING=1` on
+/// shutdown. Without `NOTIFY_SOCKET` it does nothing.
+public final class SystemdSession: Sendable {
+    /// The notifier in use.
+    public let notifier: SystemdNotifier
+    private let tasks = Mutex<[Task<Void, Never>]>([])
+    private let stopSent = Atomic<Bool>(false)
+
+    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` from the environment.
+    public init(notifier: SystemdNotifier = SystemdNotifier()) {
+        self.notifier = notifier
+    }
+
+    /// Before the data directory is opened: a status line and, if the watchdog is on, plain
+    /// keep-alives (the Raft loop does not run yet) until ``serve(server:listener:)``.
+    public func starting(dataDir: String) {
+        guard notifier.isEnabled else { return }
+        notifier.status("recovering data in \(dataDir)")
+        if let interval = notifier.watchdogInterval {
+            let notifier = notifier
+            let dog = SystemdWatchdog(watchdogInterval: interval, maxQuiet: .zero,
+                                      quietTime: { .zero }, ping: { notifier.watchdog() })
+            add(Task { await dog.run() })
+        }
+    }
+
+    /// Once the server started and its listener serves: hands the watchdog to the Raft loop,
+    /// waits for a leader and the bound listeners, sends READY=1, then reports leader changes.
+    public func serve(server: EtcdServer, listener: ClientListener) {
+        guard notifier.isEnabled else { return }
+        cancelAll()
+        let notifier = notifier
+        if let interval = notifier.watchdogInterval {
+            let dog = SystemdWatchdog(
+                watchdogInterval: interval,
+                maxQuiet: SystemdWatchdog.raftStallLimit(watchdogInterval: interval, heartbeat: server.heartbeatInterval),
+                quietTime: { server.raftLoopQuietTime },
+                ping: { notifier.watchdog() })
+            add(Task { await dog.run() })
+        }
+        add(Task { [self] in
+            notifier.status("waiting for a leader")
+            // Returns once every client listener is bound.
+            do { _ = try await listener.boundAddresses() } catch { return }
+            let addresses = server.config.listenClientURLs.map(\.description)
+            while server.leaderID == 0 {
+                do { try await Task.sleep(for: .milliseconds(20)) } catch { return }
+            }
+            if stopSent.load(ordering: .relaxed) { return }   // no READY=1 after STOPPING=1
+            var shown = (leader: server.leaderID, term: server.term)
+            notifier.ready(status: Self.statusLine(leader: shown.leader, term: shown.term, addresses: addresses))
+            // Leader changes until the stop begins (then "stopping" stays the status).
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: .milliseconds(200)) } catch { return }
+                if stopSent.load(ordering: .relaxed) { return }
+                let now = (leader: server.leaderID, term: server.term)
+                if now != shown {
+                    shown = now
+                    notifier.status(Self.statusLine(leader: now.leader, term: now.term, addresses: addresses))
+                }
+            }
+        })
+    }
+
+    /// A graceful stop has begun: `STOPPING=1` and a status line (sent once). The watchdog keeps
+    /// pinging while the Raft loop still runs (a leader hands over leadership first).
+    public func stopping() {
+        guard notifier.isEnabled, !stopSent.exchange(true, ordering: .relaxed) else { return }
+        notifier.send(["STOPPING=1", "STATUS=stopping"])
+    }
+
+    /// Ends the session's background tasks (watchdog and status).
+    public func finish() { cancelAll() }
+
+    static func statusLine(leader: UInt64, term: UInt64, addresses: [String]) -> String {
+        let who = leader == 0 ? "no leader" : "leader \(String(leader, radix: 16))"
+        let serving = addresses.isEmpty ? "serving clients" : "serving clients on \(addresses.joined(separator: ", "))"
+        return "\(serving); \(who), term \(term)"
+    }
+
+    private func add(_ task: Task<Void, Never>) { tasks.withLock { $0.append(task) } }
+
+    private func cancelAll() {
+        for t in tasks.withLock({ t in defer { t.removeAll() }; return t }) { t.cancel() }
     }
 }

@@ -50,6 +50,8 @@ public final class Backend: @unchecked Sendable {
         public var initialMapSize: Int = 1 << 30
         /// Let LMDB fsync at each batch commit.
         public var sync: Bool = true
+        /// Called after each batch is written to LMDB with how long the write took (metrics).
+        public var onCommit: (@Sendable (Duration) -> Void)?
         public init() {}
     }
 
@@ -58,25 +60,35 @@ public final class Backend: @unchecked Sendable {
     /// Path of the db file (a lock file `<path>-lock` sits next to it).
     public let path: String
     public let options: Options
-    private let lock = NSCondition()
+    let lock = NSCondition()
     /// Open `batch` scopes; no batch is written while one is open.
-    private var scopes = 0
+    var scopes = 0
     /// Copies running outside the lock.
-    private var copies = 0
-    private var lmdb: LMDBEnv?
+    var copies = 0
+    var lmdb: LMDBEnv?
     /// Idle (reset) read transactions for reuse, and the number of reads running.
-    private var readers: [LMDBReadTxn] = []
-    private var activeReads = 0
-    private var buffer: [[[UInt8]: Pending]]
+    var readers: [LMDBReadTxn] = []
+    var activeReads = 0
+    var buffer: [[[UInt8]: Pending]]
+    /// While a defragmentation copy runs: every batch committed since it began, in order, to
+    /// be replayed into the copy (see Backend+Defrag.swift). Nil otherwise.
+    var defragLog: [[[[UInt8]: Pending]]]?
+    /// Whether a defragmentation is running (one at a time).
+    var defragRunning = false
+    /// Test hook: called at each defragmentation step; returning true stops the procedure
+    /// there, leaving the files as a process killed at that point would.
+    var defragStepHook: (@Sendable (DefragmentStep) -> Bool)?
     private var pendingOps = 0
     private var batchStarted: ContinuousClock.Instant?
     private var commits = 0
 
-    /// Opens (creating if needed) the db file at `path`; the directory must exist.
+    /// Opens (creating if needed) the db file at `path`; the directory must exist. A copy
+    /// left behind by a defragmentation that was interrupted is removed first.
     public init(path: String, options: Options = Options()) throws {
         self.path = path
         self.options = options
         self.buffer = Array(repeating: [:], count: BackendBucket.allCases.count)
+        try Backend.removeDefragLeftovers(path)
         let env = try LMDBEnv(path: path, mapSize: max(options.initialMapSize, 1 << 20),
                               names: BackendBucket.allCases.map(\.name), sync: options.sync)
         self.lmdb = env
@@ -84,7 +96,7 @@ public final class Backend: @unchecked Sendable {
 
     deinit { try? close() }
 
-    private func env() throws -> LMDBEnv {
+    func env() throws -> LMDBEnv {
         guard let e = lmdb else { throw BackendError(message: "closed") }
         return e
     }
@@ -174,7 +186,7 @@ public final class Backend: @unchecked Sendable {
     }
 
     /// Waits (lock held) until no scope is open.
-    private func waitForScopes() {
+    func waitForScopes() {
         while scopes > 0 { lock.wait() }
     }
 
@@ -216,29 +228,38 @@ public final class Backend: @unchecked Sendable {
         }
     }
 
-    private func commitLocked() throws {
+    func commitLocked() throws {
         guard pendingOps > 0 else { return }
-        let e = try env()
+        let started = ContinuousClock.now
         while true {
-            let rc = try writeBatch(e)
+            let e = try env()
+            let rc = Backend.write(buffer, to: e)
             if rc == MDB_SUCCESS { break }
             if rc == MDB_MAP_FULL {
                 // LMDB resizes only with no transaction open in the process.
                 while copies > 0 || activeReads > 0 { lock.wait() }
-                readers.removeAll()
-                try e.grow()
+                // A defragmentation may have swapped the env while this waited: then the
+                // batch goes to the new one (it was not recorded for replay).
+                if lmdb === e {
+                    readers.removeAll()
+                    try e.grow()
+                }
                 continue
             }
             throw BackendError(rc, "commit batch")
         }
+        // A defragmentation copy in progress replays this batch into the copy later.
+        defragLog?.append(buffer)
         for i in buffer.indices { buffer[i].removeAll(keepingCapacity: true) }
         pendingOps = 0
         batchStarted = nil
         commits += 1
+        options.onCommit?(ContinuousClock.now - started)
     }
 
-    /// One attempt to write the whole batch; returns LMDB's code (the txn is aborted on error).
-    private func writeBatch(_ e: LMDBEnv) throws -> Int32 {
+    /// One attempt to write a whole batch to `e` in one write transaction; returns LMDB's code
+    /// (the txn is aborted on error).
+    static func write(_ buffer: [[[UInt8]: Pending]], to e: LMDBEnv) -> Int32 {
         var t: OpaquePointer?
         var rc = mdb_txn_begin(e.env, nil, 0, &t)
         if rc != MDB_SUCCESS { return rc }

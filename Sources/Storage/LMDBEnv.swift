@@ -52,6 +52,20 @@ final class LMDBEnv {
             var flags = UInt32(MDB_NOSUBDIR | MDB_NOTLS | MDB_NORDAHEAD)
             if !sync { flags |= UInt32(MDB_NOSYNC | MDB_NOMETASYNC) }
             try lmdbCheck(mdb_env_open(env, path, flags, 0o600), "open \(path)")
+            // A file shorter than the pages its meta page claims (truncated, e.g. a partial
+            // copy) would fault when LMDB touches the missing pages: refuse it first.
+            var info = MDB_envinfo()
+            var st = MDB_stat()
+            mdb_env_info(env, &info)
+            mdb_env_stat(env, &st)
+            var fd: mdb_filehandle_t = -1
+            var fileStat = Glibc.stat()
+            if mdb_env_get_fd(env, &fd) == MDB_SUCCESS, fstat(fd, &fileStat) == 0 {
+                let needed = (Int(info.me_last_pgno) + 1) * Int(st.ms_psize)
+                if info.me_last_pgno > 1, Int(fileStat.st_size) < needed {
+                    throw BackendError(message: "\(path) is truncated: \(fileStat.st_size) bytes, its pages need \(needed)")
+                }
+            }
             // Create every named database up front in one write transaction.
             var txn: OpaquePointer?
             try lmdbCheck(mdb_txn_begin(env, nil, 0, &txn), "begin")
@@ -93,7 +107,13 @@ final class LMDBEnv {
         return Int(info.me_last_pgno)
     }
 
+    /// Forces LMDB's data to disk (fdatasync), also when the env was opened without syncing.
     func sync() throws { try lmdbCheck(mdb_env_sync(env, 1), "sync") }
+
+    /// Turns LMDB's sync at each commit on or off.
+    func setSync(_ on: Bool) throws {
+        try lmdbCheck(mdb_env_set_flags(env, UInt32(MDB_NOSYNC | MDB_NOMETASYNC), on ? 0 : 1), "set sync flags")
+    }
 }
 
 /// A read-only LMDB transaction; it keeps its env open while it exists.

@@ -10,15 +10,17 @@ struct ConnectionPool {
     let clients: [GRPCClient<Transport>]
 
     init(endpoints: [Endpoint], count: Int) throws {
+        // Server PINGs are answered before NIO's HTTP/2 handler sees them (see PingResponder).
+        let config = Transport.Config.defaults { $0.channelDebuggingCallbacks.onCreateTCPConnection = PingResponder.install }
         clients = try (0..<count).map { i in
             let e = endpoints[i % endpoints.count]
             let transport: Transport
             if e.host.split(separator: ".").count == 4, e.host.allSatisfy({ $0.isNumber || $0 == "." }) {
-                transport = try Transport(target: .ipv4(address: e.host, port: e.port), transportSecurity: .plaintext)
+                transport = try Transport(target: .ipv4(address: e.host, port: e.port), transportSecurity: .plaintext, config: config)
             } else if e.host.contains(":") {
-                transport = try Transport(target: .ipv6(address: e.host, port: e.port), transportSecurity: .plaintext)
+                transport = try Transport(target: .ipv6(address: e.host, port: e.port), transportSecurity: .plaintext, config: config)
             } else {
-                transport = try Transport(target: .dns(host: e.host, port: e.port), transportSecurity: .plaintext)
+                transport = try Transport(target: .dns(host: e.host, port: e.port), transportSecurity: .plaintext, config: config)
             }
             return GRPCClient(transport: transport)
         }

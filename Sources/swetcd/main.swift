@@ -59,6 +59,11 @@ nonisolated func watchSignals(_ signals: [Int32]) -> (AsyncStream<Int32>, [any D
 }
 let (signals, signalSources) = watchSignals([SIGTERM, SIGINT])
 
+// systemd (Type=notify): status while recovering, READY=1 once clients are served,
+// WATCHDOG=1 while the Raft loop makes progress, STOPPING=1 on shutdown.
+let systemd = SystemdSession()
+systemd.starting(dataDir: loaded.config.effectiveDataDir)
+
 let server: EtcdServer
 do {
     server = try await EtcdServer.start(loaded, logger: logger)
@@ -75,14 +80,22 @@ do {
 }
 
 let serving = Task { try await listener.serve() }
+systemd.serve(server: server, listener: listener)
 let stopOnSignal = Task {
     for await sig in signals {
         logger.info("received signal; shutting down", metadata: ["signal": "\(sig)"])
+        systemd.stopping()
         // End the streams (watch, keep-alive), then stop accepting and let calls finish.
         server.closing.fire()
         listener.stop()
         return
     }
+}
+// A member removed from the cluster stops (it logged why when it applied its removal).
+let stopOnRemoval = Task {
+    await server.removal.wait()
+    server.closing.fire()
+    listener.stop()
 }
 var exitCode: Int32 = 0
 do {
@@ -92,5 +105,8 @@ do {
     exitCode = 1
 }
 stopOnSignal.cancel()
+stopOnRemoval.cancel()
+systemd.stopping()
 await server.stop()
+systemd.finish()
 exit(exitCode)

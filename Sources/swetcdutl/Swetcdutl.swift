@@ -1,5 +1,6 @@
 // swetcdutl: offline tools for swetcd data directories (as etcd's etcdutl).
-// Every command here reads only; none needs or contacts a running server.
+// None needs or contacts a running server. `wal`, `status` and `snapshot status` only read;
+// `defrag` rewrites a stopped member's backend and `snapshot restore` creates a new data dir.
 import ArgumentParser
 
 @main
@@ -8,11 +9,12 @@ struct Swetcdutl: ParsableCommand {
         commandName: "swetcdutl",
         abstract: "Offline tools for swetcd data directories.",
         discussion: """
-            Commands read a data directory written by swetcd without modifying it. They refuse \
-            a directory swetcd did not write (etcd's own format included). Errors exit with code 1.
+            Commands work on data directories written by swetcd and refuse any other (etcd's \
+            own format included). Only `defrag` modifies one (a stopped member's); `snapshot \
+            restore` creates a new one. Errors exit with code 1.
             """,
         version: ToolVersion.swetcdutl,
-        subcommands: [VersionCommand.self, WALCommand.self, StatusCommand.self]
+        subcommands: [VersionCommand.self, WALCommand.self, StatusCommand.self, SnapshotCommand.self, DefragCommand.self]
     )
 }
 

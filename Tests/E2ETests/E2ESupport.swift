@@ -179,6 +179,8 @@ final class Member: @unchecked Sendable {
     var extraArgs: [String]
     /// `--initial-cluster` (default: this member alone).
     var initialCluster: String?
+    /// Extra environment variables for the process (added to this process's environment).
+    var environment: [String: String] = [:]
     private(set) var child: Child?
     var peerURL: String { "http://127.0.0.1:\(peerPort)" }
 
@@ -203,7 +205,8 @@ final class Member: @unchecked Sendable {
             "--initial-cluster", initialCluster ?? "\(name)=\(peer)",
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ] + extraArgs
-        let c = try Child(try #require(E2E.swetcdPath), args)
+        let env = environment.isEmpty ? nil : ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let c = try Child(try #require(E2E.swetcdPath), args, environment: env)
         try c.start()
         child = c
         try await E2E.waitUntil("swetcd on \(clientPort)") {

@@ -21,7 +21,7 @@ func lexLess(_ a: [UInt8], _ b: [UInt8]) -> Bool { a.lexicographicallyPrecedes(b
 /// every rule written the plain way. Compaction only records the revision (reads below it
 /// fail); it never changes what a read at or above it returns.
 final class Model {
-    var rev: Int64 = 0
+    var rev: Int64 = 1   // an empty store is at revision 1, as etcd's
     var compactRev: Int64 = 0
     /// Per key, its versions in revision order; nil marks a delete.
     var log: [[UInt8]: [(rev: Int64, kv: KeyValue?)]] = [:]

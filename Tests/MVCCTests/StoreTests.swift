@@ -7,24 +7,24 @@ import Testing
     @Test func revisionsVersionsAndTombstones() throws {
         let dir = StoreDir()
         let st = try dir.open()
-        #expect(st.currentRevision == 0)
-        #expect(try st.put("a", "1") == 1)
-        #expect(try st.put("a", "2") == 2)
-        #expect(try st.put("b", "x") == 3)
+        #expect(st.currentRevision == 1, "an empty store is at revision 1, as etcd's")
+        #expect(try st.put("a", "1") == 2)
+        #expect(try st.put("a", "2") == 3)
+        #expect(try st.put("b", "x") == 4)
         let a = try #require(try st.get("a"))
-        #expect(a == KeyValue(key: b("a"), createRevision: 1, modRevision: 2, version: 2, value: b("2")))
+        #expect(a == KeyValue(key: b("a"), createRevision: 2, modRevision: 3, version: 2, value: b("2")))
         #expect(try st.del("a") == 1)
-        #expect(st.currentRevision == 4)
+        #expect(st.currentRevision == 5)
         #expect(try st.get("a") == nil)
         #expect(try st.del("a") == 0)
-        #expect(st.currentRevision == 4, "a delete of nothing takes no revision")
+        #expect(st.currentRevision == 5, "a delete of nothing takes no revision")
         try st.put("a", "3")
         let again = try #require(try st.get("a"))
-        #expect(again.createRevision == 5 && again.version == 1 && again.modRevision == 5)
+        #expect(again.createRevision == 6 && again.version == 1 && again.modRevision == 6)
         // History.
-        #expect(try st.get("a", rev: 1)?.value == b("1"))
-        #expect(try st.get("a", rev: 4) == nil)
-        #expect(try st.get("b", rev: 2) == nil)
+        #expect(try st.get("a", rev: 2)?.value == b("1"))
+        #expect(try st.get("a", rev: 5) == nil)
+        #expect(try st.get("b", rev: 3) == nil)
     }
 
     @Test func rangeShapes() throws {
@@ -38,7 +38,7 @@ import Testing
         var r = RangeRequest(key: b("a"), rangeEnd: b("\0"), limit: 2)
         var resp = try st.range(r)
         #expect(resp.kvs.map { s($0.key) } == ["a", "ab"])
-        #expect(resp.more && resp.count == 5 && resp.revision == 5)
+        #expect(resp.more && resp.count == 5 && resp.revision == 6)
         r.limit = 5
         resp = try st.range(r)
         #expect(!resp.more && resp.kvs.count == 5)
@@ -48,17 +48,17 @@ import Testing
         r = RangeRequest(key: b("a"), rangeEnd: b("\0"))
         r.keysOnly = true
         #expect(try st.range(r).kvs.allSatisfy { $0.value.isEmpty })
-        #expect(throws: MVCCError.futureRevision) { try st.range(RangeRequest(key: b("a"), revision: 6)) }
+        #expect(throws: MVCCError.futureRevision) { try st.range(RangeRequest(key: b("a"), revision: 7)) }
         #expect(throws: MVCCError.keyNotProvided) { try st.range(RangeRequest(key: [])) }
     }
 
     @Test func sortAndFilters() throws {
         let dir = StoreDir()
         let st = try dir.open()
-        try st.put("a", "3")   // 1
-        try st.put("b", "1")   // 2
-        try st.put("c", "2")   // 3
-        try st.put("a", "0")   // 4: a version 2
+        try st.put("a", "3")   // 2 (an empty store is at revision 1)
+        try st.put("b", "1")   // 3
+        try st.put("c", "2")   // 4
+        try st.put("a", "0")   // 5: a version 2
         var r = RangeRequest(key: b("a"), rangeEnd: b("d"))
         r.sortTarget = .mod
         r.sortOrder = .descend
@@ -74,11 +74,11 @@ import Testing
         let resp = try st.range(r)
         #expect(resp.kvs.map { s($0.key) } == ["c"] && resp.more && resp.count == 3)
         var f = RangeRequest(key: b("a"), rangeEnd: b("d"))
-        f.minModRevision = 3
+        f.minModRevision = 4
         #expect(try st.range(f).kvs.map { s($0.key) } == ["a", "c"])
         f = RangeRequest(key: b("a"), rangeEnd: b("d"))
-        f.maxCreateRevision = 2
-        f.minCreateRevision = 2
+        f.maxCreateRevision = 3
+        f.minCreateRevision = 3
         let fr = try st.range(f)
         #expect(fr.kvs.map { s($0.key) } == ["b"] && fr.count == 3)
     }
@@ -116,17 +116,17 @@ import Testing
         let st = try dir.open()
         try st.put("a", "1")
         let cas = TxnRequest(
-            compare: [Compare(key: b("a"), target: .mod(1), result: .equal)],
+            compare: [Compare(key: b("a"), target: .mod(2), result: .equal)],
             success: [.put(PutRequest(key: b("a"), value: b("2"))), .put(PutRequest(key: b("b"), value: b("2"))),
                       .range(RangeRequest(key: b("a"), rangeEnd: b("c")))],
             failure: [.range(RangeRequest(key: b("a")))])
         let r1 = try st.txn(cas)
-        #expect(r1.succeeded && r1.revision == 2)
+        #expect(r1.succeeded && r1.revision == 3)
         guard case .range(let seen) = r1.responses[2] else { Issue.record("no range"); return }
         #expect(seen.kvs.map { s($0.value) } == ["2", "2"], "reads in a txn see its own writes")
-        #expect(try st.get("b")?.modRevision == 2 && st.get("a")?.modRevision == 2)
+        #expect(try st.get("b")?.modRevision == 3 && st.get("a")?.modRevision == 3)
         let r2 = try st.txn(cas)
-        #expect(!r2.succeeded && r2.revision == 2)
+        #expect(!r2.succeeded && r2.revision == 3)
         // Absent keys compare as zero; a value compare on an absent key fails.
         #expect(try st.txn(TxnRequest(compare: [Compare(key: b("zz"), target: .create(0), result: .equal)])).succeeded)
         #expect(try !st.txn(TxnRequest(compare: [Compare(key: b("zz"), target: .value([]), result: .equal)])).succeeded)
@@ -153,7 +153,7 @@ import Testing
         #expect(r.succeeded)
         // Nested compares are decided on the state before the txn: x did not exist then.
         #expect(try st.get("y")?.value == b("then"))
-        #expect(try st.get("x")?.modRevision == 2 && st.get("y")?.modRevision == 2)
+        #expect(try st.get("x")?.modRevision == 3 && st.get("y")?.modRevision == 3)
 
         let dupPut = TxnRequest(success: [.put(PutRequest(key: b("k"), value: [])), .put(PutRequest(key: b("k"), value: []))])
         #expect(throws: MVCCError.duplicateKey) { try st.txn(dupPut) }
@@ -184,24 +184,24 @@ import Testing
     @Test func compactionKeepsLatestAndDropsTombstones() throws {
         let dir = StoreDir()
         let st = try dir.open(options: { var o = MVCCStore.Options(); o.compactionBatchLimit = 2; return o }())
-        try st.put("a", "1")  // 1
-        try st.put("a", "2")  // 2
-        try st.put("b", "1")  // 3
-        try st.del("b")       // 4
-        try st.put("c", "1")  // 5
-        try st.put("a", "3")  // 6
-        try st.compact(4)
-        #expect(st.compactRevision == 4)
-        #expect(throws: MVCCError.compacted) { try st.get("a", rev: 3) }
-        #expect(throws: MVCCError.compacted) { try st.compact(4) }
-        #expect(throws: MVCCError.futureRevision) { try st.compact(7) }
-        #expect(try st.get("a", rev: 4)?.value == b("2"))
+        try st.put("a", "1")  // 2
+        try st.put("a", "2")  // 3
+        try st.put("b", "1")  // 4
+        try st.del("b")       // 5
+        try st.put("c", "1")  // 6
+        try st.put("a", "3")  // 7
+        try st.compact(5)
+        #expect(st.compactRevision == 5)
+        #expect(throws: MVCCError.compacted) { try st.get("a", rev: 4) }
+        #expect(throws: MVCCError.compacted) { try st.compact(5) }
+        #expect(throws: MVCCError.futureRevision) { try st.compact(8) }
         #expect(try st.get("a", rev: 5)?.value == b("2"))
-        #expect(try st.get("b", rev: 4) == nil)
-        #expect(try st.keys("\0", "\0", rev: 5) == ["a", "c"])
-        // Backend now holds revision 2 (a's state at 4) and 5, 6 only.
+        #expect(try st.get("a", rev: 6)?.value == b("2"))
+        #expect(try st.get("b", rev: 5) == nil)
+        #expect(try st.keys("\0", "\0", rev: 6) == ["a", "c"])
+        // Backend now holds revision 3 (a's state at 5) and 6, 7 only.
         let revs = try st.backend.read { r in try r.range(.key, from: [], to: nil).map { Int($0.key[7]) } }
-        #expect(revs == [2, 5, 6])
+        #expect(revs == [3, 6, 7])
         #expect(st.indexedKeys == 2)
     }
 
@@ -239,7 +239,7 @@ import Testing
             try st.backend.close()
         }
         let st = try dir.open()
-        #expect(st.currentRevision == 53)
+        #expect(st.currentRevision == 54)
         #expect(st.compactRevision == 30)
         #expect(try st.hashKV().hash == hash)
         #expect(try st.get("k0")?.value == b("v40"))
@@ -248,7 +248,7 @@ import Testing
         #expect(try st.keys("k", "l") == ["k0", "k3", "k4", "k5", "k6", "k7", "k8"])
         try st.put("k0", "next")
         #expect(try st.get("k0")?.version == 6)
-        #expect(try st.get("k0")?.createRevision == 1)
+        #expect(try st.get("k0")?.createRevision == 2)
     }
 
     @Test func interruptedCompactionFinishesOnRestart() throws {
@@ -264,7 +264,7 @@ import Testing
         #expect(st.compactRevision == 20)
         #expect(throws: MVCCError.compacted) { try st.get("k0", rev: 19) }
         let count = try st.backend.read { try $0.range(.key, from: [], to: nil).count }
-        #expect(count == 3 + 10)
+        #expect(count == 3 + 11, "each key's latest revision at or below 20, and revisions 21...31")
         let finished = try st.backend.read { try $0.get(.meta, key: MVCCStore.finishedCompactKey) }
         #expect(finished == BigEndian.bytes(20))
     }
@@ -304,8 +304,8 @@ import Testing
         try st.del("b")
         #expect(hooks.attached[5] == [b("a"), b("c")])
         let rev = try st.deleteKeys([b("a"), b("c")])
-        #expect(rev == st.currentRevision && rev == 6)
-        #expect(try st.get("a", rev: 6) == nil && st.get("c", rev: 5) != nil)
+        #expect(rev == st.currentRevision && rev == 7)
+        #expect(try st.get("a", rev: 7) == nil && st.get("c", rev: 6) != nil)
         try st.put("d", "1", lease: 6)
         #expect(try st.leasedKeys().map { s($0.key) } == ["d"])
     }
@@ -327,7 +327,7 @@ import Testing
         let t = TxnRequest(success: [.put(PutRequest(key: b("x"), value: [], lease: 1)),
                                      .put(PutRequest(key: b("y"), value: []))])
         #expect(throws: BackendError.self) { try st.txn(t) }
-        #expect(st.currentRevision == 1)
+        #expect(st.currentRevision == 2)
         do {
             _ = try st.get("a")
             Issue.record("reads must fail after a half-applied write")

@@ -29,10 +29,10 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
         let rs = drain(ws)
         let a = eventsOf(rs, id: one)
         #expect(a.map(\.type) == [.put, .delete])
-        #expect(a[1].kv == KeyValue(key: b("a"), modRevision: 4))
+        #expect(a[1].kv == KeyValue(key: b("a"), modRevision: 5))
         let p = eventsOf(rs, id: pre)
         #expect(p.map { s($0.kv.key) } == ["p/x", "p/y"])
-        #expect(rs.last?.revision == 4)
+        #expect(rs.last?.revision == 5)
         // One response per watcher per write.
         #expect(rs.filter { $0.watchID == pre }.count == 2)
         #expect(st.watcherCounts.synced == 2)
@@ -46,14 +46,14 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
         for i in 1...10 { try st.put("k", "\(i)") }
         let ws = st.makeWatchStream()
         defer { ws.close() }
-        let id = try ws.watch(key: b("k"), startRevision: 2, options: WatchOptions(prevKV: true))
+        let id = try ws.watch(key: b("k"), startRevision: 3, options: WatchOptions(prevKV: true))
         #expect(st.watcherCounts.unsynced == 1)
         var steps = 1
         while try st.syncWatchers() > 0 { steps += 1; try #require(steps < 10) }
         #expect(steps == 3, "9 revisions in steps of 3")
         try st.put("k", "11")
         let evs = eventsOf(drain(ws), id: id)
-        #expect(evs.map(\.kv.modRevision) == Array(2...11))
+        #expect(evs.map(\.kv.modRevision) == Array(3...12))
         #expect(evs.allSatisfy { $0.prevKv?.modRevision == $0.kv.modRevision - 1 })
     }
 
@@ -115,11 +115,11 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
                 try st.syncWatchers()
             }
         }
-        #expect(got == Array(1...20))
+        #expect(got == Array(2...21))
         #expect(st.watcherCounts.synced == 1)
         try st.put("k", "21")
         let next = await ws.next()
-        #expect(next?.watchID == id && next?.events.first?.kv.modRevision == 21)
+        #expect(next?.watchID == id && next?.events.first?.kv.modRevision == 22)
     }
 
     @Test func cancelStopsDeliveryAndPurgesBuffered() throws {
@@ -146,16 +146,16 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
         for i in 1...3 { try st.put("k", "\(i)") }
         let ws = st.makeWatchStream()
         defer { ws.close() }
-        let behind = try ws.watch(key: b("k"), startRevision: 1)
+        let behind = try ws.watch(key: b("k"), startRevision: 2)
         ws.requestProgress()
         #expect(ws.poll() == nil, "not answered while a watcher is unsynced")
         try st.syncWatchers()
         let rs = drain(ws)
         #expect(rs.map(\.watchID) == [behind, -1])
-        #expect(rs.last?.revision == 3 && rs.last?.events.isEmpty == true)
+        #expect(rs.last?.revision == 4 && rs.last?.events.isEmpty == true)
         let p = try ws.watch(key: b("z"), options: WatchOptions(progressNotify: true))
         st.notifyProgress()
-        #expect(drain(ws) == [WatchResponse(watchID: p, events: [], revision: 3)])
+        #expect(drain(ws) == [WatchResponse(watchID: p, events: [], revision: 4)])
     }
 
     @Test func closeEndsTheSequence() async throws {
@@ -225,6 +225,6 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
         let revs = await consumer.value
         loop.cancel()
         ws.close()
-        #expect(revs == Array(1...Int64(writers * perWriter)))
+        #expect(revs == Array(2...Int64(writers * perWriter) + 1))
     }
 }

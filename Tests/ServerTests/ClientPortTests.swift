@@ -254,9 +254,10 @@ private let etcdctlPath = "/usr/bin/etcdctl"
             }
             #expect(results.count == 3)
             #expect(try results[0].get() == FixedStatusService.responseBytes)
-            // grpc-swift's server resets an oversize stream (RST_STREAM cancel), so the client
-            // sees `unavailable` where etcd (grpc-go) answers `resourceExhausted`.
-            #expect(throws: RPCError.self) { try results[1].get() }
+            // As etcd (grpc-go): a status, ResourceExhausted with grpc-go's text, not a reset.
+            let refused = #expect(throws: RPCError.self) { try results[1].get() }
+            #expect(refused?.code == .resourceExhausted)
+            #expect(refused?.message == "grpc: received message larger than max (1025 vs. 1024)")
             #expect(try results[2].get() == FixedStatusService.responseBytes)
         }
     }

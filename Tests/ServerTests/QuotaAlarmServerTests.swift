@@ -31,7 +31,7 @@ private func alarmRequest(_ action: Etcdserverpb_AlarmRequest.AlarmAction, _ mem
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes (other threads' progress
 /// offers no event to await here).
-private func waitFor(_ what: String, limit: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+private func waitFor(_ what: String, limit: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + limit
     while try await !condition() {
         if ContinuousClock.now >= deadline { throw ServerStartError("timed out waiting for \(what)") }

@@ -93,6 +93,19 @@ import Testing
         #expect(try await Self.etcdctlGet(ep, ["watch/", "--prefix", "--keys-only"]).count == 50)
     }
 
+    /// etcd (grpc-go) sends a PING after nearly every request it receives; NIO's HTTP/2 handler
+    /// closes a connection after 200 inbound PINGs in 30 s. 400 sequential puts on one
+    /// connection cross that limit unless swetcd-bench answers the PINGs itself.
+    @Test(.enabled(if: etcd != nil, "needs etcd (Debian etcd-server)"))
+    func sequentialPutsOnOneConnectionKeepItOpen() async throws {
+        let server = try await EtcdProcess(executable: try #require(Self.etcd))
+        defer { server.stop() }
+        let r = try await Self.bench(["put", "--endpoints", server.endpoint, "--json", "--conns", "1", "--clients", "1",
+                                      "--total", "400", "--val-size", "16", "--key-space-size", "50"])
+        #expect(r.status == 0, "\(r.stderr)")
+        Self.checkNumbers(try JSONDecoder().decode(Report.self, from: Data(r.stdout.utf8)), total: 400)
+    }
+
     @Test func unreachableEndpointFailsEveryRequest() async throws {
         let port = try EtcdProcess.freePort()
         let r = try await Self.bench(["put", "--endpoints", "127.0.0.1:\(port)", "--total", "3", "--json"])

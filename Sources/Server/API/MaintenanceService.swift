@@ -32,6 +32,15 @@ public protocol MaintenanceBackend: Sendable {
     func openSnapshot() async throws -> any SnapshotReader
     /// Transfers leadership (leader only).
     func moveLeader(to target: UInt64) async throws
+    /// Defragments this member's backend (not replicated).
+    func defragment() async throws
+}
+
+extension MaintenanceBackend {
+    /// Backends that cannot defragment answer "unimplemented".
+    public func defragment() async throws {
+        throw RPCError(code: .unimplemented, message: "defragment is not supported")
+    }
 }
 
 /// etcd's Maintenance service over a `MaintenanceBackend`.
@@ -55,7 +64,10 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
     }
 
     public func defragment(request: Etcdserverpb_DefragmentRequest, context: ServerContext) async throws -> Etcdserverpb_DefragmentResponse {
-        throw RPCError(code: .unimplemented, message: "defragment is not supported yet")
+        try await rpc { try await backend.defragment() }
+        var out = Etcdserverpb_DefragmentResponse()
+        out.header = backend.responseHeader()
+        return out
     }
 
     public func hash(request: Etcdserverpb_HashRequest, context: ServerContext) async throws -> Etcdserverpb_HashResponse {

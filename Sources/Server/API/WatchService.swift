@@ -17,6 +17,8 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
         request: StreamingServerRequest<Etcdserverpb_WatchRequest>,
         context: ServerContext
     ) async throws -> StreamingServerResponse<Etcdserverpb_WatchResponse> {
+        // A learner serves no streams (as etcd).
+        if server.isLearner { throw EtcdError.notSupportedForLearner.rpcError }
         // clientv3 with WithRequireLeader sends `hasleader: true`: refuse without a leader.
         if request.metadata[stringValues: "hasleader"].contains(where: { $0 == "true" }), server.leaderID == 0 {
             throw EtcdError.noLeader.rpcError

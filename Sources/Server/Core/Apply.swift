@@ -14,9 +14,7 @@ extension EtcdServer {
         defer { loop.appliedIndex = max(loop.appliedIndex, entry.index) }
         switch entry.type {
         case .confChange:
-            let cc = try ConfChange(decoding: entry.data)
-            loop.confState = try loop.node.applyConfChange(cc)
-            try markApplied(entry)
+            try applyConfChangeEntry(try ConfChange(decoding: entry.data), entry: entry)
         case .confChangeV2:
             let cc = try ConfChangeV2(decoding: entry.data)
             loop.confState = try loop.node.applyConfChange(cc)
@@ -96,6 +94,7 @@ extension EtcdServer {
             return .compaction(resp, job)
         case .leaseGrant(let g)?:
             let ttl = try lessor.grant(id: g.id, ttl: g.ttl)
+            metrics.leaseGranted(ttl: ttl)
             var resp = Etcdserverpb_LeaseGrantResponse()
             resp.id = g.id
             resp.ttl = ttl
@@ -103,6 +102,7 @@ extension EtcdServer {
             return .leaseGrant(resp)
         case .leaseRevoke(let r)?:
             try lessor.revoke(id: r.id)
+            metrics.leaseRevoked()
             var resp = Etcdserverpb_LeaseRevokeResponse()
             resp.header = header()
             return .leaseRevoke(resp)

@@ -164,8 +164,8 @@ extension EtcdServer: CompactionTarget {
         logger.info("enabled auto compaction", metadata: [
             "compact-mode": "\(described.mode)", "compact-retention": "\(described.retention)",
         ])
-        let compactor = AutoCompactor(policy: policy, target: self, logger: logger) { [self] _ in
-            autoCompactions.add(1, ordering: .relaxed)
+        let compactor = AutoCompactor(policy: policy, target: self, logger: logger) { [metrics] _ in
+            metrics.autoCompacted()
         }
         let task = Task { await compactor.run() }
         backgroundTasks.withLock { $0.append(task) }

@@ -18,7 +18,7 @@ public final class ClientListener: Sendable {
         ] + server.coordinationServices()
         var router = HTTPRouter()
         router.addVersionRoute()
-        server.registerHTTPRoutes(in: &router, metrics: ServerMetrics(memberID: server.memberID))
+        server.registerHTTPRoutes(in: &router)
         var list: [(EndpointURL, GRPCServer<ClientPortTransport>)] = []
         for url in cfg.listenClientURLs {
             guard url.scheme == "http" else {

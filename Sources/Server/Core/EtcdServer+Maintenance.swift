@@ -2,6 +2,7 @@ import EtcdProto
 import Foundation
 public import GRPCCore
 import MVCC
+import Storage
 
 // The server side of Maintenance, Cluster, Lock, Election and the health checks, plus the
 // services and HTTP routes built on them (the API layer's entry points for the listener).
@@ -57,6 +58,28 @@ extension EtcdServer: MaintenanceBackend {
         }
     }
 
+    /// Defragments this member's backend (as etcd: on this member only, not through Raft).
+    /// Unlike etcd, reads and writes go on during the copy; they wait only for the short final
+    /// swap (see `Backend.defragment()`). The blocking work runs on its own thread.
+    public func defragment() async throws {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        let backend = self.backend
+        let logger = self.logger
+        logger.info("defragmenting", metadata: ["path": "\(backend.path)"])
+        let result: DefragmentResult = try await withCheckedThrowingContinuation { c in
+            let thread = Thread {
+                do { c.resume(returning: try backend.defragment()) } catch { c.resume(throwing: error) }
+            }
+            thread.name = "swetcd-defrag"
+            thread.start()
+        }
+        logger.info("defragmented", metadata: [
+            "size-before": "\(result.sizeBefore)", "size-after": "\(result.sizeAfter)",
+            "copy-ms": "\(milliseconds(result.copyDuration))", "pause-ms": "\(milliseconds(result.pause))",
+            "replayed-batches": "\(result.replayedBatches)", "took-ms": "\(milliseconds(result.total))",
+        ])
+    }
+
     public func moveLeader(to target: UInt64) async throws {
         guard isLeader else { throw EtcdError.notLeader }
         guard target != memberID, members().contains(where: { $0.id == target }) else {
@@ -70,13 +93,6 @@ extension EtcdServer: MaintenanceBackend {
             }
             try await Task.sleep(for: .milliseconds(10))
         }
-    }
-}
-
-extension EtcdServer: ClusterBackend {
-    public func memberList(linearizable: Bool) async throws -> [Etcdserverpb_Member] {
-        if linearizable { try await linearizableBarrier() }
-        return members()
     }
 }
 
@@ -127,9 +143,11 @@ extension EtcdServer {
         ]
     }
 
-    /// Adds /health, /livez, /readyz, /metrics and the /v3 gateway (KV, Lease unary calls,
+    /// Adds /health, /livez, /readyz, /metrics and the /v3 gateway (KV, Lease, Watch,
     /// Maintenance, Cluster, Auth, Lock, Election) to `router`.
-    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics) {
+    /// `metrics` defaults to this server's own (``metrics``).
+    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics? = nil) {
+        let metrics = metrics ?? self.metrics
         HealthEndpoints(source: self).register(in: &router)
         router.add("/metrics") { [self] _ in
             .text(.ok, metrics.render(sample: metricsSample()), contentType: "text/plain; version=0.0.4; charset=utf-8")
@@ -151,6 +169,8 @@ extension EtcdServer {
         for path in ["/v3/lease/leases", "/v3/kv/lease/leases"] {
             Gateway.addUnary(&router, path, lease.leaseLeases(request:context:))
         }
+        router.add("/v3/lease/keepalive", methods: [.POST], handler: Gateway.leaseKeepAlive(lease))
+        router.add("/v3/watch", methods: [.POST], handler: Gateway.watch(WatchService(server: self)))
         Gateway.register(maintenance: MaintenanceService(backend: self), in: &router)
         Gateway.register(cluster: ClusterService(backend: self), in: &router)
         Gateway.register(auth: AuthService(header: { [self] in header() }), in: &router)
@@ -167,9 +187,21 @@ extension EtcdServer {
         s.appliedIndex = appliedIndex
         s.dbTotalSize = (try? backend.fileSize()) ?? 0
         s.dbTotalSizeInUse = (try? backend.sizeInUse()) ?? 0
-        s.watchers = store.watcherCounts.synced + store.watcherCounts.unsynced + store.watcherCounts.victims
+        let watchers = store.watcherCounts
+        s.watchers = watchers.synced + watchers.unsynced + watchers.victims
+        s.keys = store.indexedKeys
+        s.leases = lessor.leases().count
+        s.proposalsPending = waiters.count
+        s.isLearner = isLearner
+        s.currentRevision = store.currentRevision
+        s.compactRevision = store.compactRevision
         s.quotaBackendBytes = quota.limit ?? 0
-        s.autoCompactions = autoCompactions.load(ordering: .relaxed)
         return s
     }
+}
+
+/// `d` in milliseconds with one decimal, for logs.
+private func milliseconds(_ d: Duration) -> String {
+    let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+    return String(format: "%.1f", ms)
 }

@@ -58,22 +58,27 @@ public final class EtcdServer: Sendable {
     let electionTimeout: Duration
     let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
     let loopExited = Atomic<Bool>(false)
+    /// Uptime (DispatchTime nanoseconds) at the end of the Raft loop's last pass: its liveness.
+    let loopPassNanos = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Raised alarms (NOSPACE, CORRUPT), loaded from the backend at start.
     let alarms = AlarmStore()
-    /// Auto-compactions this member proposed (for /metrics).
-    let autoCompactions = Atomic<Int>(0)
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
-    /// Members of the bootstrap configuration (ID → name and peer URLs).
-    let initialMembers: [MemberRecord]
+    /// This member's Prometheus metrics (served at /metrics).
+    public let metrics: ServerMetrics
+    /// The member list (changed by applied conf changes).
+    let membership: ClusterMembership
+    /// Fired when this member applies its own removal: the process should stop.
+    public let removal = ShutdownSignal()
     /// Owned by the Raft loop thread only.
     nonisolated(unsafe) let loop: RaftLoopState
 
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger, store: MVCCStore,
                  lessor: Lessor, backend: Backend, bridge: LeaseBridge, loop: RaftLoopState,
-                 initialMembers: [MemberRecord], inbox: LoopInbox, peers: PeerTransport,
-                 peerServer: PeerServer) {
+                 membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
+                 peerServer: PeerServer, metrics: ServerMetrics) {
+        self.metrics = metrics
         self.inbox = inbox
         self.peers = peers
         self.peerServer = peerServer
@@ -87,7 +92,7 @@ public final class EtcdServer: Sendable {
         self.backend = backend
         self.bridge = bridge
         self.loop = loop
-        self.initialMembers = initialMembers
+        self.membership = membership
         ids = RequestIDGenerator(memberID: memberID)
         leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
         electionTimeout = .milliseconds(Int64(config.electionTimeoutMs))
@@ -105,14 +110,19 @@ public final class EtcdServer: Sendable {
             throw ServerStartError("data directory \(dataDir.path) was not written by swetcd (\(reason)); refusing to use or modify it")
         }
         var newMember = WALMetadata(memberID: 0, clusterID: 0)
+        // Joining a running cluster: the membership read from its members' peer URLs.
+        var joined: RemoteMembership.Found?
         if found == .empty {
             guard let local = loaded.initialCluster.member(named: cfg.name) else {
                 throw ServerStartError("--initial-cluster has no member named \"\(cfg.name)\"")
             }
-            guard cfg.initialClusterState == "new" else {
-                throw ServerStartError("--initial-cluster-state=existing (joining a running cluster) is not supported yet")
+            if cfg.initialClusterState == "existing" {
+                let (remote, id) = try await joinExisting(loaded, local: local, logger: logger)
+                joined = remote
+                newMember = WALMetadata(memberID: id, clusterID: remote.clusterID)
+            } else {
+                newMember = WALMetadata(memberID: local.id, clusterID: loaded.initialCluster.clusterID)
             }
-            newMember = WALMetadata(memberID: local.id, clusterID: loaded.initialCluster.clusterID)
         }
         var walOptions = WALOptions()
         walOptions.maxSegmentFiles = Int(cfg.maxWALs)
@@ -120,13 +130,15 @@ public final class EtcdServer: Sendable {
             dataDir, newMember: newMember,
             options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(cfg.maxSnapshots)))
         let isNew = raftStorage.recovery.isNew
-        if isNew {
-            try raftStorage.bootstrap(ConfState(voters: loaded.initialCluster.members.map(\.id).sorted()))
+        if isNew && joined == nil {
+            try bootstrapLog(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
         }
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID
 
+        let metrics = ServerMetrics(memberID: memberID)
         var backendOptions = Backend.Options()
+        backendOptions.onCommit = { metrics.backendCommit($0) }
         if cfg.backendBatchInterval > .zero { backendOptions.batchInterval = cfg.backendBatchInterval }
         if cfg.backendBatchLimit > 0 { backendOptions.batchLimit = Int(cfg.backendBatchLimit) }
         if cfg.unsafeNoFsync { backendOptions.sync = false }
@@ -163,8 +175,14 @@ public final class EtcdServer: Sendable {
                                  snapshotIndex: snapIndex, consistentIndex: consistent)
         // Membership: recorded at bootstrap, read back on restart (--initial-* are ignored then).
         var members = try MembershipStore.load(from: backend)
+        let removed = try MembershipStore.loadRemoved(from: backend)
+        if removed.contains(memberID) {
+            try? backend.close()
+            try? raftStorage.close()
+            throw ServerStartError("the member has been permanently removed from the cluster (member \(MemberIdentity.hex(memberID)), data directory \(dataDir.path)); start it with a new, empty data directory after adding it again")
+        }
         if isNew || members.isEmpty {
-            members = loaded.initialCluster.members.map(MemberRecord.init)
+            members = joined?.members ?? loaded.initialCluster.members.map(MemberRecord.init)
             try MembershipStore.save(members, in: backend)
         }
         let inbox = LoopInbox()
@@ -176,9 +194,14 @@ public final class EtcdServer: Sendable {
         }
         loop.transport = transport
         let peerServer = PeerServer(logger: logger)
+        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
+                                lessor: lessor, backend: backend, bridge: bridge, loop: loop,
+                                membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
+                                peers: transport, peerServer: peerServer, metrics: metrics)
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
-                transport.makeService(), PeerCorruptCheckService(transport: transport, store: store),
+                transport.makeService(), ClusterService(backend: server, peerFacing: true),
+                PeerCorruptCheckService(transport: transport, store: store),
             ])
         } catch {
             try? backend.close()
@@ -186,14 +209,13 @@ public final class EtcdServer: Sendable {
             throw ServerStartError("cannot listen on the peer URLs \(cfg.listenPeerURLs.map(\.description)): \(error)")
         }
         await transport.start()
-        let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger, store: store,
-                                lessor: lessor, backend: backend, bridge: bridge, loop: loop,
-                                initialMembers: members, inbox: inbox, peers: transport,
-                                peerServer: peerServer)
+        let joinedAsLearner = joined?.members.first(where: { m in m.id == memberID })?.isLearner ?? false
         server.status.withLock {
             $0.applied = raftConfig.applied
             $0.committed = hs.commit
             $0.term = hs.term
+            // A joining learner is one from the start (etcd: it has the remote membership).
+            $0.isLearner = joinedAsLearner
         }
         logger.info("starting member", metadata: [
             "member-id": "\(MemberIdentity.hex(memberID))", "cluster-id": "\(MemberIdentity.hex(clusterID))",
@@ -222,11 +244,10 @@ public final class EtcdServer: Sendable {
                 store.notifyProgress()
             }
         }
-        server.backgroundTasks.withLock { $0.append(contentsOf: [watchTask, progressTask]) }
-        // A single voter campaigns at once instead of waiting out an election timeout.
-        if (try? raftStorage.raftStorage.initialState().1.voters) == [memberID] {
-            server.inbox.send(.campaign)
-        }
+        server.backgroundTasks.withLock { $0.append(contentsOf: [watchTask, progressTask, server.publishNameWhenJoined()]) }
+        // A single voter campaigns at once instead of waiting out an election timeout (once
+        // its configuration is applied).
+        if joined == nil { server.inbox.send(.campaign) }
         return server
     }
 
@@ -273,6 +294,7 @@ public final class EtcdServer: Sendable {
     /// Proposes `request` and waits for its apply result.
     func propose(_ request: Swetcd_Internal_InternalRequest) async throws -> ApplyResult {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try refuseOnLearner()
         try await waitForLeader()
         var req = request
         let id = ids.next()
@@ -282,7 +304,12 @@ public final class EtcdServer: Sendable {
         try await checkQuota(req)
         waiters.register(id)
         inbox.send(.propose(data))
-        return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        do {
+            return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        } catch let e as EtcdError where e == .timeout || e == .noLeader || e == .stopped {
+            metrics.proposalFailed()
+            throw e
+        }
     }
 
     /// Proposes without waiting (lease expiry, checkpoints); from the loop thread or anywhere.
@@ -295,6 +322,7 @@ public final class EtcdServer: Sendable {
     /// confirmed by the leader (ReadIndex): what a linearizable read must see.
     public func linearizableBarrier() async throws {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try refuseOnLearner()
         try await waitForLeader()
         let id = ids.next()
         readWaiters.register(id)

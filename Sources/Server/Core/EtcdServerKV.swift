@@ -124,10 +124,12 @@ extension EtcdServer {
 
     /// One keep-alive: renews on the leader and returns the new TTL.
     public func leaseRenew(_ id: Int64) async throws -> Etcdserverpb_LeaseKeepAliveResponse {
+        try refuseOnLearner()
         try await waitForLeader()
         guard isLeader else { throw EtcdError.notLeader }
         do {
             let renewal = try lessor.renew(id: id)
+            metrics.leaseRenewed()
             if let clear = renewal.clearCheckpoint {
                 var req = Swetcd_Internal_InternalRequest()
                 req.leaseCheckpoint = Self.checkpointRequest([clear])
@@ -179,19 +181,4 @@ extension EtcdServer {
 
     /// A new watch stream on the keyspace (the Watch service drives it).
     public func makeWatchStream() -> WatchStream { store.makeWatchStream() }
-}
-
-extension EtcdServer {
-    /// The members as this member knows them: the bootstrap configuration (recorded in the
-    /// backend), with client URLs known only for this member (others' are not published yet).
-    public func members() -> [Etcdserverpb_Member] {
-        initialMembers.map { m in
-            var out = Etcdserverpb_Member()
-            out.id = m.id
-            out.name = m.name
-            out.peerUrls = m.peerURLs
-            if m.id == memberID { out.clientUrls = config.advertiseClientURLs.map(\.description) }
-            return out
-        }
-    }
 }

@@ -24,6 +24,8 @@ final class RaftLoopState {
     /// Readers whose read index is known, waiting for the apply loop to reach it.
     var readsAwaitingApply: [(index: UInt64, readers: [UInt64])] = []
     var readCounter: UInt64 = 0
+    /// A single voter campaigns as soon as its configuration is applied.
+    var campaignWhenAlone = false
     var lastLeaseHousekeeping = ContinuousClock.now
     /// Sends messages to the other members (set before the loop starts).
     var transport: PeerTransport?
@@ -84,6 +86,7 @@ extension EtcdServer {
                     try handleReady(try loop.node.ready())
                 }
                 _ = try backend.commitIfDue()
+                loopPassNanos.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
             } catch {
                 logger.critical("raft loop failed; stopping", metadata: ["error": "\(error)"])
                 break
@@ -104,6 +107,13 @@ extension EtcdServer {
                 do { try loop.node.propose(data) } catch RaftError.proposalDropped {
                     failProposal(data, EtcdError.noLeader)
                 }
+            case .proposeConfChange(let cc):
+                do { try loop.node.proposeConfChange(cc) } catch RaftError.proposalDropped {
+                    waiters.trigger(cc.id, .failure(EtcdError(
+                        "etcdserver: another membership change is in progress; retry", code: .unavailable)))
+                } catch {
+                    waiters.trigger(cc.id, .failure(EtcdError("etcdserver: invalid membership change: \(error)", code: .failedPrecondition)))
+                }
             case .messages(let ms):
                 for m in ms { try? loop.node.step(m) }
             case .read(let id):
@@ -117,7 +127,10 @@ extension EtcdServer {
             case .reportSnapshot(let p, let ok):
                 try? loop.node.reportSnapshot(p, success: ok)
             case .campaign:
-                try? loop.node.campaign()
+                loop.campaignWhenAlone = true
+                campaignIfAlone()
+            case .removedByPeer(let peer):
+                try noteRemovedByPeer(peer)
             }
         }
         if !readers.isEmpty {
@@ -140,7 +153,9 @@ extension EtcdServer {
     }
 
     private func handleReady(_ rd: Ready) throws {
-        _ = try loop.storage.persist(rd)
+        let persistStart = ContinuousClock.now
+        let synced = try loop.storage.persist(rd)
+        if rd.mustSync && synced { metrics.walFsync(ContinuousClock.now - persistStart) }
         if !rd.messages.isEmpty { loop.transport?.send(rd.messages) }
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
@@ -158,15 +173,32 @@ extension EtcdServer {
         releaseReads()
         let hs = loop.node.hardState
         let applied = loop.appliedIndex
-        let voters = loop.confState.voters.count
+        let cs = loop.confState
+        let voters = cs.voters.count
+        // Not a voter: a learner, a joining member catching up, or a removed member.
+        let learner = !cs.voters.contains(memberID)
+        let raftStatus = loop.node.status
+        var progress: [UInt64: UInt64] = [:]
+        for (k, p) in raftStatus.progress { progress[k] = p.match }
         status.withLock {
             $0.term = hs.term
             $0.committed = hs.commit
             $0.applied = applied
             $0.voters = voters
+            $0.isLearner = learner
+            $0.lastIndex = raftStatus.lastIndex
+            $0.progress = progress
         }
         try loop.node.advance(rd)
+        campaignIfAlone()
         try maybeSnapshot()
+    }
+
+    /// Campaigns once, if asked to at start-up and this member is the only voter.
+    private func campaignIfAlone() {
+        guard loop.campaignWhenAlone, !loop.confState.voters.isEmpty else { return }
+        loop.campaignWhenAlone = false
+        if loop.confState.voters == [memberID] { try? loop.node.campaign() }
     }
 
     private func noteSoftState(_ ss: SoftState) {
@@ -177,6 +209,7 @@ extension EtcdServer {
             loop.leader = ss.lead
             loop.leaderEpoch &+= 1
             failPendingReads(EtcdError.leaderChanged)
+            if ss.lead != 0 { metrics.leaderChanged() }
             logger.info("leader changed", metadata: ["leader": "\(String(ss.lead, radix: 16))"])
         }
         let epoch = loop.leaderEpoch
@@ -220,7 +253,10 @@ extension EtcdServer {
         guard now - loop.lastLeaseHousekeeping >= .milliseconds(500) else { return }
         loop.lastLeaseHousekeeping = now
         guard status.withLock({ $0.isLeader }) else { return }
-        for id in lessor.expiredLeases() {
+        autoPromoteLearners()
+        let expired = lessor.expiredLeases()
+        if !expired.isEmpty { metrics.leasesExpired(expired.count) }
+        for id in expired {
             var req = Swetcd_Internal_InternalRequest()
             var revoke = Etcdserverpb_LeaseRevokeRequest()
             revoke.id = id
@@ -260,11 +296,6 @@ extension EtcdServer {
         logger.info("saved snapshot", metadata: ["index": "\(loop.appliedIndex)"])
     }
 
-    /// The membership as stored in Raft snapshots: JSON `[{id, name, peerURLs}]`.
-    func membershipData() -> [UInt8] {
-        let list = initialMembers.map { m -> [String: Any] in
-            ["id": String(m.id, radix: 16), "name": m.name, "peerURLs": m.peerURLs]
-        }
-        return (try? [UInt8](JSONSerialization.data(withJSONObject: list, options: [.sortedKeys]))) ?? []
-    }
+    /// The membership as stored in Raft snapshots (see `ClusterMembership.encodedForSnapshot`).
+    func membershipData() -> [UInt8] { membership.encodedForSnapshot() }
 }

@@ -32,6 +32,8 @@ final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
 
     func transportReportSnapshot(_ peer: UInt64, success: Bool) { inbox.send(.reportSnapshot(peer, success)) }
 
+    func transportRefusedAsRemoved(by peer: UInt64) { inbox.send(.removedByPeer(peer)) }
+
     func openBackendSnapshot() throws -> any BackendSnapshotReader {
         let path = snapDirectory + "/outgoing-\(UUID().uuidString).tmp"
         try backend.copy(toPath: path)

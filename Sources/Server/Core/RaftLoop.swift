@@ -5,6 +5,8 @@ import Synchronization
 /// What other threads hand to the Raft loop.
 enum LoopInput: Sendable {
     case propose([UInt8])
+    /// A membership change (its `id` is the proposer's waiter ID).
+    case proposeConfChange(ConfChange)
     case messages([Message])
     /// A linearizable reader (its waiter ID); readers collected in one drain share one ReadIndex.
     case read(UInt64)
@@ -13,6 +15,8 @@ enum LoopInput: Sendable {
     case reportSnapshot(UInt64, Bool)
     /// Start an election now (a single-member cluster at start-up).
     case campaign
+    /// A peer refused this member: it was removed from the cluster.
+    case removedByPeer(UInt64)
 }
 
 /// The Raft loop's inbox: a locked queue and a semaphore that wakes the loop.
@@ -57,4 +61,8 @@ struct LoopStatus: Sendable {
     var leaderEpoch: UInt64 = 0
     /// Voters in the current configuration.
     var voters = 1
+    /// The last log index (on the leader: its own match index).
+    var lastIndex: UInt64 = 0
+    /// On the leader: each member's match index.
+    var progress: [UInt64: UInt64] = [:]
 }

@@ -55,6 +55,113 @@ public enum Gateway {
         }
     }
 
+    /// A bidirectional-streaming call as a route handler, as etcd's gateway runs one: the body
+    /// holds zero or more JSON request objects (one after another, e.g. one per line), each sent
+    /// to the call in order; the responses are streamed like ``serverStreaming(_:_:)``'s. With
+    /// `finishRequests` the request stream ends after the body's last request (the call may
+    /// then end, as LeaseKeepAlive does); otherwise it stays open, and the call runs until the
+    /// client disconnects or the server stops (a watch, which etcd keeps after the client's
+    /// half-close).
+    public static func bidiStreaming<Request: SwiftProtobuf.Message & Sendable, Response: SwiftProtobuf.Message & Sendable>(
+        _ path: String,
+        finishRequests: Bool,
+        _ call: @escaping @Sendable (RPCAsyncSequence<Request, any Error>, RPCWriter<Response>, ServerContext) async throws -> Void
+    ) -> HTTPRouteHandler {
+        { http in
+            let requests: [Request]
+            do { requests = try decodeAll(Request.self, from: http) } catch {
+                return errorResponse(asRPCError(error))
+            }
+            let body: HTTPResponse.Body = .stream { writer in
+                // Unbounded: the requests are all known; a never-finished stream ends its
+                // iteration when the iterating task is cancelled.
+                let (stream, feed) = AsyncThrowingStream<Request, any Error>.makeStream()
+                for r in requests { feed.yield(r) }
+                if finishRequests { feed.finish() }
+                defer { feed.finish() }
+                let lines = RPCWriter(wrapping: JSONLineWriter<Response>(body: writer))
+                do {
+                    try await withContext(path) {
+                        try await call(RPCAsyncSequence(wrapping: stream), lines, $0)
+                    }
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch {
+                    try await writer.write(Array(streamErrorLine(asRPCError(error)).utf8))
+                }
+            }
+            return HTTPResponse(status: .ok, headers: ["content-type": "application/json"], body: body)
+        }
+    }
+
+    /// etcd's `/v3/watch`: the body's WatchRequests (create, cancel, progress) go to `service`;
+    /// the stream of `{"result": WatchResponse}` lines lasts until the client disconnects.
+    public static func watch(_ service: WatchService) -> HTTPRouteHandler {
+        bidiStreaming("/v3/watch", finishRequests: false) {
+            (requests: RPCAsyncSequence<Etcdserverpb_WatchRequest, any Error>, writer: RPCWriter<Etcdserverpb_WatchResponse>, context) in
+            let response = try await service.watch(request: StreamingServerRequest(metadata: [:], messages: requests), context: context)
+            _ = try await response.accepted.get().producer(writer)
+        }
+    }
+
+    /// etcd's `/v3/lease/keepalive`: one `{"result": LeaseKeepAliveResponse}` line per
+    /// LeaseKeepAliveRequest in the body, then the body ends.
+    public static func leaseKeepAlive(_ service: LeaseService) -> HTTPRouteHandler {
+        bidiStreaming("/v3/lease/keepalive", finishRequests: true, service.leaseKeepAlive(request:response:context:))
+    }
+
+    /// Decodes every JSON object of the POST body, in order (an empty body is no request).
+    static func decodeAll<Request: SwiftProtobuf.Message>(_ type: Request.Type, from http: HTTPRequest) throws -> [Request] {
+        var body = http.body
+        let bytes = body.readBytes(length: body.readableBytes) ?? []
+        guard let objects = splitJSONObjects(bytes) else {
+            throw RPCError(code: .invalidArgument, message: "invalid request body: not a sequence of JSON objects")
+        }
+        return try objects.map { object in
+            do {
+                return try Request(jsonUTF8Bytes: object, options: .etcdGateway)
+            } catch {
+                throw RPCError(code: .invalidArgument, message: "invalid request body: \(error)")
+            }
+        }
+    }
+
+    /// Splits concatenated top-level JSON objects (separated by whitespace or nothing) at their
+    /// closing braces; nil if anything else appears at the top level or an object is unclosed.
+    static func splitJSONObjects(_ bytes: [UInt8]) -> [[UInt8]]? {
+        var out: [[UInt8]] = []
+        var depth = 0
+        var start = 0
+        var inString = false
+        var escaped = false
+        for (i, b) in bytes.enumerated() {
+            if inString {
+                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                continue
+            }
+            switch b {
+            case UInt8(ascii: "\""):
+                guard depth > 0 else { return nil }
+                inString = true
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                if depth == 0 {
+                    guard b == UInt8(ascii: "{") else { return nil }
+                    start = i
+                }
+                depth += 1
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                guard depth > 0 else { return nil }
+                depth -= 1
+                if depth == 0 { out.append(Array(bytes[start...i])) }
+            case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"):
+                continue
+            default:
+                guard depth > 0 else { return nil }
+            }
+        }
+        return depth == 0 && !inString ? out : nil
+    }
+
     /// Decodes the POST body (empty means the default request).
     static func decode<Request: SwiftProtobuf.Message>(_ type: Request.Type, from http: HTTPRequest) throws -> Request {
         var body = http.body

@@ -1,5 +1,4 @@
 public import Prometheus
-import Synchronization
 
 /// Values sampled when /metrics is scraped (gauges the server reads from its own state rather
 /// than updating on every change).
@@ -20,9 +19,13 @@ public struct MetricsSample: Sendable, Equatable {
     public var keys: Int = 0
     public var watchers: Int = 0
     public var leases: Int = 0
-    /// The backend quota in force (0 when disabled), and auto-compactions proposed so far.
+    /// Whether this member is a learner.
+    public var isLearner: Bool = false
+    /// The keyspace's current and compacted revisions.
+    public var currentRevision: Int64 = 0
+    public var compactRevision: Int64 = 0
+    /// The backend quota in force (0 when disabled).
     public var quotaBackendBytes: Int64 = 0
-    public var autoCompactions: Int = 0
 
     /// A sample with everything zero.
     public init() {}
@@ -51,12 +54,21 @@ public final class ServerMetrics: Sendable {
     private let mvccKeys: Gauge
     private let mvccWatchers: Gauge
     private let leases: Gauge
+    private let isLearner: Gauge
+    private let currentRevision: Gauge
+    private let compactRevision: Gauge
+    private let leaseGrantedTotal: Counter
+    private let leaseRevokedTotal: Counter
+    private let leaseRenewedTotal: Counter
+    private let leaseExpiredTotal: Counter
+    private let leaseTTL: ValueHistogram
     private let quotaBackendBytes: Gauge
     private let autoCompactions: Counter
-    private let autoCompactionsRendered = Mutex(0)
 
     /// etcd's disk latency buckets: 1 ms doubling 14 times (up to about 8 s).
     static let diskBuckets: [Duration] = (0..<14).map { .microseconds(1000 << $0) }
+    /// etcd's lease TTL buckets: 1 s doubling 24 times (about three months).
+    static let leaseTTLBuckets: [Double] = (0..<24).map { Double(1 << $0) }
 
     /// Metrics for member `memberID` (hex in `etcd_server_id`'s label) running server version
     /// `serverVersion` in a cluster at `clusterVersion`.
@@ -78,6 +90,14 @@ public final class ServerMetrics: Sendable {
         mvccKeys = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_keys_total", "Total number of keys."))
         mvccWatchers = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_watcher_total", "Total number of watchers."))
         leases = registry.makeGauge(descriptor: .etcd("swetcd_server_leases", "The number of granted leases on this member."))
+        isLearner = registry.makeGauge(descriptor: .etcd("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise."))
+        currentRevision = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_current_revision", "The current revision of store."))
+        compactRevision = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."))
+        leaseGrantedTotal = registry.makeCounter(descriptor: .etcd("etcd_debugging_lease_granted_total", "The total number of granted leases."))
+        leaseRevokedTotal = registry.makeCounter(descriptor: .etcd("etcd_debugging_lease_revoked_total", "The total number of revoked leases."))
+        leaseRenewedTotal = registry.makeCounter(descriptor: .etcd("etcd_debugging_lease_renewed_total", "The number of renewed leases seen by the leader."))
+        leaseExpiredTotal = registry.makeCounter(descriptor: .etcd("etcd_server_lease_expired_total", "The total number of expired leases."))
+        leaseTTL = registry.makeValueHistogram(descriptor: .etcd("etcd_debugging_lease_ttl_total", "Bucketed histogram of lease TTLs."), buckets: Self.leaseTTLBuckets)
         quotaBackendBytes = registry.makeGauge(descriptor: .etcd("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."))
         autoCompactions = registry.makeCounter(descriptor: .etcd("swetcd_server_auto_compactions_total", "The number of compactions proposed by auto-compaction on this member."))
         registry.makeGauge(descriptor: .etcd("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID."), labels: [("server_id", String(memberID, radix: 16))])
@@ -101,6 +121,19 @@ public final class ServerMetrics: Sendable {
     public func walFsync(_ duration: Duration) { walFsyncDuration.record(duration) }
     /// One backend commit took `duration`.
     public func backendCommit(_ duration: Duration) { backendCommitDuration.record(duration) }
+    /// A lease with `ttl` seconds was granted (applied on this member).
+    public func leaseGranted(ttl: Int64) {
+        leaseGrantedTotal.increment()
+        leaseTTL.record(Double(ttl))
+    }
+    /// A lease was revoked (applied on this member), by a client or by expiry.
+    public func leaseRevoked() { leaseRevokedTotal.increment() }
+    /// The leader renewed a lease (a keep-alive).
+    public func leaseRenewed() { leaseRenewedTotal.increment() }
+    /// The leader found `count` leases expired and proposed their revocation.
+    public func leasesExpired(_ count: Int) { leaseExpiredTotal.increment(by: Int64(count)) }
+    /// Auto-compaction completed a compaction proposed by this member.
+    public func autoCompacted() { autoCompactions.increment() }
 
     /// Sets the sampled gauges and renders every metric in Prometheus text format.
     public func render(sample: MetricsSample) -> String {
@@ -115,12 +148,63 @@ public final class ServerMetrics: Sendable {
         mvccWatchers.set(Int64(sample.watchers))
         leases.set(Int64(sample.leases))
         quotaBackendBytes.set(sample.quotaBackendBytes)
-        let newCompactions = autoCompactionsRendered.withLock { seen in
-            defer { seen = max(seen, sample.autoCompactions) }
-            return max(0, sample.autoCompactions - seen)
+        isLearner.set(to: sample.isLearner ? 1 : 0)
+        currentRevision.set(sample.currentRevision)
+        compactRevision.set(sample.compactRevision)
+        return Self.goNumbers(registry.emitToString())
+    }
+
+    /// Rewrites every sample value (and histogram `le` label) of exposition text the way
+    /// etcd's Go client prints floats: shortest digits, `1` not `1.0`, exponent form from 1e+06
+    /// (`2.4576e+07`) and below 1e-04, `+Inf`/`-Inf`/`NaN`.
+    static func goNumbers(_ text: String) -> String {
+        text.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
+            guard !line.isEmpty, line.first != "#", let space = line.lastIndex(of: " ") else { return String(line) }
+            var head = String(line[..<space])
+            if let le = head.range(of: "le=\""), let close = head[le.upperBound...].firstIndex(of: "\""),
+               let bound = Double(head[le.upperBound..<close]) {
+                head.replaceSubrange(le.upperBound..<close, with: goFloat(bound))
+            }
+            let value = line[line.index(after: space)...]
+            return head + " " + (Double(value).map(goFloat) ?? String(value))
+        }.joined(separator: "\n")
+    }
+
+    /// `v` formatted as Go's `strconv.FormatFloat(v, 'g', -1, 64)` (what Prometheus' Go client
+    /// writes), with Prometheus' spelling of infinities.
+    static func goFloat(_ v: Double) -> String {
+        if v.isNaN { return "NaN" }
+        if v.isInfinite { return v > 0 ? "+Inf" : "-Inf" }
+        if v == 0 { return v.sign == .minus ? "-0" : "0" }
+        // Swift's description has the shortest round-trip digits; take digits and exponent.
+        let text = v.magnitude.description
+        let parts = text.split(separator: "e")
+        let exponent = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        let mantissa = parts[0]
+        let intPart = mantissa.split(separator: ".", omittingEmptySubsequences: false)[0]
+        var digits = Array(mantissa.filter { $0 != "." })
+        // The decimal point sits after `point` digits of `digits`.
+        var point = intPart.count + exponent
+        while digits.first == "0", digits.count > 1 {
+            digits.removeFirst()
+            point -= 1
         }
-        if newCompactions > 0 { autoCompactions.increment(by: Int64(newCompactions)) }
-        return registry.emitToString()
+        while digits.last == "0", digits.count > 1 { digits.removeLast() }
+        let sign = v < 0 ? "-" : ""
+        let exp = point - 1
+        if exp < -4 || exp >= 6 {
+            var s = String(digits[0])
+            if digits.count > 1 { s += "." + String(digits[1...]) }
+            let e = abs(exp)
+            return sign + s + (exp < 0 ? "e-" : "e+") + (e < 10 ? "0" : "") + String(e)
+        }
+        if point <= 0 {
+            return sign + "0." + String(repeating: "0", count: -point) + String(digits)
+        }
+        if point >= digits.count {
+            return sign + String(digits) + String(repeating: "0", count: point - digits.count)
+        }
+        return sign + String(digits[..<point]) + "." + String(digits[point...])
     }
 }
 

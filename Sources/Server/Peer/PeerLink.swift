@@ -157,7 +157,12 @@ final class PeerLink: Sendable {
         options.waitForReady = false
         options.timeout = transport.options.handshakeTimeout
         let reply = try await peer.handshake(request: ClientRequest(message: hello), options: options)
-        guard reply.accepted else { throw PeerTransportError.refused(reply.reason) }
+        guard reply.accepted else {
+            if reply.reason == PeerTransport.removedReason(transport.localID) {
+                transport.delegate.transportRefusedAsRemoved(by: id)
+            }
+            throw PeerTransportError.refused(reply.reason)
+        }
         guard reply.clusterID == transport.clusterID, reply.memberID == id else {
             throw PeerTransportError.refused(
                 "answered as member \(hexID(reply.memberID)) of cluster \(hexID(reply.clusterID))")

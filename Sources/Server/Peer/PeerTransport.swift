@@ -211,10 +211,13 @@ public final class PeerTransport: Sendable {
             return "member ID mismatch: this member is \(hexID(localID)), not \(hexID(to))"
         }
         if state.withLock({ $0.removed.contains(from) }) {
-            return "member \(hexID(from)) was removed from the cluster"
+            return Self.removedReason(from)
         }
         return nil
     }
+
+    /// The refusal sent to a member removed from the cluster.
+    static func removedReason(_ id: UInt64) -> String { "member \(hexID(id)) was removed from the cluster" }
 
     /// Encodes messages to `peer` into batches of at most `maxBatchBytes` each.
     func batches(_ messages: [Raft.Message], to peer: UInt64) -> [Swetcd_Peer_MessageBatch] {

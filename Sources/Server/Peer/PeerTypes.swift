@@ -18,6 +18,12 @@ public protocol RaftTransportDelegate: AnyObject, Sendable {
     func transportReportUnreachable(_ peer: UInt64)
     /// Outcome of sending a snapshot to `peer`.
     func transportReportSnapshot(_ peer: UInt64, success: Bool)
+    /// `peer` refused this member because it was removed from the cluster.
+    func transportRefusedAsRemoved(by peer: UInt64)
+}
+
+extension RaftTransportDelegate {
+    public func transportRefusedAsRemoved(by peer: UInt64) {}
 }
 
 /// Where the body of an outgoing snapshot comes from (implemented by the core).

@@ -1,0 +1,388 @@
+import EtcdConfig
+import EtcdProto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import Raft
+import Storage
+
+// Online membership: MemberAdd/Remove/Update/Promote go through Raft conf-change entries whose
+// context is a `MembershipChange`; applying one updates Raft's configuration, the member list
+// (memory and the backend's members bucket, in the entry's batch) and the peer transport.
+
+extension MemberRecord {
+    /// The member as etcd's API shows it; `clientURLs` only when known.
+    func proto(clientURLs: [String] = []) -> Etcdserverpb_Member {
+        var out = Etcdserverpb_Member()
+        out.id = id
+        out.name = name
+        out.peerUrls = peerURLs
+        out.clientUrls = clientURLs
+        out.isLearner = isLearner
+        return out
+    }
+}
+
+extension EtcdServer: ClusterBackend {
+    /// The members as this member knows them (client URLs are known only for this member).
+    public func members() -> [Etcdserverpb_Member] {
+        membership.members.map { m in
+            if m.id == memberID {
+                var own = m
+                if own.name.isEmpty { own.name = name }
+                return own.proto(clientURLs: config.advertiseClientURLs.map(\.description))
+            }
+            return m.proto()
+        }
+    }
+
+    public func memberList(linearizable: Bool) async throws -> [Etcdserverpb_Member] {
+        if linearizable { try await readBarrier() }
+        return members()
+    }
+
+    public func memberAdd(peerURLs: [String], isLearner: Bool) async throws -> (Etcdserverpb_Member, [Etcdserverpb_Member]) {
+        try refuseOnLearner()
+        let current = membership.members
+        let urls = try MembershipRules.checkAdd(peerURLs: peerURLs, isLearner: isLearner, members: current,
+                                                maxLearners: Int(clamping: config.maxLearners),
+                                                strict: config.strictReconfigCheck, startedVoters: startedVoters())
+        let endpoints = urls.compactMap { try? EndpointURL(parsing: $0) }
+        let id = MemberIdentity.memberID(peerURLs: endpoints, clusterToken: "", unixTime: Int64(Date().timeIntervalSince1970))
+        if membership.member(id) != nil { throw MembershipRules.memberExists }
+        if membership.removed.contains(id) { throw MembershipRules.memberExists }
+        let record = MemberRecord(id: id, name: "", peerURLs: urls, isLearner: isLearner)
+        try await proposeMembership(MembershipChange(operation: .add, member: record))
+        logger.info("added member", metadata: ["added-member-id": "\(MemberIdentity.hex(id))",
+                                                "peer-urls": "\(urls)", "is-learner": "\(isLearner)"])
+        return (record.proto(), members())
+    }
+
+    public func memberRemove(id: UInt64) async throws -> [Etcdserverpb_Member] {
+        try refuseOnLearner()
+        guard let target = membership.member(id) else { throw MembershipRules.memberNotFound }
+        if config.strictReconfigCheck && !target.isLearner { try checkVoterRemoval(id) }
+        if id == leaderID { try await moveLeadershipAway(from: id) }
+        try await proposeMembership(MembershipChange(operation: .remove, member: target))
+        logger.info("removed member", metadata: ["removed-member-id": "\(MemberIdentity.hex(id))"])
+        return members()
+    }
+
+    public func memberUpdate(id: UInt64, peerURLs: [String]) async throws -> [Etcdserverpb_Member] {
+        try refuseOnLearner()
+        guard var target = membership.member(id) else { throw MembershipRules.memberNotFound }
+        let urls = try MembershipRules.parsePeerURLs(peerURLs)
+        try MembershipRules.checkURLsFree(urls, members: membership.members, except: id)
+        target.peerURLs = urls
+        try await proposeMembership(MembershipChange(operation: .update, member: target))
+        logger.info("updated member", metadata: ["updated-member-id": "\(MemberIdentity.hex(id))", "peer-urls": "\(urls)"])
+        return members()
+    }
+
+    public func memberPromote(id: UInt64) async throws -> [Etcdserverpb_Member] {
+        try refuseOnLearner()
+        try await waitForLeader()
+        guard let target = membership.member(id) else { throw MembershipRules.memberNotFound }
+        guard target.isLearner else { throw MembershipRules.notLearner }
+        if !isLeader {
+            // Only the leader knows how far the learner is: ask it (over its peer URLs).
+            try await forwardPromote(id)
+            try await readBarrier()
+            return members()
+        }
+        if config.strictReconfigCheck {
+            let voters = membership.members.filter { !$0.isLearner }.count
+            if !MembershipRules.canAddVoter(voters: voters, started: startedVoters()) {
+                throw MembershipRules.notEnoughStarted
+            }
+        }
+        let (match, progress) = status.withLock { ($0.lastIndex, $0.progress) }
+        guard let learnerMatch = progress[id],
+              MembershipRules.learnerInSync(learnerMatch: learnerMatch, leaderMatch: match) else {
+            throw MembershipRules.learnerNotReady
+        }
+        var promoted = target
+        promoted.isLearner = false
+        try await proposeMembership(MembershipChange(operation: .promote, member: promoted))
+        logger.info("promoted member", metadata: ["promoted-member-id": "\(MemberIdentity.hex(id))"])
+        return members()
+    }
+
+    // MARK: Helpers
+
+    /// Learners serve only serializable reads, Status and MemberList.
+    func refuseOnLearner() throws {
+        if isLearner { throw EtcdError.notSupportedForLearner }
+    }
+
+    /// Voters this member sees started: itself and the voters its transport is connected to.
+    func startedVoters() -> Int {
+        membership.members.filter { !$0.isLearner && ($0.id == memberID || peers.isActive($0.id)) }.count
+    }
+
+    /// etcd's checks before removing a voter: enough started members remain for a quorum, and
+    /// (unless the member is down anyway) removing it does not leave too few active ones.
+    func checkVoterRemoval(_ id: UInt64) throws {
+        let voters = membership.members.filter { !$0.isLearner }.count
+        let started = startedVoters()
+        let removingStarted = id == memberID || peers.isActive(id)
+        if !MembershipRules.canRemoveVoter(voters: voters, started: started, removingStarted: removingStarted) {
+            throw MembershipRules.notEnoughStarted
+        }
+        if !removingStarted { return }
+        if started - 1 < 1 + (voters - 1) / 2 { throw EtcdError.unhealthyCluster }
+    }
+
+    /// Before the leader is removed, leadership moves to another voter (so the removal does not
+    /// leave the cluster without a leader for an election timeout).
+    func moveLeadershipAway(from id: UInt64) async throws {
+        let others = membership.members.filter { !$0.isLearner && $0.id != id }
+        guard !others.isEmpty else { return }
+        // On the leader the loop picks the most up-to-date voter; elsewhere this member asks
+        // for leadership itself.
+        requestLeadershipTransfer(to: id == memberID ? 0 : memberID)
+        let deadline = ContinuousClock.now + requestTimeout
+        while leaderID == id || leaderID == 0 {
+            guard ContinuousClock.now < deadline else {
+                throw EtcdError("etcdserver: request timed out, leader transfer took too long", code: .deadlineExceeded)
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// A read barrier a learner may use too (MemberList with `linearizable`).
+    func readBarrier() async throws {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try await waitForLeader()
+        let id = ids.next()
+        readWaiters.register(id)
+        inbox.send(.read(id))
+        try await readWaiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+    }
+
+    /// Proposes a membership change and waits until this member has applied it.
+    func proposeMembership(_ change: MembershipChange) async throws {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try await waitForLeader()
+        let id = ids.next()
+        waiters.register(id)
+        inbox.send(.proposeConfChange(change.confChange(requestID: id)))
+        _ = try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+    }
+
+    /// Asks the leader, over its peer URLs, to promote `id`.
+    func forwardPromote(_ id: UInt64) async throws {
+        guard let leader = membership.member(leaderID), !leader.endpoints.isEmpty else { throw EtcdError.noLeader }
+        var request = Etcdserverpb_MemberPromoteRequest()
+        request.id = id
+        var lastError: any Error = EtcdError.noLeader
+        for url in leader.endpoints {
+            do {
+                _ = try await withGRPCClient(transport: try peers.clientTransport(url)) { client in
+                    try await Etcdserverpb_Cluster.Client(wrapping: client).memberPromote(request)
+                }
+                return
+            } catch let e as RPCError where e.code != .unavailable {
+                throw e
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError
+    }
+
+    /// A member added at run time has no name in the member list until it publishes it (as
+    /// etcd's members do): once caught up, it proposes an update carrying its --name.
+    func publishNameWhenJoined() -> Task<Void, Never> {
+        Task { [self] in
+            while !Task.isCancelled && !closing.isFired {
+                try? await Task.sleep(for: .milliseconds(300))
+                guard let me = membership.member(memberID) else { continue }
+                if !me.name.isEmpty { return }
+                guard leaderID != 0, appliedIndex >= committedIndex else { continue }
+                var named = me
+                named.name = name
+                do {
+                    try await proposeMembership(MembershipChange(operation: .update, member: named))
+                    logger.info("published member name", metadata: ["name": "\(name)"])
+                    return
+                } catch {
+                    try? await Task.sleep(for: .seconds(1))
+                }
+            }
+        }
+    }
+
+    // MARK: Apply (Raft loop thread)
+
+    /// Applies a committed conf change: Raft's configuration always; the member list, the
+    /// backend and the transport only for entries the backend has not applied yet.
+    func applyConfChangeEntry(_ cc: ConfChange, entry: Entry) throws {
+        loop.confState = try loop.node.applyConfChange(cc)
+        let change: MembershipChange?
+        if cc.context.isEmpty {
+            change = nil
+        } else {
+            do { change = try MembershipChange.decode(cc.context) } catch {
+                logger.error("conf change with an undecodable context", metadata: ["index": "\(entry.index)", "error": "\(error)"])
+                change = nil
+            }
+        }
+        guard entry.index > loop.startConsistentIndex else { return }
+        var result: MemberRecord?
+        if let change { result = membership.apply(change) }
+        try backend.batch {
+            if let change { try MembershipStore.record(change, result: result, in: backend) }
+            try backend.setConsistentIndex(entry.index, term: entry.term)
+        }
+        if let change { updateTransport(change, result: result) }
+        if cc.id != 0 { waiters.trigger(cc.id, .success(.none)) }
+        if let change, change.operation == .remove, change.member.id == memberID {
+            logger.critical("the member has been permanently removed from the cluster; stopping",
+                            metadata: ["member-id": "\(MemberIdentity.hex(memberID))"])
+            removal.fire()
+        }
+    }
+
+    /// A peer that applied this member's removal refuses it (the removal's commit never
+    /// reached it, e.g. it was cut off): record the removal and stop, as etcd does.
+    func noteRemovedByPeer(_ peer: UInt64) throws {
+        guard !removal.isFired else { return }
+        logger.critical("the member has been permanently removed from the cluster; stopping", metadata: [
+            "member-id": "\(MemberIdentity.hex(memberID))", "refused-by": "\(MemberIdentity.hex(peer))",
+        ])
+        try backend.batch { try backend.put(.membersRemoved, key: MemberRecord.key(memberID), value: []) }
+        try backend.commit()
+        removal.fire()
+    }
+
+    private func updateTransport(_ change: MembershipChange, result: MemberRecord?) {
+        let id = change.member.id
+        guard id != memberID else { return }
+        switch change.operation {
+        case .add:
+            peers.addPeer(id, urls: change.member.endpoints)
+        case .update:
+            peers.updatePeer(id, urls: change.member.endpoints)
+        case .promote:
+            break
+        case .remove:
+            // Messages already queued for it (the commit of its own removal among them) still
+            // go out; then the link is closed and its calls refused.
+            let peers = self.peers
+            Task.detached {
+                try? await Task.sleep(for: .seconds(1))
+                peers.removePeer(id)
+            }
+        }
+    }
+
+    /// On the leader with --auto-promote-learners: proposes the promotion of a learner that
+    /// is in sync (one at a time; Raft refuses a second pending change).
+    func autoPromoteLearners() {
+        guard config.autoPromoteLearners, status.withLock({ $0.isLeader }) else { return }
+        let st = loop.node.status
+        let last = st.lastIndex
+        for m in membership.members where m.isLearner {
+            guard let p = st.progress[m.id], MembershipRules.learnerInSync(learnerMatch: p.match, leaderMatch: last) else {
+                continue
+            }
+            if config.strictReconfigCheck {
+                let voters = membership.members.filter { !$0.isLearner }.count
+                if !MembershipRules.canAddVoter(voters: voters, started: startedVoters()) { continue }
+            }
+            var promoted = m
+            promoted.isLearner = false
+            let cc = MembershipChange(operation: .promote, member: promoted).confChange(requestID: 0)
+            if (try? loop.node.proposeConfChange(cc)) != nil {
+                logger.info("auto-promoting learner", metadata: ["member-id": "\(MemberIdentity.hex(m.id))"])
+            }
+            return
+        }
+    }
+}
+
+/// Reads the membership of a running cluster over its members' peer URLs (the restricted
+/// Cluster service every member serves there): how a member started with
+/// `--initial-cluster-state existing` learns its ID and the cluster's.
+enum RemoteMembership {
+    struct Found: Sendable {
+        var clusterID: UInt64
+        var members: [MemberRecord]
+    }
+
+    static func fetch(from urls: [EndpointURL], limit: Duration = .seconds(30)) async throws -> Found {
+        let deadline = ContinuousClock.now + limit
+        var errors: [String] = []
+        repeat {
+            for url in urls {
+                do {
+                    guard url.scheme == "http" else { throw ServerStartError("only http:// peer URLs are supported") }
+                    let transport = try HTTP2ClientTransport.Posix(target: PeerTransport.target(url), transportSecurity: .plaintext)
+                    let resp = try await withGRPCClient(transport: transport) { client in
+                        var options = CallOptions.defaults
+                        options.timeout = .seconds(3)
+                        return try await Etcdserverpb_Cluster.Client(wrapping: client).memberList(
+                            Etcdserverpb_MemberListRequest(), options: options)
+                    }
+                    let members = resp.members.map {
+                        MemberRecord(id: $0.id, name: $0.name, peerURLs: $0.peerUrls, isLearner: $0.isLearner)
+                    }
+                    return Found(clusterID: resp.header.clusterID, members: members)
+                } catch {
+                    errors.append("\(url): \(error)")
+                }
+            }
+            try await Task.sleep(for: .milliseconds(500))
+        } while ContinuousClock.now < deadline
+        throw ServerStartError("cannot read the cluster membership from the peer URLs \(urls.map(\.description)): \(errors.suffix(3))")
+    }
+
+    /// The member of `found` whose peer URLs are `peerURLs`.
+    static func localMember(_ found: Found, peerURLs: [EndpointURL]) -> MemberRecord? {
+        let want = peerURLs.map(\.description).sorted()
+        return found.members.first { m in
+            m.peerURLs.compactMap { try? EndpointURL(parsing: $0) }.map(\.description).sorted() == want
+        }
+    }
+}
+
+extension EtcdServer {
+    /// Reads the running cluster's membership from the other members named in
+    /// --initial-cluster and finds this member in it (added by MemberAdd with these peer URLs):
+    /// its ID is the one MemberAdd chose, the cluster ID the running cluster's.
+    static func joinExisting(_ loaded: LoadedConfig, local: InitialCluster.Member,
+                             logger: Logger) async throws -> (RemoteMembership.Found, UInt64) {
+        let others = loaded.initialCluster.members.filter { $0.name != local.name }.flatMap(\.peerURLs)
+        guard !others.isEmpty else {
+            throw ServerStartError("--initial-cluster-state=existing needs the running members in --initial-cluster")
+        }
+        let found = try await RemoteMembership.fetch(from: others)
+        guard let me = RemoteMembership.localMember(found, peerURLs: local.peerURLs) else {
+            throw ServerStartError("no member of the running cluster has the peer URLs \(local.peerURLs.map(\.description)); add this member first (etcdctl member add \(local.name) --peer-urls=...)")
+        }
+        if found.members.count == 0 || found.clusterID == 0 {
+            throw ServerStartError("the running cluster answered without a cluster ID or members")
+        }
+        logger.info("joining a running cluster", metadata: [
+            "member-id": "\(MemberIdentity.hex(me.id))", "cluster-id": "\(MemberIdentity.hex(found.clusterID))",
+            "members": "\(found.members.count)", "is-learner": "\(me.isLearner)",
+        ])
+        return (found, me.id)
+    }
+
+    /// Starts the log of a brand-new cluster with one conf-change entry per initial member
+    /// (term 1, committed), as etcd does: a member joining later replays them and learns the
+    /// initial configuration from the log.
+    static func bootstrapLog(_ storage: DurableRaftStorage, members: [MemberRecord]) throws {
+        var rd = Ready()
+        rd.entries = members.sorted { $0.id < $1.id }.enumerated().map { i, m in
+            let cc = MembershipChange(operation: .add, member: m).confChange(requestID: 0)
+            return Entry(term: 1, index: UInt64(i + 1), type: .confChange, data: cc.encode())
+        }
+        rd.hardState = HardState(term: 1, vote: 0, commit: UInt64(rd.entries.count))
+        rd.mustSync = true
+        try storage.persist(rd)
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import Testing
+import Yams
+
+/// deploy/kubernetes/swetcd.yaml: valid YAML with the objects and settings the deployment needs,
+/// and a start script that derives the right flags from the pod name.
+struct KubernetesManifestTests {
+    /// The manifest's documents as dictionaries, by kind (and name).
+    private func documents() throws -> [[String: Any]] {
+        let text = try Repo.text("deploy/kubernetes/swetcd.yaml")
+        var docs: [[String: Any]] = []
+        for doc in try Yams.load_all(yaml: text) {
+            if doc is NSNull { continue }
+            docs.append(try #require(doc as? [String: Any], "a manifest document is not a mapping"))
+        }
+        return docs
+    }
+
+    private func object(_ docs: [[String: Any]], kind: String, name: String) throws -> [String: Any] {
+        try #require(docs.first { $0["kind"] as? String == kind && ($0["metadata"] as? [String: Any])?["name"] as? String == name },
+                     "no \(kind) \(name)")
+    }
+
+    private func dig(_ value: Any?, _ path: String...) -> Any? {
+        var v = value
+        for key in path {
+            if let i = Int(key), let list = v as? [Any] { v = list.indices.contains(i) ? list[i] : nil } else { v = (v as? [String: Any])?[key] }
+        }
+        return v
+    }
+
+    @Test func manifestHasTheObjects() throws {
+        let docs = try documents()
+        for d in docs {
+            #expect(d["apiVersion"] is String && d["kind"] is String && dig(d, "metadata", "name") is String)
+        }
+        let headless = try object(docs, kind: "Service", name: "swetcd")
+        #expect(dig(headless, "spec", "clusterIP") as? String == "None")
+        #expect(dig(headless, "spec", "publishNotReadyAddresses") as? Bool == true)
+        let client = try object(docs, kind: "Service", name: "swetcd-client")
+        #expect(dig(client, "spec", "ports", "0", "port") as? Int == 2379)
+        let pdb = try object(docs, kind: "PodDisruptionBudget", name: "swetcd")
+        #expect(dig(pdb, "spec", "maxUnavailable") as? Int == 1)
+
+        let set = try object(docs, kind: "StatefulSet", name: "swetcd")
+        #expect(dig(set, "spec", "serviceName") as? String == "swetcd")
+        #expect(dig(set, "spec", "replicas") as? Int == 3)
+        #expect(dig(set, "spec", "podManagementPolicy") as? String == "Parallel")
+        let container = try #require(dig(set, "spec", "template", "spec", "containers", "0") as? [String: Any])
+        #expect(dig(container, "readinessProbe", "httpGet", "path") as? String == "/readyz")
+        #expect(dig(container, "livenessProbe", "httpGet", "path") as? String == "/livez")
+        #expect(dig(set, "spec", "volumeClaimTemplates", "0", "metadata", "name") as? String == "data")
+        let mounts = try #require(container["volumeMounts"] as? [[String: Any]])
+        #expect(mounts.contains { $0["name"] as? String == "data" })
+        // Every label selector matches the pod template's labels.
+        let labels = try #require(dig(set, "spec", "template", "metadata", "labels") as? [String: String])
+        for d in docs {
+            if let sel = dig(d, "spec", "selector") as? [String: String] { #expect(sel == labels) }
+            if let sel = dig(d, "spec", "selector", "matchLabels") as? [String: String] { #expect(sel == labels) }
+        }
+    }
+
+    /// Runs the ConfigMap's start.sh with `echo` in place of swetcd.
+    private func runStart(pod: String, extraEnv: [String: String] = [:]) throws -> RunResult {
+        let docs = try documents()
+        let scripts = try object(docs, kind: "ConfigMap", name: "swetcd-scripts")
+        let script = try #require(dig(scripts, "data", "start.sh") as? String)
+        let dir = try Repo.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("start.sh")
+        try script.write(to: path, atomically: true, encoding: .utf8)
+        var env = ["PATH": "/usr/bin:/bin", "POD_NAME": pod, "POD_NAMESPACE": "db", "SERVICE_NAME": "swetcd",
+                   "INITIAL_MEMBERS": "3", "SWETCD_BIN": "/bin/echo"]
+        env.merge(extraEnv) { $1 }
+        return try runProcess("/bin/sh", [path.path], environment: env)
+    }
+
+    /// The arguments start.sh passes to swetcd for `pod`.
+    private func startArguments(pod: String, extraEnv: [String: String] = [:]) throws -> [String] {
+        let r = try runStart(pod: pod, extraEnv: extraEnv)
+        try #require(r.status == 0, "start.sh failed: \(r.stderr)")
+        return r.stdout.trimmingCharacters(in: .newlines).split(separator: " ").map(String.init)
+    }
+
+    private func flag(_ args: [String], _ name: String) -> String? {
+        guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
+        return args[i + 1]
+    }
+
+    @Test func bootstrapMemberFlagsFromPodName() throws {
+        let args = try startArguments(pod: "swetcd-1")
+        #expect(flag(args, "--name") == "swetcd-1")
+        #expect(flag(args, "--initial-cluster-state") == "new")
+        #expect(flag(args, "--initial-advertise-peer-urls") == "http://swetcd-1.swetcd.db.svc.cluster.local:2380")
+        #expect(flag(args, "--advertise-client-urls") == "http://swetcd-1.swetcd.db.svc.cluster.local:2379")
+        #expect(flag(args, "--initial-cluster") == (0..<3).map { "swetcd-\($0)=http://swetcd-\($0).swetcd.db.svc.cluster.local:2380" }.joined(separator: ","))
+        #expect(flag(args, "--data-dir") == "/var/lib/swetcd/data")
+        // All bootstrap members compute the same list and token.
+        let other = try startArguments(pod: "swetcd-0")
+        #expect(flag(other, "--initial-cluster") == flag(args, "--initial-cluster"))
+        #expect(flag(other, "--initial-cluster-token") == flag(args, "--initial-cluster-token"))
+    }
+
+    @Test func scaledUpMemberJoinsAsExisting() throws {
+        let args = try startArguments(pod: "swetcd-3", extraEnv: ["CLUSTER_DOMAIN": "k8s.example"])
+        #expect(flag(args, "--initial-cluster-state") == "existing")
+        let cluster = try #require(flag(args, "--initial-cluster")).split(separator: ",")
+        #expect(cluster.count == 4)
+        #expect(cluster.last == "swetcd-3=http://swetcd-3.swetcd.db.svc.k8s.example:2380")
+    }
+
+    @Test func badPodNameIsRefused() throws {
+        let r = try runStart(pod: "swetcd")
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("does not end in -<ordinal>"))
+    }
+}
+
+/// deploy/tune.sh: the dry run prints the ionice and tc commands and changes nothing.
+struct TuneScriptTests {
+    private func tune(_ args: [String]) throws -> RunResult {
+        try runProcess("/bin/sh", [Repo.path("deploy/tune.sh")] + args, environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"])
+    }
+
+    @Test func dryRunPrintsTheCommands() throws {
+        let r = try tune(["--dry-run", "--pid", "4242", "--interface", "eth7"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "ionice -c2 -n0 -p 4242")
+        #expect(lines.contains("tc qdisc replace dev eth7 root handle 1: prio bands 3"))
+        for dir in ["sport", "dport"] {
+            #expect(lines.contains("tc filter add dev eth7 parent 1: protocol ip prio 1 u32 match ip \(dir) 2380 0xffff flowid 1:1"))
+            #expect(lines.contains("tc filter add dev eth7 parent 1: protocol ip prio 2 u32 match ip \(dir) 2379 0xffff flowid 1:2"))
+        }
+        // Idempotent: the qdisc is replaced, never added, and old filters go before new ones.
+        #expect(!lines.contains { $0.hasPrefix("tc qdisc add") })
+        let del = try #require(lines.firstIndex { $0.hasPrefix("tc filter del") })
+        let add = try #require(lines.firstIndex { $0.hasPrefix("tc filter add") })
+        #expect(del < add)
+        // The same output every time.
+        #expect(try tune(["--dry-run", "--pid", "4242", "--interface", "eth7"]).stdout == r.stdout)
+    }
+
+    @Test func customPortsAndRemove() throws {
+        let r = try tune(["--dry-run", "--pid", "1", "--interface", "lo", "--peer-port", "12380", "--client-port", "12379"])
+        #expect(r.stdout.contains("match ip dport 12380 0xffff flowid 1:1"))
+        #expect(r.stdout.contains("match ip sport 12379 0xffff flowid 1:2"))
+        let remove = try tune(["--dry-run", "--remove", "--interface", "lo"])
+        #expect(remove.stdout == "tc qdisc del dev lo root\n")
+    }
+
+    @Test func badArgumentsExitTwo() throws {
+        #expect(try tune(["--dry-run", "--pid", "abc", "--interface", "lo"]).status == 2)
+        #expect(try tune(["--frobnicate"]).status == 2)
+    }
+}
