@@ -1417,3 +1417,358 @@ extension Swetcd_Peer_PeerLease.ClientProtocol {
         )
     }
 }
+
+// MARK: - swetcd.peer.PeerCorruptCheck
+
+/// Namespace containing generated types for the "swetcd.peer.PeerCorruptCheck" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Swetcd_Peer_PeerCorruptCheck: Sendable {
+    /// Service descriptor for the "swetcd.peer.PeerCorruptCheck" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerCorruptCheck")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "HashKV" metadata.
+        public enum HashKV: Sendable {
+            /// Request type for "HashKV".
+            public typealias Input = Swetcd_Peer_PeerHashKVRequest
+            /// Response type for "HashKV".
+            public typealias Output = Swetcd_Peer_PeerHashKVResponse
+            /// Descriptor for "HashKV".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerCorruptCheck"),
+                method: "HashKV",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "swetcd.peer.PeerCorruptCheck" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            HashKV.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "swetcd.peer.PeerCorruptCheck" service.
+    public static let swetcd_peer_PeerCorruptCheck = GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerCorruptCheck")
+}
+
+// MARK: swetcd.peer.PeerCorruptCheck (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck {
+    /// Streaming variant of the service protocol for the "swetcd.peer.PeerCorruptCheck" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---------------------------------------------------------------------------
+    /// > Corruption checks (kept in their own service so the block merges cleanly).
+    /// > 
+    /// > A member asks its peers for the hash of their keyspace at one revision, the
+    /// > way etcd members fetch each other's HashKV before serving (initial check) and
+    /// > the leader compares them periodically. Same identity rules as `Peer`: a
+    /// > receiver in another cluster, or not the named receiver, answers with gRPC
+    /// > status FAILED_PRECONDITION.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "HashKV" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swetcd_Peer_PeerHashKVRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swetcd_Peer_PeerHashKVResponse` messages.
+        func hashKV(
+            request: GRPCCore.StreamingServerRequest<Swetcd_Peer_PeerHashKVRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_PeerHashKVResponse>
+    }
+
+    /// Service protocol for the "swetcd.peer.PeerCorruptCheck" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---------------------------------------------------------------------------
+    /// > Corruption checks (kept in their own service so the block merges cleanly).
+    /// > 
+    /// > A member asks its peers for the hash of their keyspace at one revision, the
+    /// > way etcd members fetch each other's HashKV before serving (initial check) and
+    /// > the leader compares them periodically. Same identity rules as `Peer`: a
+    /// > receiver in another cluster, or not the named receiver, answers with gRPC
+    /// > status FAILED_PRECONDITION.
+    public protocol ServiceProtocol: Swetcd_Peer_PeerCorruptCheck.StreamingServiceProtocol {
+        /// Handle the "HashKV" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_PeerHashKVRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swetcd_Peer_PeerHashKVResponse` message.
+        func hashKV(
+            request: GRPCCore.ServerRequest<Swetcd_Peer_PeerHashKVRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_PeerHashKVResponse>
+    }
+
+    /// Simple service protocol for the "swetcd.peer.PeerCorruptCheck" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---------------------------------------------------------------------------
+    /// > Corruption checks (kept in their own service so the block merges cleanly).
+    /// > 
+    /// > A member asks its peers for the hash of their keyspace at one revision, the
+    /// > way etcd members fetch each other's HashKV before serving (initial check) and
+    /// > the leader compares them periodically. Same identity rules as `Peer`: a
+    /// > receiver in another cluster, or not the named receiver, answers with gRPC
+    /// > status FAILED_PRECONDITION.
+    public protocol SimpleServiceProtocol: Swetcd_Peer_PeerCorruptCheck.ServiceProtocol {
+        /// Handle the "HashKV" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swetcd_Peer_PeerHashKVRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swetcd_Peer_PeerHashKVResponse` to respond with.
+        func hashKV(
+            request: Swetcd_Peer_PeerHashKVRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swetcd_Peer_PeerHashKVResponse
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Swetcd_Peer_PeerCorruptCheck.Method.HashKV.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_PeerHashKVRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_PeerHashKVResponse>(),
+            handler: { request, context in
+                try await self.hashKV(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck.ServiceProtocol {
+    public func hashKV(
+        request: GRPCCore.StreamingServerRequest<Swetcd_Peer_PeerHashKVRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_PeerHashKVResponse> {
+        let response = try await self.hashKV(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck.SimpleServiceProtocol {
+    public func hashKV(
+        request: GRPCCore.ServerRequest<Swetcd_Peer_PeerHashKVRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_PeerHashKVResponse> {
+        return GRPCCore.ServerResponse<Swetcd_Peer_PeerHashKVResponse>(
+            message: try await self.hashKV(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: swetcd.peer.PeerCorruptCheck (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck {
+    /// Generated client protocol for the "swetcd.peer.PeerCorruptCheck" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---------------------------------------------------------------------------
+    /// > Corruption checks (kept in their own service so the block merges cleanly).
+    /// > 
+    /// > A member asks its peers for the hash of their keyspace at one revision, the
+    /// > way etcd members fetch each other's HashKV before serving (initial check) and
+    /// > the leader compares them periodically. Same identity rules as `Peer`: a
+    /// > receiver in another cluster, or not the named receiver, answers with gRPC
+    /// > status FAILED_PRECONDITION.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "HashKV" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_PeerHashKVRequest` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_PeerHashKVRequest` messages.
+        ///   - deserializer: A deserializer for `Swetcd_Peer_PeerHashKVResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func hashKV<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_PeerHashKVRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_PeerHashKVRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_PeerHashKVResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_PeerHashKVResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "swetcd.peer.PeerCorruptCheck" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > ---------------------------------------------------------------------------
+    /// > Corruption checks (kept in their own service so the block merges cleanly).
+    /// > 
+    /// > A member asks its peers for the hash of their keyspace at one revision, the
+    /// > way etcd members fetch each other's HashKV before serving (initial check) and
+    /// > the leader compares them periodically. Same identity rules as `Peer`: a
+    /// > receiver in another cluster, or not the named receiver, answers with gRPC
+    /// > status FAILED_PRECONDITION.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "HashKV" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_PeerHashKVRequest` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_PeerHashKVRequest` messages.
+        ///   - deserializer: A deserializer for `Swetcd_Peer_PeerHashKVResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func hashKV<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_PeerHashKVRequest>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_PeerHashKVRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_PeerHashKVResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_PeerHashKVResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swetcd_Peer_PeerCorruptCheck.Method.HashKV.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck.ClientProtocol {
+    /// Call the "HashKV" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swetcd_Peer_PeerHashKVRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func hashKV<Result>(
+        request: GRPCCore.ClientRequest<Swetcd_Peer_PeerHashKVRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_PeerHashKVResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.hashKV(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_PeerHashKVRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_PeerHashKVResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Swetcd_Peer_PeerCorruptCheck.ClientProtocol {
+    /// Call the "HashKV" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func hashKV<Result>(
+        _ message: Swetcd_Peer_PeerHashKVRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_PeerHashKVResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swetcd_Peer_PeerHashKVRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.hashKV(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

@@ -247,6 +247,52 @@ public nonisolated struct Swetcd_Peer_LeaseTimeToLiveForward: Sendable {
   fileprivate var _request: Etcdserverpb_LeaseTimeToLiveRequest? = nil
 }
 
+public nonisolated struct Swetcd_Peer_PeerHashKVRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var clusterID: UInt64 = 0
+
+  public var from: UInt64 = 0
+
+  public var to: UInt64 = 0
+
+  /// Hash the keyspace up to this revision; 0 means the current revision.
+  public var revision: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Swetcd_Peer_PeerHashKVResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The answering member.
+  public var memberID: UInt64 = 0
+
+  /// CRC-32C over the keyspace up to the requested revision (etcd's HashKV).
+  public var hash: UInt32 = 0
+
+  /// The member's current revision when it computed the hash.
+  public var currentRevision: Int64 = 0
+
+  /// The member's compact revision when it computed the hash.
+  public var compactRevision: Int64 = 0
+
+  /// Why no hash could be computed at that revision; empty on success. One of
+  /// "compacted" (the revision is below the member's compact revision) or
+  /// "future" (the member has not reached it yet).
+  public var unavailable: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "swetcd.peer"
@@ -687,6 +733,101 @@ nonisolated extension Swetcd_Peer_LeaseTimeToLiveForward: SwiftProtobuf.Message,
     if lhs.from != rhs.from {return false}
     if lhs.to != rhs.to {return false}
     if lhs._request != rhs._request {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swetcd_Peer_PeerHashKVRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PeerHashKVRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{1}from\0\u{1}to\0\u{1}revision\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.clusterID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.from) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.to) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.revision) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.clusterID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clusterID, fieldNumber: 1)
+    }
+    if self.from != 0 {
+      try visitor.visitSingularUInt64Field(value: self.from, fieldNumber: 2)
+    }
+    if self.to != 0 {
+      try visitor.visitSingularUInt64Field(value: self.to, fieldNumber: 3)
+    }
+    if self.revision != 0 {
+      try visitor.visitSingularInt64Field(value: self.revision, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swetcd_Peer_PeerHashKVRequest, rhs: Swetcd_Peer_PeerHashKVRequest) -> Bool {
+    if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.from != rhs.from {return false}
+    if lhs.to != rhs.to {return false}
+    if lhs.revision != rhs.revision {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Swetcd_Peer_PeerHashKVResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PeerHashKVResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}member_id\0\u{1}hash\0\u{3}current_revision\0\u{3}compact_revision\0\u{1}unavailable\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.memberID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.hash) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.currentRevision) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.compactRevision) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.unavailable) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.memberID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memberID, fieldNumber: 1)
+    }
+    if self.hash != 0 {
+      try visitor.visitSingularUInt32Field(value: self.hash, fieldNumber: 2)
+    }
+    if self.currentRevision != 0 {
+      try visitor.visitSingularInt64Field(value: self.currentRevision, fieldNumber: 3)
+    }
+    if self.compactRevision != 0 {
+      try visitor.visitSingularInt64Field(value: self.compactRevision, fieldNumber: 4)
+    }
+    if !self.unavailable.isEmpty {
+      try visitor.visitSingularStringField(value: self.unavailable, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Swetcd_Peer_PeerHashKVResponse, rhs: Swetcd_Peer_PeerHashKVResponse) -> Bool {
+    if lhs.memberID != rhs.memberID {return false}
+    if lhs.hash != rhs.hash {return false}
+    if lhs.currentRevision != rhs.currentRevision {return false}
+    if lhs.compactRevision != rhs.compactRevision {return false}
+    if lhs.unavailable != rhs.unavailable {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

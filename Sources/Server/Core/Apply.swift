@@ -70,6 +70,7 @@ extension EtcdServer {
     }
 
     private func applyRequest(_ req: Swetcd_Internal_InternalRequest, waited: Bool) throws -> ApplyResult {
+        if let refusal = alarmRefusal(req.request) { throw refusal }
         switch req.request {
         case .put(let p)?:
             let r = try store.put(PutRequest(p))
@@ -108,8 +109,8 @@ extension EtcdServer {
         case .leaseCheckpoint(let c)?:
             try lessor.applyCheckpoints(c.checkpoints.map { LeaseCheckpoint(id: $0.id, remainingTTL: $0.remainingTtl) })
             return .none
-        case .alarm?:
-            throw EtcdError.unimplemented("Alarm")
+        case .alarm(let a)?:
+            return .alarm(try applyAlarm(a))
         case .memberAttributes(let a)?:
             try applyMemberAttributes(a)
             return .none

@@ -21,19 +21,12 @@ extension EtcdServer: MaintenanceBackend {
         out.raftTerm = term
         out.raftAppliedIndex = appliedIndex
         out.isLearner = isLearner
-        out.errors = []   // no alarms can be raised yet
+        out.errors = statusErrors()
         return out
     }
 
     public func alarm(_ request: Etcdserverpb_AlarmRequest) async throws -> Etcdserverpb_AlarmResponse {
-        guard request.action == .get else {
-            // Raising and clearing alarms needs the quota / corruption checks (later issues).
-            throw RPCError(code: .unimplemented, message: "alarm activate/deactivate is not supported yet")
-        }
-        var out = Etcdserverpb_AlarmResponse()
-        out.header = header()
-        out.alarms = []
-        return out
+        try await proposeAlarm(request)
     }
 
     public func hash() async throws -> Etcdserverpb_HashResponse {
@@ -127,7 +120,7 @@ extension EtcdServer: LockElectionBackend {
 extension EtcdServer: HealthSource {
     public var hasLeader: Bool { leaderID != 0 }
 
-    public func activeAlarms() -> [Etcdserverpb_AlarmType] { [] }
+    public func activeAlarms() -> [Etcdserverpb_AlarmType] { alarms.types }
 
     public func serializableRead() async throws {
         var r = Etcdserverpb_RangeRequest()
@@ -202,6 +195,7 @@ extension EtcdServer {
         s.isLearner = isLearner
         s.currentRevision = store.currentRevision
         s.compactRevision = store.compactRevision
+        s.quotaBackendBytes = quota.limit ?? 0
         return s
     }
 }

@@ -22,6 +22,7 @@ enum ApplyResult: Sendable {
     case compaction(Etcdserverpb_CompactionResponse, MVCCStore.CompactionJob)
     case leaseGrant(Etcdserverpb_LeaseGrantResponse)
     case leaseRevoke(Etcdserverpb_LeaseRevokeResponse)
+    case alarm(Etcdserverpb_AlarmResponse)
     case none
 }
 
@@ -63,6 +64,8 @@ public final class EtcdServer: Sendable {
     /// Uptime (DispatchTime nanoseconds) at the end of the Raft loop's last pass: its liveness.
     let loopPassNanos = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
+    /// Raised alarms (NOSPACE, CORRUPT), loaded from the backend at start.
+    let alarms = AlarmStore()
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
     /// This member's Prometheus metrics (served at /metrics).
@@ -193,9 +196,11 @@ public final class EtcdServer: Sendable {
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
                                 peers: transport, peerServer: peerServer, metrics: metrics)
         do {
-            try await peerServer.start(urls: cfg.listenPeerURLs,
-                                       services: [transport.makeService(), ClusterService(backend: server, peerFacing: true),
-                                                  transport.makeLeaseService()])
+            try await peerServer.start(urls: cfg.listenPeerURLs, services: [
+                transport.makeService(), ClusterService(backend: server, peerFacing: true),
+                transport.makeLeaseService(),
+                PeerCorruptCheckService(transport: transport, currentStore: { [machine] in machine.value.store }),
+            ])
         } catch {
             try? backend.close()
             try? raftStorage.close()
@@ -216,8 +221,18 @@ public final class EtcdServer: Sendable {
             "data-dir": "\(dataDir.path)", "new": "\(isNew)", "consistent-index": "\(consistent)",
             "commit-index": "\(hs.commit)", "snapshot-index": "\(snapIndex)",
         ])
+        do {
+            try server.alarms.load(from: backend)
+            server.logQuota()
+            if cfg.initialCorruptCheck { try await server.initialCorruptCheck() }
+        } catch {
+            await server.abandonBeforeLoop()
+            throw error
+        }
         server.startLoopThread()
         machine.restartWatchLoop()
+        server.startAutoCompaction(loaded.autoCompaction)
+        server.startCorruptionMonitor(every: cfg.corruptCheckTime)
         // Watches created with progress_notify get an empty response every interval (etcd:
         // --experimental-watch-progress-notify-interval, 10 minutes).
         let interval = cfg.watchProgressNotifyInterval > .zero ? cfg.watchProgressNotifyInterval : .seconds(600)
@@ -289,6 +304,7 @@ public final class EtcdServer: Sendable {
         req.header.id = id
         let data: [UInt8] = try req.serializedBytes()
         if data.count > Int(config.maxRequestBytes) { throw EtcdError.requestTooLarge }
+        try await checkQuota(req)
         waiters.register(id)
         inbox.send(.propose(data))
         do {

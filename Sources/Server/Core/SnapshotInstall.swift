@@ -133,6 +133,7 @@ extension EtcdServer {
         for stream in machine.watchStreams.all { stream.rebind(to: replacement.store) }
         if status.withLock({ $0.isLeader }) { replacement.lessor.promote(extension: electionTimeout) }
         try adoptMembership(from: backend)
+        try alarms.load(from: backend)
         loop.consistentIndex = fresh
         loop.snapshotIndex = max(loop.snapshotIndex, index)
         // Older received files are of no use now.

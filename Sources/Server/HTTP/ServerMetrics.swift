@@ -24,6 +24,8 @@ public struct MetricsSample: Sendable, Equatable {
     /// The keyspace's current and compacted revisions.
     public var currentRevision: Int64 = 0
     public var compactRevision: Int64 = 0
+    /// The backend quota in force (0 when disabled).
+    public var quotaBackendBytes: Int64 = 0
 
     /// A sample with everything zero.
     public init() {}
@@ -60,6 +62,8 @@ public final class ServerMetrics: Sendable {
     private let leaseRenewedTotal: Counter
     private let leaseExpiredTotal: Counter
     private let leaseTTL: ValueHistogram
+    private let quotaBackendBytes: Gauge
+    private let autoCompactions: Counter
 
     /// etcd's disk latency buckets: 1 ms doubling 14 times (up to about 8 s).
     static let diskBuckets: [Duration] = (0..<14).map { .microseconds(1000 << $0) }
@@ -94,6 +98,8 @@ public final class ServerMetrics: Sendable {
         leaseRenewedTotal = registry.makeCounter(descriptor: .etcd("etcd_debugging_lease_renewed_total", "The number of renewed leases seen by the leader."))
         leaseExpiredTotal = registry.makeCounter(descriptor: .etcd("etcd_server_lease_expired_total", "The total number of expired leases."))
         leaseTTL = registry.makeValueHistogram(descriptor: .etcd("etcd_debugging_lease_ttl_total", "Bucketed histogram of lease TTLs."), buckets: Self.leaseTTLBuckets)
+        quotaBackendBytes = registry.makeGauge(descriptor: .etcd("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."))
+        autoCompactions = registry.makeCounter(descriptor: .etcd("swetcd_server_auto_compactions_total", "The number of compactions proposed by auto-compaction on this member."))
         registry.makeGauge(descriptor: .etcd("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID."), labels: [("server_id", String(memberID, radix: 16))])
             .set(to: 1)
         registry.makeGauge(descriptor: .etcd("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version."), labels: [("server_version", serverVersion)])
@@ -126,6 +132,8 @@ public final class ServerMetrics: Sendable {
     public func leaseRenewed() { leaseRenewedTotal.increment() }
     /// The leader found `count` leases expired and proposed their revocation.
     public func leasesExpired(_ count: Int) { leaseExpiredTotal.increment(by: Int64(count)) }
+    /// Auto-compaction completed a compaction proposed by this member.
+    public func autoCompacted() { autoCompactions.increment() }
 
     /// Sets the sampled gauges and renders every metric in Prometheus text format.
     public func render(sample: MetricsSample) -> String {
@@ -139,6 +147,7 @@ public final class ServerMetrics: Sendable {
         mvccKeys.set(Int64(sample.keys))
         mvccWatchers.set(Int64(sample.watchers))
         leases.set(Int64(sample.leases))
+        quotaBackendBytes.set(sample.quotaBackendBytes)
         isLearner.set(to: sample.isLearner ? 1 : 0)
         currentRevision.set(sample.currentRevision)
         compactRevision.set(sample.compactRevision)
