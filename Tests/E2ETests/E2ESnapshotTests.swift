@@ -1,14 +1,15 @@
 import Foundation
 import Testing
 
-/// A follower far behind the leader's compacted log catches up through a snapshot; lease calls
+/// A killed leader, far behind the new leader's compacted log when it restarts, catches up
+/// through a snapshot, and so does a member joining afterwards; lease calls
 /// on a follower reach the leader; every member lists every member's client URLs.
 @Suite("E2E snapshot install", .serialized, .enabled(if: E2E.available && E2E.benchPath != nil, "swetcd, swetcd-bench or etcdctl not found"))
 struct E2ESnapshotTests {
     /// Writes through `swetcd-bench` (one etcdctl process per write would be too slow).
     static let writes = Int(ProcessInfo.processInfo.environment["SWETCD_E2E_SNAPSHOT_WRITES"] ?? "") ?? 6000
 
-    @Test func followerCatchesUpThroughASnapshot() async throws {
+    @Test func killedLeaderAndJoinerCatchUpThroughSnapshots() async throws {
         try await Member.withCluster(3, extraArgs: ["--snapshot-count", "100"]) { ms in
             try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
                 try await ms[0].ctl("put", "warm", "up").status == 0
@@ -34,28 +35,30 @@ struct E2ESnapshotTests {
             let unknown = try await followers[1].ctl("lease", "timetolive", "1234abcd")
             #expect(unknown.stdout.contains("already expired"), "\(unknown)")
 
-            // One follower down while the leader writes far beyond --snapshot-count and the
-            // 5000 entries it keeps for slow followers.
-            let behind = followers[0]
+            // The leader is killed; the other two elect a new one and write far beyond
+            // --snapshot-count and the 5000 entries a leader keeps for slow followers, so the old
+            // leader can only come back through a snapshot.
+            let behind = lead
             try await behind.crash()
+            let newLead = try await Member.agreedLeader(of: followers)
             let bench = try await runBench([
-                "put", "--endpoints", lead.endpoint, "--clients", "16", "--conns", "2",
+                "put", "--endpoints", followers.map(\.endpoint).joined(separator: ","), "--clients", "16", "--conns", "2",
                 "--total", "\(Self.writes)", "--key-space-size", "\(Self.writes)", "--sequential-keys",
                 "--key-prefix", "snap/", "--key-size", "12",
             ])
             #expect(bench.status == 0, "\(bench.stdout)\(bench.stderr)")
 
             try await behind.start()
-            // A watch on the follower, started before it caught up (or while): as soon as it
+            // A watch on the old leader, started before it caught up (or while): as soon as it
             // knows a leader (etcdctl's watch requires one).
-            try await E2E.waitUntil("the follower knows the leader") { behind.lastKnownLeader != nil }
+            try await E2E.waitUntil("the old leader knows the new leader") { behind.lastKnownLeader != nil }
             let early = try behind.watch(["--prefix", "after/"], limit: 90)
             try await E2E.waitUntil("the follower installs a snapshot", limit: .seconds(60)) {
                 (behind.child?.stderr ?? "").contains("\"installed snapshot from the leader\"")
             }
             // Every key readable locally (serializable) on the follower, and the same keyspace hash
             // on every member.
-            let written = try await count(on: lead, serializable: false)
+            let written = try await count(on: newLead, serializable: false)
             #expect(written >= Self.writes * 9 / 10, "\(written) keys written")
             var seen = -1
             try await E2E.waitUntil("all \(written) keys on the follower (saw \(seen))", limit: .seconds(30)) {
@@ -75,7 +78,7 @@ struct E2ESnapshotTests {
             let late = try behind.watch(["--prefix", "after/"], limit: 60)
             do {
                 try await E2E.waitUntil("watches on the follower see a new write", limit: .seconds(20)) {
-                    _ = try await lead.ctl("put", "after/1", "x")
+                    _ = try await newLead.ctl("put", "after/1", "x")
                     return early.stdout.contains("PUT\nafter/1\nx") && late.stdout.contains("PUT\nafter/1\nx")
                 }
             } catch {
@@ -85,7 +88,7 @@ struct E2ESnapshotTests {
             early.signal(SIGTERM)
             late.signal(SIGTERM)
             // The follower's status shows it applied as far as the leader had.
-            let leaderApplied = try await appliedIndex(of: lead)
+            let leaderApplied = try await appliedIndex(of: newLead)
             #expect(leaderApplied > UInt64(Self.writes))
             try await E2E.waitUntil("the follower applied as far as the leader") {
                 try await appliedIndex(of: behind) >= leaderApplied
@@ -93,6 +96,27 @@ struct E2ESnapshotTests {
             // Its member list (now from the leader's backend) still has every client URL.
             let list = try await behind.ctl("member", "list").stdout
             #expect(ms.allSatisfy { list.contains("http://\($0.endpoint)") }, "\(list)")
+
+            // A new member joining now (learner, --initial-cluster-state existing) starts with an
+            // empty log the leader no longer has: it too comes in through a snapshot.
+            let joiner = try Member(name: "m4", extraArgs: ["--initial-cluster-state", "existing", "--snapshot-count", "100"])
+            do {
+                _ = try await M.add(joiner, via: newLead, learner: true)
+                joiner.initialCluster = (ms + [joiner]).map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+                try await joiner.start()
+                try await E2E.waitUntil("the joiner installs a snapshot", limit: .seconds(60)) {
+                    (joiner.child?.stderr ?? "").contains("\"installed snapshot from the leader\"")
+                }
+                let all = try await count(on: newLead, serializable: false)
+                try await E2E.waitUntil("all \(all) keys on the joiner", limit: .seconds(30)) {
+                    try await count(on: joiner, serializable: true) == all
+                }
+            } catch {
+                Issue.record("joiner log tail: \((joiner.child?.stderr ?? "").suffix(3000))")
+                await joiner.cleanUp()
+                throw error
+            }
+            await joiner.cleanUp()
         }
     }
 
