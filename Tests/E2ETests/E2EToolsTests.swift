@@ -252,7 +252,7 @@ struct E2EToolsTests {
 extension E2EToolsTests {
     /// Three members: member list and endpoint status agree, move-leader hands leadership to
     /// the named member, and hashkv agrees everywhere.
-    @Test func threeMembersMoveLeaderAndAgree() async throws {
+    @Test func threeMembersMoveLeaderAgreeLockAndElect() async throws {
         try await Member.withCluster(3) { ms in
             try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
                 try await ms[0].ctl("put", "k", "v").status == 0
@@ -289,6 +289,10 @@ extension E2EToolsTests {
             }
             let health = try await etcdctl(all, ["endpoint", "health"])
             #expect(health.status == 0 && health.stderr.components(separatedBy: " is healthy: ").count == 4, "\(health)")
+
+            // Lock and election on the three-member cluster, through two of its members.
+            try await lockContenders(ms[(leaderIndex + 1) % 3])
+            try await election(ms[(leaderIndex + 2) % 3])
         }
     }
 }
