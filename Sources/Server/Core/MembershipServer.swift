@@ -169,17 +169,36 @@ extension EtcdServer: ClusterBackend {
         // Raft takes one membership change at a time, and a new leader takes none until it has
         // applied the changes in its log (right after a cluster starts, its bootstrap entries):
         // such a refusal is retried here until the request timeout, as the client would have to.
+        // A follower's change is forwarded to the leader, which turns one it must refuse into an
+        // empty entry the follower cannot recognise: a follower therefore waits a shorter while,
+        // then checks whether the change took effect and proposes it again if not (a change
+        // proposed twice is refused the second time, so it applies once).
         let deadline = ContinuousClock.now + requestTimeout
         while true {
             let id = ids.next()
             waiters.register(id)
             inbox.send(.proposeConfChange(change.confChange(requestID: id)))
+            let attempt = isLeader ? deadline - ContinuousClock.now
+                : min(deadline - ContinuousClock.now, electionTimeout * 2)
             do {
-                _ = try await waiters.wait(id, timeout: deadline - ContinuousClock.now, timeoutError: EtcdError.timeout)
+                _ = try await waiters.wait(id, timeout: attempt, timeoutError: EtcdError.timeout)
                 return
             } catch let e as EtcdError where e == EtcdError.membershipChangeInProgress && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(50))
+            } catch let e as EtcdError where e == EtcdError.timeout && ContinuousClock.now < deadline {
+                if tookEffect(change) { return }
             }
+        }
+    }
+
+    /// Whether the member list already shows `change` applied.
+    private func tookEffect(_ change: MembershipChange) -> Bool {
+        let now = membership.member(change.member.id)
+        switch change.operation {
+        case .add: return now != nil
+        case .remove: return now == nil
+        case .promote: return now.map { !$0.isLearner } ?? false
+        case .update: return now?.peerURLs == change.member.peerURLs
         }
     }
 
