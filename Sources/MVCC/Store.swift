@@ -170,9 +170,10 @@ public final class MVCCStore: @unchecked Sendable {
         if req.sortTarget == .key && order == .ascend { order = .none }
         let filtered = req.minModRevision != 0 || req.maxModRevision != 0
             || req.minCreateRevision != 0 || req.maxCreateRevision != 0
-        var fetchLimit = Int(clamping: req.limit)
+        // One more than the limit tells whether there are more; a limit of Int64.max (or
+        // anything at least the key count) is no limit at all.
+        var fetchLimit = req.limit > 0 && req.limit < Int64(Int.max) ? Int(req.limit) + 1 : 0
         if order != .none || filtered { fetchLimit = 0 }
-        if fetchLimit > 0 { fetchLimit += 1 }
         let (revs, count) = revisions(req.key, req.rangeEnd, at: rev, limit: req.countOnly ? 1 : fetchLimit)
         if req.countOnly {
             return RangeResponse(revision: currentRev, kvs: [], more: false, count: Int64(count))

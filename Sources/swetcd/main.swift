@@ -8,6 +8,14 @@ import Server
 
 let swetcdVersion = "3.5.0-swetcd"
 
+/// The process's exit codes (for systemd's `RestartPreventExitStatus=` and operators).
+enum ExitCode {
+    /// A configuration or start-up error: restarting will not help.
+    static let config: Int32 = 1
+    /// The member stopped on an unrecoverable runtime error (storage failure): a restart may help.
+    static let fatal: Int32 = 2
+}
+
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("swetcd: \(message)\n".utf8))
     exit(1)
@@ -97,6 +105,17 @@ let stopOnRemoval = Task {
     server.closing.fire()
     listener.stop()
 }
+// A member whose Raft loop failed (a WAL or backend write or fsync error, a broken invariant)
+// stops serving at once and exits non-zero, as etcd does, so a supervisor restarts it and no
+// client reads from a member that no longer follows the log.
+let stopOnFatal = Task {
+    await server.fatal.wait()
+    if Task.isCancelled { return }
+    logger.critical("stopping: the member cannot go on", metadata: ["error": "\(server.fatalReason ?? "unknown")"])
+    systemd.stopping()
+    server.closing.fire()
+    listener.stop()
+}
 var exitCode: Int32 = 0
 do {
     try await serving.value
@@ -106,6 +125,8 @@ do {
 }
 stopOnSignal.cancel()
 stopOnRemoval.cancel()
+stopOnFatal.cancel()
+if server.fatal.isFired { exitCode = ExitCode.fatal }
 systemd.stopping()
 await server.stop()
 systemd.finish()

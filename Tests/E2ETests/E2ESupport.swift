@@ -173,7 +173,8 @@ func etcdctl(_ endpoint: String, _ args: [String], limit: Int = 20, input: Strin
 /// One `swetcd` member on free loopback ports with its own data directory.
 final class Member: @unchecked Sendable {
     let name: String
-    let dataDir: String
+    /// The data directory (a test may point it elsewhere before `start`).
+    var dataDir: String
     let clientPort: Int
     let peerPort: Int
     var extraArgs: [String]
@@ -223,6 +224,15 @@ final class Member: @unchecked Sendable {
         let s = try await c.waitExit()
         child = nil
         return s
+    }
+
+    /// The exit status once the process has exited on its own, else nil.
+    var exitStatus: Int32? { child?.exitStatus }
+    /// Everything the current (or last) process wrote to stderr: its JSON log.
+    var stderrText: String { child?.stderr ?? "" }
+    /// Waits (bounded) for the process to exit on its own; returns its status.
+    func waitExit(limit: Duration) async throws -> Int32 {
+        try await #require(child).waitExit(limit: limit)
     }
 
     /// kill -9.

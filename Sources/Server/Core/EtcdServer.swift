@@ -74,6 +74,13 @@ public final class EtcdServer: Sendable {
     let membership: ClusterMembership
     /// Fired when this member applies its own removal: the process should stop.
     public let removal = ShutdownSignal()
+    /// Fired when the Raft loop stops on an error it cannot recover from (a WAL or backend
+    /// write or fsync failure, a broken invariant): the process must stop, as etcd does, rather
+    /// than keep serving reads of a member that no longer follows the log. `fatalError` says why.
+    public let fatal = ShutdownSignal()
+    /// The error that fired ``fatal``.
+    public var fatalReason: String? { fatalReasonSlot.withLock { $0 } }
+    let fatalReasonSlot = Mutex<String?>(nil)
     /// Owned by the Raft loop thread only.
     nonisolated(unsafe) let loop: RaftLoopState
 

@@ -89,7 +89,12 @@ extension EtcdServer {
                 _ = try backend.commitIfDue()
                 loopPassNanos.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
             } catch {
-                logger.critical("raft loop failed; stopping", metadata: ["error": "\(error)"])
+                logger.critical("raft loop failed; stopping the member", metadata: ["error": "\(error)"])
+                fatalReasonSlot.withLock { $0 = "\(error)" }
+                // Nothing waiting on the log can be answered any more: fail it now, not at
+                // its timeout. Whatever was acknowledged before is in the WAL already.
+                waiters.failAll(EtcdError.stopped)
+                fatal.fire()
                 break
             }
         }
