@@ -53,6 +53,12 @@ public final class RaftNode {
         let (hs, cs) = try storage.initialState()
         let mc = MembershipConfig(cs)
         try mc.validate()
+        // Stored state obeys the same bounds as messages: a damaged or hostile log whose CRCs
+        // still pass must not make the term or index arithmetic overflow later.
+        let stored = [hs.term, hs.commit, try log.lastIndex(), try log.firstIndex()]
+        if let bad = stored.first(where: { $0 >= Self.valueLimit }) {
+            throw RaftError.logInvariant("stored term or index \(bad) out of range")
+        }
         if !hs.isEmpty {
             let last = try log.lastIndex()
             guard hs.commit <= last, hs.commit >= log.committed else {
@@ -101,12 +107,14 @@ public final class RaftNode {
         }
     }
 
+    /// Terms and indexes stay far below 2^62 in any real cluster; larger values (in a message
+    /// or in stored state) are garbage and would make the arithmetic overflow.
+    static let valueLimit: UInt64 = 1 << 62
+
     /// Feeds a message received from a peer.
     public func step(_ m: Message) throws {
         if m.type.isLocal { throw RaftError.stepLocalMessage }
-        // Terms and indexes stay far below 2^62 in any real cluster; larger values are garbage
-        // and would make the arithmetic overflow.
-        let limit: UInt64 = 1 << 62
+        let limit = Self.valueLimit
         if m.term >= limit || m.logTerm >= limit || m.index >= limit || m.commit >= limit
             || m.rejectHint >= limit || m.entries.contains(where: { $0.term >= limit || $0.index >= limit })
             || (m.snapshot.map { $0.metadata.index >= limit || $0.metadata.term >= limit } ?? false) {

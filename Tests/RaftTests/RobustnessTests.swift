@@ -52,3 +52,17 @@ import Testing
         }
     }
 }
+
+extension RobustnessTests {
+    /// Stored state out of the message bounds (a damaged log whose CRCs pass, found by the WAL
+    /// fuzzer: a hard state at term 2^64-1 trapped on the next campaign) is refused at start.
+    @Test func storedTermsAndIndexesOutOfRangeAreRefused() throws {
+        for hs in [HardState(term: .max, vote: 0, commit: 0), HardState(term: 1 << 62, vote: 1, commit: 0),
+                   HardState(term: 3, vote: 0, commit: .max)] {
+            let s = MemoryStorage()
+            try s.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: ConfState(voters: [1]))))
+            s.setHardState(hs)
+            #expect(throws: RaftError.self, "\(hs)") { try RaftNode(config: RaftConfig(id: 1), storage: s) }
+        }
+    }
+}
