@@ -92,7 +92,7 @@ func runTool(_ path: String, _ args: [String]) throws -> Int32 {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = args
-    try p.run()
+    try Child.launching { try p.run() }
     p.waitUntilExit()
     return p.terminationStatus
 }

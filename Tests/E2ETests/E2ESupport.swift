@@ -122,7 +122,16 @@ final class Child: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: errPath)
     }
 
-    func start() throws { try process.run() }
+    /// Launches one process at a time: concurrent `Process.run()` calls once crashed the test
+    /// process inside Foundation (a memcpy on a bad pointer while a member was started).
+    func start() throws { try Child.launching { try process.run() } }
+
+    private static let launchLock = NSLock()
+    static func launching<T>(_ body: () throws -> T) rethrows -> T {
+        launchLock.lock()
+        defer { launchLock.unlock() }
+        return try body()
+    }
 
     var stdout: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
     var stderr: String { (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "" }
