@@ -202,6 +202,10 @@ public final class RaftNode {
     /// The current hard state.
     public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
 
+    /// The index of a snapshot this node accepted and has not yet handed out in a `Ready`
+    /// (nil when none): lets the driver tell a taken snapshot from an ignored one.
+    public var pendingSnapshotIndex: UInt64? { log.unstable.snapshot?.metadata.index }
+
     /// Whether ``ready()`` has anything to return.
     public var hasReady: Bool {
         if softState != prevSoftState { return true }

@@ -194,7 +194,7 @@ struct PeerServiceTests {
         }
     }
 
-    @Test("Snapshot refusals: bad hash, short, long, no header, other cluster, not a snapshot message")
+    @Test("Snapshot refusals: bad hash, short, long, no header, other cluster, not a snapshot message, larger than the free disk space")
     func snapshotRefusals() async throws {
         try await Self.withReceiver { r in
             let body = [UInt8](repeating: 7, count: 3000)
@@ -206,6 +206,7 @@ struct PeerServiceTests {
                 ("cluster ID mismatch", try await Self.upload(r.client, body: body) { $0.clusterID = 0xbad }),
                 ("not a snapshot", try await Self.upload(r.client, body: body) { $0.message = Self.heartbeat() }),
                 ("SHA-256 has 3 bytes", try await Self.upload(r.client, body: body) { $0.sha256 = Data([1, 2, 3]) }),
+                ("does not fit", try await Self.upload(r.client, body: body) { $0.size = 1 << 62 }),
             ]
             for (reason, ack) in cases {
                 #expect(!ack.accepted, "\(reason)")

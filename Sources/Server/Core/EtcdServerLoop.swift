@@ -121,6 +121,18 @@ extension EtcdServer {
                 }
             case .messages(let ms):
                 for m in ms { try? loop.node.step(m) }
+            case .snapshot(let m, let file):
+                try? loop.node.step(m)
+                // Taken: the next Ready carries it and the install uses the file. Otherwise the
+                // body is of no use and must not stay on disk.
+                if loop.node.pendingSnapshotIndex != m.snapshot?.metadata.index {
+                    unlink(file)
+                    unlink(file + "-lock")
+                    logger.warning("dropped a received snapshot that Raft did not take", metadata: [
+                        "from": "\(String(m.from, radix: 16))", "index": "\(m.snapshot?.metadata.index ?? 0)",
+                        "term": "\(m.term)",
+                    ])
+                }
             case .read(let id):
                 readers.append(id)
             case .transferLeadership(let to):

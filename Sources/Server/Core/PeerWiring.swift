@@ -22,10 +22,10 @@ final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
 
     /// The backend file stays at `<snap>/<index:016x>.snap.db` and the message goes to Raft;
     /// when the Ready carrying the snapshot is handled, the loop swaps the file in
-    /// (SnapshotInstall.swift). A snapshot Raft ignores leaves its file behind until the next
-    /// install or restart removes it.
+    /// (SnapshotInstall.swift). If Raft does not take the snapshot (stale, unasked for, from a
+    /// sender that is not the leader), the loop deletes the file at once.
     func transportReceivedSnapshot(_ message: Message, backendFile: String) {
-        inbox.send(.messages([message]))
+        inbox.send(.snapshot(message, file: backendFile))
     }
 
     func transportReportUnreachable(_ peer: UInt64) { inbox.send(.reportUnreachable(peer)) }

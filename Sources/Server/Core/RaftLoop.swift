@@ -8,6 +8,8 @@ enum LoopInput: Sendable {
     /// A membership change (its `id` is the proposer's waiter ID).
     case proposeConfChange(ConfChange)
     case messages([Message])
+    /// A leader's snapshot message whose backend body the transport stored at `file`.
+    case snapshot(Message, file: String)
     /// A linearizable reader (its waiter ID); readers collected in one drain share one ReadIndex.
     case read(UInt64)
     case transferLeadership(UInt64)

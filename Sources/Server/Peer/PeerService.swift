@@ -170,6 +170,11 @@ final class SnapshotReceiver {
         self.message = message
         let directory = transport.snapshotDirectory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // A body that would leave the data disk (nearly) full is refused before a byte is
+        // written: what a peer can make this member store is bounded by the free space.
+        if let free = Self.freeBytes(directory), header.size > free / 100 * 95 {
+            throw SnapshotRefusal("a snapshot of \(header.size) bytes does not fit: \(free) bytes free under \(directory) (5% kept free)")
+        }
         let name = String(header.index, radix: 16)
         let padded = String(repeating: "0", count: max(0, 16 - name.count)) + name
         finalPath = "\(directory)/\(padded).snap.db"
@@ -186,6 +191,14 @@ final class SnapshotReceiver {
         }
         self.fd = fd
         self.transport = transport
+    }
+
+    /// Bytes available to this process on the file system of `path`, or nil if unknown.
+    static func freeBytes(_ path: String) -> UInt64? {
+        var st = statvfs()
+        guard statvfs(path, &st) == 0 else { return nil }
+        let (bytes, overflow) = UInt64(st.f_bavail).multipliedReportingOverflow(by: UInt64(st.f_frsize))
+        return overflow ? .max : bytes
     }
 
     func write(_ bytes: Data) throws {
