@@ -1,0 +1,159 @@
+import EtcdProto
+import Foundation
+import Raft
+import Storage
+import Testing
+@testable import Server
+
+/// The auth store's parts that need no cluster: bcrypt through libxcrypt, the permission
+/// checker against a brute-force model, and etcd's rules for users and roles.
+@Suite("Auth core")
+struct AuthCoreTests {
+    @Test func bcryptHashesAndVerifies() throws {
+        let h = try Bcrypt.hash("s3cret", cost: 4)
+        #expect(h.hasPrefix("$2a$04$") && h.count == 60)
+        #expect(Bcrypt.verify("s3cret", hash: h))
+        #expect(!Bcrypt.verify("s3cret!", hash: h))
+        #expect(!Bcrypt.verify("", hash: h))
+        #expect(!Bcrypt.verify("s3cret", hash: "not a hash"))
+        // Fresh salt each time.
+        #expect(try Bcrypt.hash("s3cret", cost: 4) != h)
+        #expect(throws: Bcrypt.Failure.self) { try Bcrypt.hash("x", cost: 3) }
+        // The other bcrypt prefixes (other implementations write them) verify the same way.
+        for prefix in ["$2b$", "$2y$"] {
+            #expect(Bcrypt.verify("s3cret", hash: prefix + h.dropFirst(4)))
+        }
+    }
+
+    /// Keys over a small alphabet, permissions and requests drawn at random: the checker agrees
+    /// with the model "every key the request can name (up to the alphabet's reach) is in some
+    /// permission", including the empty key, `\0` ends and open-ended ranges.
+    @Test func permissionCheckerAgreesWithAModel() {
+        var rng = SplitMix64(seed: 11)
+        let alphabet: [UInt8] = [0, 1, 2, 0xFF]
+        func key(_ maxLen: Int = 3) -> [UInt8] {
+            (0..<Int(rng.next() % UInt64(maxLen + 1))).map { _ in alphabet[Int(rng.next() % 4)] }
+        }
+        // Every key of length <= 4 over the alphabet: the model's universe.
+        var universe: [[UInt8]] = [[]]
+        var frontier: [[UInt8]] = [[]]
+        for _ in 0..<4 {
+            frontier = frontier.flatMap { k in alphabet.map { k + [$0] } }
+            universe += frontier
+        }
+        func end() -> [UInt8] {
+            switch rng.next() % 4 {
+            case 0: return []
+            case 1: return [0]
+            default: return key()
+            }
+        }
+        for _ in 0..<400 {
+            var perms: [Authpb_Permission] = []
+            for _ in 0..<Int(rng.next() % 4) {
+                var p = Authpb_Permission()
+                p.key = Data(key())
+                p.rangeEnd = Data(end())
+                p.permType = [.read, .write, .readwrite][Int(rng.next() % 3)]
+                perms.append(p)
+            }
+            let checker = KeyPermissions(perms)
+            for _ in 0..<20 {
+                let (k, e) = (key(), end())
+                let isWrite = rng.next() & 1 == 0
+                let want = KeyInterval(key: k, rangeEnd: e)
+                let named = universe.filter { u in
+                    compareBytes(u, want.from) >= 0 && (want.to.map { compareBytes(u, $0) < 0 } ?? true)
+                }
+                let allowed = named.allSatisfy { u in
+                    perms.contains { p in
+                        let ok = isWrite ? p.permType != .read : p.permType != .write
+                        let iv = KeyInterval(key: [UInt8](p.key), rangeEnd: [UInt8](p.rangeEnd))
+                        return ok && compareBytes(u, iv.from) >= 0 && (iv.to.map { compareBytes(u, $0) < 0 } ?? true)
+                    }
+                }
+                // The model only sees keys up to length 4: an open or long range it calls
+                // allowed may still need more (the checker is then stricter, never looser).
+                let got = checker.permits(key: k, rangeEnd: e, write: isWrite)
+                if got { #expect(allowed, "perms \(perms.map { ($0.key, $0.rangeEnd, $0.permType) }) request \(k) \(e) write \(isWrite)") }
+                if !allowed { #expect(!got) }
+                if named.isEmpty && want.isEmpty { #expect(got) }
+            }
+        }
+        // Hand-picked cases etcd users rely on.
+        var prefix = Authpb_Permission()
+        prefix.key = Data("foo".utf8)
+        prefix.rangeEnd = Data("fop".utf8)
+        prefix.permType = .read
+        let c = KeyPermissions([prefix])
+        #expect(c.permits(key: Array("foo/a".utf8), rangeEnd: [], write: false))
+        #expect(c.permits(key: Array("foo".utf8), rangeEnd: Array("fop".utf8), write: false))
+        #expect(!c.permits(key: Array("foo".utf8), rangeEnd: [0], write: false))
+        #expect(!c.permits(key: Array("foo/a".utf8), rangeEnd: [], write: true))
+        #expect(!c.permits(key: [0], rangeEnd: [0], write: false))
+        var all = Authpb_Permission()
+        all.key = Data([0])
+        all.rangeEnd = Data([0])
+        all.permType = .readwrite
+        #expect(KeyPermissions([all]).permits(key: [], rangeEnd: [0], write: true))
+        #expect(KeyPermissions([all]).permits(key: [0], rangeEnd: [0], write: true))
+    }
+
+    @Test func etcdRulesForUsersAndRoles() throws {
+        var s = AuthStore.State()
+        func apply(_ c: AuthChange) throws { try AuthStore.change(&s, c) }
+        #expect(throws: EtcdError.rootUserMissing) { try apply(.enable) }
+        try apply(.userAdd(name: "root", hash: "h", noPassword: false))
+        #expect(throws: EtcdError.rootRoleMissing) { try apply(.enable) }
+        #expect(throws: EtcdError.userExists) { try apply(.userAdd(name: "root", hash: "h", noPassword: false)) }
+        #expect(throws: EtcdError.userEmpty) { try apply(.userAdd(name: "", hash: "h", noPassword: false)) }
+        try apply(.userGrantRole(user: "root", role: "root"))
+        try apply(.enable)
+        #expect(s.enabled)
+        #expect(throws: EtcdError.invalidAuthManagement) { try apply(.userDelete("root")) }
+        #expect(throws: EtcdError.invalidAuthManagement) { try apply(.userRevokeRole(user: "root", role: "root")) }
+        #expect(throws: EtcdError.roleNotFound) { try apply(.userGrantRole(user: "root", role: "reader")) }
+        try apply(.roleAdd("reader"))
+        #expect(throws: EtcdError.roleExists) { try apply(.roleAdd("reader")) }
+        var p = Authpb_Permission()
+        p.key = Data("a".utf8)
+        p.permType = .read
+        try apply(.roleGrantPermission(role: "reader", p))
+        p.permType = .readwrite
+        try apply(.roleGrantPermission(role: "reader", p))
+        #expect(s.roles["reader"]?.keyPermission.count == 1 && s.roles["reader"]?.keyPermission[0].permType == .readwrite)
+        try apply(.userAdd(name: "alice", hash: "h", noPassword: false))
+        try apply(.userGrantRole(user: "alice", role: "reader"))
+        #expect(throws: EtcdError.roleNotGranted) { try apply(.userRevokeRole(user: "alice", role: "nope")) }
+        #expect(throws: EtcdError.permissionNotGranted) {
+            try apply(.roleRevokePermission(role: "reader", key: Data("b".utf8), rangeEnd: Data()))
+        }
+        try apply(.roleDelete("reader"))
+        #expect(s.users["alice"]?.roles == [])
+        try apply(.disable)
+        try apply(.userDelete("root"))
+        #expect(throws: EtcdError.userNotFound) { try apply(.userDelete("root")) }
+    }
+
+    @Test func stateLivesInTheBackend() throws {
+        let dir = NSTemporaryDirectory() + "swetcd-auth-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let backend = try Backend(path: dir + "/db")
+        let store = AuthStore()
+        try backend.batch {
+            try store.apply(.userAdd(name: "root", hash: "h", noPassword: false), backend: backend)
+            try store.apply(.userGrantRole(user: "root", role: "root"), backend: backend)
+            try store.apply(.roleAdd("r"), backend: backend)
+            try store.apply(.enable, backend: backend)
+        }
+        #expect(throws: EtcdError.roleExists) { try store.apply(.roleAdd("r"), backend: backend) }
+        try backend.commit()
+        let again = AuthStore()
+        try again.load(from: backend)
+        #expect(again.isEnabled && again.revision == 4)
+        #expect(again.userNames == ["root"] && again.roleNames == ["r"])
+        #expect(again.access(of: "root")?.isRoot == true)
+        try backend.close()
+    }
+}
