@@ -303,6 +303,16 @@ public enum ConfigLoader {
             throw ConfigError("--listen-metrics-urls \(u): only http:// metrics URLs are supported yet (TLS is not implemented)")
         }
         warnings += tlsWarnings(c, explicitlySet: explicitlySet)
+        // Lease checkpoints are always on and persisted (etcd 3.6 behaviour).
+        if explicitlySet.contains("experimental-enable-lease-checkpoint") && !c.enableLeaseCheckpoint {
+            warnings.append("--experimental-enable-lease-checkpoint=false has no effect: swetcd always checkpoints and persists lease remaining TTLs (as etcd 3.6)")
+        }
+        if explicitlySet.contains("experimental-enable-lease-checkpoint-persist") && !c.enableLeaseCheckpointPersist {
+            warnings.append("--experimental-enable-lease-checkpoint-persist=false has no effect: swetcd always persists lease checkpoints (as etcd 3.6)")
+        }
+        if explicitlySet.contains("initial-election-tick-advance") && c.initialElectionTickAdvance {
+            warnings.append("--initial-election-tick-advance has no effect: a new or restarted member of a multi-member cluster waits a full election timeout before campaigning (as with false)")
+        }
         for name in ["auth-token", "bcrypt-cost", "auth-token-ttl"] where explicitlySet.contains(name) {
             warnings.append("--\(name) has no effect yet: authentication is not supported (AuthEnable is refused with Unimplemented)")
         }

@@ -137,6 +137,12 @@ struct E2EConfigTests {
             #expect(!segments.isEmpty)
             #expect(!FileManager.default.fileExists(atPath: m.dataDir + "/member/wal"))
             #expect(Self.mode(wal) == 0o700)
+            // swetcdutl reads and defragments the pair when told the WAL directory.
+            let util = try E2EDefragSnapshotTests.swetcdutl()
+            let utlStatus = try await E2EDefragSnapshotTests.run(util, ["status", "--data-dir", m.dataDir, "--wal-dir", wal, "-w", "json"])
+            #expect(utlStatus.status == 0, "\(utlStatus)")
+            let defrag = try await E2EDefragSnapshotTests.run(util, ["defrag", "--data-dir", m.dataDir, "--wal-dir", wal])
+            #expect(defrag.status == 0 && defrag.stdout.contains("Finished defragmenting"), "\(defrag)")
             try await m.start()
             #expect(try await m.ctl("get", "k", "--print-value-only").lines == ["v1"])
             try await m.stop()

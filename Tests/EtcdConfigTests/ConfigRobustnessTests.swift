@@ -159,6 +159,14 @@ private let int64Max = "9223372036854775807"
         #expect(l.warnings.count == 3)
     }
 
+    @Test func flagsSwetcdCannotTurnOffAreWarnedAbout() throws {
+        let l = try loaded(["--experimental-enable-lease-checkpoint=false", "--initial-election-tick-advance=true"])
+        let text = l.warnings.joined(separator: "\n")
+        #expect(text.contains("--experimental-enable-lease-checkpoint=false has no effect"))
+        #expect(text.contains("--initial-election-tick-advance has no effect"))
+        #expect(try loaded(["--experimental-enable-lease-checkpoint", "--initial-election-tick-advance=false"]).warnings.isEmpty)
+    }
+
     @Test func ignoredFlagsAndAuthFlagsAreWarnedAbout() throws {
         let l = try loaded(["--enable-v2=false", "--proxy=off", "--auth-token=simple"])
         let text = l.warnings.joined(separator: "\n")
