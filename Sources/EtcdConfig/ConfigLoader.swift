@@ -233,7 +233,15 @@ public enum ConfigLoader {
         case let n as Int:
             text = spec.kind == .duration ? "\(n)ns" : "\(n)"
         case let d as Double:
-            text = spec.kind == .duration ? "\(Int64(d))ns" : String(d)
+            if spec.kind == .duration {
+                // A YAML number for a duration is nanoseconds; refuse what no Int64 holds.
+                guard d.isFinite, d.magnitude < 9.2e18 else {
+                    throw ConfigError("invalid value \"\(d)\" for \(key) in \(path): duration out of range")
+                }
+                text = "\(Int64(d.rounded()))ns"
+            } else {
+                text = String(d)
+            }
         case let s as String:
             text = s
         case let list as [Any]:
@@ -256,7 +264,8 @@ public enum ConfigLoader {
         }
         if c.heartbeatIntervalMs == 0 { throw ConfigError("--heartbeat-interval must be >0 (set to 0ms)") }
         if c.electionTimeoutMs == 0 { throw ConfigError("--election-timeout must be >0 (set to 0ms)") }
-        if c.electionTimeoutMs < 5 * c.heartbeatIntervalMs {
+        // heartbeat > election / 5 is election < 5 * heartbeat without the overflow.
+        if c.heartbeatIntervalMs > c.electionTimeoutMs / 5 {
             throw ConfigError("--election-timeout[\(c.electionTimeoutMs)ms] should be at least as 5 times as --heartbeat-interval[\(c.heartbeatIntervalMs)ms]")
         }
         if c.electionTimeoutMs > 50000 {
@@ -289,12 +298,99 @@ public enum ConfigLoader {
         for u in c.listenPeerURLs where u.isSecure && !c.peerTLS.isEnabled {
             throw ConfigError("TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url \(u) with HTTPS scheme")
         }
+        try refuseUnsupported(c)
+        for u in c.listenMetricsURLs where u.scheme != "http" {
+            throw ConfigError("--listen-metrics-urls \(u): only http:// metrics URLs are supported yet (TLS is not implemented)")
+        }
+        warnings += tlsWarnings(c, explicitlySet: explicitlySet)
+        // Lease checkpoints are always on and persisted (etcd 3.6 behaviour).
+        if explicitlySet.contains("experimental-enable-lease-checkpoint") && !c.enableLeaseCheckpoint {
+            warnings.append("--experimental-enable-lease-checkpoint=false has no effect: swetcd always checkpoints and persists lease remaining TTLs (as etcd 3.6)")
+        }
+        if explicitlySet.contains("experimental-enable-lease-checkpoint-persist") && !c.enableLeaseCheckpointPersist {
+            warnings.append("--experimental-enable-lease-checkpoint-persist=false has no effect: swetcd always persists lease checkpoints (as etcd 3.6)")
+        }
+        if explicitlySet.contains("initial-election-tick-advance") && c.initialElectionTickAdvance {
+            warnings.append("--initial-election-tick-advance has no effect: a new or restarted member of a multi-member cluster waits a full election timeout before campaigning (as with false)")
+        }
+        for name in ["auth-token", "bcrypt-cost", "auth-token-ttl"] where explicitlySet.contains(name) {
+            warnings.append("--\(name) has no effect yet: authentication is not supported (AuthEnable is refused with Unimplemented)")
+        }
         let autoCompaction = try AutoCompaction(mode: c.autoCompactionMode, retention: c.autoCompactionRetention)
         let cluster = try InitialCluster(parsing: c.effectiveInitialCluster, token: c.initialClusterToken)
         if c.discovery.isEmpty && c.discoverySrv.isEmpty && c.initialClusterState == "new" {
             try cluster.verifyLocalMember(name: c.name, advertisePeerURLs: c.initialAdvertisePeerURLs)
         }
         return (cluster, autoCompaction, warnings)
+    }
+
+    /// Flags etcd has whose feature swetcd does not implement: accepted at their etcd default
+    /// (so manifests that spell out defaults keep working), refused with a clear message when
+    /// they ask for the feature, never accepted and ignored.
+    static func refuseUnsupported(_ c: ServerConfig) throws {
+        func refuse(_ flag: String, _ why: String) throws -> Never {
+            throw ConfigError("\(flag) is not supported by swetcd yet: \(why)")
+        }
+        if c.forceNewCluster {
+            try refuse("--force-new-cluster", "restore a snapshot with 'swetcdutl snapshot restore' into a new data directory to start a one-member cluster from existing data")
+        }
+        if !c.listenClientHTTPURLs.isEmpty {
+            try refuse("--listen-client-http-urls", "every --listen-client-urls port already serves both gRPC and HTTP; remove the flag")
+        }
+        if !c.discovery.isEmpty || !c.discoverySrv.isEmpty {
+            try refuse(c.discovery.isEmpty ? "--discovery-srv" : "--discovery", "bootstrap with --initial-cluster instead")
+        }
+        if !c.discoveryProxy.isEmpty { try refuse("--discovery-proxy", "discovery is not implemented; bootstrap with --initial-cluster") }
+        if !c.discoverySrvName.isEmpty { try refuse("--discovery-srv-name", "discovery is not implemented; bootstrap with --initial-cluster") }
+        if c.enablePprof { try refuse("--enable-pprof", "swetcd has no Go profiler") }
+        if c.socketReuseAddress { try refuse("--socket-reuse-address", "listeners do not set SO_REUSEADDR on request yet") }
+        if c.socketReusePort { try refuse("--socket-reuse-port", "listeners do not set SO_REUSEPORT yet") }
+        if c.compactHashCheckEnabled {
+            try refuse("--experimental-compact-hash-check-enabled", "use --experimental-corrupt-check-time for periodic hash checks between members")
+        }
+        if c.metrics != "basic" { try refuse("--metrics=\(c.metrics)", "only the basic metrics are exported") }
+        if c.logFormat != "json" { try refuse("--log-format=\(c.logFormat)", "logs are always written as JSON") }
+        if c.warningApplyDuration != .milliseconds(100) {
+            try refuse("--experimental-warning-apply-duration", "the slow-apply warning threshold is fixed at 100ms")
+        }
+    }
+
+    /// The TLS flags, and whether each is set in `c`.
+    private static func tlsFlagsSet(_ c: ServerConfig) -> (client: [String], peer: [String]) {
+        func side(_ t: TLSSettings, _ prefix: String) -> [String] {
+            var out: [String] = []
+            if !t.certFile.isEmpty { out.append("\(prefix)cert-file") }
+            if !t.keyFile.isEmpty { out.append("\(prefix)key-file") }
+            if !t.trustedCAFile.isEmpty { out.append("\(prefix)trusted-ca-file") }
+            if t.clientCertAuth { out.append("\(prefix)client-cert-auth") }
+            if t.autoTLS { out.append("\(prefix)auto-tls") }
+            if !t.crlFile.isEmpty { out.append(prefix.isEmpty ? "client-crl-file" : "peer-crl-file") }
+            if !t.allowedHostname.isEmpty { out.append(prefix.isEmpty ? "client-cert-allowed-hostname" : "peer-cert-allowed-hostname") }
+            if !t.allowedCN.isEmpty { out.append("peer-cert-allowed-cn") }
+            if t.skipClientSANVerify { out.append("experimental-peer-skip-client-san-verification") }
+            return out
+        }
+        return (side(c.clientTLS, ""), side(c.peerTLS, "peer-"))
+    }
+
+    /// TLS flags given while every URL of their side is plain http:// do nothing (etcd ignores
+    /// them silently): a warning names them. (TLS with https:// URLs is refused at start.)
+    static func tlsWarnings(_ c: ServerConfig, explicitlySet: Set<String>) -> [String] {
+        var out: [String] = []
+        let (client, peer) = tlsFlagsSet(c)
+        let clientTLS = c.listenClientURLs.contains(where: \.isSecure)
+        let peerTLS = c.listenPeerURLs.contains(where: \.isSecure)
+        if !client.isEmpty && !clientTLS {
+            out.append("TLS flags \(client.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-client-urls URL is http:// (and TLS is not supported yet)")
+        }
+        if !peer.isEmpty && !peerTLS {
+            out.append("TLS flags \(peer.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-peer-urls URL is http:// (and TLS is not supported yet)")
+        }
+        let common = ["cipher-suites", "tls-min-version", "tls-max-version", "self-signed-cert-validity"].filter { explicitlySet.contains($0) }
+        if !common.isEmpty && !clientTLS && !peerTLS {
+            out.append("TLS flags \(common.map { "--\($0)" }.joined(separator: ", ")) have no effect: no client or peer URL is https://")
+        }
+        return out
     }
 
     // MARK: Help

@@ -55,6 +55,19 @@ enum FlagValues {
         return v
     }
 
+    /// The longest duration any flag takes: 10 years (87600h). Longer values are refused: no
+    /// timer needs them, and they come near the limits of the clocks they are added to.
+    static let maxDuration: Duration = .seconds(87600 * 3600)
+
+    static func duration(_ s: String) throws -> Duration {
+        let d = try GoDuration.parse(s)
+        guard d >= .zero else { throw FlagValueError(description: "\(s) must not be negative") }
+        guard d <= maxDuration else {
+            throw FlagValueError(description: "\(s) is out of range (at most \(GoDuration.format(maxDuration)))")
+        }
+        return d
+    }
+
     static func list(_ s: String) -> [String] {
         s.split(separator: ",").map { String($0).trimmingSpaces() }.filter { !$0.isEmpty }
     }
@@ -82,17 +95,26 @@ public enum FlagTable {
         FlagSpec(name: name, kind: .bool, defaultText: "\(def)", help: help, ignoredBecause: nil) { c, v in set(&c, try FlagValues.bool(v)) }
     }
 
-    static func uint(_ name: String, _ def: UInt64, _ help: String, _ set: @escaping Setter<UInt64>) -> FlagSpec {
-        FlagSpec(name: name, kind: .value, defaultText: "\(def)", help: help, ignoredBecause: nil) { c, v in set(&c, try FlagValues.uint(v)) }
+    static func uint(_ name: String, _ def: UInt64, _ help: String, range: ClosedRange<UInt64> = 0...UInt64.max,
+                     _ set: @escaping Setter<UInt64>) -> FlagSpec {
+        FlagSpec(name: name, kind: .value, defaultText: "\(def)", help: help, ignoredBecause: nil) { c, v in
+            let n = try FlagValues.uint(v)
+            guard range.contains(n) else {
+                throw FlagValueError(description: "\(n) is out of range (\(range.lowerBound) to \(range.upperBound))")
+            }
+            set(&c, n)
+        }
     }
 
     static func int(_ name: String, _ def: Int64, _ help: String, _ set: @escaping Setter<Int64>) -> FlagSpec {
         FlagSpec(name: name, kind: .value, defaultText: "\(def)", help: help, ignoredBecause: nil) { c, v in set(&c, try FlagValues.int(v)) }
     }
 
+    /// A duration flag: between 0 and ``FlagValues/maxDuration`` (a negative or longer value is
+    /// refused rather than wrapped or clamped).
     static func duration(_ name: String, _ def: Duration, _ help: String, _ set: @escaping Setter<Duration>) -> FlagSpec {
         FlagSpec(name: name, kind: .duration, defaultText: GoDuration.format(def), help: help, ignoredBecause: nil) { c, v in
-            set(&c, try GoDuration.parse(v))
+            set(&c, try FlagValues.duration(v))
         }
     }
 
@@ -117,43 +139,49 @@ public enum FlagTable {
         }
     }
 
+    /// The largest count a count flag takes (Int32.max): far above any useful value, and safe
+    /// to convert to `Int` and to add to.
+    public static let maxCount: UInt64 = UInt64(Int32.max)
+    /// The largest --max-request-bytes: the gRPC receive limit (this plus 512 KiB) stays below 2 GiB.
+    public static let maxRequestBytes: UInt64 = UInt64(Int32.max) - 512 * 1024
+
     /// Every flag swetcd accepts, in help order.
     public static let all: [FlagSpec] = {
         var f: [FlagSpec] = []
         // Member
         f.append(string("name", "default", "Human-readable name for this member.") { $0.name = $1 })
         f.append(string("data-dir", "${name}.swetcd", "Path to the data directory.") { $0.dataDir = $1 })
-        f.append(string("wal-dir", "", "Path to a dedicated WAL directory.") { $0.walDir = $1 })
-        f.append(uint("snapshot-count", 100_000, "Number of committed transactions that triggers a snapshot to disk.") { $0.snapshotCount = $1 })
-        f.append(uint("heartbeat-interval", 100, "Time (in milliseconds) of a heartbeat interval.") { $0.heartbeatIntervalMs = $1 })
-        f.append(uint("election-timeout", 1000, "Time (in milliseconds) for an election to time out.") { $0.electionTimeoutMs = $1 })
+        f.append(string("wal-dir", "", "Path to a dedicated WAL directory (the WAL segments are kept directly in it; default <data-dir>/member/wal).") { $0.walDir = $1 })
+        f.append(uint("snapshot-count", 100_000, "Number of committed transactions that triggers a snapshot to disk.", range: 1...maxCount) { $0.snapshotCount = $1 })
+        f.append(uint("heartbeat-interval", 100, "Time (in milliseconds) of a heartbeat interval.", range: 0...maxCount) { $0.heartbeatIntervalMs = $1 })
+        f.append(uint("election-timeout", 1000, "Time (in milliseconds) for an election to time out.", range: 0...maxCount) { $0.electionTimeoutMs = $1 })
         f.append(bool("initial-election-tick-advance", true, "Fast-forward initial election ticks on boot for faster election.") { $0.initialElectionTickAdvance = $1 })
         f.append(urls("listen-peer-urls", "http://localhost:2380", "List of URLs to listen on for peer traffic.") { $0.listenPeerURLs = $1 })
         f.append(urls("listen-client-urls", "http://localhost:2379", "List of URLs to listen on for client traffic.") { $0.listenClientURLs = $1 })
-        f.append(urls("listen-client-http-urls", "", "List of URLs to listen on for HTTP-only client traffic (no gRPC).", allowEmpty: true) { $0.listenClientHTTPURLs = $1 })
-        f.append(urls("listen-metrics-urls", "", "List of URLs to listen on for the metrics and health endpoints.", allowEmpty: true) { $0.listenMetricsURLs = $1 })
-        f.append(uint("max-snapshots", 5, "Maximum number of snapshot files to retain (0 is unlimited).") { $0.maxSnapshots = $1 })
-        f.append(uint("max-wals", 5, "Maximum number of WAL files to retain (0 is unlimited).") { $0.maxWALs = $1 })
+        f.append(urls("listen-client-http-urls", "", "Not supported (refused when set): every --listen-client-urls port serves gRPC and HTTP.", allowEmpty: true) { $0.listenClientHTTPURLs = $1 })
+        f.append(urls("listen-metrics-urls", "", "List of http:// URLs serving /metrics, /health, /livez, /readyz and /version (https is not supported yet).", allowEmpty: true) { $0.listenMetricsURLs = $1 })
+        f.append(uint("max-snapshots", 5, "Maximum number of snapshot files to retain (0 is unlimited).", range: 0...maxCount) { $0.maxSnapshots = $1 })
+        f.append(uint("max-wals", 5, "Maximum number of WAL files to retain (0 is unlimited).", range: 0...maxCount) { $0.maxWALs = $1 })
         f.append(int("quota-backend-bytes", 0, "Raise the NOSPACE alarm when the backend size exceeds this quota (0 = 2 GiB default, negative disables).") { $0.quotaBackendBytes = $1 })
         f.append(duration("backend-batch-interval", .zero, "Maximum time before committing the backend transaction (0 = 100ms).") { $0.backendBatchInterval = $1 })
         f.append(int("backend-batch-limit", 0, "Maximum operations before committing the backend transaction (0 = 10000).") { $0.backendBatchLimit = $1 })
-        f.append(uint("max-txn-ops", 128, "Maximum number of operations permitted in a transaction.") { $0.maxTxnOps = $1 })
-        f.append(uint("max-request-bytes", 1_572_864, "Maximum client request size in bytes the server will accept.") { $0.maxRequestBytes = $1 })
-        f.append(uint("max-concurrent-streams", UInt64(UInt32.max), "Maximum concurrent streams that each client can open at a time.") { $0.maxConcurrentStreams = $1 })
+        f.append(uint("max-txn-ops", 128, "Maximum number of operations permitted in a transaction.", range: 1...maxCount) { $0.maxTxnOps = $1 })
+        f.append(uint("max-request-bytes", 1_572_864, "Maximum client request size in bytes the server will accept.", range: 1...maxRequestBytes) { $0.maxRequestBytes = $1 })
+        f.append(uint("max-concurrent-streams", UInt64(UInt32.max), "Maximum concurrent streams that each client can open at a time.", range: 1...UInt64(UInt32.max)) { $0.maxConcurrentStreams = $1 })
         f.append(duration("grpc-keepalive-min-time", .seconds(5), "Minimum interval a client should wait before pinging the server.") { $0.grpcKeepaliveMinTime = $1 })
         f.append(duration("grpc-keepalive-interval", .seconds(7200), "Frequency of server-to-client pings to check a connection is alive (0 disables).") { $0.grpcKeepaliveInterval = $1 })
         f.append(duration("grpc-keepalive-timeout", .seconds(20), "Additional wait before closing a non-responsive connection (0 disables).") { $0.grpcKeepaliveTimeout = $1 })
-        f.append(bool("socket-reuse-address", false, "Enable SO_REUSEADDR on listener sockets.") { $0.socketReuseAddress = $1 })
-        f.append(bool("socket-reuse-port", false, "Enable SO_REUSEPORT on listener sockets.") { $0.socketReusePort = $1 })
+        f.append(bool("socket-reuse-address", false, "Not supported yet (refused when true): SO_REUSEADDR on listener sockets.") { $0.socketReuseAddress = $1 })
+        f.append(bool("socket-reuse-port", false, "Not supported yet (refused when true): SO_REUSEPORT on listener sockets.") { $0.socketReusePort = $1 })
 
         // Clustering
         f.append(urls("initial-advertise-peer-urls", "http://localhost:2380", "This member's peer URLs to advertise to the rest of the cluster.") { $0.initialAdvertisePeerURLs = $1 })
         f.append(urls("advertise-client-urls", "http://localhost:2379", "This member's client URLs to advertise to the public.") { $0.advertiseClientURLs = $1 })
-        f.append(string("discovery", "", "Discovery URL used to bootstrap the cluster.") { $0.discovery = $1 })
+        f.append(string("discovery", "", "Not supported (refused when set): bootstrap with --initial-cluster.") { $0.discovery = $1 })
         f.append(oneOf("discovery-fallback", ["exit", "proxy"], "proxy", "Behaviour when discovery fails.") { $0.discoveryFallback = $1 })
-        f.append(string("discovery-proxy", "", "HTTP proxy to use for traffic to the discovery service.") { $0.discoveryProxy = $1 })
-        f.append(string("discovery-srv", "", "DNS domain used to bootstrap the initial cluster.") { $0.discoverySrv = $1 })
-        f.append(string("discovery-srv-name", "", "Service name to query when using DNS discovery.") { $0.discoverySrvName = $1 })
+        f.append(string("discovery-proxy", "", "Not supported (refused when set).") { $0.discoveryProxy = $1 })
+        f.append(string("discovery-srv", "", "Not supported (refused when set): bootstrap with --initial-cluster.") { $0.discoverySrv = $1 })
+        f.append(string("discovery-srv-name", "", "Not supported (refused when set).") { $0.discoverySrvName = $1 })
         f.append(string("initial-cluster", "default=${initial-advertise-peer-urls}", "Initial cluster configuration for bootstrapping.") { $0.initialCluster = $1 })
         f.append(string("initial-cluster-token", "etcd-cluster", "Initial cluster token for the cluster during bootstrap.") { $0.initialClusterToken = $1 })
         f.append(oneOf("initial-cluster-state", ["new", "existing"], "new", "Initial cluster state.") { $0.initialClusterState = $1 })
@@ -161,10 +189,10 @@ public enum FlagTable {
         f.append(bool("pre-vote", true, "Run the Raft PreVote phase before elections.") { $0.preVote = $1 })
         f.append(oneOf("auto-compaction-mode", ["periodic", "revision"], "periodic", "How auto-compaction-retention is read.") { $0.autoCompactionMode = $1 })
         f.append(string("auto-compaction-retention", "0", "Auto compaction retention: hours or a duration (periodic), revisions (revision). 0 disables.") { $0.autoCompactionRetention = $1 })
-        f.append(uint("max-learners", 1, "Maximum number of learner members in the cluster.") { $0.maxLearners = $1 })
-        f.append(uint("experimental-max-learners", 1, "Alias of --max-learners (etcd 3.5 name).") { $0.maxLearners = $1 })
+        f.append(uint("max-learners", 1, "Maximum number of learner members in the cluster.", range: 1...maxCount) { $0.maxLearners = $1 })
+        f.append(uint("experimental-max-learners", 1, "Alias of --max-learners (etcd 3.5 name).", range: 1...maxCount) { $0.maxLearners = $1 })
         f.append(bool("auto-promote-learners", false, "swetcd: promote a learner as soon as it is in sync with the leader.") { $0.autoPromoteLearners = $1 })
-        f.append(bool("force-new-cluster", false, "Force to create a new one-member cluster.") { $0.forceNewCluster = $1 })
+        f.append(bool("force-new-cluster", false, "Not supported yet (refused when true); restore a snapshot with swetcdutl instead.") { $0.forceNewCluster = $1 })
 
         // Security
         f.append(string("cert-file", "", "Path to the client server TLS cert file.") { $0.clientTLS.certFile = $1 })
@@ -186,32 +214,32 @@ public enum FlagTable {
         f.append(list("cipher-suites", "", "Comma-separated list of supported TLS cipher suites (empty: the library's defaults).") { $0.cipherSuites = $1 })
         f.append(oneOf("tls-min-version", ["TLS1.2", "TLS1.3"], "TLS1.2", "Minimum TLS version.") { $0.tlsMinVersion = $1 })
         f.append(oneOf("tls-max-version", ["", "TLS1.2", "TLS1.3"], "", "Maximum TLS version (empty: no limit).") { $0.tlsMaxVersion = $1 })
-        f.append(uint("self-signed-cert-validity", 1, "Validity in years of certificates generated by --auto-tls / --peer-auto-tls.") { $0.selfSignedCertValidity = $1 })
+        f.append(uint("self-signed-cert-validity", 1, "Validity in years of certificates generated by --auto-tls / --peer-auto-tls.", range: 1...100) { $0.selfSignedCertValidity = $1 })
 
         // Auth
         f.append(string("auth-token", "simple", "Auth token type and options: simple, or jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...") { $0.authToken = $1 })
-        f.append(uint("bcrypt-cost", 10, "Bcrypt cost factor for password hashing.") { $0.bcryptCost = $1 })
-        f.append(uint("auth-token-ttl", 300, "Lifetime in seconds of a simple auth token.") { $0.authTokenTTL = $1 })
+        f.append(uint("bcrypt-cost", 10, "Bcrypt cost factor for password hashing.", range: 4...31) { $0.bcryptCost = $1 })
+        f.append(uint("auth-token-ttl", 300, "Lifetime in seconds of a simple auth token.", range: 1...maxCount) { $0.authTokenTTL = $1 })
 
         // Logging, metrics, profiling
         f.append(oneOf("logger", ["zap", "capnslog"], "zap", "Logger; swetcd always writes structured logs (capnslog is accepted as zap).") { $0.logger = $1 })
         f.append(oneOf("log-level", ["debug", "info", "warn", "error", "panic", "fatal"], "info", "Log level.") { $0.logLevel = $1 })
         f.append(list("log-outputs", "default", "Log outputs: stdout, stderr, default (stderr), or file paths.") { $0.logOutputs = $1 })
         f.append(list("log-output", "default", "Deprecated alias of --log-outputs.") { $0.logOutputs = $1 })
-        f.append(oneOf("log-format", ["json", "console"], "json", "Log format.") { $0.logFormat = $1 })
+        f.append(oneOf("log-format", ["json", "console"], "json", "Log format (only json is supported; console is refused).") { $0.logFormat = $1 })
         f.append(bool("debug", false, "Deprecated: same as --log-level=debug.") { if $1 { $0.logLevel = "debug" } })
-        f.append(oneOf("metrics", ["basic", "extensive"], "basic", "Level of detail of exported metrics.") { $0.metrics = $1 })
-        f.append(bool("enable-grpc-gateway", true, "Serve the JSON gateway under /v3/.") { $0.enableGRPCGateway = $1 })
-        f.append(bool("enable-pprof", false, "Accepted for etcd compatibility (swetcd has no Go profiler).") { $0.enablePprof = $1 })
+        f.append(oneOf("metrics", ["basic", "extensive"], "basic", "Level of detail of exported metrics (only basic is supported; extensive is refused).") { $0.metrics = $1 })
+        f.append(bool("enable-grpc-gateway", true, "Serve the JSON gateway under /v3/ on the client URLs (false: those paths answer 404).") { $0.enableGRPCGateway = $1 })
+        f.append(bool("enable-pprof", false, "Not supported (refused when true): swetcd has no Go profiler.") { $0.enablePprof = $1 })
 
         // Checks and tuning
         f.append(bool("experimental-initial-corrupt-check", false, "Check data corruption before serving clients.") { $0.initialCorruptCheck = $1 })
         f.append(duration("experimental-corrupt-check-time", .zero, "Interval between cluster corruption checks (0 disables).") { $0.corruptCheckTime = $1 })
-        f.append(bool("experimental-compact-hash-check-enabled", false, "Leader checks compaction hashes of followers.") { $0.compactHashCheckEnabled = $1 })
+        f.append(bool("experimental-compact-hash-check-enabled", false, "Not supported yet (refused when true); see --experimental-corrupt-check-time.") { $0.compactHashCheckEnabled = $1 })
         f.append(duration("experimental-compact-hash-check-time", .seconds(60), "Interval of the compaction hash check.") { $0.compactHashCheckTime = $1 })
         f.append(int("experimental-compaction-batch-limit", 1000, "Maximum revisions deleted in each compaction batch.") { $0.compactionBatchLimit = $1 })
         f.append(duration("experimental-watch-progress-notify-interval", .seconds(600), "Interval of watch progress notifications.") { $0.watchProgressNotifyInterval = $1 })
-        f.append(duration("experimental-warning-apply-duration", .milliseconds(100), "Apply duration above which a warning is logged.") { $0.warningApplyDuration = $1 })
+        f.append(duration("experimental-warning-apply-duration", .milliseconds(100), "Apply duration above which a warning is logged (only the default, 100ms, is supported).") { $0.warningApplyDuration = $1 })
         f.append(bool("experimental-enable-lease-checkpoint", false, "Leader sends lease remaining-TTL checkpoints to members.") { $0.enableLeaseCheckpoint = $1 })
         f.append(bool("experimental-enable-lease-checkpoint-persist", false, "Persist lease remaining TTL checkpoints.") { $0.enableLeaseCheckpointPersist = $1 })
         f.append(bool("unsafe-no-fsync", false, "Disables fsync: unsafe, loses data on a crash.") { $0.unsafeNoFsync = $1 })

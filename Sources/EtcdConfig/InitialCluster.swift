@@ -103,12 +103,18 @@ public enum AutoCompaction: Sendable, Equatable {
     /// Keep this many revisions (revision mode).
     case revision(Int64)
 
+    /// The longest periodic retention: 10 years, as for every duration flag.
+    public static let maxRetentionHours: Int64 = 87600
+
     public init(mode: String, retention: String) throws {
         let r = retention.trimmingSpaces()
         switch mode {
         case "periodic":
             if let hours = Int64(r) {
                 guard hours >= 0 else { throw ConfigError("invalid auto-compaction-retention \"\(retention)\": must not be negative") }
+                guard hours <= Self.maxRetentionHours else {
+                    throw ConfigError("invalid auto-compaction-retention \"\(retention)\": out of range (at most \(Self.maxRetentionHours) hours)")
+                }
                 self = hours == 0 ? .disabled : .periodic(.seconds(hours * 3600))
                 return
             }
@@ -117,6 +123,9 @@ public enum AutoCompaction: Sendable, Equatable {
                 throw ConfigError("invalid auto-compaction-retention \"\(retention)\" for periodic mode: \(error)")
             }
             guard d >= .zero else { throw ConfigError("invalid auto-compaction-retention \"\(retention)\": must not be negative") }
+            guard d <= .seconds(Self.maxRetentionHours * 3600) else {
+                throw ConfigError("invalid auto-compaction-retention \"\(retention)\": out of range (at most \(Self.maxRetentionHours)h)")
+            }
             self = d == .zero ? .disabled : .periodic(d)
         case "revision":
             guard let n = Int64(r), n >= 0 else {

@@ -106,7 +106,7 @@ public struct ServerConfig: Sendable, Equatable {
     }
 
     /// gRPC receive limit: the request limit plus etcd's 512 KiB allowance for gRPC overhead.
-    public var maxReceiveMessageBytes: Int { Int(maxRequestBytes) + 512 * 1024 }
+    public var maxReceiveMessageBytes: Int { Int(min(maxRequestBytes, FlagTable.maxRequestBytes)) + 512 * 1024 }
 }
 
 /// TLS settings for one side (clients or peers), as etcd's `--cert-file`/`--peer-cert-file` etc.

@@ -18,17 +18,29 @@ public struct DataDir: Sendable, Equatable {
 
     /// The data directory (`--data-dir`).
     public let path: String
+    /// A dedicated WAL directory (`--wal-dir`), or nil for `<data-dir>/member/wal`.
+    public let dedicatedWALDirectory: String?
 
-    public init(path: String) { self.path = path }
+    /// `walDirectory`: a dedicated directory for the WAL segments (etcd's `--wal-dir`; they are
+    /// kept directly in it), or nil/empty for `<path>/member/wal`.
+    public init(path: String, walDirectory: String? = nil) {
+        self.path = path
+        var wal = walDirectory ?? ""
+        while wal.count > 1 && wal.hasSuffix("/") { wal.removeLast() }
+        // The default location given explicitly is no dedicated directory.
+        let standard = FileIO.join(FileIO.join(path, "member"), "wal")
+        dedicatedWALDirectory = wal.isEmpty || wal == standard ? nil : wal
+    }
 
     public var memberDirectory: String { FileIO.join(path, "member") }
-    public var walDirectory: String { FileIO.join(memberDirectory, "wal") }
+    public var walDirectory: String { dedicatedWALDirectory ?? FileIO.join(memberDirectory, "wal") }
     public var snapDirectory: String { FileIO.join(memberDirectory, "snap") }
     /// Where the LMDB backend lives.
     public var backendPath: String { FileIO.join(snapDirectory, "db") }
 
     /// Classifies the directory without modifying anything.
     public func inspect() throws -> State {
+        if let wal = dedicatedWALDirectory { return try inspect(dedicatedWAL: wal) }
         guard FileIO.exists(path) else { return .empty }
         guard FileIO.isDirectory(path) else { return .foreign(reason: "\(path) is not a directory") }
         let top = try FileIO.list(path).filter { $0 != "lost+found" }
@@ -51,8 +63,15 @@ public struct DataDir: Sendable, Equatable {
             }
             return .empty
         }
+        return try inspectWAL(walDirectory) ?? .foreign(reason: "\(walDirectory) holds no WAL segments")
+    }
+
+    /// The state of a WAL directory that exists: `.ours`, `.foreign`, or nil when it holds
+    /// nothing at all.
+    private func inspectWAL(_ walDirectory: String) throws -> State? {
         guard FileIO.isDirectory(walDirectory) else { return .foreign(reason: "\(walDirectory) is not a directory") }
         let files = try FileIO.list(walDirectory)
+        if files.isEmpty { return nil }
         if let other = files.first(where: { WALSegmentName(parsing: $0) == nil && !$0.hasSuffix(".wal.tmp") }) {
             return .foreign(reason: "unexpected file \(FileIO.join(walDirectory, other))")
         }
@@ -68,6 +87,48 @@ public struct DataDir: Sendable, Equatable {
             return .foreign(reason: "\(file): \(why)")
         default:
             return .foreign(reason: "\(file) is not a swetcd WAL segment (etcd's own WAL format?)")
+        }
+    }
+
+    /// `inspect()` with the WAL in its own directory: the data directory then holds only
+    /// `member/snap`, and the two must belong together.
+    private func inspect(dedicatedWAL wal: String) throws -> State {
+        var hasMemberData = false
+        if FileIO.exists(path) {
+            guard FileIO.isDirectory(path) else { return .foreign(reason: "\(path) is not a directory") }
+            let top = try FileIO.list(path).filter { $0 != "lost+found" }
+            if let other = top.first(where: { $0 != "member" }) {
+                return .foreign(reason: "unexpected entry \(FileIO.join(path, other))")
+            }
+            if !top.isEmpty {
+                guard FileIO.isDirectory(memberDirectory) else { return .foreign(reason: "\(memberDirectory) is not a directory") }
+                let member = try FileIO.list(memberDirectory)
+                if member.contains("wal") {
+                    return .foreign(reason: "\(FileIO.join(memberDirectory, "wal")) holds a WAL but --wal-dir is \(wal); start without --wal-dir, or move the WAL segments there")
+                }
+                if let other = member.first(where: { $0 != "snap" }) {
+                    return .foreign(reason: "unexpected entry \(FileIO.join(memberDirectory, other))")
+                }
+                if member.contains("snap") {
+                    guard FileIO.isDirectory(snapDirectory) else { return .foreign(reason: "\(snapDirectory) is not a directory") }
+                    hasMemberData = true
+                }
+            }
+        }
+        let walState = FileIO.exists(wal) ? try inspectWAL(wal) : nil
+        switch walState {
+        case nil:
+            if hasMemberData, try !FileIO.list(snapDirectory).isEmpty {
+                return .foreign(reason: "\(snapDirectory) has files but the WAL directory \(wal) holds no WAL")
+            }
+            return .empty
+        case .ours?:
+            guard hasMemberData else {
+                return .foreign(reason: "the WAL directory \(wal) holds a WAL but the data directory \(path) has no member data (\(snapDirectory)); give the --data-dir this WAL belongs to")
+            }
+            return .ours
+        case let other?:
+            return other
         }
     }
 
@@ -87,6 +148,38 @@ public struct DataDir: Sendable, Equatable {
         try FileIO.syncDirectory(memberDirectory)
         try FileIO.syncDirectory(path)
         try FileIO.syncDirectory(FileIO.parent(path))
+        if let wal = dedicatedWALDirectory, state == .empty {
+            // The WAL is created through `<wal>.tmp` renamed to `<wal>`: an empty directory
+            // made by the operator is replaced (a mount point cannot be: use a subdirectory).
+            try FileIO.makeDirectory(FileIO.parent(wal))
+            if FileIO.isDirectory(wal), try FileIO.list(wal).isEmpty {
+                do { try FileIO.removeDirectory(wal) } catch {
+                    throw WALError.invalidArgument("cannot use the empty WAL directory \(wal) (\(error)); if it is a mount point, give a directory inside it")
+                }
+            }
+        }
         return state
+    }
+
+    /// The directories whose permissions ``tightenPermissions()`` checks: the data directory
+    /// and the dedicated WAL directory.
+    public var privateDirectories: [String] { [path] + (dedicatedWALDirectory.map { [$0] } ?? []) }
+
+    /// Sets each existing directory of ``privateDirectories`` whose mode allows group or
+    /// other access to 0700 (etcd refuses such a directory; swetcd repairs it). Returns the
+    /// paths changed with their old modes, for the caller to warn about.
+    public func tightenPermissions() throws -> [(path: String, oldMode: UInt32)] {
+        var changed: [(String, UInt32)] = []
+        for dir in privateDirectories {
+            var st = stat()
+            guard stat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { continue }
+            let mode = UInt32(st.st_mode) & 0o7777
+            guard mode & 0o077 != 0 else { continue }
+            guard chmod(dir, 0o700) == 0 else {
+                throw WALError.invalidArgument("cannot set the permissions of \(dir) to 0700: \(String(cString: strerror(errno)))")
+            }
+            changed.append((dir, mode))
+        }
+        return changed
     }
 }

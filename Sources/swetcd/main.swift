@@ -29,6 +29,10 @@ do {
     fail("\(error)\nRun 'swetcd --help' for the list of flags.")
 }
 
+// Everything swetcd creates (data and WAL directories, snapshot and backend copies, logs)
+// is private to its user: files 0600, directories 0700, whatever mode a library asks for.
+umask(0o077)
+
 let loaded: LoadedConfig
 switch outcome {
 case .help(let text):

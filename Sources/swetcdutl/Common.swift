@@ -33,17 +33,18 @@ struct DataDirOptions: ParsableArguments {
     /// The data directory, checked to be one swetcd wrote (never modified).
     func checkedDataDir() throws -> DataDir {
         guard let path = dataDir else { throw ToolError("--data-dir is required") }
-        return try DataDirOptions.checked(path)
+        return try DataDirOptions.checked(path, walDir: walDir)
     }
 
-    /// `path` checked to be a data directory swetcd wrote.
-    static func checked(_ path: String) throws -> DataDir {
+    /// `path` (with its dedicated WAL directory `walDir`, if any) checked to be a data
+    /// directory swetcd wrote.
+    static func checked(_ path: String, walDir: String? = nil) throws -> DataDir {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ToolError("data directory \(path) does not exist")
         }
         guard isDir.boolValue else { throw ToolError("\(path) is not a directory") }
-        let dir = DataDir(path: path)
+        let dir = DataDir(path: path, walDirectory: walDir)
         switch try dir.inspect() {
         case .ours: return dir
         case .empty: throw ToolError("\(path) holds no swetcd data (no WAL)")

@@ -22,8 +22,11 @@ struct DefragCommand: ParsableCommand {
     @Option(name: .customLong("data-dir"), help: "Path to the data directory.")
     var dataDir: String
 
+    @Option(name: .customLong("wal-dir"), help: "The member's dedicated WAL directory, if it was started with --wal-dir.")
+    var walDir: String?
+
     func run() throws {
-        let dir = try DataDirOptions.checked(dataDir)
+        let dir = try DataDirOptions.checked(dataDir, walDir: walDir)
         let lock = try lockUnusedDataDir(dir)
         defer { close(lock) }
         guard FileManager.default.fileExists(atPath: dir.backendPath) else {

@@ -37,7 +37,7 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
         let (outgoing, sink) = AsyncStream<Etcdserverpb_WatchResponse>.makeStream()
         let emit = WatchEmitter(sink: sink)
         let server = self.server
-        let maxBytes = Int(server.config.maxRequestBytes)
+        let maxBytes = Int(clamping: server.config.maxRequestBytes)
         defer { stream.close() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             // The only writer to the client.

@@ -3,14 +3,17 @@ import GRPCCore
 import Logging
 
 /// Serves the client gRPC services of an ``EtcdServer`` on its `--listen-client-urls`
-/// (plaintext; gRPC and HTTP/1.1 share each port through the shell's `ClientPortTransport`).
+/// (plaintext; gRPC and HTTP/1.1 share each port through the shell's `ClientPortTransport`),
+/// and `/metrics` with the health endpoints on its `--listen-metrics-urls`.
 public final class ClientListener: Sendable {
-    private let servers: [(url: EndpointURL, grpc: GRPCServer<ClientPortTransport>)]
+    private let servers: [(url: EndpointURL, kind: String, grpc: GRPCServer<ClientPortTransport>)]
     private let logger: Logger
 
     /// Prepares one gRPC server per client URL with the etcd services (KV, Watch, Lease,
     /// Maintenance, Cluster, Auth, Lock, Election) and, on the same port, the HTTP routes:
-    /// `/version`, `/health`, `/livez`, `/readyz`, `/metrics` and the `/v3/` JSON gateway.
+    /// `/version`, `/health`, `/livez`, `/readyz`, `/metrics` and (unless
+    /// `--enable-grpc-gateway=false`) the `/v3/` JSON gateway. Each metrics URL gets a port
+    /// with only `/metrics`, `/health`, `/livez`, `/readyz` and `/version` (no gRPC services).
     public init(server: EtcdServer, logger: Logger) throws {
         let cfg = server.config
         let services: [any RegistrableRPCService] = [
@@ -18,22 +21,30 @@ public final class ClientListener: Sendable {
         ] + server.coordinationServices()
         var router = HTTPRouter()
         router.addVersionRoute()
-        server.registerHTTPRoutes(in: &router)
-        var list: [(EndpointURL, GRPCServer<ClientPortTransport>)] = []
-        for url in cfg.listenClientURLs {
+        server.registerHTTPRoutes(in: &router, gateway: cfg.enableGRPCGateway)
+        var metricsRouter = HTTPRouter()
+        metricsRouter.addVersionRoute()
+        server.registerHTTPRoutes(in: &metricsRouter, gateway: false)
+        // etcd: with keepalive interval or timeout 0, gRPC's defaults (2 h, 20 s) apply.
+        let keepaliveOn = cfg.grpcKeepaliveInterval > .zero && cfg.grpcKeepaliveTimeout > .zero
+        var list: [(EndpointURL, String, GRPCServer<ClientPortTransport>)] = []
+        let targets = cfg.listenClientURLs.map { ($0, "client") } + cfg.listenMetricsURLs.map { ($0, "metrics") }
+        for (url, kind) in targets {
             guard url.scheme == "http" else {
-                throw ServerStartError("listen client URL \(url): only plaintext http:// is supported yet (TLS comes later)")
+                throw ServerStartError("listen \(kind) URL \(url): only plaintext http:// is supported yet (TLS comes later)")
             }
             var port = ClientPortConfiguration(
                 address: .tcp(host: url.host == "localhost" ? "127.0.0.1" : url.host, port: url.port),
-                router: router)
+                router: kind == "client" ? router : metricsRouter)
             port.maxReceiveMessageBytes = cfg.maxReceiveMessageBytes
             port.maxHTTPBodyBytes = cfg.maxReceiveMessageBytes
             port.keepaliveMinClientPingInterval = cfg.grpcKeepaliveMinTime
-            port.keepaliveTime = cfg.grpcKeepaliveInterval
-            port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
+            if keepaliveOn {
+                port.keepaliveTime = cfg.grpcKeepaliveInterval
+                port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
+            }
             let transport = ClientPortTransport(configuration: port)
-            list.append((url, GRPCServer(transport: transport, services: services)))
+            list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [])))
         }
         servers = list
         self.logger = logger
@@ -42,11 +53,12 @@ public final class ClientListener: Sendable {
     /// Serves until ``stop()``; throws if a listener cannot bind.
     public func serve() async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for (url, grpc) in servers {
+            for (url, kind, grpc) in servers {
                 group.addTask { try await grpc.serve() }
                 group.addTask { [logger] in
                     if let addr = try? await grpc.listeningAddress {
-                        logger.info("serving client traffic", metadata: ["address": "\(addr)", "url": "\(url)"])
+                        logger.info(kind == "client" ? "serving client traffic" : "serving metrics",
+                                    metadata: ["address": "\(addr)", "url": "\(url)"])
                     }
                 }
             }
@@ -57,7 +69,7 @@ public final class ClientListener: Sendable {
     /// The bound addresses (after ``serve()`` started), e.g. to learn a port 0 choice.
     public func boundAddresses() async throws -> [String] {
         var out: [String] = []
-        for (_, grpc) in servers {
+        for (_, _, grpc) in servers {
             if let a = try await grpc.listeningAddress { out.append("\(a)") }
         }
         return out
@@ -65,6 +77,6 @@ public final class ClientListener: Sendable {
 
     /// Stops accepting connections and lets running calls finish.
     public func stop() {
-        for (_, grpc) in servers { grpc.beginGracefulShutdown() }
+        for (_, _, grpc) in servers { grpc.beginGracefulShutdown() }
     }
 }

@@ -146,12 +146,14 @@ extension EtcdServer {
     /// Adds /health, /livez, /readyz, /metrics and the /v3 gateway (KV, Lease, Watch,
     /// Maintenance, Cluster, Auth, Lock, Election) to `router`.
     /// `metrics` defaults to this server's own (``metrics``).
-    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics? = nil) {
+    public func registerHTTPRoutes(in router: inout HTTPRouter, metrics: ServerMetrics? = nil, gateway: Bool = true) {
         let metrics = metrics ?? self.metrics
         HealthEndpoints(source: self).register(in: &router)
         router.add("/metrics") { [self] _ in
             .text(.ok, metrics.render(sample: metricsSample()), contentType: "text/plain; version=0.0.4; charset=utf-8")
         }
+        // --enable-grpc-gateway=false: no /v3/ JSON routes (they answer 404).
+        guard gateway else { return }
         let kv = KVService(server: self)
         Gateway.addUnary(&router, "/v3/kv/range", kv.range(request:context:))
         Gateway.addUnary(&router, "/v3/kv/put", kv.put(request:context:))

@@ -102,8 +102,8 @@ public final class EtcdServer: Sendable {
         self.membership = membership
         ids = RequestIDGenerator(memberID: memberID)
         leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
-        electionTimeout = .milliseconds(Int64(config.electionTimeoutMs))
-        requestTimeout = .seconds(5) + .milliseconds(Int64(2 * config.electionTimeoutMs))
+        electionTimeout = .milliseconds(Int64(clamping: config.electionTimeoutMs))
+        requestTimeout = .seconds(5) + .milliseconds(Int64(clamping: min(config.electionTimeoutMs, 1 << 40)) * 2)
     }
 
     /// Opens (or creates) the data directory and starts the Raft loop. An empty directory
@@ -111,10 +111,19 @@ public final class EtcdServer: Sendable {
     /// (the `--initial-*` flags are ignored); anything else is refused untouched.
     public static func start(_ loaded: LoadedConfig, logger: Logger) async throws -> EtcdServer {
         let cfg = loaded.config
-        let dataDir = DataDir(path: cfg.effectiveDataDir)
+        let dataDir = DataDir(path: cfg.effectiveDataDir, walDirectory: cfg.walDir)
         let found = try dataDir.inspect()
         if case let .foreign(reason) = found {
+            if let wal = dataDir.dedicatedWALDirectory {
+                throw ServerStartError("data directory \(dataDir.path) with WAL directory \(wal) cannot be used (\(reason)); refusing to use or modify them")
+            }
             throw ServerStartError("data directory \(dataDir.path) was not written by swetcd (\(reason)); refusing to use or modify it")
+        }
+        // etcd refuses a data directory others may read; swetcd repairs it and says so.
+        for (path, mode) in try dataDir.tightenPermissions() {
+            logger.warning("directory had permissions wider than 0700; changed to 0700", metadata: [
+                "path": "\(path)", "old-mode": "\(String(mode, radix: 8))",
+            ])
         }
         var newMember = WALMetadata(memberID: 0, clusterID: 0)
         // Joining a running cluster: the membership read from its members' peer URLs.
@@ -132,10 +141,10 @@ public final class EtcdServer: Sendable {
             }
         }
         var walOptions = WALOptions()
-        walOptions.maxSegmentFiles = Int(cfg.maxWALs)
+        walOptions.maxSegmentFiles = Int(clamping: cfg.maxWALs)
         let raftStorage = try DurableRaftStorage.open(
             dataDir, newMember: newMember,
-            options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(cfg.maxSnapshots)))
+            options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(clamping: cfg.maxSnapshots)))
         let isNew = raftStorage.recovery.isNew
         if isNew && joined == nil {
             try bootstrapLog(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
@@ -154,8 +163,8 @@ public final class EtcdServer: Sendable {
         try SnapshotInstaller.recoverBackend(dataDir: dataDir, snapshotIndex: snapIndex, options: backendOptions, logger: logger)
         let backend = try Backend(path: dataDir.backendPath, options: backendOptions)
 
-        let heartbeat = Duration.milliseconds(Int64(max(1, cfg.heartbeatIntervalMs)))
-        let electionTicks = max(2, Int(cfg.electionTimeoutMs / max(1, cfg.heartbeatIntervalMs)))
+        let heartbeat = Duration.milliseconds(Int64(clamping: max(1, cfg.heartbeatIntervalMs)))
+        let electionTicks = max(2, Int(clamping: cfg.electionTimeoutMs / max(1, cfg.heartbeatIntervalMs)))
         let lessorConfig = LessorConfig(minTTL: LessorConfig.minimumTTL(electionTicks: electionTicks, heartbeat: heartbeat))
         var storeOptions = MVCCStore.Options()
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
@@ -310,7 +319,7 @@ public final class EtcdServer: Sendable {
         let id = ids.next()
         req.header.id = id
         let data: [UInt8] = try req.serializedBytes()
-        if data.count > Int(config.maxRequestBytes) { throw EtcdError.requestTooLarge }
+        if data.count > Int(clamping: config.maxRequestBytes) { throw EtcdError.requestTooLarge }
         try await checkQuota(req)
         waiters.register(id)
         inbox.send(.propose(data))

@@ -44,7 +44,7 @@ extension EtcdServer {
     /// Txn: a txn without writes is served locally after a read barrier (as etcd does);
     /// anything else goes through the log.
     public func txn(_ t: Etcdserverpb_TxnRequest) async throws -> Etcdserverpb_TxnResponse {
-        try checkTxn(t, maxOps: Int(config.maxTxnOps))
+        try checkTxn(t, maxOps: Int(clamping: config.maxTxnOps))
         if Self.isReadOnly(t) {
             try await linearizableBarrier()
             do {
