@@ -313,8 +313,12 @@ public enum ConfigLoader {
         if explicitlySet.contains("initial-election-tick-advance") && c.initialElectionTickAdvance {
             warnings.append("--initial-election-tick-advance has no effect: a new or restarted member of a multi-member cluster waits a full election timeout before campaigning (as with false)")
         }
-        for name in ["auth-token", "bcrypt-cost", "auth-token-ttl"] where explicitlySet.contains(name) {
-            warnings.append("--\(name) has no effect yet: authentication is not supported (AuthEnable is refused with Unimplemented)")
+        // Auth tokens: etcd's "simple" tokens are served; JWT is refused until it exists.
+        let tokenType = c.authToken.split(separator: ",", maxSplits: 1).first.map(String.init) ?? ""
+        switch tokenType {
+        case "simple": break
+        case "jwt": throw ConfigError("--auth-token jwt: JWT tokens are not supported yet; use --auth-token simple")
+        default: throw ConfigError("--auth-token \(c.authToken): unknown token type (simple or jwt)")
         }
         let autoCompaction = try AutoCompaction(mode: c.autoCompactionMode, retention: c.autoCompactionRetention)
         let cluster = try InitialCluster(parsing: c.effectiveInitialCluster, token: c.initialClusterToken)

@@ -167,12 +167,14 @@ private let int64Max = "9223372036854775807"
         #expect(try loaded(["--experimental-enable-lease-checkpoint", "--initial-election-tick-advance=false"]).warnings.isEmpty)
     }
 
-    @Test func ignoredFlagsAndAuthFlagsAreWarnedAbout() throws {
-        let l = try loaded(["--enable-v2=false", "--proxy=off", "--auth-token=simple"])
+    @Test func ignoredFlagsAreWarnedAboutAndTokenTypesChecked() throws {
+        let l = try loaded(["--enable-v2=false", "--proxy=off", "--auth-token=simple", "--bcrypt-cost=4"])
         let text = l.warnings.joined(separator: "\n")
         #expect(text.contains("--enable-v2 has no effect"))
         #expect(text.contains("--proxy has no effect"))
-        #expect(text.contains("--auth-token has no effect"))
+        #expect(!text.contains("auth-token") && !text.contains("bcrypt"))
+        #expect(throws: ConfigError.self) { try loaded(["--auth-token=jwt,pub-key=a,priv-key=b,sign-method=RS256"]) }
+        #expect(throws: ConfigError.self) { try loaded(["--auth-token=other"]) }
     }
 
     // MARK: Seeded random driver

@@ -12,7 +12,6 @@ import Testing
         var router = HTTPRouter()
         Gateway.register(maintenance: MaintenanceService(backend: backend), in: &router)
         Gateway.register(cluster: ClusterService(backend: backend), in: &router)
-        Gateway.register(auth: AuthService(header: { backend.responseHeader() }), in: &router)
         return router
     }
 
@@ -46,10 +45,6 @@ import Testing
         #expect(notLeader.status == .preconditionFailed)
         #expect(bodyText(notLeader) == #"{"error":"etcdserver: not leader","code":9,"message":"etcdserver: not leader"}"#)
 
-        let auth = await post("/v3/auth/authenticate", #"{"name":"root","password":"x"}"#)
-        #expect(auth.status == .preconditionFailed)
-        #expect(bodyText(auth).contains("etcdserver: authentication is not enabled"))
-
         let unimplemented = await post("/v3/cluster/member/add", #"{"peerURLs":["http://a:2380"]}"#)
         #expect(unimplemented.status == .notImplemented)
         #expect(bodyText(unimplemented).contains(#""code":12"#))
@@ -57,14 +52,6 @@ import Testing
         let garbage = await post("/v3/maintenance/hashkv", "{not json")
         #expect(garbage.status == .badRequest)
         #expect(bodyText(garbage).contains(#""code":3"#))
-    }
-
-    @Test func authStatusSaysDisabled() async throws {
-        let r = await post("/v3/auth/status", "{}")
-        #expect(r.status == .ok)
-        let status = try Etcdserverpb_AuthStatusResponse(jsonString: bodyText(r), options: .etcdGateway)
-        #expect(status.enabled == false)
-        #expect(status.header.memberID == 22)
     }
 
     @Test func streamedCallsWriteOneResultPerLine() async throws {

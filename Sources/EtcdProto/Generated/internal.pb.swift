@@ -34,6 +34,13 @@ public nonisolated struct Swetcd_Internal_RequestHeader: Sendable {
   /// Unique per proposing member (member ID in the high bits, a counter below).
   public var id: UInt64 = 0
 
+  /// With auth enabled: the user the request runs as, and the auth revision its
+  /// permissions were checked at. Apply checks the permissions again and refuses the
+  /// request ("revision of auth store is old") if the auth store changed since.
+  public var username: String = String()
+
+  public var authRevision: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -140,6 +147,96 @@ public nonisolated struct Swetcd_Internal_InternalRequest: Sendable {
     set {request = .memberAttributes(newValue)}
   }
 
+  /// ---- auth (numbers from 30 on). Passwords arrive hashed (hashedPassword);
+  /// the clear text never enters the log.
+  public var authEnable: Etcdserverpb_AuthEnableRequest {
+    get {
+      if case .authEnable(let v)? = request {return v}
+      return Etcdserverpb_AuthEnableRequest()
+    }
+    set {request = .authEnable(newValue)}
+  }
+
+  public var authDisable: Etcdserverpb_AuthDisableRequest {
+    get {
+      if case .authDisable(let v)? = request {return v}
+      return Etcdserverpb_AuthDisableRequest()
+    }
+    set {request = .authDisable(newValue)}
+  }
+
+  public var authUserAdd: Etcdserverpb_AuthUserAddRequest {
+    get {
+      if case .authUserAdd(let v)? = request {return v}
+      return Etcdserverpb_AuthUserAddRequest()
+    }
+    set {request = .authUserAdd(newValue)}
+  }
+
+  public var authUserDelete: Etcdserverpb_AuthUserDeleteRequest {
+    get {
+      if case .authUserDelete(let v)? = request {return v}
+      return Etcdserverpb_AuthUserDeleteRequest()
+    }
+    set {request = .authUserDelete(newValue)}
+  }
+
+  public var authUserChangePassword: Etcdserverpb_AuthUserChangePasswordRequest {
+    get {
+      if case .authUserChangePassword(let v)? = request {return v}
+      return Etcdserverpb_AuthUserChangePasswordRequest()
+    }
+    set {request = .authUserChangePassword(newValue)}
+  }
+
+  public var authUserGrantRole: Etcdserverpb_AuthUserGrantRoleRequest {
+    get {
+      if case .authUserGrantRole(let v)? = request {return v}
+      return Etcdserverpb_AuthUserGrantRoleRequest()
+    }
+    set {request = .authUserGrantRole(newValue)}
+  }
+
+  public var authUserRevokeRole: Etcdserverpb_AuthUserRevokeRoleRequest {
+    get {
+      if case .authUserRevokeRole(let v)? = request {return v}
+      return Etcdserverpb_AuthUserRevokeRoleRequest()
+    }
+    set {request = .authUserRevokeRole(newValue)}
+  }
+
+  public var authRoleAdd: Etcdserverpb_AuthRoleAddRequest {
+    get {
+      if case .authRoleAdd(let v)? = request {return v}
+      return Etcdserverpb_AuthRoleAddRequest()
+    }
+    set {request = .authRoleAdd(newValue)}
+  }
+
+  public var authRoleDelete: Etcdserverpb_AuthRoleDeleteRequest {
+    get {
+      if case .authRoleDelete(let v)? = request {return v}
+      return Etcdserverpb_AuthRoleDeleteRequest()
+    }
+    set {request = .authRoleDelete(newValue)}
+  }
+
+  public var authRoleGrantPermission: Etcdserverpb_AuthRoleGrantPermissionRequest {
+    get {
+      if case .authRoleGrantPermission(let v)? = request {return v}
+      return Etcdserverpb_AuthRoleGrantPermissionRequest()
+    }
+    set {request = .authRoleGrantPermission(newValue)}
+  }
+
+  public var authRoleRevokePermission: Etcdserverpb_AuthRoleRevokePermissionRequest {
+    get {
+      if case .authRoleRevokePermission(let v)? = request {return v}
+      return Etcdserverpb_AuthRoleRevokePermissionRequest()
+    }
+    set {request = .authRoleRevokePermission(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Request: Equatable, Sendable {
@@ -157,6 +254,19 @@ public nonisolated struct Swetcd_Internal_InternalRequest: Sendable {
     /// ---- member attributes (numbers from 20 on, to stay clear of others' additions)
     /// A member publishes its name and client URLs after it starts.
     case memberAttributes(Swetcd_Internal_MemberAttributes)
+    /// ---- auth (numbers from 30 on). Passwords arrive hashed (hashedPassword);
+    /// the clear text never enters the log.
+    case authEnable(Etcdserverpb_AuthEnableRequest)
+    case authDisable(Etcdserverpb_AuthDisableRequest)
+    case authUserAdd(Etcdserverpb_AuthUserAddRequest)
+    case authUserDelete(Etcdserverpb_AuthUserDeleteRequest)
+    case authUserChangePassword(Etcdserverpb_AuthUserChangePasswordRequest)
+    case authUserGrantRole(Etcdserverpb_AuthUserGrantRoleRequest)
+    case authUserRevokeRole(Etcdserverpb_AuthUserRevokeRoleRequest)
+    case authRoleAdd(Etcdserverpb_AuthRoleAddRequest)
+    case authRoleDelete(Etcdserverpb_AuthRoleDeleteRequest)
+    case authRoleGrantPermission(Etcdserverpb_AuthRoleGrantPermissionRequest)
+    case authRoleRevokePermission(Etcdserverpb_AuthRoleRevokePermissionRequest)
 
   }
 
@@ -198,7 +308,7 @@ fileprivate nonisolated let _protobuf_package = "swetcd.internal"
 
 nonisolated extension Swetcd_Internal_RequestHeader: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestHeader"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}username\0\u{3}auth_revision\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -207,6 +317,8 @@ nonisolated extension Swetcd_Internal_RequestHeader: SwiftProtobuf.Message, Swif
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.username) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.authRevision) }()
       default: break
       }
     }
@@ -216,11 +328,19 @@ nonisolated extension Swetcd_Internal_RequestHeader: SwiftProtobuf.Message, Swif
     if self.id != 0 {
       try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
     }
+    if !self.username.isEmpty {
+      try visitor.visitSingularStringField(value: self.username, fieldNumber: 2)
+    }
+    if self.authRevision != 0 {
+      try visitor.visitSingularUInt64Field(value: self.authRevision, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Swetcd_Internal_RequestHeader, rhs: Swetcd_Internal_RequestHeader) -> Bool {
     if lhs.id != rhs.id {return false}
+    if lhs.username != rhs.username {return false}
+    if lhs.authRevision != rhs.authRevision {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -228,7 +348,7 @@ nonisolated extension Swetcd_Internal_RequestHeader: SwiftProtobuf.Message, Swif
 
 nonisolated extension Swetcd_Internal_InternalRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".InternalRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}put\0\u{3}delete_range\0\u{1}txn\0\u{1}compaction\0\u{3}lease_grant\0\u{3}lease_revoke\0\u{3}lease_checkpoint\0\u{1}alarm\0\u{1}noop\0\u{4}\u{a}member_attributes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}put\0\u{3}delete_range\0\u{1}txn\0\u{1}compaction\0\u{3}lease_grant\0\u{3}lease_revoke\0\u{3}lease_checkpoint\0\u{1}alarm\0\u{1}noop\0\u{4}\u{a}member_attributes\0\u{4}\u{a}auth_enable\0\u{3}auth_disable\0\u{3}auth_user_add\0\u{3}auth_user_delete\0\u{3}auth_user_change_password\0\u{3}auth_user_grant_role\0\u{3}auth_user_revoke_role\0\u{3}auth_role_add\0\u{3}auth_role_delete\0\u{3}auth_role_grant_permission\0\u{3}auth_role_revoke_permission\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -367,6 +487,149 @@ nonisolated extension Swetcd_Internal_InternalRequest: SwiftProtobuf.Message, Sw
           self.request = .memberAttributes(v)
         }
       }()
+      case 30: try {
+        var v: Etcdserverpb_AuthEnableRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authEnable(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authEnable(v)
+        }
+      }()
+      case 31: try {
+        var v: Etcdserverpb_AuthDisableRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authDisable(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authDisable(v)
+        }
+      }()
+      case 32: try {
+        var v: Etcdserverpb_AuthUserAddRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authUserAdd(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authUserAdd(v)
+        }
+      }()
+      case 33: try {
+        var v: Etcdserverpb_AuthUserDeleteRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authUserDelete(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authUserDelete(v)
+        }
+      }()
+      case 34: try {
+        var v: Etcdserverpb_AuthUserChangePasswordRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authUserChangePassword(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authUserChangePassword(v)
+        }
+      }()
+      case 35: try {
+        var v: Etcdserverpb_AuthUserGrantRoleRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authUserGrantRole(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authUserGrantRole(v)
+        }
+      }()
+      case 36: try {
+        var v: Etcdserverpb_AuthUserRevokeRoleRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authUserRevokeRole(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authUserRevokeRole(v)
+        }
+      }()
+      case 37: try {
+        var v: Etcdserverpb_AuthRoleAddRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authRoleAdd(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authRoleAdd(v)
+        }
+      }()
+      case 38: try {
+        var v: Etcdserverpb_AuthRoleDeleteRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authRoleDelete(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authRoleDelete(v)
+        }
+      }()
+      case 39: try {
+        var v: Etcdserverpb_AuthRoleGrantPermissionRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authRoleGrantPermission(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authRoleGrantPermission(v)
+        }
+      }()
+      case 40: try {
+        var v: Etcdserverpb_AuthRoleRevokePermissionRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .authRoleRevokePermission(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .authRoleRevokePermission(v)
+        }
+      }()
       default: break
       }
     }
@@ -420,6 +683,50 @@ nonisolated extension Swetcd_Internal_InternalRequest: SwiftProtobuf.Message, Sw
     case .memberAttributes?: try {
       guard case .memberAttributes(let v)? = self.request else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .authEnable?: try {
+      guard case .authEnable(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    }()
+    case .authDisable?: try {
+      guard case .authDisable(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+    }()
+    case .authUserAdd?: try {
+      guard case .authUserAdd(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+    }()
+    case .authUserDelete?: try {
+      guard case .authUserDelete(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
+    }()
+    case .authUserChangePassword?: try {
+      guard case .authUserChangePassword(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+    }()
+    case .authUserGrantRole?: try {
+      guard case .authUserGrantRole(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+    }()
+    case .authUserRevokeRole?: try {
+      guard case .authUserRevokeRole(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
+    }()
+    case .authRoleAdd?: try {
+      guard case .authRoleAdd(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
+    }()
+    case .authRoleDelete?: try {
+      guard case .authRoleDelete(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 38)
+    }()
+    case .authRoleGrantPermission?: try {
+      guard case .authRoleGrantPermission(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 39)
+    }()
+    case .authRoleRevokePermission?: try {
+      guard case .authRoleRevokePermission(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
     }()
     case nil: break
     }

@@ -36,6 +36,11 @@ public struct KVService: Etcdserverpb_KV.SimpleServiceProtocol {
     }
 
     public func compact(request: Etcdserverpb_CompactionRequest, context: ServerContext) async throws -> Etcdserverpb_CompactionResponse {
-        try await etcdRPC { try await server.compact(request) }
+        // Compaction is an admin operation while auth is enabled (the auto-compactor calls
+        // `server.compact` directly).
+        try await etcdRPC {
+            try server.requireRoot()
+            return try await server.compact(request)
+        }
     }
 }

@@ -85,10 +85,14 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
             for try await req in request {
                 switch req.requestUnion {
                 case .createRequest(let c)?:
+                    // With auth enabled the caller needs read permission on the whole range;
+                    // etcd answers a refused create as created and canceled at once.
+                    let permitted = (try? server.authorize(key: c.key, rangeEnd: c.rangeEnd, write: false, try server.authInfo())) != nil
                     emit.state.withLock { st in
                         var out = Etcdserverpb_WatchResponse()
                         out.created = true
                         do {
+                            guard permitted else { throw WatchPermissionDenied() }
                             let id = try stream.watch(
                                 key: [UInt8](c.key), rangeEnd: [UInt8](c.rangeEnd), startRevision: c.startRevision,
                                 options: WatchOptions(prevKV: c.prevKv, noPut: c.filters.contains(.noput),
@@ -183,4 +187,10 @@ struct WatchEmitState {
 final class WatchEmitter: Sendable {
     let state: Mutex<WatchEmitState>
     init(sink: AsyncStream<Etcdserverpb_WatchResponse>.Continuation) { state = Mutex(WatchEmitState(sink: sink)) }
+}
+
+/// etcd's cancel reason for a watch the caller may not read: the gRPC status text of
+/// "etcdserver: permission denied".
+struct WatchPermissionDenied: Error, CustomStringConvertible {
+    var description: String { "rpc error: code = PermissionDenied desc = etcdserver: permission denied" }
 }

@@ -71,6 +71,11 @@ extension EtcdServer {
 
     private func applyRequest(_ req: Swetcd_Internal_InternalRequest, waited: Bool) throws -> ApplyResult {
         if let refusal = alarmRefusal(req.request) { throw refusal }
+        try checkAuthRevision(req.header)
+        if let change = Self.authChange(req) {
+            try applyAuth(change)
+            return .none
+        }
         switch req.request {
         case .put(let p)?:
             let r = try store.put(PutRequest(p))
@@ -116,6 +121,10 @@ extension EtcdServer {
             return .none
         case .noop?, nil:
             return .none
+        case .authEnable?, .authDisable?, .authUserAdd?, .authUserDelete?, .authUserChangePassword?,
+             .authUserGrantRole?, .authUserRevokeRole?, .authRoleAdd?, .authRoleDelete?,
+             .authRoleGrantPermission?, .authRoleRevokePermission?:
+            return .none  // handled above
         }
     }
 

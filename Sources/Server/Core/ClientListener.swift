@@ -44,7 +44,8 @@ public final class ClientListener: Sendable {
                 port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
             }
             let transport = ClientPortTransport(configuration: port)
-            list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [])))
+            list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [],
+                                                interceptors: [TokenInterceptor()])))
         }
         servers = list
         self.logger = logger

@@ -26,10 +26,12 @@ extension EtcdServer: MaintenanceBackend {
     }
 
     public func alarm(_ request: Etcdserverpb_AlarmRequest) async throws -> Etcdserverpb_AlarmResponse {
-        try await proposeAlarm(request)
+        try requireRoot()
+        return try await proposeAlarm(request)
     }
 
     public func hash() async throws -> Etcdserverpb_HashResponse {
+        try requireRoot()
         var out = Etcdserverpb_HashResponse()
         out.header = header()
         out.hash = try backend.hash()
@@ -37,6 +39,7 @@ extension EtcdServer: MaintenanceBackend {
     }
 
     public func hashKV(_ request: Etcdserverpb_HashKVRequest) async throws -> Etcdserverpb_HashKVResponse {
+        try requireRoot()
         let result: (hash: UInt32, revision: Int64, compactRevision: Int64)
         do { result = try store.hashKV(revision: request.revision) } catch { throw EtcdError.from(error) }
         var out = Etcdserverpb_HashKVResponse()
@@ -48,6 +51,7 @@ extension EtcdServer: MaintenanceBackend {
     }
 
     public func openSnapshot() async throws -> any SnapshotReader {
+        try requireRoot()
         let path = config.effectiveDataDir + "/member/snap/stream-\(UInt64.random(in: 1...UInt64.max)).snapshot.db"
         do {
             try backend.copy(toPath: path)
@@ -62,6 +66,7 @@ extension EtcdServer: MaintenanceBackend {
     /// Unlike etcd, reads and writes go on during the copy; they wait only for the short final
     /// swap (see `Backend.defragment()`). The blocking work runs on its own thread.
     public func defragment() async throws {
+        try requireRoot()
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
         let backend = self.backend
         let logger = self.logger
@@ -81,6 +86,7 @@ extension EtcdServer: MaintenanceBackend {
     }
 
     public func moveLeader(to target: UInt64) async throws {
+        try requireRoot()
         guard isLeader else { throw EtcdError.notLeader }
         guard target != memberID, members().contains(where: { $0.id == target }) else {
             throw EtcdError("etcdserver: bad leader transferee", code: .failedPrecondition)
@@ -138,7 +144,7 @@ extension EtcdServer {
     public func coordinationServices() -> [any RegistrableRPCService] {
         [
             MaintenanceService(backend: self), ClusterService(backend: self),
-            AuthService(header: { [self] in header() }),
+            AuthService(server: self),
             LockService(backend: self), ElectionService(backend: self),
         ]
     }
@@ -175,7 +181,7 @@ extension EtcdServer {
         router.add("/v3/watch", methods: [.POST], handler: Gateway.watch(WatchService(server: self)))
         Gateway.register(maintenance: MaintenanceService(backend: self), in: &router)
         Gateway.register(cluster: ClusterService(backend: self), in: &router)
-        Gateway.register(auth: AuthService(header: { [self] in header() }), in: &router)
+        Gateway.register(auth: AuthService(server: self), in: &router)
         Gateway.register(lock: LockService(backend: self), in: &router)
         Gateway.register(election: ElectionService(backend: self), in: &router)
     }

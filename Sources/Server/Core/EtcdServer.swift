@@ -66,6 +66,10 @@ public final class EtcdServer: Sendable {
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Raised alarms (NOSPACE, CORRUPT), loaded from the backend at start.
     let alarms = AlarmStore()
+    /// Users, roles and the enabled flag (loaded from the backend; changed by applied entries).
+    let auth = AuthStore()
+    /// This member's simple auth tokens.
+    let tokens: SimpleTokens
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
     /// This member's Prometheus metrics (served at /metrics).
@@ -104,6 +108,7 @@ public final class EtcdServer: Sendable {
         leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
         electionTimeout = .milliseconds(Int64(clamping: config.electionTimeoutMs))
         requestTimeout = .seconds(5) + .milliseconds(Int64(clamping: min(config.electionTimeoutMs, 1 << 40)) * 2)
+        tokens = SimpleTokens(ttl: .seconds(Int64(clamping: max(1, config.authTokenTTL))))
     }
 
     /// Opens (or creates) the data directory and starts the Raft loop. An empty directory
@@ -239,6 +244,7 @@ public final class EtcdServer: Sendable {
         ])
         do {
             try server.alarms.load(from: backend)
+            try server.auth.load(from: backend)
             server.logQuota()
             if cfg.initialCorruptCheck { try await server.initialCorruptCheck() }
         } catch {

@@ -10,6 +10,7 @@ extension EtcdServer {
     /// Range: linearizable unless `serializable`.
     public func range(_ r: Etcdserverpb_RangeRequest) async throws -> Etcdserverpb_RangeResponse {
         if r.key.isEmpty { throw EtcdError.keyNotProvided }
+        try authorize(key: r.key, rangeEnd: r.rangeEnd, write: false, try authInfo())
         if !r.serializable { try await linearizableBarrier() }
         do {
             let res = try store.range(RangeRequest(r))
@@ -26,7 +27,11 @@ extension EtcdServer {
         if p.key.isEmpty { throw EtcdError.keyNotProvided }
         if p.ignoreValue && !p.value.isEmpty { throw EtcdError.valueProvided }
         if p.ignoreLease && p.lease != 0 { throw EtcdError.leaseProvided }
+        let info = try authInfo()
+        try authorize(key: p.key, rangeEnd: Data(), write: true, info)
+        if p.prevKv { try authorize(key: p.key, rangeEnd: Data(), write: false, info) }
         var req = Swetcd_Internal_InternalRequest()
+        stamp(&req, info)
         req.put = p
         guard case .put(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
         return resp
@@ -35,7 +40,11 @@ extension EtcdServer {
     /// DeleteRange through the log.
     public func deleteRange(_ d: Etcdserverpb_DeleteRangeRequest) async throws -> Etcdserverpb_DeleteRangeResponse {
         if d.key.isEmpty { throw EtcdError.keyNotProvided }
+        let info = try authInfo()
+        try authorize(key: d.key, rangeEnd: d.rangeEnd, write: true, info)
+        if d.prevKv { try authorize(key: d.key, rangeEnd: d.rangeEnd, write: false, info) }
         var req = Swetcd_Internal_InternalRequest()
+        stamp(&req, info)
         req.deleteRange = d
         guard case .deleteRange(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
         return resp
@@ -45,6 +54,8 @@ extension EtcdServer {
     /// anything else goes through the log.
     public func txn(_ t: Etcdserverpb_TxnRequest) async throws -> Etcdserverpb_TxnResponse {
         try checkTxn(t, maxOps: Int(clamping: config.maxTxnOps))
+        let info = try authInfo()
+        try authorize(txn: t, info)
         if Self.isReadOnly(t) {
             try await linearizableBarrier()
             do {
@@ -55,6 +66,7 @@ extension EtcdServer {
             }
         }
         var req = Swetcd_Internal_InternalRequest()
+        stamp(&req, info)
         req.txn = t
         guard case .txn(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
         return resp
@@ -116,7 +128,13 @@ extension EtcdServer {
     /// LeaseRevoke through the log (the lease's keys are deleted in one revision).
     public func leaseRevoke(_ r: Etcdserverpb_LeaseRevokeRequest) async throws -> Etcdserverpb_LeaseRevokeResponse {
         if !lessor.contains(id: r.id) { throw EtcdError.leaseNotFound }
+        // Revoking deletes the lease's keys: the caller needs write permission on each.
+        let info = try authInfo()
+        if let info, !info.isRoot {
+            for key in (try? lessor.keys(of: r.id)) ?? [] { try authorize(key: Data(key), rangeEnd: Data(), write: true, info) }
+        }
         var req = Swetcd_Internal_InternalRequest()
+        stamp(&req, info)
         req.leaseRevoke = r
         guard case .leaseRevoke(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
         return resp

@@ -44,6 +44,7 @@ extension EtcdServer: ClusterBackend {
     }
 
     public func memberAdd(peerURLs: [String], isLearner: Bool) async throws -> (Etcdserverpb_Member, [Etcdserverpb_Member]) {
+        try requireRoot()
         try refuseOnLearner()
         let current = membership.members
         let urls = try MembershipRules.checkAdd(peerURLs: peerURLs, isLearner: isLearner, members: current,
@@ -61,6 +62,7 @@ extension EtcdServer: ClusterBackend {
     }
 
     public func memberRemove(id: UInt64) async throws -> [Etcdserverpb_Member] {
+        try requireRoot()
         try refuseOnLearner()
         guard let target = membership.member(id) else { throw MembershipRules.memberNotFound }
         if config.strictReconfigCheck && !target.isLearner { try checkVoterRemoval(id) }
@@ -71,6 +73,7 @@ extension EtcdServer: ClusterBackend {
     }
 
     public func memberUpdate(id: UInt64, peerURLs: [String]) async throws -> [Etcdserverpb_Member] {
+        try requireRoot()
         try refuseOnLearner()
         guard var target = membership.member(id) else { throw MembershipRules.memberNotFound }
         let urls = try MembershipRules.parsePeerURLs(peerURLs)
@@ -82,6 +85,7 @@ extension EtcdServer: ClusterBackend {
     }
 
     public func memberPromote(id: UInt64) async throws -> [Etcdserverpb_Member] {
+        try requireRoot()
         try refuseOnLearner()
         try await waitForLeader()
         guard let target = membership.member(id) else { throw MembershipRules.memberNotFound }

@@ -134,6 +134,8 @@ extension EtcdServer {
         if status.withLock({ $0.isLeader }) { replacement.lessor.promote(extension: electionTimeout) }
         try adoptMembership(from: backend)
         try alarms.load(from: backend)
+        try auth.load(from: backend)
+        tokens.invalidateAll()
         loop.consistentIndex = fresh
         loop.snapshotIndex = max(loop.snapshotIndex, index)
         // Older received files are of no use now.

@@ -16,12 +16,13 @@ public enum Gateway {
         _ call: @escaping @Sendable (Request, ServerContext) async throws -> Response
     ) -> HTTPRouteHandler {
         { http in
+            let token = http.headers.first(name: "authorization")
             let request: Request
             do { request = try decode(Request.self, from: http) } catch {
                 return errorResponse(asRPCError(error))
             }
             do {
-                let response = try await withContext(path) { try await call(request, $0) }
+                let response = try await withContext(path, token: token) { try await call(request, $0) }
                 return .json(.ok, try response.jsonString(options: .etcdGateway))
             } catch {
                 return errorResponse(asRPCError(error))
@@ -37,6 +38,7 @@ public enum Gateway {
         _ call: @escaping @Sendable (Request, RPCWriter<Response>, ServerContext) async throws -> Void
     ) -> HTTPRouteHandler {
         { http in
+            let token = http.headers.first(name: "authorization")
             let request: Request
             do { request = try decode(Request.self, from: http) } catch {
                 return errorResponse(asRPCError(error))
@@ -44,7 +46,7 @@ public enum Gateway {
             let body: HTTPResponse.Body = .stream { writer in
                 let lines = RPCWriter(wrapping: JSONLineWriter<Response>(body: writer))
                 do {
-                    try await withContext(path) { try await call(request, lines, $0) }
+                    try await withContext(path, token: token) { try await call(request, lines, $0) }
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch {
@@ -68,6 +70,7 @@ public enum Gateway {
         _ call: @escaping @Sendable (RPCAsyncSequence<Request, any Error>, RPCWriter<Response>, ServerContext) async throws -> Void
     ) -> HTTPRouteHandler {
         { http in
+            let token = http.headers.first(name: "authorization")
             let requests: [Request]
             do { requests = try decodeAll(Request.self, from: http) } catch {
                 return errorResponse(asRPCError(error))
@@ -81,7 +84,7 @@ public enum Gateway {
                 defer { feed.finish() }
                 let lines = RPCWriter(wrapping: JSONLineWriter<Response>(body: writer))
                 do {
-                    try await withContext(path) {
+                    try await withContext(path, token: token) {
                         try await call(RPCAsyncSequence(wrapping: stream), lines, $0)
                     }
                 } catch is CancellationError {
@@ -174,7 +177,13 @@ public enum Gateway {
         }
     }
 
-    static func withContext<T: Sendable>(_ path: String, _ body: (ServerContext) async throws -> T) async throws -> T {
+    /// Runs `body` with a server context for `path` and, as the call's credentials, the
+    /// `Authorization` header's token (etcd's gateway takes the token from that header).
+    static func withContext<T: Sendable>(_ path: String, token: String? = nil, _ body: (ServerContext) async throws -> T) async throws -> T {
+        try await RequestCredentials.$token.withValue(token) { try await withPlainContext(path, body) }
+    }
+
+    private static func withPlainContext<T: Sendable>(_ path: String, _ body: (ServerContext) async throws -> T) async throws -> T {
         try await withServerContextRPCCancellationHandle { handle in
             let segments = path.split(separator: "/")
             let descriptor = MethodDescriptor(fullyQualifiedService: "gateway" + (segments.dropLast().map { "." + $0 }.joined()),

@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+
+/// etcd's authentication and RBAC driven by the real etcdctl 3.4 (and curl on the gateway).
+@Suite("E2E auth", .serialized, .enabled(if: E2E.available, "swetcd or etcdctl not found"))
+struct E2EAuthTests {
+    @Test func usersRolesPermissionsAndTokens() async throws {
+        try await Member.with(extraArgs: ["--bcrypt-cost", "4"]) { m in
+            func ctl(_ user: String?, _ args: String...) async throws -> CommandOutput {
+                try await m.ctl((user.map { ["--user", $0] } ?? []) + args)
+            }
+            let root = "root:rootpw", alice = "alice:alicepw"
+            try await E2E.waitUntil("member serves") { try await ctl(nil, "put", "foo/a", "1").status == 0 }
+            // Enabling needs a root user with the root role.
+            #expect(try await ctl(nil, "auth", "enable").stderr.contains("etcdserver: root user does not exist"))
+            #expect(try await ctl(nil, "user", "add", root).lines == ["User root created"])
+            #expect(try await ctl(nil, "role", "add", "reader").lines == ["Role reader created"])
+            #expect(try await ctl(nil, "role", "grant-permission", "reader", "read", "foo/", "--prefix").status == 0)
+            #expect(try await ctl(nil, "role", "add", "writer").status == 0)
+            #expect(try await ctl(nil, "role", "grant-permission", "writer", "write", "w/", "--prefix").status == 0)
+            #expect(try await ctl(nil, "user", "add", alice).status == 0)
+            #expect(try await ctl(nil, "user", "grant-role", "alice", "reader").status == 0)
+            #expect(try await ctl(nil, "user", "grant-role", "alice", "writer").status == 0)
+            #expect(try await ctl(nil, "user", "add", "root:again").stderr.contains("etcdserver: user name already exists"))
+            // etcdctl answers "root user does not have root role" by adding the role and granting
+            // it, then enables.
+            #expect(try await ctl(nil, "auth", "enable").lines == ["Authentication Enabled"])
+            #expect(try await ctl(root, "user", "get", "root").lines == ["User: root", "Roles: root"])
+
+            // Without credentials, with wrong ones.
+            #expect(try await ctl(nil, "get", "foo/a").stderr.contains("etcdserver: user name is empty"))
+            #expect(try await ctl("alice:wrong", "get", "foo/a").stderr
+                .contains("etcdserver: authentication failed, invalid user ID or password"))
+            // Read-only on foo/, write-only on w/.
+            #expect(try await ctl(alice, "get", "foo/a").lines == ["foo/a", "1"])
+            #expect(try await ctl(alice, "get", "foo/", "--prefix", "--keys-only").lines == ["foo/a"])
+            #expect(try await ctl(alice, "put", "foo/a", "2").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(alice, "get", "bar").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(alice, "get", "", "--from-key").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(alice, "put", "w/1", "x").lines == ["OK"])
+            #expect(try await ctl(alice, "get", "w/1").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(root, "get", "w/1").lines == ["w/1", "x"])
+            // A txn with one denied op is refused whole.
+            let txn = try await m.ctl(["--user", alice, "txn"], input: "\nput w/2 y\nput foo/b z\n\n\n")
+            #expect(txn.stderr.contains("etcdserver: permission denied"), "\(txn.stdout) \(txn.stderr)")
+            #expect(try await ctl(root, "get", "w/2").lines.isEmpty)
+            // Admin operations need root.
+            #expect(try await ctl(alice, "compaction", "2").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(alice, "defrag").stderr.contains("permission denied"))
+            #expect(try await ctl(alice, "user", "add", "mallory:x").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(alice, "role", "list").stderr.contains("etcdserver: permission denied"))
+            #expect(try await ctl(alice, "alarm", "list").stderr.contains("permission denied"))
+            #expect(try await ctl(root, "user", "list").lines == ["alice", "root"])
+            #expect(try await ctl(root, "role", "get", "reader").stdout.contains("foo/"))
+            // A lease attach needs write permission on the key.
+            let grant = try await ctl(alice, "lease", "grant", "60")
+            let leaseID = try #require(grant.stdout.split(separator: " ").dropFirst().first.map(String.init))
+            #expect(try await ctl(alice, "put", "foo/c", "v", "--lease", leaseID).stderr.contains("permission denied"))
+            #expect(try await ctl(alice, "put", "w/c", "v", "--lease", leaseID).lines == ["OK"])
+            // A watch outside the permission is cancelled.
+            let w = try await ctl(alice, "watch", "bar")
+            #expect((w.stdout + w.stderr).contains("permission denied"), "watch: \(w.stdout) \(w.stderr)")
+
+            // The gateway: a token from /v3/auth/authenticate in the Authorization header; a
+            // password change makes it invalid.
+            let base = "http://\(m.endpoint)"
+            let auth = try await curl(["-s", "-X", "POST", "\(base)/v3/auth/authenticate",
+                                       "-d", #"{"name":"alice","password":"alicepw"}"#]).stdout
+            let token = try #require(jsonString(auth, "token"), "authenticate: \(auth)")
+            let read = try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-H", "Authorization: \(token)",
+                                       "-d", #"{"key":"Zm9vL2E="}"#]).stdout
+            #expect(read.contains(#""kvs""#), "range with token: \(read)")
+            let noToken = try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-d", #"{"key":"Zm9vL2E="}"#]).stdout
+            #expect(noToken.contains("etcdserver: user name is empty"), "\(noToken)")
+            #expect(try await m.ctl(["--user", root, "user", "passwd", "alice", "--interactive=false"], input: "newpw\n").status == 0)
+            let stale = try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-H", "Authorization: \(token)",
+                                        "-d", #"{"key":"Zm9vL2E="}"#]).stdout
+            #expect(stale.contains("etcdserver: invalid auth token"), "\(stale)")
+            #expect(try await ctl("alice:newpw", "get", "foo/a").lines == ["foo/a", "1"])
+
+            // Everything survives a restart.
+            #expect(try await m.stop() == 0)
+            try await m.start()
+            try await E2E.waitUntil("restarted member serves") { try await ctl(root, "get", "foo/a").status == 0 }
+            #expect(try await ctl(nil, "get", "foo/a").stderr.contains("etcdserver: user name is empty"))
+            #expect(try await ctl("alice:newpw", "put", "foo/a", "3").stderr.contains("permission denied"))
+            #expect(try await ctl(root, "auth", "disable").lines == ["Authentication Disabled"])
+            #expect(try await ctl(nil, "get", "foo/a").lines == ["foo/a", "1"])
+        }
+    }
+}
+
+/// The string value of a top-level field of a JSON object, or nil.
+func jsonString(_ json: String, _ field: String) -> String? {
+    guard let data = json.data(using: .utf8),
+          let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+    return obj[field] as? String
+}
