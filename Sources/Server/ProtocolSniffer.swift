@@ -159,7 +159,7 @@ struct ConnectionStarter: Sendable {
     let connectionConfigurator: HTTP2ServerTransport.ConnectionConfigurator
     let inbox: GRPCConnectionInbox
     let router: HTTPRouter
-    let maxHTTPBodyBytes: Int
+    let http: HTTPLimits
     let usesTLS: Bool
 
     /// Adds the gRPC HTTP/2 pipeline at the end of `channel`'s pipeline and hands the connection
@@ -184,11 +184,19 @@ struct ConnectionStarter: Sendable {
     /// pipeline. Must run on the channel's event loop.
     func startHTTP(on channel: any Channel) throws {
         let sync = channel.pipeline.syncOperations
-        let handler = HTTPConnectionHandler(router: router, maxBodyBytes: maxHTTPBodyBytes)
+        let handler = HTTPConnectionHandler(router: router, limits: http)
         // NIO's pipelining handler keeps the quiesce event to itself while a response is in
         // flight, so the connection handler hears of it from in front.
         try sync.addHandler(HTTPQuiesceRelay(handler: handler))
-        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderListSize = http.maxHeaderBytes
+        decoderLimits.maxHeaderFieldSize = http.maxHeaderBytes
+        try sync.configureHTTPServerPipeline(
+            withPipeliningAssistance: true,
+            withErrorHandling: true,
+            withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: decoderLimits
+        )
         try sync.addHandler(handler)
     }
 }

@@ -32,6 +32,8 @@ public final class ClientListener: Sendable {
             port.keepaliveMinClientPingInterval = cfg.grpcKeepaliveMinTime
             port.keepaliveTime = cfg.grpcKeepaliveInterval
             port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
+            port.maxConcurrentStreams = Int(clamping: cfg.maxConcurrentStreams)
+            port.maxConnections = Int(clamping: max(1, cfg.maxClientConnections))
             let transport = ClientPortTransport(configuration: port)
             list.append((url, GRPCServer(transport: transport, services: services)))
         }
