@@ -139,8 +139,8 @@ private let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 
     }
 
     /// Exactly once across a graceful stop: the member is stopped (SIGTERM) and restarted while
-    /// 200 goroutines create keys over one connection. Calls in flight may fail, but none that
-    /// executed may be presented to the client as unprocessed (a GOAWAY whose last stream ID is
+    /// 200 goroutines create keys over one connection. No call that executed may be presented
+    /// to the client as unprocessed (a GOAWAY whose last stream ID is
     /// below it, REFUSED_STREAM): grpc-go would retry it transparently and the retry would
     /// answer "already exists" (double-executed). Every create reported as done must exist,
     /// written once.
@@ -155,19 +155,19 @@ private let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 
                 guard let range = out.stdout.range(of: "\"count\":") else { return false }
                 return Int(out.stdout[range.upperBound...].prefix { $0.isNumber }) ?? 0 >= 1000
             }
-            // A graceful stop under this load can take up to the client's request timeout (20 s):
-            // see docs/PROTOCOL.md, "Graceful stop". Bounded here at 60 s.
-            let member = try #require(m.child)
-            member.signal(SIGTERM)
-            #expect(try await member.waitExit(limit: .seconds(60)) == 0)
-            _ = try await m.stop()
+            // Calls in flight finish, then the process exits (within the harness's 20 s; it
+            // used to wait for the client's request timeout: see docs/PROTOCOL.md).
+            #expect(try await m.stop() == 0)
             try await m.start()
             let status = try await load.waitExit(limit: .seconds(250))
             let fields = summary(load.stdout)
             #expect(status == 0, "sharedconn: \(load.stdout.prefix(3000)) \(load.stderr.suffix(2000))")
             #expect(fields["double-executed"] == "0")
             #expect(fields["violations"] == "0")
-            #expect(Int(fields["created"] ?? "") ?? 0 >= 1000)
+            // clientv3 waits for the restarted member (calls wait for a connection), and the
+            // calls in flight at the stop were finished by the stopping member.
+            #expect(fields["failed"] == "0")
+            #expect(fields["created"] == "8000")
         }
     }
 
