@@ -160,6 +160,41 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
         }
     }
 
+    /// Graceful stop: a call the client opens before it has seen the first GOAWAY (2^31-1) is
+    /// served and named by the second GOAWAY; NIO alone closed the connection with
+    /// PROTOCOL_ERROR at that call's DATA frame, failing every call in flight.
+    @Test func callOpenedDuringGracefulStopIsServed() async throws {
+        try await withClientPortHarness { harness in
+            let (h2, _) = try await RawHTTP2.connect(port: harness.port)
+            // A call in flight (request not finished) keeps the connection open.
+            try await h2.startCall(stream: 1)
+            try await h2.sendData(stream: 1, grpcMessage([]), end: false)
+            let stopping = Task { try await harness.stop() }
+
+            let first = try #require(try await h2.next(type: 0x7), "no GOAWAY")
+            #expect(first.payload[0...3].reduce(0) { $0 << 8 | UInt32($1) } == UInt32(Int32.max))
+            let ping = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no PING after the GOAWAY")
+
+            // The client has not answered the PING: it may still open calls.
+            try await h2.startCall(stream: 3)
+            try await h2.sendData(stream: 3, grpcMessage([]), end: true)
+            let served = try #require(try await h2.next(type: 0x1) { $0.stream == 3 && $0.flags & 0x1 != 0 },
+                                      "the call opened in the window was not answered (connection closed?)")
+            #expect(try h2.decode(served)["grpc-status"] == "0")
+
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0x1, stream: 0, ping.payload))
+            let second = try #require(try await h2.next(type: 0x7), "no second GOAWAY")
+            #expect(second.payload[0...3].reduce(0) { $0 << 8 | UInt32($1) } == 3)
+            #expect(second.payload[4...7].reduce(0) { $0 << 8 | UInt32($1) } == 0)
+
+            try await h2.sendData(stream: 1, [], end: true)
+            let last = try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 })
+            #expect(try h2.decode(last)["grpc-status"] == "0")
+            #expect(try await h2.client.readToEnd().closed)
+            try await stopping.value
+        }
+    }
+
     /// Pings faster than the enforced minimum without calls: GOAWAY ENHANCE_YOUR_CALM
     /// ("too_many_pings", as grpc-go) and the connection closes.
     @Test func tooManyPingsGetGoAway() async throws {
