@@ -15,11 +15,16 @@ enum GoChecks {
     private static let built = Mutex<[String: String]>([:])
 
     /// The path of the built program `name`; builds it on first use (bounded: 5 minutes).
+    /// The output and Go's build cache stay in one fixed temporary folder, reused (and
+    /// overwritten) by later runs instead of piling up.
     static func binary(_ name: String) async throws -> String {
         if let path = built.withLock({ $0[name] }) { return path }
-        let out = try E2E.tempDir("go-\(name)")
+        let out = NSTemporaryDirectory() + "swetcd-go-checks"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        var environment = ProcessInfo.processInfo.environment
+        environment["GOCACHE"] = out + "/gocache"
         let child = try Child("/usr/bin/timeout", ["-s", "KILL", "300", repoRoot + "/scripts/build-go-check", name, out],
-                              environment: ProcessInfo.processInfo.environment)
+                              environment: environment)
         try child.start()
         let status = try await child.waitExit(limit: .seconds(310))
         guard status == 0 else {
