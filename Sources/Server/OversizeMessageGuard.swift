@@ -9,8 +9,8 @@ import NIOHTTP2
 /// buffering the message: its bytes are dropped as they come and the stream is closed.
 ///
 /// gRPC's own stream handler behind it would otherwise keep reading the message up to its
-/// payload limit. A compressed message is checked by its compressed length here; its
-/// decompressed size is checked by ``SizeLimitedRequestParts``.
+/// payload limit. A compressed message is checked by its compressed length here; what it
+/// inflates to is bounded by gRPC's own payload limit, set to the same value.
 final class OversizeMessageGuard: ChannelDuplexHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = HTTP2Frame.FramePayload
