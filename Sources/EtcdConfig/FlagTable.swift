@@ -171,6 +171,7 @@ public enum FlagTable {
         f.append(duration("grpc-keepalive-min-time", .seconds(5), "Minimum interval a client should wait before pinging the server.") { $0.grpcKeepaliveMinTime = $1 })
         f.append(duration("grpc-keepalive-interval", .seconds(7200), "Frequency of server-to-client pings to check a connection is alive (0 disables).") { $0.grpcKeepaliveInterval = $1 })
         f.append(duration("grpc-keepalive-timeout", .seconds(20), "Additional wait before closing a non-responsive connection (0 disables).") { $0.grpcKeepaliveTimeout = $1 })
+        f.append(uint("experimental-max-client-connections", 4096, "swetcd: maximum open client connections per client URL (gRPC and HTTP); more are closed at once.") { $0.maxClientConnections = $1 })
         f.append(bool("socket-reuse-address", false, "Not supported yet (refused when true): SO_REUSEADDR on listener sockets.") { $0.socketReuseAddress = $1 })
         f.append(bool("socket-reuse-port", false, "Not supported yet (refused when true): SO_REUSEPORT on listener sockets.") { $0.socketReusePort = $1 })
 

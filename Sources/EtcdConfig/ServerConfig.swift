@@ -29,6 +29,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var grpcKeepaliveMinTime: Duration = .seconds(5)
     public var grpcKeepaliveInterval: Duration = .seconds(7200)
     public var grpcKeepaliveTimeout: Duration = .seconds(20)
+    /// swetcd's cap on open client connections per client URL (`--experimental-max-client-connections`).
+    public var maxClientConnections: UInt64 = 4096
     public var socketReuseAddress = false
     public var socketReusePort = false
 

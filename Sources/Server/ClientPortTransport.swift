@@ -4,6 +4,7 @@ import NIOCore
 public import NIOPosix
 public import NIOSSL
 import NIOTLS
+import Synchronization
 
 /// How the client port listens: address, optional TLS, gRPC limits and keepalive policy, and
 /// the HTTP/1.1 routes served next to gRPC.
@@ -35,6 +36,29 @@ public struct ClientPortConfiguration: Sendable {
     public var keepaliveTimeout: Duration
     /// A connection that sends nothing for this long before its protocol is known is closed.
     public var protocolDetectionTimeout: Duration
+    /// The most HTTP/2 streams (gRPC calls) one client connection may have open at once,
+    /// advertised in SETTINGS_MAX_CONCURRENT_STREAMS so that a client queues further calls
+    /// instead of being refused (etcd: `--max-concurrent-streams`, default 2^32-1). Values
+    /// outside 1...2^32-1 mean the default.
+    public var maxConcurrentStreams: Int
+    /// The most client connections (gRPC and HTTP/1.1 together) open at once; a connection
+    /// accepted beyond it is closed at once, before anything is read from it (swetcd:
+    /// `--experimental-max-client-connections`, default 4096).
+    public var maxConnections: Int
+    /// A gRPC connection without open calls for this long is closed gracefully (GOAWAY, after
+    /// which the client reconnects when it needs to); nil keeps it open (default 2 h).
+    public var maxConnectionIdle: Duration?
+    /// An HTTP/1.1 connection must deliver the complete head (request line and headers) of its
+    /// next request within this time of becoming ready for it, else it is closed: this bounds
+    /// both idle keep-alive connections and headers sent slowly (default 2 min). Headers are
+    /// limited by NIO's parser to 80 KiB (larger: 400 and close).
+    public var httpIdleTimeout: Duration
+    /// An HTTP/1.1 request body must be complete within this time of its head, else the
+    /// connection is closed (default 1 min). Responses (a streamed watch) have no limit.
+    public var httpReadTimeout: Duration
+    /// The largest HTTP/1.1 request head (all header names and values) accepted; larger is
+    /// answered 400 and the connection closed (default 80 KiB, NIO's parser limit).
+    public var httpMaxHeaderBytes: Int
     /// The HTTP/1.1 routes.
     public var router: HTTPRouter
 
@@ -49,6 +73,12 @@ public struct ClientPortConfiguration: Sendable {
         self.keepaliveTime = .seconds(2 * 60 * 60)
         self.keepaliveTimeout = .seconds(20)
         self.protocolDetectionTimeout = .seconds(10)
+        self.maxConcurrentStreams = Self.unlimitedStreams
+        self.maxConnections = 4096
+        self.maxConnectionIdle = .seconds(2 * 60 * 60)
+        self.httpIdleTimeout = .seconds(120)
+        self.httpReadTimeout = .seconds(60)
+        self.httpMaxHeaderBytes = 80 * 1024
         if let router {
             self.router = router
         } else {
@@ -57,6 +87,9 @@ public struct ClientPortConfiguration: Sendable {
             self.router = router
         }
     }
+
+    /// etcd's (grpc-go's) "no limit" for concurrent streams: 2^32-1.
+    public static let unlimitedStreams = Int(UInt32.max)
 }
 
 /// A gRPC server transport for etcd's client port: gRPC (HTTP/2) and HTTP/1.1 on one socket.
@@ -79,12 +112,6 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     private let underlying: HTTP2ServerTransport.Custom<ClientPortListener>
     private let maxReceiveMessageBytes: Int
 
-    /// How much larger than ``ClientPortConfiguration/maxReceiveMessageBytes`` a message may be
-    /// for the transport to still read it whole, so that the limit is answered with a gRPC
-    /// status (ResourceExhausted, as etcd) instead of a reset stream. Larger messages are refused
-    /// by the transport from their length prefix (the stream is reset).
-    static let oversizeAllowance = 8 << 20
-
     /// Creates the transport; nothing is bound until the server starts.
     public init(
         configuration: ClientPortConfiguration,
@@ -92,18 +119,53 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     ) {
         var config = HTTP2ServerTransport.Custom<ClientPortListener>.Config.defaults
         maxReceiveMessageBytes = configuration.maxReceiveMessageBytes
-        config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes + Self.oversizeAllowance
+        // A message over the limit is answered ResourceExhausted from its length prefix by the
+        // guard in front of gRPC's stream handler, never buffered; gRPC's own limit only
+        // bounds what a compressed message may inflate to.
+        config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes
+        let guardLimit = configuration.maxReceiveMessageBytes
+        config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(OversizeMessageGuard(limit: guardLimit), position: .first)
+            }
+        }
+        // Without this setting NIO HTTP/2 enforces 100 streams per connection without telling
+        // the client (the HTTP/2 default it sees is "unlimited"): the 101st concurrent call
+        // was a connection error that failed every call in flight, executed or not.
+        config.http2.maxConcurrentStreams = Self.effectiveMaxConcurrentStreams(configuration.maxConcurrentStreams)
+        config.connection.maxIdleTime = configuration.maxConnectionIdle.flatMap { $0 > .zero ? $0 : nil }
+        let keepalive = Self.effectiveKeepalive(configuration)
         config.connection.keepalive = .init(
-            time: configuration.keepaliveTime,
-            timeout: configuration.keepaliveTimeout,
+            time: keepalive.time,
+            timeout: keepalive.timeout,
             clientBehavior: .init(
-                minPingIntervalWithoutCalls: configuration.keepaliveMinClientPingInterval,
+                minPingIntervalWithoutCalls: keepalive.minClientPingInterval,
                 allowWithoutCalls: false
             )
         )
         underlying = HTTP2ServerTransport.Custom(
             listenerFactory: ClientPortListener(configuration: configuration, eventLoopGroup: eventLoopGroup),
             config: config
+        )
+    }
+
+    /// The SETTINGS_MAX_CONCURRENT_STREAMS value advertised: etcd (grpc-go) treats 0 as
+    /// unlimited; anything outside 1...2^32-1 is the unlimited 2^32-1.
+    static func effectiveMaxConcurrentStreams(_ value: Int) -> Int {
+        (1...ClientPortConfiguration.unlimitedStreams).contains(value) ? value : ClientPortConfiguration.unlimitedStreams
+    }
+
+    /// The keepalive policy as etcd applies its flags: server pings only when both the interval
+    /// and the timeout are positive, else grpc-go's defaults (2 h, 20 s); the client ping
+    /// minimum is enforced when positive, else grpc-go's default (5 min).
+    static func effectiveKeepalive(
+        _ configuration: ClientPortConfiguration
+    ) -> (time: Duration, timeout: Duration, minClientPingInterval: Duration) {
+        let serverPings = configuration.keepaliveTime > .zero && configuration.keepaliveTimeout > .zero
+        return (
+            serverPings ? configuration.keepaliveTime : .seconds(2 * 60 * 60),
+            serverPings ? configuration.keepaliveTimeout : .seconds(20),
+            configuration.keepaliveMinClientPingInterval > .zero ? configuration.keepaliveMinClientPingInterval : .seconds(5 * 60)
         )
     }
 
@@ -199,11 +261,17 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             connectionConfigurator: connectionConfigurator,
             inbox: inbox,
             router: configuration.router,
-            maxHTTPBodyBytes: configuration.maxHTTPBodyBytes,
+            http: HTTPLimits(
+                maxBodyBytes: configuration.maxHTTPBodyBytes,
+                maxHeaderBytes: configuration.httpMaxHeaderBytes,
+                idleTimeout: TimeAmount(configuration.httpIdleTimeout),
+                readTimeout: TimeAmount(configuration.httpReadTimeout)
+            ),
             usesTLS: configuration.tls != nil
         )
         let tls = configuration.tls
         let sniffTimeout = TimeAmount(configuration.protocolDetectionTimeout)
+        let admission = ConnectionAdmission(limit: configuration.maxConnections)
 
         let bootstrap = ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -215,6 +283,12 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { child in
                 child.eventLoop.makeCompletedFuture {
+                    guard admission.admit() else {
+                        // Over the cap: closed as soon as it is active, nothing read from it.
+                        try child.pipeline.syncOperations.addHandler(RefusedConnectionHandler())
+                        return
+                    }
+                    child.closeFuture.whenComplete { _ in admission.release() }
                     try Self.initialize(child: child, tls: tls, starter: starter, sniffTimeout: sniffTimeout)
                 }
             }
@@ -272,4 +346,46 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             }
         })
     }
+}
+
+/// Counts the client port's open connections against its cap (any event loop).
+final class ConnectionAdmission: Sendable {
+    private let open = Atomic<Int>(0)
+    let limit: Int
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+    }
+
+    /// Takes a slot, or returns false (taking nothing) when all are in use.
+    func admit() -> Bool {
+        if open.wrappingAdd(1, ordering: .relaxed).newValue > limit {
+            open.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    /// Gives a slot back when an admitted connection has closed.
+    func release() {
+        open.wrappingSubtract(1, ordering: .relaxed)
+    }
+
+    /// Connections holding a slot now.
+    var current: Int { open.load(ordering: .relaxed) }
+}
+
+/// The only handler of a connection accepted over the cap: closes it once active.
+final class RefusedConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { context.close(promise: nil) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }

@@ -1,12 +1,26 @@
 import NIOCore
 import NIOHTTP1
 
+/// The limits of one HTTP/1.1 connection on the client port.
+struct HTTPLimits: Sendable {
+    /// Request bodies larger than this are answered 413.
+    var maxBodyBytes: Int
+    /// Request heads larger than this are answered 400 (by NIO's parser).
+    var maxHeaderBytes: Int
+    /// Time allowed for the complete head of the next request.
+    var idleTimeout: TimeAmount
+    /// Time allowed for a request body after its head.
+    var readTimeout: TimeAmount
+}
+
 /// Serves HTTP/1.1 requests of one connection through an ``HTTPRouter``.
 ///
 /// NIO's pipelining handler in front of it delivers one request at a time, so at most one
 /// route handler runs per connection. Bodies larger than the limit are answered with 413 and
 /// the connection is closed. Malformed requests never reach this handler: NIO's protocol error
-/// handler answers 400 and closes the connection.
+/// handler answers 400 and closes the connection. While the connection waits for the client
+/// (the next request's head, or a body), a deadline runs: ``HTTPLimits/idleTimeout`` for the
+/// head, ``HTTPLimits/readTimeout`` for the body; when it passes the connection is closed.
 final class HTTPConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -26,16 +40,43 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
 
     private let router: HTTPRouter
     private let maxBodyBytes: Int
+    private let limits: HTTPLimits
     private var state = State.idle
     private var task: Task<Void, Never>?
+    /// Closes the connection when the client is too slow (see the type's description).
+    private var deadline: Scheduled<Void>?
 
-    init(router: HTTPRouter, maxBodyBytes: Int) {
+    init(router: HTTPRouter, limits: HTTPLimits) {
         self.router = router
-        self.maxBodyBytes = maxBodyBytes
+        self.maxBodyBytes = limits.maxBodyBytes
+        self.limits = limits
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        armDeadline(context: context, after: limits.idleTimeout)
+    }
+
+    private func armDeadline(context: ChannelHandlerContext, after delay: TimeAmount) {
+        deadline?.cancel()
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: delay) {
+            bound.value.close(promise: nil)
+        }
+    }
+
+    private func disarmDeadline() {
+        deadline?.cancel()
+        deadline = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch (unwrapInboundIn(data), state) {
+        let part = unwrapInboundIn(data)
+        switch part {
+        case .head: armDeadline(context: context, after: limits.readTimeout)
+        case .end: disarmDeadline()
+        case .body: break
+        }
+        switch (part, state) {
         case (.head(let head), .idle):
             let declared = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
             let expectsContinue = head.headers["expect"].contains { $0.lowercased() == "100-continue" }
@@ -95,12 +136,14 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         task?.cancel()
         task = nil
+        disarmDeadline()
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         task?.cancel()
         task = nil
+        disarmDeadline()
     }
 
     private func respond(
@@ -162,6 +205,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
                 if broken {
                     context.close(promise: nil)
                     return
+                }
+                if !close {
+                    // Waiting for the next request (a pipelined one may already be parsed:
+                    // its head re-arms the deadline).
+                    handler.armDeadline(context: context, after: handler.limits.idleTimeout)
                 }
                 let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
                 if close {

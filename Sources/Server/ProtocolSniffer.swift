@@ -159,7 +159,7 @@ struct ConnectionStarter: Sendable {
     let connectionConfigurator: HTTP2ServerTransport.ConnectionConfigurator
     let inbox: GRPCConnectionInbox
     let router: HTTPRouter
-    let maxHTTPBodyBytes: Int
+    let http: HTTPLimits
     let usesTLS: Bool
 
     /// Adds the gRPC HTTP/2 pipeline at the end of `channel`'s pipeline and hands the connection
@@ -176,6 +176,7 @@ struct ConnectionStarter: Sendable {
             if channel.isActive {
                 try channel.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self).fireChannelActive()
             }
+            try FirstGoAwayBypass.install(on: channel)
             inbox.deliver(connection, channel: channel)
         }
     }
@@ -184,11 +185,19 @@ struct ConnectionStarter: Sendable {
     /// pipeline. Must run on the channel's event loop.
     func startHTTP(on channel: any Channel) throws {
         let sync = channel.pipeline.syncOperations
-        let handler = HTTPConnectionHandler(router: router, maxBodyBytes: maxHTTPBodyBytes)
+        let handler = HTTPConnectionHandler(router: router, limits: http)
         // NIO's pipelining handler keeps the quiesce event to itself while a response is in
         // flight, so the connection handler hears of it from in front.
         try sync.addHandler(HTTPQuiesceRelay(handler: handler))
-        try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderListSize = http.maxHeaderBytes
+        decoderLimits.maxHeaderFieldSize = http.maxHeaderBytes
+        try sync.configureHTTPServerPipeline(
+            withPipeliningAssistance: true,
+            withErrorHandling: true,
+            withEncoderConfiguration: .init(),
+            withDecoderLimitConfiguration: decoderLimits
+        )
         try sync.addHandler(handler)
     }
 }
@@ -296,5 +305,68 @@ final class ProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         context.fireErrorCaught(error)
+    }
+}
+
+/// Sends grpc-swift's first graceful-shutdown GOAWAY (last stream ID 2^31-1) around NIO's HTTP/2
+/// state machine instead of through it.
+///
+/// The first GOAWAY only announces the shutdown: the client may still open streams until it
+/// has seen it, which the PING sent with it proves; the second GOAWAY then names the last stream
+/// served. NIO HTTP/2 (1.46), once it has sent any GOAWAY, refuses every new stream with
+/// REFUSED_STREAM and then treats the DATA frame that follows the refused HEADERS as a
+/// connection error (PROTOCOL_ERROR): a gRPC call opened in that window closed the connection
+/// under every call in flight, including ones already executed. Written as raw bytes from in
+/// front of NIO's handler, the first GOAWAY reaches the client while NIO keeps accepting the
+/// streams it opened meanwhile; gRPC's connection manager counts them, so the second GOAWAY
+/// (sent through NIO as usual) includes them and they are served.
+final class FirstGoAwayBypass: ChannelOutboundHandler {
+    typealias OutboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    /// The handler in front of NIO's HTTP/2 handler, through which the raw frame is written.
+    final class RawWriter: ChannelOutboundHandler {
+        typealias OutboundIn = IOData
+        fileprivate var context: ChannelHandlerContext?
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+        func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    }
+
+    private let raw: RawWriter
+
+    init(raw: RawWriter) {
+        self.raw = raw
+    }
+
+    /// Adds the pair around the connection's NIO HTTP/2 handler (on its event loop).
+    static func install(on channel: any Channel) throws {
+        let sync = channel.pipeline.syncOperations
+        let http2 = try sync.handler(type: NIOHTTP2Handler.self)
+        let raw = RawWriter()
+        try sync.addHandler(raw, position: .before(http2))
+        try sync.addHandler(FirstGoAwayBypass(raw: raw), position: .after(http2))
+    }
+
+    /// The 17 bytes of GOAWAY(last stream 2^31-1, NO_ERROR) on stream 0.
+    static func encodedAnnouncement(allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: 17)
+        buffer.writeBytes([0, 0, 8, 0x7, 0, 0, 0, 0, 0])
+        buffer.writeInteger(UInt32(Int32.max))
+        buffer.writeInteger(UInt32(0))
+        return buffer
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        if frame.streamID == .rootStream,
+           case .goAway(let lastStreamID, let code, _) = frame.payload,
+           lastStreamID == .maxID, code == .noError,
+           let rawContext = raw.context {
+            let bytes = Self.encodedAnnouncement(allocator: context.channel.allocator)
+            rawContext.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
+            return
+        }
+        context.write(data, promise: promise)
     }
 }

@@ -26,7 +26,6 @@ public final class ClientListener: Sendable {
         metricsRouter.addVersionRoute()
         server.registerHTTPRoutes(in: &metricsRouter, gateway: false)
         // etcd: with keepalive interval or timeout 0, gRPC's defaults (2 h, 20 s) apply.
-        let keepaliveOn = cfg.grpcKeepaliveInterval > .zero && cfg.grpcKeepaliveTimeout > .zero
         var list: [(EndpointURL, String, GRPCServer<ClientPortTransport>)] = []
         let targets = cfg.listenClientURLs.map { ($0, "client") } + cfg.listenMetricsURLs.map { ($0, "metrics") }
         for (url, kind) in targets {
@@ -39,10 +38,10 @@ public final class ClientListener: Sendable {
             port.maxReceiveMessageBytes = cfg.maxReceiveMessageBytes
             port.maxHTTPBodyBytes = cfg.maxReceiveMessageBytes
             port.keepaliveMinClientPingInterval = cfg.grpcKeepaliveMinTime
-            if keepaliveOn {
-                port.keepaliveTime = cfg.grpcKeepaliveInterval
-                port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
-            }
+            port.keepaliveTime = cfg.grpcKeepaliveInterval
+            port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
+            port.maxConcurrentStreams = Int(clamping: cfg.maxConcurrentStreams)
+            port.maxConnections = Int(clamping: max(1, cfg.maxClientConnections))
             let transport = ClientPortTransport(configuration: port)
             list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [],
                                                 interceptors: [TokenInterceptor()])))

@@ -1,0 +1,106 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// The first handler of each gRPC stream on the client port: reads the 5-byte prefix of every
+/// request message (compression flag, big-endian length) as the bytes arrive and, when a
+/// message declares more than `limit` bytes, ends the call at once with etcd's (grpc-go's)
+/// status, ResourceExhausted "grpc: received message larger than max (N vs. M)", without
+/// buffering the message: its bytes are dropped as they come and the stream is closed.
+///
+/// gRPC's own stream handler behind it would otherwise keep reading the message up to its
+/// payload limit. A compressed message is checked by its compressed length here; what it
+/// inflates to is bounded by gRPC's own payload limit, set to the same value.
+final class OversizeMessageGuard: ChannelDuplexHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+    typealias OutboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private let limit: Int
+    /// Prefix bytes of the next message seen so far (0...4).
+    private var prefix: [UInt8] = []
+    /// Bytes of the current message body still to come.
+    private var remaining = 0
+    /// The server has sent its response headers (a status must then go out as trailers).
+    private var sentHeaders = false
+    /// The server has ended its side of the stream.
+    private var sentEnd = false
+    private var rejected = false
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if rejected { return }
+        guard case .data(let payload) = unwrapInboundIn(data), case .byteBuffer(let bytes) = payload.data else {
+            context.fireChannelRead(data)
+            return
+        }
+        if let declared = scan(bytes) {
+            reject(context: context, declared: declared)
+            return
+        }
+        context.fireChannelRead(data)
+    }
+
+    /// Advances the message framing over `bytes`; returns a declared length over the limit.
+    private func scan(_ bytes: ByteBuffer) -> Int? {
+        var view = bytes.readableBytesView[...]
+        while !view.isEmpty {
+            if remaining > 0 {
+                let taken = min(remaining, view.count)
+                remaining -= taken
+                view = view.dropFirst(taken)
+                continue
+            }
+            let needed = 5 - prefix.count
+            prefix.append(contentsOf: view.prefix(needed))
+            view = view.dropFirst(needed)
+            guard prefix.count == 5 else { break }
+            let length = Int(prefix[1]) << 24 | Int(prefix[2]) << 16 | Int(prefix[3]) << 8 | Int(prefix[4])
+            prefix.removeAll(keepingCapacity: true)
+            if length > limit { return length }
+            remaining = length
+        }
+        return nil
+    }
+
+    private func reject(context: ChannelHandlerContext, declared: Int) {
+        rejected = true
+        if !sentEnd {
+            var headers = HPACKHeaders()
+            if !sentHeaders {
+                headers.add(name: ":status", value: "200")
+                headers.add(name: "content-type", value: "application/grpc")
+            }
+            headers.add(name: "grpc-status", value: "8")
+            // Only printable ASCII without '%': no percent-encoding needed.
+            headers.add(name: "grpc-message", value: "grpc: received message larger than max (\(declared) vs. \(limit))")
+            sentEnd = true
+            context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+            context.flush()
+        }
+        // Closing resets the stream: the client stops sending, gRPC's handler behind us sees the
+        // stream end and cancels the call.
+        context.close(promise: nil)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if rejected {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        switch unwrapOutboundIn(data) {
+        case .headers(let headers):
+            sentHeaders = true
+            if headers.endStream { sentEnd = true }
+        case .data(let data):
+            if data.endStream { sentEnd = true }
+        default:
+            break
+        }
+        context.write(data, promise: promise)
+    }
+}
