@@ -72,6 +72,13 @@ struct E2EAuthTests {
             #expect(read.contains(#""kvs""#), "range with token: \(read)")
             let noToken = try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-d", #"{"key":"Zm9vL2E="}"#]).stdout
             #expect(noToken.contains("etcdserver: user name is empty"), "\(noToken)")
+            // The Lock service runs with the caller's rights ("bar" is outside alice's roles).
+            let lock = try await curl(["-s", "-X", "POST", "\(base)/v3/lock/lock", "-H", "Authorization: \(token)",
+                                       "-d", #"{"name":"YmFy","lease":"\#(Int64(leaseID, radix: 16) ?? 0)"}"#]).stdout
+            #expect(lock.contains("etcdserver: permission denied"), "lock: \(lock)")
+            // The health check needs no user.
+            let health = try await curl(["-s", "\(base)/health"]).stdout
+            #expect(health.contains(#""health":"true""#), "health with auth enabled: \(health)")
             #expect(try await m.ctl(["--user", root, "user", "passwd", "alice", "--interactive=false"], input: "newpw\n").status == 0)
             let stale = try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-H", "Authorization: \(token)",
                                         "-d", #"{"key":"Zm9vL2E="}"#]).stdout

@@ -104,6 +104,9 @@ extension EtcdServer: MaintenanceBackend {
 
 extension EtcdServer: LockElectionBackend {
     public func nextEvents(key: [UInt8], rangeEnd: [UInt8], afterRevision: Int64) async throws -> [Mvccpb_Event] {
+        // Lock and Election watch with the caller's rights (their ranges and txns are checked
+        // by range/txn themselves).
+        try authorize(key: Data(key), rangeEnd: Data(rangeEnd), write: false, try authInfo())
         let stream = makeWatchStream()
         defer { stream.close() }
         do {
@@ -128,12 +131,10 @@ extension EtcdServer: HealthSource {
 
     public func activeAlarms() -> [Etcdserverpb_AlarmType] { alarms.types }
 
+    /// A serializable read of this member's keyspace, as the health check's own (it carries no
+    /// user, so it does not go through the API's auth check).
     public func serializableRead() async throws {
-        var r = Etcdserverpb_RangeRequest()
-        r.key = Data("health".utf8)
-        r.serializable = true
-        r.limit = 1
-        _ = try await range(r)
+        do { _ = try store.range(RangeRequest(key: Array("health".utf8), limit: 1)) } catch { throw EtcdError.from(error) }
     }
 
     public func linearizableRead() async throws { try await linearizableBarrier() }
