@@ -335,9 +335,6 @@ public enum ConfigLoader {
         func refuse(_ flag: String, _ why: String) throws -> Never {
             throw ConfigError("\(flag) is not supported by swetcd yet: \(why)")
         }
-        if c.forceNewCluster {
-            try refuse("--force-new-cluster", "restore a snapshot with 'swetcdutl snapshot restore' into a new data directory to start a one-member cluster from existing data")
-        }
         if !c.listenClientHTTPURLs.isEmpty {
             try refuse("--listen-client-http-urls", "every --listen-client-urls port already serves both gRPC and HTTP; remove the flag")
         }

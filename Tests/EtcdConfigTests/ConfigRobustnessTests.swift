@@ -113,7 +113,6 @@ private let int64Max = "9223372036854775807"
     /// Flags whose feature swetcd lacks are refused loudly when they ask for it, and accepted
     /// at etcd's default value.
     @Test(arguments: [
-        (["--force-new-cluster"], "--force-new-cluster"),
         (["--listen-client-http-urls=http://127.0.0.1:2399"], "--listen-client-http-urls"),
         (["--discovery=https://discovery.etcd.io/x"], "--discovery"),
         (["--discovery-srv=example.com"], "--discovery-srv"),

@@ -156,6 +156,12 @@ public final class EtcdServer: Sendable {
         }
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID
+        if cfg.forceNewCluster && !isNew {
+            let removed = try forceNewClusterLog(raftStorage, memberID: memberID)
+            logger.warning("forcing a new one-member cluster: the other members are removed from the log", metadata: [
+                "member-id": "\(MemberIdentity.hex(memberID))", "removed": "\(removed.map(MemberIdentity.hex))",
+            ])
+        }
 
         let metrics = ServerMetrics(memberID: memberID)
         var backendOptions = Backend.Options()
