@@ -109,6 +109,7 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",

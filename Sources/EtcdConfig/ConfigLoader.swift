@@ -317,7 +317,7 @@ public enum ConfigLoader {
         let tokenType = c.authToken.split(separator: ",", maxSplits: 1).first.map(String.init) ?? ""
         switch tokenType {
         case "simple": break
-        case "jwt": throw ConfigError("--auth-token jwt: JWT tokens are not supported yet; use --auth-token simple")
+        case "jwt": break  // its options and key files are checked when the server starts
         default: throw ConfigError("--auth-token \(c.authToken): unknown token type (simple or jwt)")
         }
         let autoCompaction = try AutoCompaction(mode: c.autoCompactionMode, retention: c.autoCompactionRetention)

@@ -103,3 +103,41 @@ func jsonString(_ json: String, _ field: String) -> String? {
           let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
     return obj[field] as? String
 }
+
+extension E2EAuthTests {
+    /// JWT tokens (`--auth-token jwt,...`, keys made by openssl): etcdctl works with them; a
+    /// token issued before an auth change is refused with "revision of auth store is old".
+    @Test func jwtTokens() async throws {
+        let dir = try E2E.tempDir("jwt")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for args in [["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "\(dir)/k"],
+                     ["pkey", "-in", "\(dir)/k", "-pubout", "-out", "\(dir)/k.pub"]] {
+            #expect(try runTool("/usr/bin/openssl", args) == 0)
+        }
+        let option = "jwt,pub-key=\(dir)/k.pub,priv-key=\(dir)/k,sign-method=RS256,ttl=5m"
+        try await Member.with(extraArgs: ["--bcrypt-cost", "4", "--auth-token", option]) { m in
+            try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
+            for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
+                         ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
+                         ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
+                let r = try await m.ctl(args)
+                #expect(r.status == 0, "\(args): \(r.stderr)")
+            }
+            #expect(try await m.ctl(["--user", "alice:alicepw", "get", "foo/a"]).lines == ["foo/a", "1"])
+            #expect(try await m.ctl(["--user", "alice:alicepw", "put", "foo/a", "2"]).stderr.contains("permission denied"))
+            let base = "http://\(m.endpoint)"
+            let auth = try await curl(["-s", "-X", "POST", "\(base)/v3/auth/authenticate",
+                                       "-d", #"{"name":"alice","password":"alicepw"}"#]).stdout
+            let token = try #require(jsonString(auth, "token"), "authenticate: \(auth)")
+            #expect(token.split(separator: ".").count == 3, "a JWT: \(token)")
+            func range() async throws -> String {
+                try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-H", "Authorization: \(token)",
+                                "-d", #"{"key":"Zm9vL2E="}"#]).stdout
+            }
+            #expect(try await range().contains(#""kvs""#))
+            #expect(try await m.ctl(["--user", "root:rootpw", "role", "add", "other"]).status == 0)
+            #expect(try await range().contains("etcdserver: revision of auth store is old"))
+            #expect(try await m.ctl(["--user", "alice:alicepw", "get", "foo/a"]).lines == ["foo/a", "1"])
+        }
+    }
+}

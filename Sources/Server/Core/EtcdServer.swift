@@ -70,6 +70,8 @@ public final class EtcdServer: Sendable {
     let auth = AuthStore()
     /// This member's simple auth tokens.
     let tokens: SimpleTokens
+    /// JWT tokens, with `--auth-token jwt,...` (then simple tokens are not issued).
+    let jwt: JWTTokens?
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
     /// This member's Prometheus metrics (served at /metrics).
@@ -91,7 +93,7 @@ public final class EtcdServer: Sendable {
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
                  machine: StateMachineHolder, loop: RaftLoopState,
                  membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
-                 peerServer: PeerServer, metrics: ServerMetrics) {
+                 peerServer: PeerServer, metrics: ServerMetrics, jwt: JWTTokens?) {
         self.metrics = metrics
         self.inbox = inbox
         self.peers = peers
@@ -109,6 +111,7 @@ public final class EtcdServer: Sendable {
         electionTimeout = .milliseconds(Int64(clamping: config.electionTimeoutMs))
         requestTimeout = .seconds(5) + .milliseconds(Int64(clamping: min(config.electionTimeoutMs, 1 << 40)) * 2)
         tokens = SimpleTokens(ttl: .seconds(Int64(clamping: max(1, config.authTokenTTL))))
+        self.jwt = jwt
     }
 
     /// Opens (or creates) the data directory and starts the Raft loop. An empty directory
@@ -116,6 +119,16 @@ public final class EtcdServer: Sendable {
     /// (the `--initial-*` flags are ignored); anything else is refused untouched.
     public static func start(_ loaded: LoadedConfig, logger: Logger) async throws -> EtcdServer {
         let cfg = loaded.config
+        // JWT keys are loaded before anything on disk is touched, so a bad key is a clean refusal.
+        var jwt: JWTTokens?
+        if cfg.authToken.hasPrefix("jwt") {
+            do {
+                jwt = try JWTTokens(options: String(cfg.authToken.dropFirst(3).drop { $0 == "," }),
+                                    defaultTTL: .seconds(Int64(clamping: max(1, cfg.authTokenTTL))))
+            } catch {
+                throw ServerStartError("\(error)")
+            }
+        }
         let dataDir = DataDir(path: cfg.effectiveDataDir, walDirectory: cfg.walDir)
         let found = try dataDir.inspect()
         if case let .foreign(reason) = found {
@@ -221,7 +234,7 @@ public final class EtcdServer: Sendable {
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
-                                peers: transport, peerServer: peerServer, metrics: metrics)
+                                peers: transport, peerServer: peerServer, metrics: metrics, jwt: jwt)
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),
