@@ -60,10 +60,13 @@ struct E2EMembershipTests {
                 try await E2E.waitUntil("m4 removed", limit: .seconds(20)) {
                     try await ms[0].ctl("member", "remove", id).status == 0
                 }
+                // Exit status 3 ("removed": the unit's RestartPreventExitStatus), at once and
+                // again when started once more.
                 let status = try await try #require(m4.child).waitExit(limit: .seconds(20))
-                #expect(status == 0)
+                #expect(status == 3)
                 #expect(m4.child?.stderr.contains("the member has been permanently removed from the cluster") == true)
                 await #expect(throws: E2EError.self) { try await m4.start() }
+                #expect(m4.exitStatus == 3)
                 #expect(try await ms[1].ctl("member", "list").lines.count == 3)
             } catch {
                 Issue.record("m4 log tail: \((m4.child?.stderr ?? "").suffix(3000))")

@@ -11,7 +11,12 @@ import Synchronization
 /// Why the server could not start (a clear message for the operator).
 public struct ServerStartError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    init(_ description: String) { self.description = description }
+    /// The member was removed from its cluster: restarting it can never help.
+    public var memberRemoved = false
+    init(_ description: String, memberRemoved: Bool = false) {
+        self.description = description
+        self.memberRemoved = memberRemoved
+    }
 }
 
 /// The result of applying one entry, handed to the request that proposed it.
@@ -216,7 +221,7 @@ public final class EtcdServer: Sendable {
         if removed.contains(memberID) {
             try? backend.close()
             try? raftStorage.close()
-            throw ServerStartError("the member has been permanently removed from the cluster (member \(MemberIdentity.hex(memberID)), data directory \(dataDir.path)); start it with a new, empty data directory after adding it again")
+            throw ServerStartError("the member has been permanently removed from the cluster (member \(MemberIdentity.hex(memberID)), data directory \(dataDir.path)); start it with a new, empty data directory after adding it again", memberRemoved: true)
         }
         if isNew || members.isEmpty {
             members = joined?.members ?? loaded.initialCluster.members.map(MemberRecord.init)
