@@ -68,6 +68,8 @@ public final class EtcdServer: Sendable {
     let alarms = AlarmStore()
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
+    /// Maintenance.Snapshot streams open now, at most 4 (see `openSnapshot`).
+    public let snapshotStreams = SnapshotStreams(limit: 4)
     /// This member's Prometheus metrics (served at /metrics).
     public let metrics: ServerMetrics
     /// The member list (changed by applied conf changes).
