@@ -197,6 +197,9 @@ public final class EtcdServer: Sendable {
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
                                 peers: transport, peerServer: peerServer, metrics: metrics)
+        transportBridge.raftStatus.withLock { [weak server] status in
+            status = { [weak server] in server.map { ($0.leaderID, $0.committedIndex) } ?? (0, 0) }
+        }
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),
