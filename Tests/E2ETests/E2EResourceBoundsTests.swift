@@ -42,6 +42,8 @@ struct E2EResourceBoundsTests {
                                          "--key-prefix", "big/", "--key-space-size", "\(Self.stallMiB)", "--sequential-keys"])
             }
             let slow = (try? await Self.metric(m, "etcd_debugging_mvcc_slow_watcher_total")) ?? -1
+            // Both streams are still open (a dropped client would trivially pin nothing).
+            #expect(try await Self.metric(m, "etcd_debugging_mvcc_watcher_total") == 2)
             let growthA = peakA - baseA
             let growthB = peakB - baseB
             print("stalled watchers: \(Self.stallMiB) MiB written; anonymous RSS growth without watchers \(growthA / 1024) MiB, with two stalled watchers \(growthB / 1024) MiB (peak \(peakB / 1024) MiB); slow watchers \(slow)")
