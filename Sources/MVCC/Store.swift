@@ -27,6 +27,15 @@ public final class MVCCStore: @unchecked Sendable {
         public var watchCatchUpBatch: Int64 = 1000
         /// Buffered responses per `WatchStream` before its watchers are parked as victims.
         public var watchStreamBuffer = 128
+        /// Approximate event bytes (keys and values) buffered per `WatchStream` before its
+        /// watchers are parked as victims; one response is always accepted into an empty
+        /// buffer, so a stream pins at most this plus one response and one parked response
+        /// per watcher.
+        public var watchStreamBufferBytes = 4 << 20
+        /// Approximate event bytes read from the backend per watch catch-up step: the step
+        /// ends at the first revision boundary past it (so it also bounds one catch-up
+        /// response).
+        public var watchCatchUpBytes = 2 << 20
         public init() {}
     }
 

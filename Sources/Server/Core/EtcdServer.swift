@@ -79,6 +79,8 @@ public final class EtcdServer: Sendable {
     let jwt: JWTTokens?
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
+    /// Maintenance.Snapshot streams open now, at most 4 (see `openSnapshot`).
+    public let snapshotStreams = SnapshotStreams(limit: 4)
     /// This member's Prometheus metrics (served at /metrics).
     public let metrics: ServerMetrics
     /// The member list (changed by applied conf changes).
@@ -240,6 +242,9 @@ public final class EtcdServer: Sendable {
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
                                 peers: transport, peerServer: peerServer, metrics: metrics, jwt: jwt)
+        transportBridge.raftStatus.withLock { [weak server] status in
+            status = { [weak server] in server.map { ($0.leaderID, $0.committedIndex) } ?? (0, 0) }
+        }
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),

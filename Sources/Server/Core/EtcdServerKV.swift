@@ -80,7 +80,7 @@ extension EtcdServer {
             throw EtcdError.internal("unexpected apply result")
         }
         if c.physical {
-            try await Task.detached { try job.run() }.value
+            try await HeavyWorkPool.shared.run { try job.run() }
         }
         return resp
     }
