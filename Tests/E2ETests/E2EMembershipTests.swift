@@ -20,6 +20,14 @@ struct E2EMembershipTests {
                 try await E2E.waitUntil("the learner has replicated k0", limit: .seconds(30)) {
                     try await m4.ctl("get", "k0", "--consistency=s").lines == ["k0", "v0"]
                 }
+                // The learner's attribute publish reaches the leader: every member lists its
+                // name and client URL, still as a learner.
+                for m in ms {
+                    try await E2E.waitUntil("m4's client URL listed on \(m.name)", limit: .seconds(20)) {
+                        try await m.ctl("member", "list").stdout
+                            .contains("\(id), started, m4, \(m4.peerURL), http://\(m4.endpoint), true")
+                    }
+                }
                 // A learner refuses writes and linearizable reads with etcd's text.
                 let put = try await m4.ctl("put", "k1", "v1")
                 #expect(put.status != 0)

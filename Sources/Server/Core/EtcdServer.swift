@@ -345,10 +345,12 @@ public final class EtcdServer: Sendable {
         }
     }
 
-    /// Proposes `request` and waits for its apply result.
-    func propose(_ request: Swetcd_Internal_InternalRequest) async throws -> ApplyResult {
+    /// Proposes `request` and waits for its apply result. A learner refuses client proposals;
+    /// `internalFromLearner` lets its own internal requests (its attribute publish) through:
+    /// Raft forwards them to the leader like any follower's.
+    func propose(_ request: Swetcd_Internal_InternalRequest, internalFromLearner: Bool = false) async throws -> ApplyResult {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
-        try refuseOnLearner()
+        if !internalFromLearner { try refuseOnLearner() }
         try await waitForLeader()
         var req = request
         let id = ids.next()
