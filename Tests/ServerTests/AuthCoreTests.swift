@@ -211,3 +211,28 @@ struct JWTTokenTests {
         }
     }
 }
+
+@Suite("Auth: simple tokens")
+struct SimpleTokenTests {
+    /// A token lives `--auth-token-ttl` after its last use; a password change or deletion of
+    /// its user, or disabling auth, ends it at once.
+    @Test func tokensExpireAndAreInvalidated() async throws {
+        let tokens = SimpleTokens(ttl: .milliseconds(200))
+        let a = tokens.issue(for: "alice"), b = tokens.issue(for: "bob")
+        #expect(a != b && a.contains("."))
+        #expect(tokens.user(of: a) == "alice" && tokens.user(of: b) == "bob")
+        #expect(tokens.user(of: "nope.1") == nil)
+        // Unused, it expires (bounded wait for the clock to pass the TTL).
+        let deadline = ContinuousClock.now + .seconds(10)
+        while tokens.user(of: a) != nil, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(tokens.user(of: a) == nil, "an unused token outlived its TTL")
+        let c = tokens.issue(for: "carol"), d = tokens.issue(for: "carol")
+        tokens.invalidate(user: "carol")
+        #expect(tokens.user(of: c) == nil && tokens.user(of: d) == nil)
+        let e = tokens.issue(for: "erin")
+        tokens.invalidateAll()
+        #expect(tokens.user(of: e) == nil)
+    }
+}
