@@ -33,15 +33,29 @@ enum E2E {
     /// Whether the tests can run at all (the binaries exist).
     static var available: Bool { swetcdPath != nil && etcdctlPath != nil }
 
-    /// A loopback TCP port nobody listens on right now.
+    /// A loopback TCP port nobody listens on right now, below the kernel's ephemeral range:
+    /// members restart on their ports, and an outgoing connection (whose local port comes from
+    /// the ephemeral range) could otherwise hold a stopped member's port ("address already in
+    /// use" at its restart).
     static func freePort() throws -> Int {
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+            .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) } ?? []
+        let low = range.first ?? 32768
+        for _ in 0..<200 where low > 12000 {
+            if let port = try? bindable(Int.random(in: 10000..<(low - 1))) { return port }
+        }
+        return try bindable(0)
+    }
+
+    /// Binds `port` (0: any) on 127.0.0.1 and releases it; returns the port, or throws if taken.
+    static func bindable(_ port: Int) throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw E2EError("socket() failed") }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
+        addr.sin_port = UInt16(port).bigEndian
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p in

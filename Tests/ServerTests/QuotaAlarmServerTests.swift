@@ -39,13 +39,30 @@ private func waitFor(_ what: String, limit: Duration = .seconds(60), _ condition
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range: a member
+/// restarted on it later must find it free, and the ephemeral range is where every outgoing
+/// connection of the tests running in parallel takes its local port (one took a stopped
+/// member's port once, and its restart failed to bind).
 private func freePort() throws -> Int {
+    let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+        .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) } ?? []
+    let low = range.first ?? 32768
+    var rng = SystemRandomNumberGenerator()
+    for _ in 0..<200 {
+        let candidate = low > 12000 ? Int.random(in: 10000..<(low - 1), using: &rng) : 0
+        if let port = try? bindable(candidate) { return port }
+    }
+    return try bindable(0)
+}
+
+/// Binds `port` (0: any) on 127.0.0.1 and releases it; returns the port, or throws if taken.
+private func bindable(_ port: Int) throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw ServerStartError("socket() failed") }
     defer { close(fd) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = UInt16(port).bigEndian
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
     let ok = withUnsafeMutablePointer(to: &addr) {
