@@ -23,6 +23,12 @@ public struct ClientPortConfiguration: Sendable {
     /// without ALPN the first bytes decide, as in plaintext. The context should offer both
     /// protocols (`applicationProtocols = ["h2", "http/1.1"]`).
     public var tls: NIOSSLContext?
+    /// When set, asked for the TLS context of each new connection instead of `tls` (certificate
+    /// rotation: the source rebuilds it when the files change).
+    public var tlsProvider: (@Sendable () -> NIOSSLContext)?
+    /// With TLS: a handler run after the handshake (checks the client certificate's name and
+    /// records its CN), or nil.
+    var certificateHandler: (@Sendable () -> ClientCertificateHandler)?
     /// The largest gRPC request message accepted (etcd: `--max-request-bytes` + 512 KiB).
     public var maxReceiveMessageBytes: Int
     /// The largest HTTP/1.1 request body accepted (larger: 413).
@@ -267,9 +273,17 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                 idleTimeout: TimeAmount(configuration.httpIdleTimeout),
                 readTimeout: TimeAmount(configuration.httpReadTimeout)
             ),
-            usesTLS: configuration.tls != nil
+            usesTLS: configuration.tls != nil || configuration.tlsProvider != nil
         )
-        let tls = configuration.tls
+        let tls: (@Sendable () -> NIOSSLContext)?
+        if let provider = configuration.tlsProvider {
+            tls = provider
+        } else if let fixed = configuration.tls {
+            tls = { fixed }
+        } else {
+            tls = nil
+        }
+        let certificateHandler = configuration.certificateHandler
         let sniffTimeout = TimeAmount(configuration.protocolDetectionTimeout)
         let admission = ConnectionAdmission(limit: configuration.maxConnections)
 
@@ -289,7 +303,8 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                         return
                     }
                     child.closeFuture.whenComplete { _ in admission.release() }
-                    try Self.initialize(child: child, tls: tls, starter: starter, sniffTimeout: sniffTimeout)
+                    try Self.initialize(child: child, tls: tls?(), certificateHandler: certificateHandler?(),
+                                        starter: starter, sniffTimeout: sniffTimeout)
                 }
             }
 
@@ -322,6 +337,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
     static func initialize(
         child: any Channel,
         tls: NIOSSLContext?,
+        certificateHandler: ClientCertificateHandler? = nil,
         starter: ConnectionStarter,
         sniffTimeout: TimeAmount
     ) throws {
@@ -331,6 +347,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             return
         }
         try sync.addHandler(NIOSSLServerHandler(context: tls))
+        if let certificateHandler { try sync.addHandler(certificateHandler) }
         try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
             switch result {
             case .negotiated("h2"):
