@@ -18,21 +18,24 @@ struct TLSFixture {
             subjectAltName=IP:127.0.0.1,DNS:localhost
             extendedKeyUsage=serverAuth
             """.utf8))
-        FileManager.default.createFile(atPath: dir + "/client.ext", contents: Data("""
-            subjectAltName=DNS:client.example
-            extendedKeyUsage=clientAuth
-            """.utf8))
     }
 
     /// Issues `<name>.pem` and `<name>.key` signed by `issuer` ("ca" or "other-ca").
     @discardableResult
-    func issue(_ name: String, cn: String, serial: Int, issuer: String = "ca", server: Bool = false, days: Int = 2) async throws -> (cert: String, key: String) {
+    func issue(_ name: String, cn: String, serial: Int, issuer: String = "ca", server: Bool = false, days: Int = 2,
+               clientDNS: String = "client.example") async throws -> (cert: String, key: String) {
         let cert = "\(dir)/\(name).pem", key = "\(dir)/\(name).key", csr = "\(dir)/\(name).csr"
+        if !server {
+            FileManager.default.createFile(atPath: "\(dir)/\(name).ext", contents: Data("""
+                subjectAltName=DNS:\(clientDNS)
+                extendedKeyUsage=clientAuth
+                """.utf8))
+        }
         try await openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                            "-keyout", key, "-out", csr, "-subj", "/CN=\(cn)"])
         try await openssl(["x509", "-req", "-in", csr, "-CA", "\(dir)/\(issuer).pem", "-CAkey", "\(dir)/\(issuer).key",
                            "-set_serial", "\(serial)", "-days", "\(days)", "-out", cert,
-                           "-extfile", dir + (server ? "/server.ext" : "/client.ext")])
+                           "-extfile", dir + (server ? "/server.ext" : "/\(name).ext")])
         return (cert, key)
     }
 
@@ -202,6 +205,34 @@ struct E2ETLSTests {
             // A token wins over the certificate (alice's password on root's certificate).
             let withToken = try await etcdctl(https, fx.ctlFlags("root") + ["--user", "alice:alicepw", "user", "list"])
             #expect(withToken.stderr.contains("etcdserver: permission denied"), "\(withToken)")
+        }
+    }
+
+    @Test func allowedHostnameAndTLSVersionsAreEnforced() async throws {
+        let fx = try await TLSFixture()
+        defer { fx.cleanUp() }
+        let server = try await fx.issue("server", cn: "server", serial: 1, server: true)
+        try await fx.issue("named", cn: "c1", serial: 2, clientDNS: "client.example")
+        try await fx.issue("misnamed", cn: "c2", serial: 3, clientDNS: "other.example")
+        try await Self.withTLSMember(fx, plainPort: try E2E.freePort(), extra: [
+            "--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", fx.ca, "--client-cert-auth",
+            "--client-cert-allowed-hostname", "client.example", "--tls-min-version", "TLS1.3",
+        ]) { _, https in
+            let quick = ["--dial-timeout=2s", "--command-timeout=3s"]
+            try await E2E.waitUntil("member serves over TLS") {
+                try await etcdctl(https, fx.ctlFlags("named") + quick + ["put", "k", "v"]).status == 0
+            }
+            // A trusted certificate without the allowed hostname is refused.
+            #expect(try await etcdctl(https, fx.ctlFlags("misnamed") + quick + ["get", "k"]).status != 0)
+            // TLS 1.2 is refused below --tls-min-version TLS1.3; 1.3 is served.
+            func curl(_ cert: String, _ extra: [String]) async throws -> CommandOutput {
+                try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--http1.1", "--cacert", fx.ca, "--cert", "\(fx.dir)/\(cert).pem",
+                                                    "--key", "\(fx.dir)/\(cert).key"] + extra + ["\(https)/health"])
+            }
+            #expect(try await curl("named", ["--tlsv1.3"]).stdout.contains(#""health":"true""#))
+            let old = try await curl("named", ["--tlsv1.2", "--tls-max", "1.2"])
+            #expect(old.status != 0 && !old.stdout.contains("health"), "\(old)")
+            #expect(!(try await curl("misnamed", []).stdout.contains("health")))
         }
     }
 
