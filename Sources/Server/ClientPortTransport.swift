@@ -19,7 +19,7 @@ public struct ClientPortConfiguration: Sendable {
 
     /// Where to listen.
     public var address: Address
-    /// TLS for the port, or nil for plaintext. ALPN `h2` selects gRPC, `http/1.1` selects HTTP;
+    /// TLS for the port, or nil for plaintext. ALPN `h2` selects gRPC; with `http/1.1` or
     /// without ALPN the first bytes decide, as in plaintext. The context should offer both
     /// protocols (`applicationProtocols = ["h2", "http/1.1"]`).
     public var tls: NIOSSLContext?
@@ -352,9 +352,8 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             switch result {
             case .negotiated("h2"):
                 return starter.startGRPC(on: channel)
-            case .negotiated("http/1.1"):
-                return channel.eventLoop.makeCompletedFuture { try starter.startHTTP(on: channel) }
             default:
+                // http/1.1 or none: the first bytes decide (an HTTP/2 preface means gRPC).
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ProtocolSniffer(starter: starter, timeout: sniffTimeout)

@@ -82,7 +82,11 @@ final class ClientTLSContextSource: Sendable {
             certificateChain: try NIOSSLCertificate.fromPEMFile(settings.certFile).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: settings.keyFile, format: .pem))
         )
-        tls.applicationProtocols = ["h2", "http/1.1"]
+        // HTTP/1.1 first: HTTP clients (curl, browsers, Go's net/http) offer both and get the
+        // HTTP routes, whose server speaks HTTP/1.1 only; gRPC clients offer h2 alone (grpc-go)
+        // or with grpc-exp, and get h2. A connection that negotiated http/1.1 but sends the
+        // HTTP/2 preface is still recognised as gRPC by the sniffer.
+        tls.applicationProtocols = ["http/1.1", "h2"]
         tls.minimumTLSVersion = min
         tls.maximumTLSVersion = max
         if !ciphers.isEmpty { tls.cipherSuiteValues = ciphers }
