@@ -237,6 +237,28 @@ struct E2ETLSTests {
         }
     }
 
+    @Test func cipherSuitesLimitTLS12() async throws {
+        let fx = try await TLSFixture()
+        defer { fx.cleanUp() }
+        let server = try await fx.issue("server", cn: "server", serial: 1, server: true)
+        try await Self.withTLSMember(fx, plainPort: try E2E.freePort(), extra: [
+            "--cert-file", server.cert, "--key-file", server.key,
+            "--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "--tls-max-version", "TLS1.2",
+        ]) { _, https in
+            func curl(_ extra: [String]) async throws -> CommandOutput {
+                try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca] + extra + ["\(https)/health"])
+            }
+            try await E2E.waitUntil("member serves over TLS") {
+                try await curl(["--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"]).stdout.contains(#""health":"true""#)
+            }
+            let other = try await curl(["--ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"])
+            #expect(other.status != 0 && !other.stdout.contains("health"), "\(other)")
+            // TLS 1.3 is above --tls-max-version.
+            let tls13 = try await curl(["--tlsv1.3"])
+            #expect(tls13.status != 0 && !tls13.stdout.contains("health"), "\(tls13)")
+        }
+    }
+
     @Test func autoTLSGeneratesACertificate() async throws {
         let fx = try await TLSFixture()
         defer { fx.cleanUp() }
