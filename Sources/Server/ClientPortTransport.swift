@@ -347,6 +347,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             return
         }
         try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(TLSHandshakeDeadline(timeout: sniffTimeout))
         if let certificateHandler { try sync.addHandler(certificateHandler) }
         try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
             switch result {
@@ -361,6 +362,49 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                 }
             }
         })
+    }
+}
+
+/// Closes a TLS connection whose handshake is not complete within `timeout` (the protocol
+/// detection timeout), so a client that connects and stays silent, or stalls mid-handshake,
+/// holds nothing for long; removes itself once the handshake is done.
+final class TLSHandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    let timeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        guard deadline == nil else { return }
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted? = event as? TLSUserEvent {
+            deadline?.cancel()
+            deadline = nil
+            context.fireUserInboundEventTriggered(event)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        context.fireChannelInactive()
     }
 }
 
