@@ -196,12 +196,27 @@ enum SelfSignedCertificate {
 final class ClientCertificateNames: Sendable {
     static let shared = ClientCertificateNames()
     private let names = Mutex<[String: String]>([:])
+    /// Entries held, read without the lock so calls on plaintext ports skip it.
+    private let count = Atomic<Int>(0)
 
     static func key(remote: String, local: String) -> String { remote + "|" + local }
 
-    func set(_ name: String, for key: String) { names.withLock { $0[key] = name } }
-    func remove(_ key: String) { _ = names.withLock { $0.removeValue(forKey: key) } }
-    func name(for key: String) -> String? { names.withLock { $0[key] } }
+    func set(_ name: String, for key: String) {
+        names.withLock {
+            if $0.updateValue(name, forKey: key) == nil { count.wrappingAdd(1, ordering: .relaxed) }
+        }
+    }
+
+    func remove(_ key: String) {
+        names.withLock {
+            if $0.removeValue(forKey: key) != nil { count.wrappingSubtract(1, ordering: .relaxed) }
+        }
+    }
+
+    func name(for key: String) -> String? {
+        guard count.load(ordering: .relaxed) > 0 else { return nil }
+        return names.withLock { $0[key] }
+    }
 
     /// gRPC's address spelling (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`, `unix:/path`).
     static func describe(_ address: SocketAddress?, fallback: SocketAddress?) -> String {
