@@ -271,6 +271,14 @@ struct E2ETLSTests {
             // The generated certificate verifies for 127.0.0.1 when trusted as its own CA.
             let out = try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--http1.1", "--cacert", cert, "\(https)/version"])
             #expect(out.stdout.contains("etcdserver"), "\(out)")
+            // A restart reuses it (as etcd), so clients that pinned it keep working.
+            let before = try String(contentsOfFile: cert, encoding: .utf8)
+            #expect(try await m.stop() == 0)
+            try await m.start()
+            #expect(try String(contentsOfFile: cert, encoding: .utf8) == before)
+            try await E2E.waitUntil("member serves over TLS after restart") {
+                try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", cert, "\(https)/version"]).stdout.contains("etcdserver")
+            }
         }
     }
 

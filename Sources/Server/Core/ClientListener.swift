@@ -73,7 +73,7 @@ public final class ClientListener: Sendable {
                                                       validityYears: cfg.selfSignedCertValidity)
             settings.certFile = made.cert
             settings.keyFile = made.key
-            logger.info("generated a self-signed client certificate (--auto-tls)", metadata: ["cert-file": "\(made.cert)"])
+            logger.info("client TLS with a self-signed certificate (--auto-tls)", metadata: ["cert-file": "\(made.cert)"])
         } else if settings.autoTLS {
             logger.warning("ignoring client auto TLS since certs given")
         }

@@ -142,10 +142,15 @@ final class ClientTLSContextSource: Sendable {
     }
 }
 
-/// `--auto-tls`: a self-signed certificate and key made at start in `<data-dir>/fixtures/client`
-/// (as etcd), valid `--self-signed-cert-validity` years for the listen hosts.
+/// `--auto-tls`: a self-signed certificate and key in `<data-dir>/fixtures/client` (as etcd),
+/// made at the first start, valid `--self-signed-cert-validity` years for the listen hosts, and
+/// reused by later starts while both files exist.
 enum SelfSignedCertificate {
     static func make(directory: String, hosts: [String], validityYears: UInt64) throws -> (cert: String, key: String) {
+        let certPath = directory + "/cert.pem", keyPath = directory + "/key.pem"
+        if FileManager.default.fileExists(atPath: certPath) && FileManager.default.fileExists(atPath: keyPath) {
+            return (certPath, keyPath)
+        }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         let key = P256.Signing.PrivateKey()
@@ -172,7 +177,6 @@ enum SelfSignedCertificate {
             },
             issuerPrivateKey: .init(key)
         )
-        let certPath = directory + "/cert.pem", keyPath = directory + "/key.pem"
         let certPEM = try certificate.serializeAsPEM().pemString
         guard FileManager.default.createFile(atPath: keyPath, contents: Data(key.pemRepresentation.utf8), attributes: [.posixPermissions: 0o600]),
               FileManager.default.createFile(atPath: certPath, contents: Data(certPEM.utf8), attributes: [.posixPermissions: 0o644]) else {
