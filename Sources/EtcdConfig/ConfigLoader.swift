@@ -398,6 +398,9 @@ public enum ConfigLoader {
         if !client.isEmpty && !clientTLS {
             out.append("TLS flags \(client.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-client-urls URL is http://")
         }
+        if clientTLS && c.clientTLS.clientCertAuth && c.clientTLS.trustedCAFile.isEmpty {
+            out.append("--client-cert-auth without --trusted-ca-file: client certificates are verified against the system's CA certificates; give --trusted-ca-file to trust only your CA")
+        }
         if !peer.isEmpty && !peerTLS {
             out.append("TLS flags \(peer.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-peer-urls URL is http:// (and TLS is not supported yet)")
         }
