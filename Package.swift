@@ -112,6 +112,7 @@ let package = Package(
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
             "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",

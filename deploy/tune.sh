@@ -73,7 +73,12 @@ if [ -z "$pids" ]; then
   echo "tune.sh: no swetcd process found (give --pid); skipping ionice" >&2
 else
   for pid in $pids; do
-    run ionice -c2 -n0 -p "$pid"
+    # Every thread: the WAL fsyncs run on swetcd's Raft thread, not the main one, and an I/O
+    # priority belongs to a thread. A pid without /proc/PID/task (gone) gets one line.
+    tids=$(ls "/proc/$pid/task" 2>/dev/null || true)
+    for tid in ${tids:-$pid}; do
+      run ionice -c2 -n0 -p "$tid"
+    done
   done
 fi
 

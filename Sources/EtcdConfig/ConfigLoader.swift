@@ -328,7 +328,7 @@ public enum ConfigLoader {
         let tokenType = c.authToken.split(separator: ",", maxSplits: 1).first.map(String.init) ?? ""
         switch tokenType {
         case "simple": break
-        case "jwt": throw ConfigError("--auth-token jwt: JWT tokens are not supported yet; use --auth-token simple")
+        case "jwt": break  // its options and key files are checked when the server starts
         default: throw ConfigError("--auth-token \(c.authToken): unknown token type (simple or jwt)")
         }
         let autoCompaction = try AutoCompaction(mode: c.autoCompactionMode, retention: c.autoCompactionRetention)
@@ -345,9 +345,6 @@ public enum ConfigLoader {
     static func refuseUnsupported(_ c: ServerConfig) throws {
         func refuse(_ flag: String, _ why: String) throws -> Never {
             throw ConfigError("\(flag) is not supported by swetcd yet: \(why)")
-        }
-        if c.forceNewCluster {
-            try refuse("--force-new-cluster", "restore a snapshot with 'swetcdutl snapshot restore' into a new data directory to start a one-member cluster from existing data")
         }
         if !c.listenClientHTTPURLs.isEmpty {
             try refuse("--listen-client-http-urls", "every --listen-client-urls port already serves both gRPC and HTTP; remove the flag")

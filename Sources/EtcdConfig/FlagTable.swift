@@ -193,7 +193,7 @@ public enum FlagTable {
         f.append(uint("max-learners", 1, "Maximum number of learner members in the cluster.", range: 1...maxCount) { $0.maxLearners = $1 })
         f.append(uint("experimental-max-learners", 1, "Alias of --max-learners (etcd 3.5 name).", range: 1...maxCount) { $0.maxLearners = $1 })
         f.append(bool("auto-promote-learners", false, "swetcd: promote a learner as soon as it is in sync with the leader.") { $0.autoPromoteLearners = $1 })
-        f.append(bool("force-new-cluster", false, "Not supported yet (refused when true); restore a snapshot with swetcdutl instead.") { $0.forceNewCluster = $1 })
+        f.append(bool("force-new-cluster", false, "Force to create a new one member cluster (keeps the data; the other members are removed from the log).") { $0.forceNewCluster = $1 })
 
         // Security
         f.append(string("cert-file", "", "Path to the client server TLS cert file.") { $0.clientTLS.certFile = $1 })

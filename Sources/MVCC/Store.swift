@@ -27,6 +27,15 @@ public final class MVCCStore: @unchecked Sendable {
         public var watchCatchUpBatch: Int64 = 1000
         /// Buffered responses per `WatchStream` before its watchers are parked as victims.
         public var watchStreamBuffer = 128
+        /// Approximate event bytes (keys and values) buffered per `WatchStream` before its
+        /// watchers are parked as victims; one response is always accepted into an empty
+        /// buffer, so a stream pins at most this plus one response and one parked response
+        /// per watcher.
+        public var watchStreamBufferBytes = 4 << 20
+        /// Approximate event bytes read from the backend per watch catch-up step: the step
+        /// ends at the first revision boundary past it (so it also bounds one catch-up
+        /// response).
+        public var watchCatchUpBytes = 2 << 20
         public init() {}
     }
 
@@ -37,7 +46,9 @@ public final class MVCCStore: @unchecked Sendable {
     var index = OrderedKeyMap()
     /// An empty keyspace is at revision 1, as etcd's is, so the first change is revision 2.
     var currentRev: Int64 = 1
-    var compactMainRev: Int64 = 0
+    /// The revision of the last compaction; -1 before the first, as in etcd (which reports it
+    /// in HashKV and its compact-revision gauge). A compaction to 0 is possible once.
+    var compactMainRev: Int64 = -1
     var leaseHooks: MVCCLeaseHooks?
     /// Set when a write failed half-way (see `MVCCError.stopped`).
     var failure: String?
@@ -59,7 +70,7 @@ public final class MVCCStore: @unchecked Sendable {
 
     /// The revision of the last change.
     public var currentRevision: Int64 { lock.withReadLock { currentRev } }
-    /// The revision of the last compaction (0 if none).
+    /// The revision of the last compaction (-1 if none).
     public var compactRevision: Int64 { lock.withReadLock { compactMainRev } }
     /// Number of keys in the index (live or with retained history).
     public var indexedKeys: Int { lock.withReadLock { index.count } }
@@ -84,8 +95,8 @@ public final class MVCCStore: @unchecked Sendable {
     // MARK: restore
 
     private func restore() throws -> (scheduled: Int64, finished: Int64) {
-        func metaInt(_ r: BackendReader, _ k: [UInt8]) throws -> Int64 {
-            guard let v = try r.get(.meta, key: k) else { return 0 }
+        func metaInt(_ r: BackendReader, _ k: [UInt8], missing: Int64 = 0) throws -> Int64 {
+            guard let v = try r.get(.meta, key: k) else { return missing }
             guard let n = BigEndian.uint64(v) else { throw MVCCError.corrupt("meta \(String(decoding: k, as: UTF8.self))") }
             return Int64(bitPattern: n)
         }
@@ -104,8 +115,9 @@ public final class MVCCStore: @unchecked Sendable {
                     currentRev = max(currentRev, rev.main)
                     return true
                 }
-                let scheduled = try metaInt(r, MVCCStore.scheduledCompactKey)
-                let finished = try metaInt(r, MVCCStore.finishedCompactKey)
+                // -1 when absent: never compacted (a compaction to 0 is recorded as 0).
+                let scheduled = try metaInt(r, MVCCStore.scheduledCompactKey, missing: -1)
+                let finished = try metaInt(r, MVCCStore.finishedCompactKey, missing: -1)
                 currentRev = max(currentRev, try metaInt(r, MVCCStore.currentRevKey), scheduled)
                 compactMainRev = max(scheduled, finished)
                 if compactMainRev > 0 { compactIndexLocked(compactMainRev) }

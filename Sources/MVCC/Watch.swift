@@ -19,6 +19,18 @@ public struct WatchResponse: Sendable, Equatable {
         self.compactRevision = compactRevision
         self.canceled = canceled
     }
+
+    /// Roughly the memory the response's events hold (keys and values), for buffer bounds.
+    public var approximateBytes: Int {
+        events.reduce(64) { $0 + $1.approximateBytes }
+    }
+}
+
+extension Event {
+    /// Roughly the memory the event holds (keys and values).
+    var approximateBytes: Int {
+        64 + kv.key.count + kv.value.count + (prevKv.map { 64 + $0.key.count + $0.value.count } ?? 0)
+    }
 }
 
 /// Options of one watch (etcd's WatchCreateRequest).
@@ -115,7 +127,8 @@ struct WatchGroups {
 extension MVCCStore {
     /// Opens a stream of watches; its responses are read with `next()` or `for await`.
     public func makeWatchStream() -> WatchStream {
-        WatchStream(store: self, capacity: max(1, options.watchStreamBuffer))
+        WatchStream(store: self, capacity: max(1, options.watchStreamBuffer),
+                    capacityBytes: max(1, options.watchStreamBufferBytes))
     }
 
     /// Watchers per group: (synced, unsynced, victims).
@@ -230,17 +243,27 @@ extension MVCCStore {
             minRev = min(minRev, w.minRev)
         }
         guard minRev != Int64.max else { return }
-        let upper = min(currentRev, minRev + max(1, options.watchCatchUpBatch) - 1)
+        var upper = min(currentRev, minRev + max(1, options.watchCatchUpBatch) - 1)
         var events: [Event] = []
         if minRev <= upper {
+            let byteLimit = max(1, options.watchCatchUpBytes)
+            var bytes = 0
+            let scanEnd = upper
             try backend.read { r in
-                try r.scan(.key, from: Revision(main: minRev).bucketKey(), to: Revision(main: upper + 1).bucketKey()) { k, v in
+                try r.scan(.key, from: Revision(main: minRev).bucketKey(), to: Revision(main: scanEnd + 1).bucketKey()) { k, v in
                     guard let (rv, tomb) = Revision.fromBucketKey(k) else {
                         throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
                     }
+                    // Past the byte budget: end the step at the last complete revision.
+                    if bytes >= byteLimit, let last = events.last, rv.main > last.kv.modRevision {
+                        upper = last.kv.modRevision
+                        return false
+                    }
                     var kv = try KeyValue.decode(v)
                     if tomb { kv = KeyValue(key: kv.key, modRevision: rv.main) }
-                    events.append(Event(type: tomb ? .delete : .put, kv: kv))
+                    let ev = Event(type: tomb ? .delete : .put, kv: kv)
+                    bytes += ev.approximateBytes
+                    events.append(ev)
                     return true
                 }
             }

@@ -12,8 +12,11 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
 
     let store: MVCCStore
     let capacity: Int
+    let capacityBytes: Int
     private let bufferLock = NSLock()
     private var buffer: [WatchResponse] = []
+    /// `approximateBytes` of the unread responses in `buffer`.
+    private var bufferedBytes = 0
     private var head = 0
     private var waiter: CheckedContinuation<WatchResponse?, Never>?
     private var closed = false
@@ -22,9 +25,10 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
     var watchers: [Int64: Watcher] = [:]
     private var nextID: Int64 = 0
 
-    init(store: MVCCStore, capacity: Int) {
+    init(store: MVCCStore, capacity: Int, capacityBytes: Int = .max) {
         self.store = store
         self.capacity = capacity
+        self.capacityBytes = capacityBytes
     }
 
     // MARK: consumer side
@@ -70,7 +74,9 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
     private func popLocked() -> (WatchResponse??, Bool) {
         if head < buffer.count {
             let r = buffer[head]
+            buffer[head] = WatchResponse(watchID: 0, events: [], revision: 0)
             head += 1
+            bufferedBytes -= r.approximateBytes
             if head > 64 && head * 2 > buffer.count {
                 buffer.removeFirst(head)
                 head = 0
@@ -88,6 +94,9 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
 
     /// Buffered responses not yet read.
     public var bufferedCount: Int { bufferLock.withLock { buffer.count - head } }
+
+    /// Approximate bytes of the buffered responses not yet read.
+    public var bufferedBytesCount: Int { bufferLock.withLock { bufferedBytes } }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let stream: WatchStream
@@ -108,12 +117,15 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
             w.resume(returning: r)
             return true
         }
-        if buffer.count - head >= capacity {
+        let size = r.approximateBytes
+        let pending = buffer.count - head
+        if pending >= capacity || (pending > 0 && bufferedBytes + size > capacityBytes) {
             overflowed = true
             bufferLock.unlock()
             return false
         }
         buffer.append(r)
+        bufferedBytes += size
         bufferLock.unlock()
         return true
     }
@@ -124,6 +136,7 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
             let before = buffer.count - head
             buffer = Array(buffer[head...]).filter { $0.watchID != watchID }
             head = 0
+            bufferedBytes = buffer.reduce(0) { $0 + $1.approximateBytes }
             guard overflowed, buffer.count < before else { return false }
             overflowed = false
             return true
@@ -194,6 +207,7 @@ public final class WatchStream: AsyncSequence, @unchecked Sendable {
         let w: CheckedContinuation<WatchResponse?, Never>? = bufferLock.withLock {
             closed = true
             buffer.removeAll()
+            bufferedBytes = 0
             head = 0
             defer { waiter = nil }
             return waiter

@@ -65,6 +65,8 @@ public final class Backend: @unchecked Sendable {
     var scopes = 0
     /// Copies running outside the lock.
     var copies = 0
+    /// Copies streamed to a reader (`openCopyStream`), aborted when the map must grow.
+    var copyStreams: [ObjectIdentifier: BackendCopyStream] = [:]
     var lmdb: LMDBEnv?
     /// Idle (reset) read transactions for reuse, and the number of reads running.
     var readers: [LMDBReadTxn] = []
@@ -236,7 +238,9 @@ public final class Backend: @unchecked Sendable {
             let rc = Backend.write(buffer, to: e)
             if rc == MDB_SUCCESS { break }
             if rc == MDB_MAP_FULL {
-                // LMDB resizes only with no transaction open in the process.
+                // LMDB resizes only with no transaction open in the process. A streamed
+                // copy goes at its reader's pace, which may be never: abort those.
+                abortCopyStreamsLocked()
                 while copies > 0 || activeReads > 0 { lock.wait() }
                 // A defragmentation may have swapped the env while this waited: then the
                 // batch goes to the new one (it was not recorded for replay).
@@ -407,6 +411,9 @@ public final class Backend: @unchecked Sendable {
             guard lmdb != nil else { return }
             waitForScopes()
             try commitLocked()
+            // Streamed copies end with an error (each keeps the old env open until its
+            // thread is done).
+            abortCopyStreamsLocked()
             while activeReads > 0 { lock.wait() }
             readers.removeAll()
             lmdb = nil

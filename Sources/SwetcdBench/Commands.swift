@@ -12,17 +12,37 @@ struct PutCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var keyOptions: KeyOptions
 
+    @Option(help: "NAME:PASSWORD: authenticate on each connection's member (auth enabled) and send its token.")
+    var user: String?
+
+    func validate() throws {
+        if let user, !user.contains(":") { throw ValidationError("--user must be NAME:PASSWORD") }
+    }
+
     func run() async throws {
         let keys = keyOptions.keys
         let value = Array(repeating: UInt8(ascii: "v"), count: keyOptions.valSize)
         let total = keyOptions.total
         let pool = try ConnectionPool(endpoints: try connection.parsedEndpoints(), count: connection.conns)
+        let user = self.user
         let (result, secs) = try await pool.run { pool in
-            try await runClosedLoop(clients: connection.clients, total: total, pool: pool) { _, n, grpc in
+            // Tokens are per member: one per connection.
+            var tokens: [Metadata] = Array(repeating: [:], count: pool.clients.count)
+            if let user, let colon = user.firstIndex(of: ":") {
+                var auth = Etcdserverpb_AuthenticateRequest()
+                auth.name = String(user[..<colon])
+                auth.password = String(user[user.index(after: colon)...])
+                for (i, c) in pool.clients.enumerated() {
+                    let token = try await Etcdserverpb_Auth.Client(wrapping: c).authenticate(auth).token
+                    tokens[i] = ["token": .string(token)]
+                }
+            }
+            let metadata = tokens
+            return try await runClosedLoop(clients: connection.clients, total: total, pool: pool) { c, n, grpc in
                 var req = Etcdserverpb_PutRequest()
                 req.key = Data(keys.key(forRequest: n))
                 req.value = Data(value)
-                _ = try await Etcdserverpb_KV.Client(wrapping: grpc).put(req)
+                _ = try await Etcdserverpb_KV.Client(wrapping: grpc).put(req, metadata: metadata[c % metadata.count])
                 return true
             }
         }

@@ -14,11 +14,13 @@ enum ExitCode {
     static let config: Int32 = 1
     /// The member stopped on an unrecoverable runtime error (storage failure): a restart may help.
     static let fatal: Int32 = 2
+    /// The member was removed from its cluster (now, or before this start): never restart it.
+    static let removed: Int32 = 3
 }
 
-func fail(_ message: String) -> Never {
+func fail(_ message: String, code: Int32 = ExitCode.config) -> Never {
     FileHandle.standardError.write(Data("swetcd: \(message)\n".utf8))
-    exit(1)
+    exit(code)
 }
 
 let outcome: LoadOutcome
@@ -81,7 +83,7 @@ do {
     server = try await EtcdServer.start(loaded, logger: logger)
 } catch {
     logger.critical("failed to start", metadata: ["error": "\(error)"])
-    fail("\(error)")
+    fail("\(error)", code: (error as? ServerStartError)?.memberRemoved == true ? ExitCode.removed : ExitCode.config)
 }
 let listener: ClientListener
 do {
@@ -131,6 +133,7 @@ stopOnSignal.cancel()
 stopOnRemoval.cancel()
 stopOnFatal.cancel()
 if server.fatal.isFired { exitCode = ExitCode.fatal }
+if server.removal.isFired { exitCode = ExitCode.removed }
 systemd.stopping()
 await server.stop()
 systemd.finish()

@@ -54,7 +54,6 @@ struct E2EConfigTests {
             (["--auto-compaction-retention=9223372036854775807"], "auto-compaction-retention"),
             (["--grpc-keepalive-interval=-1s"], "--grpc-keepalive-interval"),
             (["--snapshot-count=99999999999999999999"], "--snapshot-count"),
-            (["--force-new-cluster"], "--force-new-cluster"),
             (["--listen-client-http-urls=http://127.0.0.1:1"], "--listen-client-http-urls"),
             (["--listen-metrics-urls=https://127.0.0.1:1"], "--listen-metrics-urls"),
         ]

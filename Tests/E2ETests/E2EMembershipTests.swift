@@ -20,6 +20,14 @@ struct E2EMembershipTests {
                 try await E2E.waitUntil("the learner has replicated k0", limit: .seconds(30)) {
                     try await m4.ctl("get", "k0", "--consistency=s").lines == ["k0", "v0"]
                 }
+                // The learner's attribute publish reaches the leader: every member lists its
+                // name and client URL, still as a learner.
+                for m in ms {
+                    try await E2E.waitUntil("m4's client URL listed on \(m.name)", limit: .seconds(20)) {
+                        try await m.ctl("member", "list").stdout
+                            .contains("\(id), started, m4, \(m4.peerURL), http://\(m4.endpoint), true")
+                    }
+                }
                 // A learner refuses writes and linearizable reads with etcd's text.
                 let put = try await m4.ctl("put", "k1", "v1")
                 #expect(put.status != 0)
@@ -60,10 +68,13 @@ struct E2EMembershipTests {
                 try await E2E.waitUntil("m4 removed", limit: .seconds(20)) {
                     try await ms[0].ctl("member", "remove", id).status == 0
                 }
+                // Exit status 3 ("removed": the unit's RestartPreventExitStatus), at once and
+                // again when started once more.
                 let status = try await try #require(m4.child).waitExit(limit: .seconds(20))
-                #expect(status == 0)
+                #expect(status == 3)
                 #expect(m4.child?.stderr.contains("the member has been permanently removed from the cluster") == true)
                 await #expect(throws: E2EError.self) { try await m4.start() }
+                #expect(m4.exitStatus == 3)
                 #expect(try await ms[1].ctl("member", "list").lines.count == 3)
             } catch {
                 Issue.record("m4 log tail: \((m4.child?.stderr ?? "").suffix(3000))")

@@ -85,6 +85,9 @@ struct E2EQuotaTests {
                 try await m.ctl("get", "a", "--rev=\(old)").stderr.contains("required revision has been compacted")
             }
             #expect(try await m.ctl("get", "a").lines == ["a", "2"])
+            // HashKV reports the compaction (etcdctl omits the field while it is 0).
+            let hashKV = try await m.ctl("endpoint", "hashkv", "-w", "json").stdout
+            #expect((E2ESingleMemberTests.number("compact_revision", hashKV) ?? 0) >= old, "\(hashKV)")
             let log = m.child?.stderr ?? ""
             #expect(log.contains("\"completed auto periodic compaction\""), "\(log.suffix(2000))")
             let metrics = try await http(m, "/metrics")

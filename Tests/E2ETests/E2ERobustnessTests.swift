@@ -96,3 +96,38 @@ func runTool(_ path: String, _ args: [String]) throws -> Int32 {
     p.waitUntilExit()
     return p.terminationStatus
 }
+
+extension E2ERobustnessTests {
+    /// etcd's disaster recovery: every member but one is lost; `--force-new-cluster` restarts
+    /// the survivor as a one-member cluster with all its data, and it stays one after a plain
+    /// restart.
+    @Test func forceNewClusterKeepsTheDataOfTheSurvivor() async throws {
+        try await Member.withCluster(3) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "k0", "v0").status == 0
+            }
+            for i in 1...20 { #expect(try await ms[i % 3].ctl("put", "k\(i)", "v\(i)").lines == ["OK"]) }
+            for m in ms { #expect(try await m.stop() == 0) }
+            // Only the third member comes back, forced into a cluster of its own.
+            let survivor = ms[2]
+            survivor.extraArgs += ["--force-new-cluster"]
+            try await survivor.start()
+            try await E2E.waitUntil("the survivor leads alone", limit: .seconds(20)) {
+                try await survivor.ctl("put", "after", "force").status == 0
+            }
+            #expect(survivor.stderrText.contains("forcing a new one-member cluster"))
+            let list = try await survivor.ctl("member", "list")
+            #expect(list.lines.count == 1 && list.stdout.contains(survivor.name), "member list: \(list.stdout)")
+            #expect(try await survivor.ctl("get", "k", "--prefix", "--keys-only").lines.count == 21)
+            // A plain restart keeps the one-member configuration.
+            survivor.extraArgs.removeAll { $0 == "--force-new-cluster" }
+            #expect(try await survivor.stop() == 0)
+            try await survivor.start()
+            try await E2E.waitUntil("the survivor serves after a plain restart", limit: .seconds(20)) {
+                try await survivor.ctl("put", "again", "ok").status == 0
+            }
+            #expect(try await survivor.ctl("member", "list").lines.count == 1)
+            #expect(try await survivor.ctl("get", "k20").lines == ["k20", "v20"])
+        }
+    }
+}

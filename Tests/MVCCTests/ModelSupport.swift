@@ -22,7 +22,7 @@ func lexLess(_ a: [UInt8], _ b: [UInt8]) -> Bool { a.lexicographicallyPrecedes(b
 /// fail); it never changes what a read at or above it returns.
 final class Model {
     var rev: Int64 = 1   // an empty store is at revision 1, as etcd's
-    var compactRev: Int64 = 0
+    var compactRev: Int64 = -1
     /// Per key, its versions in revision order; nil marks a delete.
     var log: [[UInt8]: [(rev: Int64, kv: KeyValue?)]] = [:]
     var events: [Event] = []

@@ -251,6 +251,37 @@ import Testing
         #expect(try st.get("k0")?.createRevision == 2)
     }
 
+    /// etcd reports compact revision -1 until the first compaction (HashKV, its gauge); a
+    /// compaction to 0 is allowed once and then reported as 0, across restarts.
+    @Test func compactRevisionIsMinusOneUntilTheFirstCompaction() throws {
+        let fresh = StoreDir(), zero = StoreDir()
+        do {
+            let st = try fresh.open()
+            #expect(st.compactRevision == -1)
+            #expect(try st.hashKV().compactRevision == -1)
+            try st.put("a", "1")
+            #expect(try st.hashKV(revision: 1).compactRevision == -1)
+            try st.backend.close()
+        }
+        let reopened = try fresh.open()
+        #expect(reopened.compactRevision == -1)
+        #expect(try reopened.hashKV().compactRevision == -1)
+        do {
+            let st = try zero.open()
+            #expect(throws: MVCCError.compacted) { try st.compact(-1) }
+            try st.compact(0)
+            #expect(st.compactRevision == 0)
+            #expect(try st.hashKV().compactRevision == 0)
+            #expect(throws: MVCCError.compacted) { try st.compact(0) }
+            try st.backend.close()
+        }
+        let st = try zero.open()
+        #expect(st.compactRevision == 0)
+        #expect(throws: MVCCError.compacted) { try st.compact(0) }
+        try st.compact(1)
+        #expect(try st.hashKV().compactRevision == 1)
+    }
+
     @Test func interruptedCompactionFinishesOnRestart() throws {
         let dir = StoreDir()
         do {

@@ -122,6 +122,41 @@ func eventsOf(_ rs: [WatchResponse], id: Int64) -> [Event] {
         #expect(next?.watchID == id && next?.events.first?.kv.modRevision == 22)
     }
 
+    /// The stream's buffer is bounded in bytes too: a consumer that stops reading while
+    /// large values are written pins about `watchStreamBufferBytes` plus one parked response,
+    /// however much is written; catch-up responses are bounded by `watchCatchUpBytes`; and
+    /// once it reads again it gets every event once, in order.
+    @Test func bufferIsBoundedInBytesAndCatchUpStepsToo() throws {
+        let dir = StoreDir()
+        var o = MVCCStore.Options()
+        o.watchStreamBufferBytes = 256 * 1024
+        o.watchCatchUpBytes = 128 * 1024
+        let st = try dir.open(options: o)
+        let ws = st.makeWatchStream()
+        defer { ws.close() }
+        _ = try ws.watch(key: b("k"), rangeEnd: b("l"))
+        let value = String(repeating: "v", count: 64 * 1024)
+        for i in 0..<64 { try st.put("k\(i)", value) }   // 4 MiB, never blocks
+        #expect(ws.bufferedBytesCount <= 256 * 1024 + 70 * 1024)
+        #expect(ws.bufferedCount < 64)
+        #expect(st.watcherCounts.victims == 1)
+        var got: [Int64] = []
+        var rounds = 0
+        while got.count < 64 {
+            rounds += 1
+            try #require(rounds < 1000)
+            if let r = ws.poll() {
+                let bytes = r.events.reduce(0) { $0 + $1.kv.value.count }
+                #expect(bytes <= 128 * 1024 + 64 * 1024, "a catch-up response of \(bytes) bytes")
+                got += r.events.map(\.kv.modRevision)
+            } else {
+                try st.syncWatchers()
+            }
+        }
+        #expect(got == Array(2...65))
+        #expect(ws.bufferedBytesCount == 0)
+    }
+
     @Test func cancelStopsDeliveryAndPurgesBuffered() throws {
         let dir = StoreDir()
         let st = try dir.open()

@@ -141,6 +141,19 @@ struct TuneScriptTests {
         #expect(try tune(["--dry-run", "--pid", "4242", "--interface", "eth7"]).stdout == r.stdout)
     }
 
+    /// An I/O priority belongs to a thread: every thread of the process gets one (swetcd's WAL
+    /// fsyncs run on its Raft thread). This test process is multi-threaded.
+    @Test func everyThreadOfTheProcessGetsThePriority() throws {
+        let pid = getpid()
+        let tids = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+        let r = try tune(["--dry-run", "--pid", "\(pid)", "--interface", "lo"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let ionice = r.stdout.split(separator: "\n").filter { $0.hasPrefix("ionice") }.map(String.init)
+        #expect(tids.count > 1)
+        // Threads may come and go while the script runs; the main thread is always there.
+        #expect(ionice.count >= 2 && ionice.contains("ionice -c2 -n0 -p \(pid)"), "\(ionice)")
+    }
+
     @Test func customPortsAndRemove() throws {
         let r = try tune(["--dry-run", "--pid", "1", "--interface", "lo", "--peer-port", "12380", "--client-port", "12379"])
         #expect(r.stdout.contains("match ip dport 12380 0xffff flowid 1:1"))

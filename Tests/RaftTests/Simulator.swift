@@ -46,6 +46,7 @@ final class Simulation {
     var apps: [UInt64: App] = [:]
     var crashedUntil: [UInt64: Int] = [:]
     var inflight: [Pending] = []
+    var jointFocus = false
     var cuts: Set<[UInt64]> = []
     var healAt = 0
     /// Nodes removed from the cluster: the transport refuses their traffic from then on.
@@ -83,6 +84,13 @@ final class Simulation {
         let heartbeat = 1 + Int(rng.next() % 3)
         let maxSize: UInt64 = churn ? 1 : [1, 64, 1 << 20][Int(rng.next() % 3)]
         let inflights = 1 + Int(rng.next() % 8)
+        // Flow control varies per seed too: an uncommitted-size limit (proposals dropped) and an
+        // in-flight byte window, each off in half of the seeds.
+        let uncommitted: UInt64 = [0, 0, 64, 1 << 10][Int(rng.next() % 4)]
+        let inflightBytes: UInt64 = [0, 0, 1, 4][Int(rng.next() % 4)] * max(maxSize, 16)
+        // A third of the seeds spend much of their time in joint configurations, with elections
+        // forced while joint.
+        jointFocus = rng.next() % 3 == 0
         for id in ids {
             let s = MemoryStorage()
             try s.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: cs)))
@@ -94,6 +102,8 @@ final class Simulation {
             c.checkQuorum = checkQuorum
             c.maxSizePerMsg = maxSize
             c.maxInflightMsgs = inflights
+            c.maxUncommittedEntriesSize = uncommitted
+            c.maxInflightBytes = inflightBytes
             storages[id] = s
             configs[id] = c
             nodes[id] = try RaftNode(config: c, storage: s)
@@ -136,6 +146,7 @@ final class Simulation {
         if faults { try randomAction() }
         if faults && churn && chance(120) { partition() }
         if faults && churn && chance(300), let l = pick(leaders) { try propose(at: l.id) }
+        if faults { try disturbJointLeader() }
         try deliverDue()
         for id in liveIDs {
             guard let n = nodes[id] else { continue }
@@ -153,6 +164,8 @@ final class Simulation {
         case 250..<330:
             if let id = pick(liveIDs) { try read(at: id) }
         case 330..<345:
+            try membershipChange()
+        case 415..<(jointFocus ? 445 : 415):
             try membershipChange()
         case 345..<355:
             if let l = pick(leaders), let t = pick(l.membership.voters.sorted()) {
@@ -176,7 +189,19 @@ final class Simulation {
         nextData += 1
         var d: [UInt8] = []
         withUnsafeBytes(of: nextData.littleEndian) { d.append(contentsOf: $0) }
-        try event(id) { try n.propose(d) }
+        try event(id) {
+            do { try n.propose(d) } catch RaftError.proposalDropped {}
+        }
+    }
+
+    /// While a leader is in a joint configuration, sometimes cut it off or crash it, so that an
+    /// election runs under the joint rules (both majorities must agree).
+    func disturbJointLeader() throws {
+        guard let l = leaders.first(where: { $0.membership.isJoint }), chance(jointFocus ? 60 : 10) else { return }
+        if chance(300), crashedUntil.count < 2 { return crash(l.id) }
+        cuts = []
+        for b in ids where b != l.id { cuts.insert([l.id, b]); cuts.insert([b, l.id]) }
+        healAt = now + 5 + Int(rng.next() % 30)
     }
 
     func read(at id: UInt64) throws {
@@ -192,7 +217,8 @@ final class Simulation {
         guard let l = pick(leaders) else { return }
         let m = l.membership
         if m.isJoint {
-            if !m.autoLeave { try event(l.id) { try l.proposeConfChange(ConfChangeV2()) } }
+            // Leaving is proposed less often in joint-focused seeds: more time spent joint.
+            if !m.autoLeave && (!jointFocus || chance(250)) { try event(l.id) { try l.proposeConfChange(ConfChangeV2()) } }
             return
         }
         let fresh = ids.filter { !everMember.contains($0) && !retired.contains($0) }
@@ -210,8 +236,14 @@ final class Simulation {
         case 3:
             if voters.count > 3, let x = pick(voters) { changes = [.init(type: .addLearnerNode, nodeID: x)] }
         default:
-            // Joint consensus: swap a voter for a learner or fresh node, sometimes explicitly.
-            if let out = pick(voters), let inn = pick(learners + fresh) {
+            // Joint consensus: swap a voter (or two, so the incoming majority can be made of
+            // lagging nodes) for learners or fresh nodes, sometimes explicitly.
+            let candidates = learners + fresh
+            if voters.count >= 3, candidates.count >= 2, jointFocus || chance(300) {
+                let outs = Array(voters.shuffled(using: &rng).prefix(2)), ins = Array(candidates.shuffled(using: &rng).prefix(2))
+                changes = ins.map { .init(type: .addNode, nodeID: $0) } + outs.map { .init(type: .removeNode, nodeID: $0) }
+                transition = [.auto, .jointImplicit, .jointExplicit][Int(rng.next() % 3)]
+            } else if let out = pick(voters), let inn = pick(candidates) {
                 changes = [.init(type: .addNode, nodeID: inn), .init(type: .removeNode, nodeID: out)]
                 transition = [.auto, .jointImplicit, .jointExplicit][Int(rng.next() % 3)]
             }
@@ -219,11 +251,16 @@ final class Simulation {
         if changes.isEmpty { return }
         for c in changes where c.type != .removeNode { everMember.insert(c.nodeID) }
         let cc = ConfChangeV2(transition: transition, changes: changes)
-        try event(l.id) {
-            if changes.count == 1 && rng.next() % 2 == 0 {
-                try l.proposeConfChange(ConfChange(id: 1, type: changes[0].type, nodeID: changes[0].nodeID))
-            } else {
-                try l.proposeConfChange(cc)
+        // Sometimes proposed at another member (forwarded to the leader, or dropped).
+        let proposer = chance(250) ? pick(liveIDs).flatMap { nodes[$0] } ?? l : l
+        try event(proposer.id) {
+            do {
+                if changes.count == 1 && rng.next() % 2 == 0 {
+                    try proposer.proposeConfChange(ConfChange(id: 1, type: changes[0].type, nodeID: changes[0].nodeID))
+                } else {
+                    try proposer.proposeConfChange(cc)
+                }
+            } catch RaftError.proposalDropped {
             }
         }
     }
@@ -291,7 +328,9 @@ final class Simulation {
             let copies = chance(20) ? 2 : 1
             for _ in 0..<copies {
                 seq += 1
-                inflight.append(Pending(at: now + Int(rng.next() % (churn ? 6 : 4)), seq: seq, message: m))
+                // A few messages arrive much later, across election timeouts and term changes.
+                let delay = chance(15) ? 10 + Int(rng.next() % 20) : Int(rng.next() % (churn ? 6 : 4))
+                inflight.append(Pending(at: now + delay, seq: seq, message: m))
             }
         } else {
             seq += 1
@@ -487,7 +526,13 @@ final class Simulation {
             return
         }
         try afterEvent(n, wasLeader: wasLeader, commitBefore: commit)
-        for r in before.subtracting(n.membership.allMembers) { retired.insert(r) }
+        // A removed member goes away once no other member's configuration (outgoing half
+        // included) names it: until then a member still in a joint configuration may need its
+        // vote (configurations take effect when applied, so a member that has appended but not
+        // applied the change that leaves the joint configuration still counts the old voters).
+        for r in before.subtracting(n.membership.allMembers) {
+            if !liveIDs.contains(where: { $0 != r && nodes[$0]!.membership.allMembers.contains(r) }) { retired.insert(r) }
+        }
     }
 
     func checkStep() throws {
@@ -539,7 +584,9 @@ final class Simulation {
             guard let idx = markerIndex(l, marker) else {
                 if now - proposedAt >= 5 {
                     proposedAt = now
-                    try event(l.id) { try l.propose(marker) }
+                    try event(l.id) {
+                        do { try l.propose(marker) } catch RaftError.proposalDropped {}
+                    }
                 }
                 continue
             }

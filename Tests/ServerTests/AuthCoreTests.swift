@@ -157,3 +157,82 @@ struct AuthCoreTests {
         try backend.close()
     }
 }
+
+/// JWT tokens with keys made by the openssl command line, for every sign method.
+@Suite("Auth: JWT tokens")
+struct JWTTokenTests {
+    /// Writes a private and a public key for `method` into `dir`; returns the option string.
+    static func keys(_ method: String, in dir: String) async throws -> String {
+        let priv = "\(dir)/\(method).key", pub = "\(dir)/\(method).pub"
+        let gen: [String]
+        switch method.prefix(2) {
+        case "RS", "PS": gen = ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", priv]
+        case "ES":
+            let curve = ["ES256": "prime256v1", "ES384": "secp384r1", "ES512": "secp521r1"][method]!
+            gen = ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:\(curve)", "-out", priv]
+        default: gen = ["genpkey", "-algorithm", "ED25519", "-out", priv]
+        }
+        let a = try await run("/usr/bin/openssl", gen)
+        try #require(a.status == 0, "openssl: \(a.error)")
+        let b = try await run("/usr/bin/openssl", ["pkey", "-in", priv, "-pubout", "-out", pub])
+        try #require(b.status == 0, "openssl: \(b.error)")
+        return "pub-key=\(pub),priv-key=\(priv),sign-method=\(method),ttl=10m"
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl")))
+    func everyMethodIssuesAndVerifies() async throws {
+        let dir = NSTemporaryDirectory() + "swetcd-jwt-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for method in JWTTokens.Method.allCases.map(\.rawValue) {
+            let jwt = try JWTTokens(options: try await Self.keys(method, in: dir), defaultTTL: .seconds(300))
+            let token = try jwt.issue(user: "alice", revision: 7)
+            let got = try #require(jwt.verify(token), "\(method)")
+            #expect(got.user == "alice" && got.revision == 7, "\(method)")
+            // Expired, tampered, or signed for another method: refused.
+            #expect(jwt.verify(token, now: Date().addingTimeInterval(601)) == nil, "\(method) expiry")
+            var parts = token.split(separator: ".").map(String.init)
+            let forged = JWTTokens.b64(Data(#"{"exp":9999999999,"revision":7,"username":"root"}"#.utf8))
+            parts[1] = forged
+            #expect(jwt.verify(parts.joined(separator: ".")) == nil, "\(method) forged claims")
+            #expect(jwt.verify("a.b.c") == nil && jwt.verify("") == nil)
+        }
+        // A verify-only member (no private key) checks tokens but cannot issue.
+        let opts = try await Self.keys("ES256", in: dir)
+        let full = try JWTTokens(options: opts, defaultTTL: .seconds(300))
+        let verifyOnly = try JWTTokens(options: opts.split(separator: ",").filter { !$0.hasPrefix("priv-key") }.joined(separator: ","),
+                                       defaultTTL: .seconds(300))
+        #expect(!verifyOnly.canIssue)
+        #expect(verifyOnly.verify(try full.issue(user: "u", revision: 1))?.user == "u")
+        // Bad options are clear errors.
+        for bad in ["sign-method=HS256,pub-key=\(dir)/ES256.pub", "sign-method=ES256", "pub-key=/nonexistent,sign-method=ES256",
+                    "pub-key=\(dir)/ES256.pub,sign-method=RS256", "junk"] {
+            #expect(throws: JWTTokens.Failure.self, "\(bad)") { try JWTTokens(options: bad, defaultTTL: .seconds(1)) }
+        }
+    }
+}
+
+@Suite("Auth: simple tokens")
+struct SimpleTokenTests {
+    /// A token lives `--auth-token-ttl` after its last use; a password change or deletion of
+    /// its user, or disabling auth, ends it at once.
+    @Test func tokensExpireAndAreInvalidated() async throws {
+        let tokens = SimpleTokens(ttl: .milliseconds(200))
+        let a = tokens.issue(for: "alice"), b = tokens.issue(for: "bob")
+        #expect(a != b && a.contains("."))
+        #expect(tokens.user(of: a) == "alice" && tokens.user(of: b) == "bob")
+        #expect(tokens.user(of: "nope.1") == nil)
+        // Unused, it expires (bounded wait for the clock to pass the TTL).
+        let deadline = ContinuousClock.now + .seconds(10)
+        while tokens.user(of: a) != nil, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(tokens.user(of: a) == nil, "an unused token outlived its TTL")
+        let c = tokens.issue(for: "carol"), d = tokens.issue(for: "carol")
+        tokens.invalidate(user: "carol")
+        #expect(tokens.user(of: c) == nil && tokens.user(of: d) == nil)
+        let e = tokens.issue(for: "erin")
+        tokens.invalidateAll()
+        #expect(tokens.user(of: e) == nil)
+    }
+}

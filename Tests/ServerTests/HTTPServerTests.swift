@@ -81,6 +81,7 @@ func resultMessage<M: SwiftProtobuf.Message>(_ line: String, as: M.Type) throws 
         #expect((after["etcd_server_leader_changes_seen_total"] ?? 0) >= 1)
         #expect(after["etcd_debugging_mvcc_keys_total"] == (before["etcd_debugging_mvcc_keys_total"] ?? -1) + 3)
         #expect(after["etcd_debugging_mvcc_current_revision"] == Double(s.currentRevision))
+        #expect(after["etcd_debugging_mvcc_compact_revision"] == -1, "etcd's -1 before the first compaction")
         #expect((after["etcd_server_proposals_committed_total"] ?? 0) >= (before["etcd_server_proposals_committed_total"] ?? 0) + 4)
         #expect((after["etcd_server_proposals_applied_total"] ?? 0) >= (before["etcd_server_proposals_applied_total"] ?? 0) + 4)
         #expect(after["etcd_server_proposals_pending"] == 0)

@@ -25,7 +25,8 @@ struct PeerServiceTests {
         let client: Swetcd_Peer_Peer.Client<HTTP2ClientTransport.Posix>
     }
 
-    static func withReceiver(_ body: (Receiver) async throws -> Void) async throws {
+    static func withReceiver(options: PeerTransport.Options = PeerTransport.Options(),
+                             _ body: (Receiver) async throws -> Void) async throws {
         let directory = NSTemporaryDirectory() + "peer-service-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -34,7 +35,7 @@ struct PeerServiceTests {
         let delegate = RecordingDelegate()
         let transport = PeerTransport(localID: local, clusterID: cluster, snapshotDirectory: directory + "/snap",
                                       delegate: delegate, snapshots: try FakeBackend(directory: directory, size: 16),
-                                      logger: logger)
+                                      logger: logger, options: options)
         let server = PeerServer(logger: logger)
         try await server.start(urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)],
                                services: [transport.makeService()])
@@ -206,7 +207,7 @@ struct PeerServiceTests {
                 ("cluster ID mismatch", try await Self.upload(r.client, body: body) { $0.clusterID = 0xbad }),
                 ("not a snapshot", try await Self.upload(r.client, body: body) { $0.message = Self.heartbeat() }),
                 ("SHA-256 has 3 bytes", try await Self.upload(r.client, body: body) { $0.sha256 = Data([1, 2, 3]) }),
-                ("does not fit", try await Self.upload(r.client, body: body) { $0.size = 1 << 62 }),
+                ("not enough disk space", try await Self.upload(r.client, body: body) { $0.size = 1 << 62 }),
             ]
             for (reason, ack) in cases {
                 #expect(!ack.accepted, "\(reason)")
@@ -224,6 +225,35 @@ struct PeerServiceTests {
             r.transport.releaseIncomingSnapshot(42)
             let good = try await Self.upload(r.client, body: body)
             #expect(good.accepted, "\(good.reason)")
+        }
+    }
+
+    @Test("A snapshot Raft would ignore, one over the size cap or one the disk cannot hold is refused before a byte is stored")
+    func unsolicitedAndOversizedSnapshotsRefused() async throws {
+        let body = [UInt8](repeating: 9, count: 5000)
+        try await Self.withReceiver { r in
+            r.delegate.snapshotRefusal.withLock { $0 = "not this member's leader" }
+            let ack = try await Self.upload(r.client, body: body)
+            #expect(!ack.accepted && ack.reason.contains("not this member's leader"), "\(ack.reason)")
+            #expect(ack.receivedBytes == 0)
+            r.delegate.snapshotRefusal.withLock { $0 = nil }
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: r.directory)) ?? []).isEmpty)
+            #expect(try await Self.upload(r.client, body: body).accepted)
+        }
+        var capped = PeerTransport.Options()
+        capped.maxSnapshotBytes = 4096
+        try await Self.withReceiver(options: capped) { r in
+            let ack = try await Self.upload(r.client, body: body)
+            #expect(!ack.accepted && ack.reason.contains("over the limit of 4096 bytes"), "\(ack.reason)")
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: r.directory)) ?? []).isEmpty)
+        }
+        var reserve = PeerTransport.Options()
+        reserve.snapshotDiskMargin = UInt64.max / 2
+        try await Self.withReceiver(options: reserve) { r in
+            let ack = try await Self.upload(r.client, body: body)
+            #expect(!ack.accepted && ack.reason.contains("not enough disk space"), "\(ack.reason)")
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: r.directory)) ?? []).isEmpty)
+            #expect(r.delegate.events.current.snapshots.isEmpty)
         }
     }
 

@@ -414,6 +414,9 @@ final class RecordingDelegate: RaftTransportDelegate {
     }
 
     let events = Watched(Events())
+    /// What `transportSnapshotRefusal` answers (nil: receive every snapshot).
+    let snapshotRefusal = Mutex<String?>(nil)
+    func transportSnapshotRefusal(from: UInt64, index: UInt64) -> String? { snapshotRefusal.withLock { $0 } }
     func transportReceived(_ messages: [Raft.Message]) { events.update { $0.received += messages } }
     func transportReceivedSnapshot(_ message: Raft.Message, backendFile: String) {
         events.update { $0.snapshots.append((message, backendFile)) }

@@ -329,12 +329,34 @@ struct AutoCompactionScheduleTests {
         #expect(h.target.compactions.count == 1) // retried one sample later
         #expect(h.compactor.completed == 1)
         h.target.failNext(.compacted)
-        for _ in 1...10 { await h.step(.seconds(1)) }
+        // Writes go on, so each compaction has a new revision to compact to.
+        for _ in 1...10 { h.target.currentRevision += 1; await h.step(.seconds(1)) }
         #expect(h.target.compactions.count == 1)
-        for _ in 1...9 { await h.step(.seconds(1)) }
+        for _ in 1...9 { h.target.currentRevision += 1; await h.step(.seconds(1)) }
         #expect(h.target.compactions.count == 1) // "compacted" counted as success: next in 10 s
+        h.target.currentRevision += 1
         await h.step(.seconds(1))
         #expect(h.target.compactions.count == 2)
+        await h.finish()
+    }
+
+    /// A store without writes: the first periodic compaction compacts to its revision 1 (as
+    /// etcd 3.4 and 3.6 do), then nothing is proposed while the revision stays there (etcd 3.6);
+    /// once writes come, the next sample whose oldest kept revision moved compacts to it.
+    @Test func periodicSkipsTheRevisionItLastCompactedTo() async throws {
+        var h = try await CompactorHarness(.periodic(.seconds(10)))
+        for _ in 1...60 { await h.step(.seconds(1)) }
+        #expect(h.target.compactions == [1])
+        #expect(h.compactor.completed == 1)
+        h.target.currentRevision = 7
+        // The first sample of 7 (taken one second from now) is the oldest of the 11 kept
+        // eleven seconds after that.
+        for _ in 1...11 { await h.step(.seconds(1)) }
+        #expect(h.target.compactions == [1])
+        await h.step(.seconds(1))
+        #expect(h.target.compactions == [1, 7])
+        for _ in 1...30 { await h.step(.seconds(1)) }
+        #expect(h.target.compactions == [1, 7])
         await h.finish()
     }
 

@@ -55,7 +55,9 @@ final class RawClient: @unchecked Sendable {
         while true {
             let n = recv(fd, &buffer, buffer.count, 0)
             if n == 0 { return (out, true) }
-            if n < 0 { return (out, false) }
+            // A peer that closes with bytes of ours still unread (say, pings it never got to)
+            // resets the connection instead of a FIN: closed all the same.
+            if n < 0 { return (out, errno == ECONNRESET) }
             out.append(contentsOf: buffer[..<n])
         }
     }

@@ -93,7 +93,9 @@ public struct MaintenanceService: Etcdserverpb_Maintenance.SimpleServiceProtocol
         var remaining = reader.size
         while true {
             try Task.checkCancellation()
-            let chunk = try rpc { try reader.read(maxBytes: chunkSize) }
+            // The read waits for LMDB's copy: on a dedicated thread, not the shared pool.
+            let chunkSize = self.chunkSize
+            let chunk = try await rpc { try await HeavyWorkPool.io.run { try reader.read(maxBytes: chunkSize) } }
             if chunk.isEmpty { break }
             hasher.update(data: chunk)
             remaining -= Int64(chunk.count)

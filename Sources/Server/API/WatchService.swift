@@ -29,27 +29,37 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
         }
     }
 
+    /// Responses handed to the client's writer but not yet accepted by it, at most. The
+    /// keyspace stream is read only when there is room, so a client that stops reading
+    /// leaves its watchers parked as victims in the MVCC layer (whose buffer is bounded)
+    /// instead of growing a queue here.
+    static let outstandingResponses = 2
+
     private func run(
         _ request: RPCAsyncSequence<Etcdserverpb_WatchRequest, any Error>,
         _ response: RPCWriter<Etcdserverpb_WatchResponse>
     ) async throws {
         let stream = server.makeWatchStream()
-        let (outgoing, sink) = AsyncStream<Etcdserverpb_WatchResponse>.makeStream()
-        let emit = WatchEmitter(sink: sink)
+        let outbox = WatchOutbox(capacity: Self.outstandingResponses)
+        let emit = WatchEmitter(sink: outbox)
         let server = self.server
         let maxBytes = Int(clamping: server.config.maxRequestBytes)
-        defer { stream.close() }
+        defer {
+            stream.close()
+            outbox.finish()
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
-            // The only writer to the client.
+            // The only writer to the client: each write returns once the transport took the
+            // message (it waits while the connection's flow-control window is closed).
             group.addTask {
-                for await r in outgoing { try await response.write(r) }
+                while let r = await outbox.next() { try await response.write(r) }
             }
-            // Keyspace responses → client responses.
+            // Keyspace responses → client responses, one at a time when there is room.
             group.addTask {
-                while let wr = await stream.next() {
+                while await outbox.waitForRoom(), let wr = await stream.next() {
                     emit.state.withLock { st in
                         for r in Self.convert(wr, server: server, fragment: st.fragmenting.contains(wr.watchID), maxBytes: maxBytes) {
-                            st.sink.yield(r)
+                            st.sink.push(r)
                         }
                     }
                 }
@@ -68,7 +78,7 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
             }
             reader.cancel()
             stream.close()
-            sink.finish()
+            outbox.finish()
             if server.closing.isFired {
                 group.cancelAll()
                 throw EtcdError.stopped.rpcError
@@ -83,6 +93,9 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
     ) async {
         do {
             for try await req in request {
+                // A client that sends requests but does not read the answers is held back
+                // here (it stops being read), not queued.
+                guard await emit.sink.waitForRoom() else { return }
                 switch req.requestUnion {
                 case .createRequest(let c)?:
                     // With auth enabled the caller needs read permission on the whole range;
@@ -107,7 +120,7 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
                             out.cancelReason = "\(error)"
                         }
                         out.header = server.header()
-                        st.sink.yield(out)
+                        st.sink.push(out)
                     }
                 case .cancelRequest(let c)?:
                     emit.state.withLock { st in
@@ -117,7 +130,7 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
                             out.header = server.header()
                             out.watchID = c.watchID
                             out.canceled = true
-                            st.sink.yield(out)
+                            st.sink.push(out)
                         }
                     }
                 case .progressRequest?:
@@ -178,7 +191,7 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
 }
 
 struct WatchEmitState {
-    let sink: AsyncStream<Etcdserverpb_WatchResponse>.Continuation
+    let sink: WatchOutbox
     var fragmenting: Set<Int64> = []
 }
 
@@ -186,7 +199,119 @@ struct WatchEmitState {
 /// that watch's events.
 final class WatchEmitter: Sendable {
     let state: Mutex<WatchEmitState>
-    init(sink: AsyncStream<Etcdserverpb_WatchResponse>.Continuation) { state = Mutex(WatchEmitState(sink: sink)) }
+    var sink: WatchOutbox { state.withLock { $0.sink } }
+    init(sink: WatchOutbox) { state = Mutex(WatchEmitState(sink: sink)) }
+}
+
+/// The responses of one watch stream waiting for the client's writer: producers wait for room
+/// (`waitForRoom`) before taking more work, then `push` without waiting (under the emitter's
+/// lock), so the queue holds at most `capacity` plus the fragments of one response and one
+/// control response per producer.
+final class WatchOutbox: Sendable {
+    private struct State {
+        var queue: [Etcdserverpb_WatchResponse] = []
+        var head = 0
+        var finished = false
+        var reader: CheckedContinuation<Etcdserverpb_WatchResponse?, Never>?
+        var roomWaiters: [CheckedContinuation<Bool, Never>] = []
+        var pending: Int { queue.count - head }
+    }
+
+    let capacity: Int
+    private let state = Mutex(State())
+
+    init(capacity: Int) { self.capacity = max(1, capacity) }
+
+    /// Responses queued and not yet taken by the writer.
+    var count: Int { state.withLock { $0.pending } }
+
+    /// Queues `r` (dropped once finished).
+    func push(_ r: Etcdserverpb_WatchResponse) {
+        let reader = state.withLock { st -> CheckedContinuation<Etcdserverpb_WatchResponse?, Never>? in
+            guard !st.finished else { return nil }
+            if let c = st.reader {
+                st.reader = nil
+                return c
+            }
+            st.queue.append(r)
+            return nil
+        }
+        reader?.resume(returning: r)
+    }
+
+    /// Waits until fewer than `capacity` responses are queued; false once finished (also
+    /// when the calling task is cancelled, which finishes nothing else).
+    func waitForRoom() async -> Bool {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                let answer: Bool? = state.withLock { st in
+                    if st.finished || Task.isCancelled { return false }
+                    if st.pending < capacity { return true }
+                    st.roomWaiters.append(c)
+                    return nil
+                }
+                if let answer { c.resume(returning: answer) }
+            }
+        } onCancel: {
+            let waiters = state.withLock { st -> [CheckedContinuation<Bool, Never>] in
+                defer { st.roomWaiters = [] }
+                return st.roomWaiters
+            }
+            for w in waiters { w.resume(returning: false) }
+        }
+    }
+
+    /// The next queued response, waiting for one; nil once finished or cancelled.
+    func next() async -> Etcdserverpb_WatchResponse? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Etcdserverpb_WatchResponse?, Never>) in
+                let (ready, wake): (Etcdserverpb_WatchResponse??, [CheckedContinuation<Bool, Never>]) = state.withLock { st in
+                    if st.pending > 0 {
+                        let r = st.queue[st.head]
+                        st.queue[st.head] = Etcdserverpb_WatchResponse()
+                        st.head += 1
+                        if st.head == st.queue.count {
+                            st.queue.removeAll(keepingCapacity: true)
+                            st.head = 0
+                        }
+                        var wake: [CheckedContinuation<Bool, Never>] = []
+                        if st.pending < capacity {
+                            wake = st.roomWaiters
+                            st.roomWaiters = []
+                        }
+                        return (.some(r), wake)
+                    }
+                    if st.finished || Task.isCancelled { return (.some(nil), []) }
+                    st.reader = c
+                    return (nil, [])
+                }
+                for w in wake { w.resume(returning: true) }
+                if let ready { c.resume(returning: ready) }
+            }
+        } onCancel: {
+            let reader = state.withLock { st -> CheckedContinuation<Etcdserverpb_WatchResponse?, Never>? in
+                defer { st.reader = nil }
+                return st.reader
+            }
+            reader?.resume(returning: nil)
+        }
+    }
+
+    /// Drops what is queued and wakes everyone: `next()` returns nil, `waitForRoom()` false.
+    func finish() {
+        let (reader, waiters) = state.withLock { st -> (CheckedContinuation<Etcdserverpb_WatchResponse?, Never>?, [CheckedContinuation<Bool, Never>]) in
+            st.finished = true
+            st.queue = []
+            st.head = 0
+            defer {
+                st.reader = nil
+                st.roomWaiters = []
+            }
+            return (st.reader, st.roomWaiters)
+        }
+        reader?.resume(returning: nil)
+        for w in waiters { w.resume(returning: false) }
+    }
 }
 
 /// etcd's cancel reason for a watch the caller may not read: the gRPC status text of

@@ -114,6 +114,15 @@ extension EtcdServer {
             guard let access = auth.access(of: user) else { throw EtcdError.permissionDenied }
             return AuthInfo(user: user, revision: snapshot.revision, isRoot: access.isRoot, permissions: access.permissions)
         }
+        if let jwt {
+            // A JWT carries the auth revision it was issued at: after any auth change the client
+            // must authenticate again (clientv3 does so on this error), as with etcd.
+            guard let (user, revision) = jwt.verify(token), let access = auth.access(of: user) else {
+                throw EtcdError.invalidAuthToken
+            }
+            if revision < snapshot.revision { throw EtcdError.authOldRevision }
+            return AuthInfo(user: user, revision: revision, isRoot: access.isRoot, permissions: access.permissions)
+        }
         guard let user = tokens.user(of: token), let access = auth.access(of: user) else { throw EtcdError.invalidAuthToken }
         return AuthInfo(user: user, revision: snapshot.revision, isRoot: access.isRoot, permissions: access.permissions)
     }
@@ -169,7 +178,13 @@ extension EtcdServer {
         try auth.checkPassword(user: r.name, password: r.password)
         var out = Etcdserverpb_AuthenticateResponse()
         out.header = header()
-        out.token = tokens.issue(for: r.name)
+        if let jwt {
+            do { out.token = try jwt.issue(user: r.name, revision: auth.revision) } catch {
+                throw EtcdError.internal("cannot issue a JWT: \(error)")
+            }
+        } else {
+            out.token = tokens.issue(for: r.name)
+        }
         return out
     }
 

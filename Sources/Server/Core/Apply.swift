@@ -132,7 +132,7 @@ extension EtcdServer {
     func runCompaction(_ job: MVCCStore.CompactionJob) {
         let logger = self.logger
         Task.detached {
-            do { try job.run() } catch {
+            do { try await HeavyWorkPool.shared.run { try job.run() } } catch {
                 logger.error("compaction failed", metadata: ["error": "\(error)"])
             }
         }

@@ -34,7 +34,9 @@ protocol CompactionTarget: Sendable {
 /// Periodic mode with retention R: the current revision is sampled every min(R, 1 h) / 10;
 /// the first compaction comes once R has passed since start, to the revision sampled R ago;
 /// afterwards one compaction every min(R, 1 h) (so hourly for R >= 1 h, always keeping a window
-/// of R). A failed compaction is retried at the next sample.
+/// of R). A failed compaction is retried at the next sample. As in etcd 3.6, a compaction to the
+/// revision last compacted to is skipped (no proposal); like etcd 3.4 and 3.6 the first one on a
+/// store without writes compacts to its revision 1.
 ///
 /// Revision mode with retention N: every 5 minutes, compact to `current - N` unless that is
 /// not positive or was the last revision compacted to.
@@ -93,16 +95,21 @@ final class AutoCompactor: Sendable {
         var revisions: [Int64] = []
         var lastSuccess = clock.now
         var wait = retention
+        var previous: Int64 = 0
         while !Task.isCancelled {
             revisions.append(target.currentRevision)
             if revisions.count > kept { revisions.removeFirst(revisions.count - kept) }
             do { try await clock.sleep(for: sample) } catch { return }
             guard target.isLeader, clock.now - lastSuccess >= wait, let revision = revisions.first else { continue }
+            // etcd 3.6: nothing is proposed while the revision to compact to is the one this
+            // compactor last compacted to (a store without writes); checked again each sample.
+            guard revision != previous else { continue }
             wait = Self.compactInterval(retention)
             let metadata: Logger.Metadata = ["revision": "\(revision)", "compact-period": "\(retention)"]
             logger.info("starting auto periodic compaction", metadata: metadata)
             let started = clock.now
             if await compact(revision, metadata: metadata, retry: sample, mode: "periodic") {
+                previous = revision
                 lastSuccess = clock.now
                 logger.info("completed auto periodic compaction",
                             metadata: metadata.merging(["took": "\(clock.now - started)"]) { a, _ in a })

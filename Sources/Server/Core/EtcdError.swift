@@ -36,6 +36,8 @@ public struct EtcdError: Error, Equatable, Sendable, CustomStringConvertible {
     public static let watchCanceled = EtcdError("etcdserver: watch canceled", code: .cancelled)
     public static let requestTooLarge = EtcdError("etcdserver: request is too large", code: .invalidArgument)
     public static let tooManyRequests = EtcdError("etcdserver: too many requests", code: .resourceExhausted)
+    /// More concurrent Maintenance.Snapshot streams than the member serves (swetcd's own limit).
+    public static let tooManySnapshots = EtcdError("etcdserver: too many snapshot requests", code: .resourceExhausted)
     public static let noLeader = EtcdError("etcdserver: no leader", code: .unavailable)
     public static let notLeader = EtcdError("etcdserver: not leader", code: .failedPrecondition)
     public static let leaderChanged = EtcdError("etcdserver: leader changed", code: .unavailable)

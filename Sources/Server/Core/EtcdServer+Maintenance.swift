@@ -34,14 +34,19 @@ extension EtcdServer: MaintenanceBackend {
         try requireRoot()
         var out = Etcdserverpb_HashResponse()
         out.header = header()
-        out.hash = try backend.hash()
+        let backend = self.backend
+        out.hash = try await HeavyWorkPool.shared.run { try backend.hash() }
         return out
     }
 
     public func hashKV(_ request: Etcdserverpb_HashKVRequest) async throws -> Etcdserverpb_HashKVResponse {
         try requireRoot()
         let result: (hash: UInt32, revision: Int64, compactRevision: Int64)
-        do { result = try store.hashKV(revision: request.revision) } catch { throw EtcdError.from(error) }
+        let store = self.store
+        let revision = request.revision
+        do {
+            result = try await HeavyWorkPool.shared.run { try store.hashKV(revision: revision) }
+        } catch { throw EtcdError.from(error) }
         var out = Etcdserverpb_HashKVResponse()
         out.header = header(revision: result.revision)
         out.hash = result.hash
@@ -50,14 +55,17 @@ extension EtcdServer: MaintenanceBackend {
         return out
     }
 
+    /// A consistent backend copy streamed from LMDB through a socket pair: nothing is written
+    /// to disk. At most ``SnapshotStreams/limit`` run at once; more are refused.
     public func openSnapshot() async throws -> any SnapshotReader {
         try requireRoot()
-        let path = config.effectiveDataDir + "/member/snap/stream-\(UInt64.random(in: 1...UInt64.max)).snapshot.db"
+        guard snapshotStreams.acquire() else { throw EtcdError.tooManySnapshots }
         do {
-            try backend.copy(toPath: path)
-            return try FileSnapshotReader(path: path, removeOnClose: true)
+            let backend = self.backend
+            let stream = try await HeavyWorkPool.io.run { try backend.openCopyStream() }
+            return StreamSnapshotReader(stream: stream, release: snapshotStreams.release)
         } catch {
-            unlink(path)
+            snapshotStreams.release()
             throw error
         }
     }
@@ -198,6 +206,7 @@ extension EtcdServer {
         s.dbTotalSizeInUse = (try? backend.sizeInUse()) ?? 0
         let watchers = store.watcherCounts
         s.watchers = watchers.synced + watchers.unsynced + watchers.victims
+        s.slowWatchers = watchers.unsynced + watchers.victims
         s.keys = store.indexedKeys
         s.leases = lessor.leases().count
         s.proposalsPending = waiters.count

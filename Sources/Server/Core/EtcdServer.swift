@@ -11,7 +11,12 @@ import Synchronization
 /// Why the server could not start (a clear message for the operator).
 public struct ServerStartError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    init(_ description: String) { self.description = description }
+    /// The member was removed from its cluster: restarting it can never help.
+    public var memberRemoved = false
+    init(_ description: String, memberRemoved: Bool = false) {
+        self.description = description
+        self.memberRemoved = memberRemoved
+    }
 }
 
 /// The result of applying one entry, handed to the request that proposed it.
@@ -70,8 +75,12 @@ public final class EtcdServer: Sendable {
     let auth = AuthStore()
     /// This member's simple auth tokens.
     let tokens: SimpleTokens
+    /// JWT tokens, with `--auth-token jwt,...` (then simple tokens are not issued).
+    let jwt: JWTTokens?
     /// Fired when the server begins to stop: streaming RPCs end on it.
     public let closing = ShutdownSignal()
+    /// Maintenance.Snapshot streams open now, at most 4 (see `openSnapshot`).
+    public let snapshotStreams = SnapshotStreams(limit: 4)
     /// This member's Prometheus metrics (served at /metrics).
     public let metrics: ServerMetrics
     /// The member list (changed by applied conf changes).
@@ -91,7 +100,7 @@ public final class EtcdServer: Sendable {
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
                  machine: StateMachineHolder, loop: RaftLoopState,
                  membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
-                 peerServer: PeerServer, metrics: ServerMetrics) {
+                 peerServer: PeerServer, metrics: ServerMetrics, jwt: JWTTokens?) {
         self.metrics = metrics
         self.inbox = inbox
         self.peers = peers
@@ -109,6 +118,7 @@ public final class EtcdServer: Sendable {
         electionTimeout = .milliseconds(Int64(clamping: config.electionTimeoutMs))
         requestTimeout = .seconds(5) + .milliseconds(Int64(clamping: min(config.electionTimeoutMs, 1 << 40)) * 2)
         tokens = SimpleTokens(ttl: .seconds(Int64(clamping: max(1, config.authTokenTTL))))
+        self.jwt = jwt
     }
 
     /// Opens (or creates) the data directory and starts the Raft loop. An empty directory
@@ -116,6 +126,16 @@ public final class EtcdServer: Sendable {
     /// (the `--initial-*` flags are ignored); anything else is refused untouched.
     public static func start(_ loaded: LoadedConfig, logger: Logger) async throws -> EtcdServer {
         let cfg = loaded.config
+        // JWT keys are loaded before anything on disk is touched, so a bad key is a clean refusal.
+        var jwt: JWTTokens?
+        if cfg.authToken.hasPrefix("jwt") {
+            do {
+                jwt = try JWTTokens(options: String(cfg.authToken.dropFirst(3).drop { $0 == "," }),
+                                    defaultTTL: .seconds(Int64(clamping: max(1, cfg.authTokenTTL))))
+            } catch {
+                throw ServerStartError("\(error)")
+            }
+        }
         let dataDir = DataDir(path: cfg.effectiveDataDir, walDirectory: cfg.walDir)
         let found = try dataDir.inspect()
         if case let .foreign(reason) = found {
@@ -156,6 +176,12 @@ public final class EtcdServer: Sendable {
         }
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID
+        if cfg.forceNewCluster && !isNew {
+            let removed = try forceNewClusterLog(raftStorage, memberID: memberID)
+            logger.warning("forcing a new one-member cluster: the other members are removed from the log", metadata: [
+                "member-id": "\(MemberIdentity.hex(memberID))", "removed": "\(removed.map(MemberIdentity.hex))",
+            ])
+        }
 
         let metrics = ServerMetrics(memberID: memberID)
         var backendOptions = Backend.Options()
@@ -197,7 +223,7 @@ public final class EtcdServer: Sendable {
         if removed.contains(memberID) {
             try? backend.close()
             try? raftStorage.close()
-            throw ServerStartError("the member has been permanently removed from the cluster (member \(MemberIdentity.hex(memberID)), data directory \(dataDir.path)); start it with a new, empty data directory after adding it again")
+            throw ServerStartError("the member has been permanently removed from the cluster (member \(MemberIdentity.hex(memberID)), data directory \(dataDir.path)); start it with a new, empty data directory after adding it again", memberRemoved: true)
         }
         if isNew || members.isEmpty {
             members = joined?.members ?? loaded.initialCluster.members.map(MemberRecord.init)
@@ -215,7 +241,10 @@ public final class EtcdServer: Sendable {
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
-                                peers: transport, peerServer: peerServer, metrics: metrics)
+                                peers: transport, peerServer: peerServer, metrics: metrics, jwt: jwt)
+        transportBridge.raftStatus.withLock { [weak server] status in
+            status = { [weak server] in server.map { ($0.leaderID, $0.committedIndex) } ?? (0, 0) }
+        }
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),
@@ -316,10 +345,12 @@ public final class EtcdServer: Sendable {
         }
     }
 
-    /// Proposes `request` and waits for its apply result.
-    func propose(_ request: Swetcd_Internal_InternalRequest) async throws -> ApplyResult {
+    /// Proposes `request` and waits for its apply result. A learner refuses client proposals;
+    /// `internalFromLearner` lets its own internal requests (its attribute publish) through:
+    /// Raft forwards them to the leader like any follower's.
+    func propose(_ request: Swetcd_Internal_InternalRequest, internalFromLearner: Bool = false) async throws -> ApplyResult {
         if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
-        try refuseOnLearner()
+        if !internalFromLearner { try refuseOnLearner() }
         try await waitForLeader()
         var req = request
         let id = ids.next()

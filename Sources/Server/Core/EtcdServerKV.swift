@@ -8,12 +8,21 @@ extension EtcdServer {
     // MARK: KV
 
     /// Range: linearizable unless `serializable`.
+    /// Ranges with a larger (or no) limit run on ``HeavyWorkPool/shared``.
+    static let largeRangeLimit: Int64 = 1000
+
     public func range(_ r: Etcdserverpb_RangeRequest) async throws -> Etcdserverpb_RangeResponse {
         if r.key.isEmpty { throw EtcdError.keyNotProvided }
         try authorize(key: r.key, rangeEnd: r.rangeEnd, write: false, try authInfo())
         if !r.serializable { try await linearizableBarrier() }
         do {
-            let res = try store.range(RangeRequest(r))
+            let request = RangeRequest(r)
+            let store = self.store
+            // A range that may read many keys (no limit, or one above `largeRangeLimit`) runs on
+            // the heavy-work threads, so a few of them cannot hold up every other call on
+            // Swift's shared pool; a single key or a small page stays inline.
+            let large = !r.rangeEnd.isEmpty && (r.limit <= 0 || r.limit > Self.largeRangeLimit) && !r.countOnly
+            let res = large ? try await HeavyWorkPool.shared.run { try store.range(request) } : try store.range(request)
             var resp = Etcdserverpb_RangeResponse(res)
             resp.header = header(revision: res.revision)
             return resp
@@ -80,7 +89,7 @@ extension EtcdServer {
             throw EtcdError.internal("unexpected apply result")
         }
         if c.physical {
-            try await Task.detached { try job.run() }.value
+            try await HeavyWorkPool.shared.run { try job.run() }
         }
         return resp
     }

@@ -13,7 +13,9 @@ extension EtcdServer {
         req.memberAttributes = attrs
         while !closing.isFired, !Task.isCancelled {
             do {
-                _ = try await propose(req)
+                // A learner's publish goes through too, as in etcd (else its client URLs
+                // never reach `member list`).
+                _ = try await propose(req, internalFromLearner: true)
                 logger.info("published local member to cluster through raft", metadata: [
                     "name": "\(name)", "client-urls": "\(attrs.clientUrls)",
                 ])

@@ -407,6 +407,44 @@ extension EtcdServer {
         return (found, me.id)
     }
 
+    /// etcd's `--force-new-cluster` on a member's existing log: entries after the commit index
+    /// are discarded, and committed conf-change entries (term of the hard state) are appended
+    /// that remove every other member of the configuration the log ends with, so the member
+    /// restarts as a one-member cluster with all its data. Returns the removed member IDs.
+    @discardableResult
+    static func forceNewClusterLog(_ storage: DurableRaftStorage, memberID: UInt64) throws -> [UInt64] {
+        let rec = storage.recovery
+        let snapState = rec.snapshot.metadata.confState
+        var ids = Set(snapState.voters + snapState.learners + snapState.votersOutgoing)
+        for e in try storage.committedEntries(after: rec.snapshot.metadata.index) where e.type == .confChange {
+            let cc = try ConfChange(decoding: e.data)
+            switch cc.type {
+            case .addNode, .addLearnerNode: if cc.nodeID != 0 { ids.insert(cc.nodeID) }
+            case .removeNode: ids.remove(cc.nodeID)
+            }
+        }
+        let others = ids.subtracting([memberID]).sorted()
+        var hs = rec.hardState
+        var rd = Ready()
+        var index = hs.commit
+        for id in others {
+            index += 1
+            let change = MembershipChange(operation: .remove, member: MemberRecord(id: id, name: "", peerURLs: []))
+            rd.entries.append(Entry(term: hs.term, index: index, type: .confChange, data: change.confChange(requestID: 0).encode()))
+        }
+        if !ids.contains(memberID) {
+            index += 1
+            let change = MembershipChange(operation: .add, member: MemberRecord(id: memberID, name: "", peerURLs: []))
+            rd.entries.append(Entry(term: hs.term, index: index, type: .confChange, data: change.confChange(requestID: 0).encode()))
+        }
+        guard !rd.entries.isEmpty else { return [] }
+        hs.commit = index
+        rd.hardState = hs
+        rd.mustSync = true
+        try storage.persist(rd)
+        return others
+    }
+
     /// Starts the log of a brand-new cluster with one conf-change entry per initial member
     /// (term 1, committed), as etcd does: a member joining later replays them and learns the
     /// initial configuration from the log.

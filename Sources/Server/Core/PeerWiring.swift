@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import Raft
 import Storage
+import Synchronization
+import EtcdConfig
 
 /// What the peer transport calls: received messages and reports go to the Raft loop's inbox;
 /// outgoing snapshots read a consistent backend copy.
@@ -19,6 +21,23 @@ final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
     }
 
     func transportReceived(_ messages: [Message]) { inbox.send(.messages(messages)) }
+
+    /// This member's (leader, commit index) as last reported by its Raft loop; set by the
+    /// server once it exists.
+    let raftStatus = Mutex<(@Sendable () -> (leader: UInt64, committed: UInt64))?>(nil)
+
+    /// Refuses a snapshot Raft would ignore: from a member that is not the leader this member
+    /// knows, or at an index it has already committed.
+    func transportSnapshotRefusal(from: UInt64, index: UInt64) -> String? {
+        guard let status = raftStatus.withLock({ $0 })?() else { return nil }
+        if status.leader != 0 && status.leader != from {
+            return "snapshot from \(MemberIdentity.hex(from)), which is not this member's leader (\(MemberIdentity.hex(status.leader)))"
+        }
+        if index <= status.committed {
+            return "snapshot at index \(index) is not ahead of this member's commit index \(status.committed)"
+        }
+        return nil
+    }
 
     /// The backend file stays at `<snap>/<index:016x>.snap.db` and the message goes to Raft;
     /// when the Ready carrying the snapshot is handled, the loop swaps the file in

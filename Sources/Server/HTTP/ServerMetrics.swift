@@ -18,6 +18,9 @@ public struct MetricsSample: Sendable, Equatable {
     /// Keys in the keyspace (latest revision), watchers, granted leases.
     public var keys: Int = 0
     public var watchers: Int = 0
+    /// Watchers behind the current revision (catching up, or parked because their client
+    /// does not read fast enough).
+    public var slowWatchers: Int = 0
     public var leases: Int = 0
     /// Whether this member is a learner.
     public var isLearner: Bool = false
@@ -53,6 +56,7 @@ public final class ServerMetrics: Sendable {
     private let dbTotalSizeInUse: Gauge
     private let mvccKeys: Gauge
     private let mvccWatchers: Gauge
+    private let mvccSlowWatchers: Gauge
     private let leases: Gauge
     private let isLearner: Gauge
     private let currentRevision: Gauge
@@ -89,6 +93,7 @@ public final class ServerMetrics: Sendable {
         dbTotalSizeInUse = registry.makeGauge(descriptor: .etcd("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."))
         mvccKeys = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_keys_total", "Total number of keys."))
         mvccWatchers = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_watcher_total", "Total number of watchers."))
+        mvccSlowWatchers = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers."))
         leases = registry.makeGauge(descriptor: .etcd("swetcd_server_leases", "The number of granted leases on this member."))
         isLearner = registry.makeGauge(descriptor: .etcd("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise."))
         currentRevision = registry.makeGauge(descriptor: .etcd("etcd_debugging_mvcc_current_revision", "The current revision of store."))
@@ -146,6 +151,7 @@ public final class ServerMetrics: Sendable {
         dbTotalSizeInUse.set(sample.dbTotalSizeInUse)
         mvccKeys.set(Int64(sample.keys))
         mvccWatchers.set(Int64(sample.watchers))
+        mvccSlowWatchers.set(Int64(sample.slowWatchers))
         leases.set(Int64(sample.leases))
         quotaBackendBytes.set(sample.quotaBackendBytes)
         isLearner.set(to: sample.isLearner ? 1 : 0)

@@ -166,14 +166,22 @@ final class SnapshotReceiver {
         guard header.sha256.count == SHA256.byteCount else {
             throw SnapshotRefusal("the header's SHA-256 has \(header.sha256.count) bytes")
         }
+        // A body Raft did not ask for would only sit on disk: refuse it before storing a byte.
+        if let reason = transport.delegate.transportSnapshotRefusal(from: header.from, index: header.index) {
+            throw SnapshotRefusal(reason)
+        }
+        if let cap = transport.options.maxSnapshotBytes, header.size > cap {
+            throw SnapshotRefusal("snapshot of \(header.size) bytes is over the limit of \(cap) bytes")
+        }
         self.header = header
         self.message = message
         let directory = transport.snapshotDirectory
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        // A body that would leave the data disk (nearly) full is refused before a byte is
-        // written: what a peer can make this member store is bounded by the free space.
-        if let free = Self.freeBytes(directory), header.size > free / 100 * 95 {
-            throw SnapshotRefusal("a snapshot of \(header.size) bytes does not fit: \(free) bytes free under \(directory) (5% kept free)")
+        if let free = Self.freeBytes(directory) {
+            let margin = transport.options.snapshotDiskMargin
+            if header.size > free || free - header.size < margin {
+                throw SnapshotRefusal("not enough disk space for a snapshot of \(header.size) bytes (\(free) bytes free, \(margin) kept in reserve)")
+            }
         }
         let name = String(header.index, radix: 16)
         let padded = String(repeating: "0", count: max(0, 16 - name.count)) + name

@@ -35,6 +35,12 @@ public final class PeerTransport: Sendable {
         public var keepaliveInterval: Duration = .seconds(10)
         /// Close a connection whose ping is not answered within this time.
         public var keepaliveTimeout: Duration = .seconds(10)
+        /// Largest incoming snapshot body accepted (nil: no fixed cap). Whatever the cap, a
+        /// body is refused when the snapshot directory's file system would keep less than
+        /// `snapshotDiskMargin` free after it.
+        public var maxSnapshotBytes: UInt64?
+        /// Free space that must remain after an incoming snapshot body is stored.
+        public var snapshotDiskMargin: UInt64 = 64 << 20
 
         /// The defaults.
         public init() {}

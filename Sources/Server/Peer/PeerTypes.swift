@@ -20,10 +20,15 @@ public protocol RaftTransportDelegate: AnyObject, Sendable {
     func transportReportSnapshot(_ peer: UInt64, success: Bool)
     /// `peer` refused this member because it was removed from the cluster.
     func transportRefusedAsRemoved(by peer: UInt64)
+    /// Why a snapshot body that `from` announces at `index` must not be received (Raft
+    /// would ignore it: not from this member's leader, or not ahead of its commit index), or
+    /// nil to receive it.
+    func transportSnapshotRefusal(from: UInt64, index: UInt64) -> String?
 }
 
 extension RaftTransportDelegate {
     public func transportRefusedAsRemoved(by peer: UInt64) {}
+    public func transportSnapshotRefusal(from: UInt64, index: UInt64) -> String? { nil }
 }
 
 /// Where the body of an outgoing snapshot comes from (implemented by the core).
