@@ -300,7 +300,18 @@ public enum ConfigLoader {
         }
         try refuseUnsupported(c)
         for u in c.listenMetricsURLs where u.scheme != "http" {
-            throw ConfigError("--listen-metrics-urls \(u): only http:// metrics URLs are supported yet (TLS is not implemented)")
+            throw ConfigError("--listen-metrics-urls \(u): only http:// metrics URLs are supported yet (TLS is served on https:// client URLs)")
+        }
+        for u in c.listenClientURLs where u.scheme == "unixs" {
+            throw ConfigError("--listen-client-urls \(u): unixs:// client URLs are not supported yet; use https://")
+        }
+        if c.listenClientURLs.contains(where: { $0.scheme == "https" }) {
+            if !c.clientTLS.crlFile.isEmpty {
+                throw ConfigError("--client-crl-file is not supported by swetcd yet: certificate revocation lists are not checked; remove the revoked certificate's CA from --trusted-ca-file or rotate the CA")
+            }
+            if !c.cipherSuites.filter({ !$0.isEmpty }).isEmpty && c.tlsMinVersion == "TLS1.3" {
+                throw ConfigError("cipher suites cannot be configured when only TLS1.3 is enabled")
+            }
         }
         warnings += tlsWarnings(c, explicitlySet: explicitlySet)
         // Lease checkpoints are always on and persisted (etcd 3.6 behaviour).
@@ -375,14 +386,17 @@ public enum ConfigLoader {
     }
 
     /// TLS flags given while every URL of their side is plain http:// do nothing (etcd ignores
-    /// them silently): a warning names them. (TLS with https:// URLs is refused at start.)
+    /// them silently): a warning names them. (Peer https:// URLs are refused at start.)
     static func tlsWarnings(_ c: ServerConfig, explicitlySet: Set<String>) -> [String] {
         var out: [String] = []
         let (client, peer) = tlsFlagsSet(c)
         let clientTLS = c.listenClientURLs.contains(where: \.isSecure)
         let peerTLS = c.listenPeerURLs.contains(where: \.isSecure)
         if !client.isEmpty && !clientTLS {
-            out.append("TLS flags \(client.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-client-urls URL is http:// (and TLS is not supported yet)")
+            out.append("TLS flags \(client.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-client-urls URL is http://")
+        }
+        if clientTLS && c.clientTLS.clientCertAuth && c.clientTLS.trustedCAFile.isEmpty {
+            out.append("--client-cert-auth without --trusted-ca-file: client certificates are verified against the system's CA certificates; give --trusted-ca-file to trust only your CA")
         }
         if !peer.isEmpty && !peerTLS {
             out.append("TLS flags \(peer.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-peer-urls URL is http:// (and TLS is not supported yet)")

@@ -19,10 +19,16 @@ public struct ClientPortConfiguration: Sendable {
 
     /// Where to listen.
     public var address: Address
-    /// TLS for the port, or nil for plaintext. ALPN `h2` selects gRPC, `http/1.1` selects HTTP;
+    /// TLS for the port, or nil for plaintext. ALPN `h2` selects gRPC; with `http/1.1` or
     /// without ALPN the first bytes decide, as in plaintext. The context should offer both
     /// protocols (`applicationProtocols = ["h2", "http/1.1"]`).
     public var tls: NIOSSLContext?
+    /// When set, asked for the TLS context of each new connection instead of `tls` (certificate
+    /// rotation: the source rebuilds it when the files change).
+    public var tlsProvider: (@Sendable () -> NIOSSLContext)?
+    /// With TLS: a handler run after the handshake (checks the client certificate's name and
+    /// records its CN), or nil.
+    var certificateHandler: (@Sendable () -> ClientCertificateHandler)?
     /// The largest gRPC request message accepted (etcd: `--max-request-bytes` + 512 KiB).
     public var maxReceiveMessageBytes: Int
     /// The largest HTTP/1.1 request body accepted (larger: 413).
@@ -267,9 +273,17 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                 idleTimeout: TimeAmount(configuration.httpIdleTimeout),
                 readTimeout: TimeAmount(configuration.httpReadTimeout)
             ),
-            usesTLS: configuration.tls != nil
+            usesTLS: configuration.tls != nil || configuration.tlsProvider != nil
         )
-        let tls = configuration.tls
+        let tls: (@Sendable () -> NIOSSLContext)?
+        if let provider = configuration.tlsProvider {
+            tls = provider
+        } else if let fixed = configuration.tls {
+            tls = { fixed }
+        } else {
+            tls = nil
+        }
+        let certificateHandler = configuration.certificateHandler
         let sniffTimeout = TimeAmount(configuration.protocolDetectionTimeout)
         let admission = ConnectionAdmission(limit: configuration.maxConnections)
 
@@ -289,7 +303,8 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                         return
                     }
                     child.closeFuture.whenComplete { _ in admission.release() }
-                    try Self.initialize(child: child, tls: tls, starter: starter, sniffTimeout: sniffTimeout)
+                    try Self.initialize(child: child, tls: tls?(), certificateHandler: certificateHandler?(),
+                                        starter: starter, sniffTimeout: sniffTimeout)
                 }
             }
 
@@ -322,6 +337,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
     static func initialize(
         child: any Channel,
         tls: NIOSSLContext?,
+        certificateHandler: ClientCertificateHandler? = nil,
         starter: ConnectionStarter,
         sniffTimeout: TimeAmount
     ) throws {
@@ -331,13 +347,14 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             return
         }
         try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(TLSHandshakeDeadline(timeout: sniffTimeout))
+        if let certificateHandler { try sync.addHandler(certificateHandler) }
         try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in
             switch result {
             case .negotiated("h2"):
                 return starter.startGRPC(on: channel)
-            case .negotiated("http/1.1"):
-                return channel.eventLoop.makeCompletedFuture { try starter.startHTTP(on: channel) }
             default:
+                // http/1.1 or none: the first bytes decide (an HTTP/2 preface means gRPC).
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ProtocolSniffer(starter: starter, timeout: sniffTimeout)
@@ -345,6 +362,49 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                 }
             }
         })
+    }
+}
+
+/// Closes a TLS connection whose handshake is not complete within `timeout` (the protocol
+/// detection timeout), so a client that connects and stays silent, or stalls mid-handshake,
+/// holds nothing for long; removes itself once the handshake is done.
+final class TLSHandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    let timeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        guard deadline == nil else { return }
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted? = event as? TLSUserEvent {
+            deadline?.cancel()
+            deadline = nil
+            context.fireUserInboundEventTriggered(event)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        context.fireChannelInactive()
     }
 }
 

@@ -38,12 +38,16 @@ public struct DataDir: Sendable, Equatable {
     /// Where the LMDB backend lives.
     public var backendPath: String { FileIO.join(snapDirectory, "db") }
 
+    /// Entries of the data directory that are not member data: a file system's `lost+found`,
+    /// and `fixtures` (the `--auto-tls` certificates, where etcd keeps them too).
+    static let ignoredTopEntries: Set<String> = ["lost+found", "fixtures"]
+
     /// Classifies the directory without modifying anything.
     public func inspect() throws -> State {
         if let wal = dedicatedWALDirectory { return try inspect(dedicatedWAL: wal) }
         guard FileIO.exists(path) else { return .empty }
         guard FileIO.isDirectory(path) else { return .foreign(reason: "\(path) is not a directory") }
-        let top = try FileIO.list(path).filter { $0 != "lost+found" }
+        let top = try FileIO.list(path).filter { !Self.ignoredTopEntries.contains($0) }
         if top.isEmpty { return .empty }
         if let other = top.first(where: { $0 != "member" }) {
             return .foreign(reason: "unexpected entry \(FileIO.join(path, other))")
@@ -96,7 +100,7 @@ public struct DataDir: Sendable, Equatable {
         var hasMemberData = false
         if FileIO.exists(path) {
             guard FileIO.isDirectory(path) else { return .foreign(reason: "\(path) is not a directory") }
-            let top = try FileIO.list(path).filter { $0 != "lost+found" }
+            let top = try FileIO.list(path).filter { !Self.ignoredTopEntries.contains($0) }
             if let other = top.first(where: { $0 != "member" }) {
                 return .foreign(reason: "unexpected entry \(FileIO.join(path, other))")
             }

@@ -73,7 +73,7 @@ private func loadError(_ args: [String], env: [String: String] = [:]) -> String?
         }
     }
 
-    @Test func urlRules() {
+    @Test func urlRules() throws {
         #expect(loadError(["--listen-client-urls", "tcp://1.2.3.4:1", "--advertise-client-urls", "http://a:1"])
             == "invalid value \"tcp://1.2.3.4:1\" for flag --listen-client-urls: URL scheme must be http, https, unix, or unixs: tcp://1.2.3.4:1")
         #expect(loadError(["--listen-client-urls", "http://1.2.3.4", "--advertise-client-urls", "http://a:1"])?
@@ -84,6 +84,18 @@ private func loadError(_ args: [String], env: [String: String] = [:]) -> String?
             == "--advertise-client-urls is required when --listen-client-urls is set explicitly")
         #expect(loadError(["--listen-client-urls", "https://127.0.0.1:1", "--advertise-client-urls", "https://a:1"])?
             .contains("must be provided for client url https://127.0.0.1:1") == true)
+        // Client TLS: accepted with certificates or --auto-tls; what is not implemented is refused.
+        let https = ["--listen-client-urls", "https://127.0.0.1:1,http://127.0.0.1:2", "--advertise-client-urls", "https://a:1"]
+        #expect(loadError(https + ["--cert-file", "/c", "--key-file", "/k", "--client-cert-auth", "--trusted-ca-file", "/ca"]) == nil)
+        #expect(loadError(https + ["--auto-tls"]) == nil)
+        #expect(try load(https + ["--auto-tls", "--client-cert-auth"]).warnings.contains { $0.contains("--client-cert-auth without --trusted-ca-file") })
+        #expect(try load(https + ["--auto-tls", "--client-cert-auth", "--trusted-ca-file", "/ca"]).warnings.isEmpty)
+        #expect(loadError(https + ["--auto-tls", "--client-crl-file", "/crl"])?.contains("--client-crl-file is not supported") == true)
+        #expect(loadError(https + ["--auto-tls", "--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "--tls-min-version", "TLS1.3"])
+            == "cipher suites cannot be configured when only TLS1.3 is enabled")
+        #expect(loadError(https + ["--auto-tls", "--tls-min-version", "TLS1.1"])?.contains("--tls-min-version") == true)
+        #expect(loadError(["--listen-client-urls", "unixs://sock:1", "--advertise-client-urls", "https://a:1", "--auto-tls"])?
+            .contains("unixs:// client URLs are not supported yet") == true)
         let v6 = try? EndpointURL(parsing: " http://[::1]:2379 ")
         #expect(v6?.host == "::1" && v6?.description == "http://[::1]:2379")
         // Lists are sorted as etcd sorts them.

@@ -28,6 +28,27 @@ import Testing
     }
 
     @Test(.enabled(if: toolsPresent))
+    func silentOrStalledTLSHandshakeIsClosed() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swetcd-tls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let context = try await Self.makeContext(in: directory)
+        try await withClientPort(configure: { $0.tls = context; $0.protocolDetectionTimeout = .milliseconds(200) }) { port in
+            // Nothing sent: closed by the handshake deadline.
+            let silent = try await RawClient.connect(port: port, timeoutSeconds: 10)
+            #expect(try await silent.readToEnd().closed)
+            // A partial ClientHello record (header promising more bytes than sent): closed too.
+            let stalled = try await RawClient.connect(port: port, timeoutSeconds: 10)
+            try await stalled.send([0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            #expect(try await stalled.readToEnd().closed)
+            // A completed handshake is not cut by the deadline (HTTP/1.1 keeps working after it).
+            let url = "https://127.0.0.1:\(port)/version"
+            let ok = try await run("/usr/bin/curl", ["-sk", "-m", "10", "--http1.1", url, url])
+            #expect(ok.output.contains("etcdserver"), "curl: \(ok.error)")
+        }
+    }
+
+    @Test(.enabled(if: toolsPresent))
     func alpnRoutesGRPCAndHTTPOnOneTLSPort() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("swetcd-tls-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

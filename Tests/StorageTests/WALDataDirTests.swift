@@ -36,6 +36,9 @@ import Testing
         try wal.close()
         #expect(try d.inspect() == .ours)
         #expect(try d.prepare() == .ours)
+        // The --auto-tls certificates (`fixtures`) are not foreign.
+        try FileIO.makeDirectory(d.path + "/fixtures")
+        #expect(try d.inspect() == .ours)
         // A snapshot file and the backend are ours too.
         try Snapshotter(directory: d.snapDirectory).save(StoredSnapshot(index: 1, term: 1, data: [1]))
         try walWriteFile(d.backendPath, [0])

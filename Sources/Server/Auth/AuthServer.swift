@@ -7,6 +7,9 @@ import Synchronization
 /// `token`, as etcd's clients send it) and by the JSON gateway (`Authorization` header).
 enum RequestCredentials {
     @TaskLocal static var token: String?
+    /// The common name of the verified client certificate of the call's connection (https://
+    /// with `--client-cert-auth`), the user of a call without a token (as etcd).
+    @TaskLocal static var certificateCommonName: String?
 }
 
 /// Puts the call's `token` metadata in ``RequestCredentials`` for the handler, streaming
@@ -17,12 +20,21 @@ struct TokenInterceptor: ServerInterceptor {
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
         let token = request.metadata[stringValues: "token"].first(where: { _ in true })
-        guard let token else { return try await next(request, context) }
-        var response = try await RequestCredentials.$token.withValue(token) { try await next(request, context) }
+        let commonName = ClientCertificateNames.shared.name(
+            for: ClientCertificateNames.key(remote: context.remotePeer, local: context.localPeer))
+        guard token != nil || commonName != nil else { return try await next(request, context) }
+        func scoped<T>(_ body: () async throws -> T) async throws -> T {
+            try await RequestCredentials.$token.withValue(token) {
+                try await RequestCredentials.$certificateCommonName.withValue(commonName) { try await body() }
+            }
+        }
+        var response = try await scoped { try await next(request, context) }
         if case .success(var contents) = response.accepted {
             let producer = contents.producer
             contents.producer = { writer in
-                try await RequestCredentials.$token.withValue(token) { try await producer(writer) }
+                try await RequestCredentials.$token.withValue(token) {
+                    try await RequestCredentials.$certificateCommonName.withValue(commonName) { try await producer(writer) }
+                }
             }
             response.accepted = .success(contents)
         }
@@ -96,7 +108,12 @@ extension EtcdServer {
     func authInfo() throws -> AuthInfo? {
         let snapshot = auth.snapshot
         guard snapshot.enabled else { return nil }
-        guard let token = RequestCredentials.token, !token.isEmpty else { throw EtcdError.userEmpty }
+        guard let token = RequestCredentials.token, !token.isEmpty else {
+            // etcd: without a token, a verified client certificate's CN is the user (who must exist).
+            guard let user = RequestCredentials.certificateCommonName, !user.isEmpty else { throw EtcdError.userEmpty }
+            guard let access = auth.access(of: user) else { throw EtcdError.permissionDenied }
+            return AuthInfo(user: user, revision: snapshot.revision, isRoot: access.isRoot, permissions: access.permissions)
+        }
         if let jwt {
             // A JWT carries the auth revision it was issued at: after any auth change the client
             // must authenticate again (clientv3 does so on this error), as with etcd.

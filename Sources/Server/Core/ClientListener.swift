@@ -3,7 +3,8 @@ import GRPCCore
 import Logging
 
 /// Serves the client gRPC services of an ``EtcdServer`` on its `--listen-client-urls`
-/// (plaintext; gRPC and HTTP/1.1 share each port through the shell's `ClientPortTransport`),
+/// (http:// plaintext, https:// TLS; gRPC and HTTP/1.1 share each port through the shell's
+/// `ClientPortTransport`),
 /// and `/metrics` with the health endpoints on its `--listen-metrics-urls`.
 public final class ClientListener: Sendable {
     private let servers: [(url: EndpointURL, kind: String, grpc: GRPCServer<ClientPortTransport>)]
@@ -28,13 +29,21 @@ public final class ClientListener: Sendable {
         // etcd: with keepalive interval or timeout 0, gRPC's defaults (2 h, 20 s) apply.
         var list: [(EndpointURL, String, GRPCServer<ClientPortTransport>)] = []
         let targets = cfg.listenClientURLs.map { ($0, "client") } + cfg.listenMetricsURLs.map { ($0, "metrics") }
+        let tls = try Self.tlsSource(cfg, logger: logger)
         for (url, kind) in targets {
-            guard url.scheme == "http" else {
-                throw ServerStartError("listen \(kind) URL \(url): only plaintext http:// is supported yet (TLS comes later)")
+            guard url.scheme == "http" || (url.scheme == "https" && kind == "client") else {
+                throw ServerStartError("listen \(kind) URL \(url): only http:// and (client URLs) https:// are supported yet")
             }
             var port = ClientPortConfiguration(
                 address: .tcp(host: url.host == "localhost" ? "127.0.0.1" : url.host, port: url.port),
                 router: kind == "client" ? router : metricsRouter)
+            if url.scheme == "https", let tls {
+                port.tlsProvider = { tls.current() }
+                let allowed = tls.settings.allowedHostname
+                if tls.settings.clientCertAuth {
+                    port.certificateHandler = { ClientCertificateHandler(allowedHostname: allowed) }
+                }
+            }
             port.maxReceiveMessageBytes = cfg.maxReceiveMessageBytes
             port.maxHTTPBodyBytes = cfg.maxReceiveMessageBytes
             port.keepaliveMinClientPingInterval = cfg.grpcKeepaliveMinTime
@@ -48,6 +57,27 @@ public final class ClientListener: Sendable {
         }
         servers = list
         self.logger = logger
+    }
+
+    /// The TLS context source of the https:// client URLs (nil without any): the configured
+    /// files, or with `--auto-tls` and no files a certificate generated now.
+    static func tlsSource(_ cfg: ServerConfig, logger: Logger) throws -> ClientTLSContextSource? {
+        guard cfg.listenClientURLs.contains(where: { $0.scheme == "https" }) else { return nil }
+        var settings = cfg.clientTLS
+        if settings.certFile.isEmpty {
+            guard settings.autoTLS else {
+                throw ServerStartError("TLS key/cert (--cert-file, --key-file) must be provided for client urls with HTTPS scheme")
+            }
+            let hosts = cfg.listenClientURLs.map(\.host) + cfg.advertiseClientURLs.map(\.host)
+            let made = try SelfSignedCertificate.make(directory: cfg.effectiveDataDir + "/fixtures/client", hosts: hosts,
+                                                      validityYears: cfg.selfSignedCertValidity)
+            settings.certFile = made.cert
+            settings.keyFile = made.key
+            logger.info("client TLS with a self-signed certificate (--auto-tls)", metadata: ["cert-file": "\(made.cert)"])
+        } else if settings.autoTLS {
+            logger.warning("ignoring client auto TLS since certs given")
+        }
+        return try ClientTLSContextSource(config: cfg, settings: settings, logger: logger)
     }
 
     /// Serves until ``stop()``; throws if a listener cannot bind.
