@@ -245,6 +245,10 @@ public final class EtcdServer: Sendable {
         transportBridge.raftStatus.withLock { [weak server] status in
             status = { [weak server] in server.map { ($0.leaderID, $0.committedIndex) } ?? (0, 0) }
         }
+        // Peer TLS is not built yet: say what that means, as etcd's documentation does.
+        logger.warning("peer traffic is neither encrypted nor authenticated: anyone who can reach the peer port can act as a member; keep it on a private network", metadata: [
+            "listen-peer-urls": "\(cfg.listenPeerURLs.map(\.description))",
+        ])
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),
