@@ -155,7 +155,7 @@ struct E2EAuthTests {
             #expect(try await ctl(lead, root, "user", "add", "bob:bobpw").status == 0)
             #expect(try await ctl(lead, root, "user", "grant-role", "bob", "reader").status == 0)
             #expect(try await ctl(lead, root, "user", "delete", "carol").status == 0)
-            let bench = try await runBench([
+            let bench = try await E2E.runBench([
                 "put", "--endpoints", lead.endpoint, "--user", root, "--clients", "16", "--conns", "2",
                 "--total", "6000", "--key-space-size", "6000", "--sequential-keys", "--key-prefix", "snap/", "--key-size", "12",
             ])
@@ -167,9 +167,9 @@ struct E2EAuthTests {
             }
             // Once it has applied as far as the leader, the new rules hold on it (checked there:
             // etcdctl authenticates against the member it talks to).
-            let applied = try await appliedIndex(of: lead)
+            let applied = try await lead.appliedIndex(asUser: "root:rootpw")
             try await E2E.waitUntil("the follower applied as far as the leader", limit: .seconds(30)) {
-                try await appliedIndex(of: behind) >= applied
+                try await behind.appliedIndex(asUser: "root:rootpw") >= applied
             }
             #expect(try await ctl(behind, "alice:alicepw", "put", "foo/b", "2").lines == ["OK"])
             #expect(try await ctl(behind, alice, "get", "bar").stderr.contains("etcdserver: permission denied"))
@@ -181,20 +181,6 @@ struct E2EAuthTests {
             #expect(try await ctl(behind, root, "role", "get", "writer").stdout.contains("foo/"))
             #expect(try await ctl(behind, nil, "get", "foo/a").stderr.contains("etcdserver: user name is empty"))
         }
-    }
-
-    /// `raftAppliedIndex` from `etcdctl endpoint status` as root (0 if missing).
-    private func appliedIndex(of member: Member) async throws -> UInt64 {
-        let out = try await member.ctl("--user", "root:rootpw", "endpoint", "status", "-w", "json").stdout
-        guard let r = out.range(of: "\"raftAppliedIndex\":") else { return 0 }
-        return UInt64(out[r.upperBound...].prefix { $0.isNumber }) ?? 0
-    }
-
-    private func runBench(_ args: [String]) async throws -> CommandOutput {
-        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "120", try #require(E2E.benchPath)] + args)
-        try child.start()
-        let status = try await child.waitExit(limit: .seconds(130))
-        return CommandOutput(status: status, stdout: child.stdout, stderr: child.stderr)
     }
 }
 

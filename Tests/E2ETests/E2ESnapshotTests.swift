@@ -41,7 +41,7 @@ struct E2ESnapshotTests {
             let behind = lead
             try await behind.crash()
             let newLead = try await Member.agreedLeader(of: followers)
-            let bench = try await runBench([
+            let bench = try await E2E.runBench([
                 "put", "--endpoints", followers.map(\.endpoint).joined(separator: ","), "--clients", "16", "--conns", "2",
                 "--total", "\(Self.writes)", "--key-space-size", "\(Self.writes)", "--sequential-keys",
                 "--key-prefix", "snap/", "--key-size", "12",
@@ -88,10 +88,10 @@ struct E2ESnapshotTests {
             early.signal(SIGTERM)
             late.signal(SIGTERM)
             // The follower's status shows it applied as far as the leader had.
-            let leaderApplied = try await appliedIndex(of: newLead)
+            let leaderApplied = try await newLead.appliedIndex()
             #expect(leaderApplied > UInt64(Self.writes))
             try await E2E.waitUntil("the follower applied as far as the leader") {
-                try await appliedIndex(of: behind) >= leaderApplied
+                try await behind.appliedIndex() >= leaderApplied
             }
             // Its member list (now from the leader's backend) still has every client URL.
             let list = try await behind.ctl("member", "list").stdout
@@ -129,20 +129,6 @@ struct E2ESnapshotTests {
             return -1
         }
         return Int(out[r.upperBound...].prefix { $0.isNumber }) ?? -1
-    }
-
-    /// `raftAppliedIndex` from `etcdctl endpoint status` (0 if missing).
-    private func appliedIndex(of member: Member) async throws -> UInt64 {
-        let out = try await member.ctl("endpoint", "status", "-w", "json").stdout
-        guard let r = out.range(of: "\"raftAppliedIndex\":") else { return 0 }
-        return UInt64(out[r.upperBound...].prefix { $0.isNumber }) ?? 0
-    }
-
-    private func runBench(_ args: [String]) async throws -> CommandOutput {
-        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "120", try #require(E2E.benchPath)] + args)
-        try child.start()
-        let status = try await child.waitExit(limit: .seconds(130))
-        return CommandOutput(status: status, stdout: child.stdout, stderr: child.stderr)
     }
 }
 

@@ -355,3 +355,23 @@ final class Member: @unchecked Sendable {
         await m.cleanUp()
     }
 }
+
+extension Member {
+    /// `raftAppliedIndex` from `etcdctl endpoint status` (0 if missing), as `user` when given.
+    func appliedIndex(asUser user: String? = nil) async throws -> UInt64 {
+        let out = try await ctl((user.map { ["--user", $0] } ?? []) + ["endpoint", "status", "-w", "json"]).stdout
+        guard let r = out.range(of: "\"raftAppliedIndex\":") else { return 0 }
+        return UInt64(out[r.upperBound...].prefix { $0.isNumber }) ?? 0
+    }
+}
+
+extension E2E {
+    /// Runs `swetcd-bench` (killed after 120 s at most).
+    static func runBench(_ args: [String]) async throws -> CommandOutput {
+        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "120", try #require(E2E.benchPath)] + args)
+        try child.start()
+        let status = try await child.waitExit(limit: .seconds(130))
+        return CommandOutput(status: status, stdout: child.stdout, stderr: child.stderr)
+    }
+}
+
