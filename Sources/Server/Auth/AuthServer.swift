@@ -106,13 +106,13 @@ extension EtcdServer {
     /// The caller, or nil when auth is disabled (everything is allowed then). Enabled: no
     /// token is "user name is empty", an unknown or expired one "invalid auth token".
     func authInfo() throws -> AuthInfo? {
-        let snapshot = auth.snapshot
-        guard snapshot.enabled else { return nil }
+        let status = auth.status
+        guard status.enabled else { return nil }
         guard let token = RequestCredentials.token, !token.isEmpty else {
             // etcd: without a token, a verified client certificate's CN is the user (who must exist).
             guard let user = RequestCredentials.certificateCommonName, !user.isEmpty else { throw EtcdError.userEmpty }
             guard let access = auth.access(of: user) else { throw EtcdError.permissionDenied }
-            return AuthInfo(user: user, revision: snapshot.revision, isRoot: access.isRoot, permissions: access.permissions)
+            return AuthInfo(user: user, revision: status.revision, isRoot: access.isRoot, permissions: access.permissions)
         }
         if let jwt {
             // A JWT carries the auth revision it was issued at: after any auth change the client
@@ -120,11 +120,11 @@ extension EtcdServer {
             guard let (user, revision) = jwt.verify(token), let access = auth.access(of: user) else {
                 throw EtcdError.invalidAuthToken
             }
-            if revision < snapshot.revision { throw EtcdError.authOldRevision }
+            if revision < status.revision { throw EtcdError.authOldRevision }
             return AuthInfo(user: user, revision: revision, isRoot: access.isRoot, permissions: access.permissions)
         }
         guard let user = tokens.user(of: token), let access = auth.access(of: user) else { throw EtcdError.invalidAuthToken }
-        return AuthInfo(user: user, revision: snapshot.revision, isRoot: access.isRoot, permissions: access.permissions)
+        return AuthInfo(user: user, revision: status.revision, isRoot: access.isRoot, permissions: access.permissions)
     }
 
     /// Refuses callers without the root role (admin operations), when auth is enabled.
@@ -191,7 +191,7 @@ extension EtcdServer {
     func authStatus() throws -> Etcdserverpb_AuthStatusResponse {
         var out = Etcdserverpb_AuthStatusResponse()
         out.header = header()
-        let s = auth.snapshot
+        let s = auth.status
         out.enabled = s.enabled
         out.authRevision = s.revision
         return out

@@ -48,7 +48,8 @@ final class AuthStore: Sendable {
 
     init() {}
 
-    var snapshot: State { state.withLock { $0 } }
+    /// Whether auth is enabled and the current revision, read together (every request asks).
+    var status: (enabled: Bool, revision: UInt64) { state.withLock { ($0.enabled, $0.revision) } }
     var isEnabled: Bool { state.withLock { $0.enabled } }
     var revision: UInt64 { state.withLock { $0.revision } }
 
