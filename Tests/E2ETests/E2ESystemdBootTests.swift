@@ -1,0 +1,318 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A minimal Debian system (scripts/systemd-rootfs) booted with `systemd-nspawn --boot`, running
+/// the shipped `systemd/swetcd.service` unchanged under a real systemd. The container shares the
+/// host's network, so the member listens on host loopback ports and the host's etcdctl talks to
+/// it; the swetcd binary and the Swift runtime are bind-mounted read-only, the tree itself is
+/// booted with `--volatile=overlay` (every write lands in a tmpfs that goes with the container).
+final class BootedSystem: @unchecked Sendable {
+    let nspawn: Child
+    let leader: pid_t
+    let clientPort: Int
+    let peerPort: Int
+    let configDir: String
+    var endpoint: String { "http://127.0.0.1:\(clientPort)" }
+
+    /// Whether this machine can boot a container: root, systemd-nspawn and debootstrap present.
+    static var available: Bool {
+        getuid() == 0 && E2E.available
+            && FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-nspawn")
+            && FileManager.default.isExecutableFile(atPath: "/usr/sbin/debootstrap")
+    }
+
+    /// The tree, made once per machine (about a minute; scripts/ensure-deps installs the tools).
+    static let rootfs: Result<String, E2EError> = {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../scripts/systemd-rootfs").standardized.path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: script)
+        let out = Pipe()
+        p.standardOutput = out
+        do { try Child.launching { try p.run() } } catch { return .failure(E2EError("\(script): \(error)")) }
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let path = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard p.terminationStatus == 0, !path.isEmpty else {
+            return .failure(E2EError("\(script) failed (status \(p.terminationStatus))"))
+        }
+        return .success(path)
+    }()
+
+    /// The directory of the Swift runtime libraries the binary links (from `ldd`).
+    static func swiftRuntimeDir(of binary: String) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/ldd")
+        p.arguments = [binary]
+        let out = Pipe()
+        p.standardOutput = out
+        try Child.launching { try p.run() }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        for line in text.split(separator: "\n") where line.contains("libswiftCore.so =>") {
+            let path = line.split(separator: " ").first { $0.hasPrefix("/") }.map(String.init)
+            if let path { return URL(fileURLWithPath: path).deletingLastPathComponent().path }
+        }
+        throw E2EError("no libswiftCore.so in ldd \(binary): \(text)")
+    }
+
+    /// Boots the tree with `environment` as /etc/default/swetcd (the unit's EnvironmentFile) and
+    /// `dropIn` as /etc/systemd/system/swetcd.service.d/test.conf; waits until boot finished.
+    init(name: String, environment: (Int, Int) -> [String], dropIn: String) async throws {
+        let root = try BootedSystem.rootfs.get()
+        let binary = try #require(E2E.swetcdPath)
+        let runtime = try BootedSystem.swiftRuntimeDir(of: binary)
+        clientPort = try E2E.freePort()
+        peerPort = try E2E.freePort()
+        configDir = try E2E.tempDir("nspawn")
+        try FileManager.default.createDirectory(atPath: configDir + "/dropin", withIntermediateDirectories: true)
+        try (environment(clientPort, peerPort).joined(separator: "\n") + "\n")
+            .write(toFile: configDir + "/env", atomically: true, encoding: .utf8)
+        try dropIn.write(toFile: configDir + "/dropin/test.conf", atomically: true, encoding: .utf8)
+        let unit = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../systemd/swetcd.service").standardized.path
+        let machine = "swetcd-\(name)-\(getpid() % 100000)"
+        let child = try Child("/usr/bin/systemd-nspawn", [
+            "--quiet", "--directory=\(root)", "--volatile=overlay", "--boot",
+            "--register=no", "--keep-unit", "--machine=\(machine)",
+            "--bind-ro=\(runtime)", "--bind-ro=\(binary):/usr/local/bin/swetcd",
+            "--bind-ro=\(unit):/etc/systemd/system/swetcd.service",
+            "--bind-ro=\(configDir)/env:/etc/default/swetcd",
+            "--bind-ro=\(configDir)/dropin:/etc/systemd/system/swetcd.service.d",
+        ])
+        nspawn = child
+        try child.start()
+        let nspawnPID = child.process.processIdentifier
+        var found: pid_t = 0
+        try await E2E.waitUntil("the container's init", limit: .seconds(30)) {
+            let children = (try? String(contentsOfFile: "/proc/\(nspawnPID)/task/\(nspawnPID)/children", encoding: .utf8)) ?? ""
+            found = children.split(separator: " ").compactMap { pid_t($0) }.first ?? 0
+            // The child becomes the container's init once it has set up the namespaces.
+            let comm = (try? String(contentsOfFile: "/proc/\(found)/comm", encoding: .utf8)) ?? ""
+            if found != 0 && comm != "systemd\n" { found = 0 }
+            return found != 0 || child.exitStatus != nil
+        }
+        guard found != 0 else { throw E2EError("systemd-nspawn exited: \(child.stderr)") }
+        leader = found
+        // "offline" until the manager answers on its bus; then --wait returns once boot is done.
+        var state = ""
+        try await E2E.waitUntil("the container's boot", limit: .seconds(90)) {
+            state = try await run(["systemctl", "is-system-running", "--wait"], limit: 90)
+                .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            return state != "offline" && state != "" || child.exitStatus != nil
+        }
+        guard ["running", "degraded"].contains(state) else {
+            throw E2EError("the container did not boot: \(state) \(child.stderr)")
+        }
+    }
+
+    /// Rewrites /etc/default/swetcd in place (the bind mount keeps the file's inode); the next
+    /// start of the unit reads it.
+    func setEnvironment(_ lines: [String]) throws {
+        try (lines.joined(separator: "\n") + "\n").write(toFile: configDir + "/env", atomically: false, encoding: .utf8)
+    }
+
+    /// Runs a command inside the container (all its namespaces), bounded by `limit` seconds.
+    @discardableResult
+    func run(_ args: [String], limit: Int = 60) async throws -> CommandOutput {
+        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "\(limit)", "/usr/bin/nsenter", "-t", "\(leader)", "-a"] + args)
+        try child.start()
+        let status = try await child.waitExit(limit: .seconds(Int64(limit + 5)))
+        return CommandOutput(status: status, stdout: child.stdout, stderr: child.stderr)
+    }
+
+    /// Properties of swetcd.service (`systemctl show`), e.g. ActiveState, NRestarts.
+    func unit(_ names: String...) async throws -> [String: String] {
+        let out = try await run(["systemctl", "show", "swetcd.service"] + names.map { "--property=\($0)" })
+        var result: [String: String] = [:]
+        for line in out.lines {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            result[String(line[..<eq])] = String(line[line.index(after: eq)...])
+        }
+        return result
+    }
+
+    /// The unit's own log lines (what swetcd wrote), one journal entry per element.
+    func serviceLog() async throws -> [String] {
+        try await run(["journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_UNIT=swetcd.service", "_COMM=swetcd"]).lines
+    }
+
+    /// systemd's lines about the unit (watchdog timeouts, restarts).
+    func managerLog() async throws -> String {
+        try await run(["journalctl", "--no-pager", "-o", "cat", "-u", "swetcd.service", "_PID=1"]).stdout
+    }
+
+    /// Powers the container off (systemd-nspawn exits when its init does), or kills it.
+    func shutdown() async {
+        let off = try? await run(["systemctl", "poweroff", "--no-block"], limit: 10)
+        let pid = nspawn.process.processIdentifier
+        let gone: () -> Bool = {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return true }
+            return status.contains(") Z ")
+        }
+        if (try? await E2E.waitUntil("the container's poweroff", limit: .seconds(30), { gone() })) == nil {
+            Issue.record("the container did not power off (\(String(describing: off))); killing it")
+            kill(pid, SIGKILL)
+            _ = try? await E2E.waitUntil("systemd-nspawn's exit", limit: .seconds(10), { gone() })
+        }
+        try? FileManager.default.removeItem(atPath: configDir)
+    }
+
+    /// A one-member cluster on the given ports, through the unit's EnvironmentFile.
+    static func oneMember(_ client: Int, _ peer: Int) -> [String] {
+        [
+            "ETCD_NAME=n1",
+            "ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:\(client)",
+            "ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:\(client)",
+            "ETCD_LISTEN_PEER_URLS=http://127.0.0.1:\(peer)",
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:\(peer)",
+            "ETCD_INITIAL_CLUSTER=n1=http://127.0.0.1:\(peer)",
+        ]
+    }
+}
+
+/// swetcd's unit file under a booted systemd: readiness, status, watchdog, exit codes, journald.
+@Suite("E2E systemd boot", .serialized,
+       .enabled(if: BootedSystem.available, "needs root, systemd-nspawn and debootstrap (scripts/ensure-deps)"))
+struct E2ESystemdBootTests {
+    /// READY=1 only once clients are served, STATUS= shown by systemctl, JSON logs one journal
+    /// entry each, data directory private to the service user, and a graceful stop in time.
+    @Test func readyStatusJournalAndStop() async throws {
+        let system = try await BootedSystem(name: "ready", environment: BootedSystem.oneMember, dropIn: "[Service]\n")
+        do {
+            // Type=notify: `systemctl start` returns only after READY=1, so a write works at once.
+            let start = try await system.run(["systemctl", "start", "swetcd.service"], limit: 120)
+            #expect(start.status == 0, "\(start)")
+            let put = try await etcdctl(system.endpoint, ["put", "k", "v"])
+            #expect(put.status == 0 && put.lines == ["OK"], "\(put)")
+            let props = try await system.unit("ActiveState", "StatusText", "NRestarts")
+            #expect(props["ActiveState"] == "active")
+            #expect(props["StatusText"]?.contains("serving clients on \(system.endpoint); leader ") == true, "\(props)")
+            let dir = try await system.run(["stat", "-c", "%a %U", "/var/lib/swetcd/default"])
+            #expect(dir.lines == ["700 swetcd"], "\(dir)")
+
+            // Every line swetcd logged is one JSON object in one journal entry.
+            let lines = try await system.serviceLog()
+            let ours = lines.filter { $0.hasPrefix("{") }
+            #expect(ours.count >= 3, "\(lines)")
+            for line in ours {
+                let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                #expect(object?["msg"] is String && object?["level"] is String, "not one JSON record: \(line)")
+            }
+            // Anything else is a whole line from the runtime, never a fragment of a record.
+            for line in lines where !line.hasPrefix("{") {
+                #expect(!line.contains("\"msg\"") && !line.hasPrefix(" ") && !line.hasPrefix("}"), "\(line)")
+            }
+
+            // A graceful stop: STOPPING=1, exit 0, well within TimeoutStopSec.
+            let began = ContinuousClock.now
+            let stop = try await system.run(["systemctl", "stop", "swetcd.service"], limit: 90)
+            #expect(stop.status == 0, "\(stop)")
+            #expect(ContinuousClock.now - began < .seconds(30))
+            let after = try await system.unit("ActiveState", "Result", "ExecMainStatus")
+            #expect(after["ActiveState"] == "inactive" && after["Result"] == "success" && after["ExecMainStatus"] == "0", "\(after)")
+            #expect(try await system.serviceLog().contains { $0.contains("received signal; shutting down") })
+        } catch {
+            Issue.record("journal: \((try? await system.run(["journalctl", "--no-pager", "-u", "swetcd.service"]).stdout.suffix(3000)) ?? "")")
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
+    }
+
+    /// A member of a cluster whose other member is absent serves its client port but is never
+    /// ready: there is no leader, so the unit stays "activating" with a status saying why.
+    @Test func notReadyWithoutQuorum() async throws {
+        let system = try await BootedSystem(name: "quorum", environment: { client, peer in
+            let absent = (try? E2E.freePort()) ?? 1
+            return [
+                "ETCD_NAME=n1",
+                "ETCD_LISTEN_CLIENT_URLS=http://127.0.0.1:\(client)",
+                "ETCD_ADVERTISE_CLIENT_URLS=http://127.0.0.1:\(client)",
+                "ETCD_LISTEN_PEER_URLS=http://127.0.0.1:\(peer)",
+                "ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:\(peer)",
+                "ETCD_INITIAL_CLUSTER=n1=http://127.0.0.1:\(peer),n2=http://127.0.0.1:\(absent)",
+            ]
+        }, dropIn: "[Service]\n")
+        do {
+            let start = try await system.run(["systemctl", "start", "--no-block", "swetcd.service"])
+            #expect(start.status == 0, "\(start)")
+            try await E2E.waitUntil("the client port", limit: .seconds(60)) { E2E.isListening(system.clientPort) }
+            try await E2E.waitUntil("the waiting status", limit: .seconds(30)) {
+                try await system.unit("StatusText")["StatusText"] == "waiting for a leader"
+            }
+            // Several election timeouts later it is still not ready.
+            let health = try await etcdctl(system.endpoint, ["endpoint", "health"], limit: 15)
+            #expect(health.status != 0, "\(health)")
+            let props = try await system.unit("ActiveState", "SubState")
+            #expect(props["ActiveState"] == "activating" && props["SubState"] == "start", "\(props)")
+        } catch {
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
+    }
+
+    /// A member that stops making progress stops its watchdog pings; systemd kills and restarts
+    /// it, and the restarted member serves the data it had.
+    @Test func watchdogRestartsHungMember() async throws {
+        let system = try await BootedSystem(name: "watchdog", environment: BootedSystem.oneMember,
+                                            dropIn: "[Service]\nWatchdogSec=3s\nRestartSec=1s\n")
+        do {
+            #expect(try await system.run(["systemctl", "start", "swetcd.service"], limit: 120).status == 0)
+            #expect(try await etcdctl(system.endpoint, ["put", "kept", "yes"]).status == 0)
+            let before = try await system.unit("MainPID")["MainPID"]
+            // Freeze every thread of the process (the Raft loop included).
+            #expect(try await system.run(["systemctl", "kill", "--signal=SIGSTOP", "swetcd.service"]).status == 0)
+            try await E2E.waitUntil("a watchdog restart", limit: .seconds(60)) {
+                let p = try await system.unit("NRestarts", "ActiveState", "MainPID")
+                return p["NRestarts"] == "1" && p["ActiveState"] == "active" && p["MainPID"] != before
+            }
+            let log = try await system.managerLog()
+            #expect(log.contains("Watchdog timeout"), "\(log)")
+            let get = try await etcdctl(system.endpoint, ["get", "kept", "--print-value-only"])
+            #expect(get.lines == ["yes"], "\(get)")
+        } catch {
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
+    }
+
+    /// A configuration error (exit 1) is not restarted; a crash is.
+    @Test func exitCodesDecideRestarts() async throws {
+        let system = try await BootedSystem(name: "exit", environment: { client, peer in
+            BootedSystem.oneMember(client, peer) + ["SWETCD_ARGS=--no-such-flag"]
+        }, dropIn: "[Service]\nRestartSec=1s\n")
+        do {
+            let start = try await system.run(["systemctl", "start", "swetcd.service"], limit: 120)
+            #expect(start.status != 0)
+            let failed = try await system.unit("ActiveState", "ExecMainStatus", "NRestarts")
+            #expect(failed["ActiveState"] == "failed" && failed["ExecMainStatus"] == "1", "\(failed)")
+            // Several RestartSec later there was still no restart (nothing to await: bounded look).
+            try await Task.sleep(for: .seconds(3))
+            #expect(try await system.unit("NRestarts", "ActiveState") == ["NRestarts": "0", "ActiveState": "failed"])
+            #expect(try await system.serviceLog().contains { $0.contains("no-such-flag") })
+
+            // Without the bad flag it starts; a crash (SIGSEGV) is restarted.
+            try system.setEnvironment(BootedSystem.oneMember(system.clientPort, system.peerPort))
+            #expect(try await system.run(["systemctl", "reset-failed", "swetcd.service"]).status == 0)
+            #expect(try await system.run(["systemctl", "start", "swetcd.service"], limit: 120).status == 0)
+            let pid = try await system.unit("MainPID")["MainPID"]
+            #expect(try await system.run(["systemctl", "kill", "--signal=SIGSEGV", "swetcd.service"]).status == 0)
+            try await E2E.waitUntil("a restart after the crash", limit: .seconds(60)) {
+                let p = try await system.unit("NRestarts", "ActiveState", "MainPID")
+                return p["NRestarts"] == "1" && p["ActiveState"] == "active" && p["MainPID"] != pid
+            }
+            #expect(try await etcdctl(system.endpoint, ["endpoint", "health"]).status == 0)
+        } catch {
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
+    }
+}
