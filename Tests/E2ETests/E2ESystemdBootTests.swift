@@ -62,7 +62,7 @@ final class BootedSystem: @unchecked Sendable {
 
     /// Boots the tree with `environment` as /etc/default/swetcd (the unit's EnvironmentFile) and
     /// `dropIn` as /etc/systemd/system/swetcd.service.d/test.conf; waits until boot finished.
-    init(name: String, environment: (Int, Int) -> [String], dropIn: String) async throws {
+    init(name: String, environment: (Int, Int) -> [String], dropIn: String, dataMount: String? = nil) async throws {
         let root = try BootedSystem.rootfs.get()
         let binary = try #require(E2E.swetcdPath)
         let runtime = try BootedSystem.swiftRuntimeDir(of: binary)
@@ -83,7 +83,7 @@ final class BootedSystem: @unchecked Sendable {
             "--bind-ro=\(unit):/etc/systemd/system/swetcd.service",
             "--bind-ro=\(configDir)/env:/etc/default/swetcd",
             "--bind-ro=\(configDir)/dropin:/etc/systemd/system/swetcd.service.d",
-        ])
+        ] + (dataMount.map { ["--bind=\($0):/var/lib/swetcd"] } ?? []))
         nspawn = child
         try child.start()
         let nspawnPID = child.process.processIdentifier
@@ -172,6 +172,44 @@ final class BootedSystem: @unchecked Sendable {
             "ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:\(peer)",
             "ETCD_INITIAL_CLUSTER=n1=http://127.0.0.1:\(peer)",
         ]
+    }
+}
+
+/// An ext4 file system on a loop device, mounted on a fresh directory: `fsfreeze` on it makes
+/// a disk that stops completing writes (and fsyncs) until it is thawed.
+final class LoopFileSystem: @unchecked Sendable {
+    let image: String
+    let mountPoint: String
+    private(set) var device = ""
+
+    init() async throws {
+        let dir = try E2E.tempDir("loopfs")
+        image = dir + "/disk.img"
+        mountPoint = dir + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try await Self.sh("truncate", "-s", "256M", image)
+        device = try await Self.sh("losetup", "--find", "--show", image).trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Self.sh("mkfs.ext4", "-q", device)
+        try await Self.sh("mount", device, mountPoint)
+    }
+
+    func freeze() async throws { try await Self.sh("fsfreeze", "--freeze", mountPoint) }
+    func thaw() async { _ = try? await Self.sh("fsfreeze", "--unfreeze", mountPoint) }
+
+    func remove() async {
+        await thaw()
+        _ = try? await Self.sh("umount", "--lazy", mountPoint)
+        if !device.isEmpty { _ = try? await Self.sh("losetup", "--detach", device) }
+        try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: image).deletingLastPathComponent().path)
+    }
+
+    @discardableResult
+    static func sh(_ args: String...) async throws -> String {
+        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "60"] + args)
+        try child.start()
+        let status = try await child.waitExit(limit: .seconds(65))
+        guard status == 0 else { throw E2EError("\(args.joined(separator: " ")): status \(status): \(child.stderr)") }
+        return child.stdout
     }
 }
 
@@ -281,6 +319,55 @@ struct E2ESystemdBootTests {
             throw error
         }
         await system.shutdown()
+    }
+
+    /// The disk stops completing writes (the data directory's file system is frozen): the Raft
+    /// loop blocks in its fsync while every other thread runs on, and the watchdog, tied to the
+    /// loop's progress, stops pinging; systemd declares the watchdog timeout. Once the disk
+    /// works again the killed member exits, is restarted and serves what it had acknowledged.
+    @Test func watchdogCatchesStuckDisk() async throws {
+        let disk = try await LoopFileSystem()
+        let system: BootedSystem
+        do {
+            system = try await BootedSystem(name: "disk", environment: BootedSystem.oneMember,
+                                            dropIn: "[Service]\nWatchdogSec=3s\nRestartSec=1s\nTimeoutAbortSec=5s\n",
+                                            dataMount: disk.mountPoint)
+        } catch {
+            await disk.remove()
+            throw error
+        }
+        do {
+            #expect(try await system.run(["systemctl", "start", "swetcd.service"], limit: 120).status == 0)
+            #expect(try await etcdctl(system.endpoint, ["put", "kept", "yes"]).status == 0)
+            let before = try await system.unit("MainPID")["MainPID"]
+            try await disk.freeze()
+            // A write now needs the frozen disk; it cannot complete.
+            let stuck = try etcdctlProcess(system.endpoint, ["put", "lost?", "maybe"], limit: 30)
+            try stuck.start()
+            // The process lives: its HTTP side answers from memory while the disk is frozen.
+            let version = try await LoopFileSystem.sh("curl", "-sS", "-m", "5", "\(system.endpoint)/version")
+            #expect(version.contains("etcdserver"), "\(version)")
+            // But its Raft loop is stuck, so the watchdog pings stop.
+            try await E2E.waitUntil("the watchdog timeout", limit: .seconds(60)) {
+                try await system.managerLog().contains("Watchdog timeout")
+            }
+            await disk.thaw()
+            try await E2E.waitUntil("the restart", limit: .seconds(90)) {
+                let p = try await system.unit("NRestarts", "ActiveState", "MainPID")
+                return p["NRestarts"] == "1" && p["ActiveState"] == "active" && p["MainPID"] != before
+            }
+            let get = try await etcdctl(system.endpoint, ["get", "kept", "--print-value-only"])
+            #expect(get.lines == ["yes"], "\(get)")
+            _ = try? await stuck.waitExit(limit: .seconds(40))
+        } catch {
+            Issue.record("manager log: \((try? await system.managerLog()) ?? "")")
+            await disk.thaw()
+            await system.shutdown()
+            await disk.remove()
+            throw error
+        }
+        await system.shutdown()
+        await disk.remove()
     }
 
     /// A configuration error (exit 1) is not restarted; a crash is.
