@@ -103,6 +103,7 @@ extension Backend {
                 copyStreams[ObjectIdentifier(stream)] = stream
                 let env = UnsafeEnv(e)
                 let thread = Thread { [self] in
+                    nameCurrentThread("snapshot-copy")
                     // A write to a closed stream must fail with EPIPE, not kill the process.
                     var block = sigset_t()
                     sigemptyset(&block)
@@ -121,7 +122,7 @@ extension Backend {
                         lock.broadcast()
                     }
                 }
-                thread.name = "swetcd-snapshot-copy"
+                thread.name = "snapshot-copy"
                 thread.start()
                 // The copy's transaction has begun once its first bytes (the meta pages)
                 // arrive, or it failed (end of stream).

@@ -62,7 +62,8 @@ final class BootedSystem: @unchecked Sendable {
 
     /// Boots the tree with `environment` as /etc/default/swetcd (the unit's EnvironmentFile) and
     /// `dropIn` as /etc/systemd/system/swetcd.service.d/test.conf; waits until boot finished.
-    init(name: String, environment: (Int, Int) -> [String], dropIn: String, dataMount: String? = nil) async throws {
+    init(name: String, environment: (Int, Int) -> [String], dropIn: String, dataMount: String? = nil,
+         extraDropIns: [String: String] = [:], extraBinds: [String] = [], extraOptions: [String] = []) async throws {
         let root = try BootedSystem.rootfs.get()
         let binary = try #require(E2E.swetcdPath)
         let runtime = try BootedSystem.swiftRuntimeDir(of: binary)
@@ -73,6 +74,9 @@ final class BootedSystem: @unchecked Sendable {
         try (environment(clientPort, peerPort).joined(separator: "\n") + "\n")
             .write(toFile: configDir + "/env", atomically: true, encoding: .utf8)
         try dropIn.write(toFile: configDir + "/dropin/test.conf", atomically: true, encoding: .utf8)
+        for (file, text) in extraDropIns {
+            try text.write(toFile: configDir + "/dropin/" + file, atomically: true, encoding: .utf8)
+        }
         let unit = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../../systemd/swetcd.service").standardized.path
         let machine = "swetcd-\(name)-\(getpid() % 100000)"
@@ -83,7 +87,7 @@ final class BootedSystem: @unchecked Sendable {
             "--bind-ro=\(unit):/etc/systemd/system/swetcd.service",
             "--bind-ro=\(configDir)/env:/etc/default/swetcd",
             "--bind-ro=\(configDir)/dropin:/etc/systemd/system/swetcd.service.d",
-        ] + (dataMount.map { ["--bind=\($0):/var/lib/swetcd"] } ?? []))
+        ] + (dataMount.map { ["--bind=\($0):/var/lib/swetcd"] } ?? []) + extraBinds.map { "--bind-ro=\($0)" } + extraOptions)
         nspawn = child
         try child.start()
         let nspawnPID = child.process.processIdentifier
@@ -173,6 +177,19 @@ final class BootedSystem: @unchecked Sendable {
             "ETCD_INITIAL_CLUSTER=n1=http://127.0.0.1:\(peer)",
         ]
     }
+}
+
+/// Runs a command to completion (for clean-up in `defer`).
+@discardableResult
+func runCommandSync(_ path: String, _ args: [String]) throws -> Int32 {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try Child.launching { try p.run() }
+    p.waitUntilExit()
+    return p.terminationStatus
 }
 
 /// An ext4 file system on a loop device, mounted on a fresh directory: `fsfreeze` on it makes
@@ -368,6 +385,45 @@ struct E2ESystemdBootTests {
         }
         await system.shutdown()
         await disk.remove()
+    }
+
+    /// systemd/swetcd-tune.conf runs deploy/tune.sh after every start: the Raft loop's thread
+    /// and the main thread get I/O priority best-effort 0 (the unit is set to 7 here, so the
+    /// change is the script's), and the interface named in /etc/default/swetcd gets the qdisc.
+    @Test func tuneDropInAppliesAtEveryStart() async throws {
+        let link = "swt\(getpid() % 100000)"
+        _ = try await LoopFileSystem.sh("ip", "link", "add", link + "a", "type", "veth", "peer", "name", link + "b")
+        defer { _ = try? runCommandSync("/usr/sbin/ip", ["link", "del", link + "a"]) }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardized.path
+        let tuneConf = try String(contentsOfFile: root + "/systemd/swetcd-tune.conf", encoding: .utf8)
+        let system = try await BootedSystem(name: "tune", environment: { client, peer in
+            BootedSystem.oneMember(client, peer) + ["SWETCD_TUNE_ARGS=--interface \(link)a"]
+        }, dropIn: "[Service]\nIOSchedulingPriority=7\n", extraDropIns: ["tune.conf": tuneConf],
+           extraBinds: [root + "/deploy/tune.sh:/usr/local/sbin/swetcd-tune"], extraOptions: ["--capability=CAP_NET_ADMIN"])
+        do {
+            for round in 1...2 {
+                let start = try await system.run(["systemctl", round == 1 ? "start" : "restart", "swetcd.service"], limit: 120)
+                #expect(start.status == 0, "\(start)")
+                let pid = try #require(try await system.unit("MainPID")["MainPID"])
+                let threads = try await system.run(["sh", "-c",
+                    "for t in /proc/\(pid)/task/*; do echo \"$(basename $t) $(cat $t/comm) $(ionice -p $(basename $t))\"; done"])
+                let lines = threads.lines
+                let main = lines.first { $0.hasPrefix("\(pid) ") }
+                let loop = lines.first { $0.contains(" raft-loop best-effort") }
+                #expect(main?.hasSuffix("best-effort: prio 0") == true, "round \(round): \(threads)")
+                #expect(loop?.hasSuffix("best-effort: prio 0") == true, "round \(round): \(threads)")
+                let qdisc = try await LoopFileSystem.sh("tc", "qdisc", "show", "dev", link + "a", "root")
+                #expect(qdisc.contains(" 5e7d:"), "\(qdisc)")
+                if round == 1 { _ = try await LoopFileSystem.sh("tc", "qdisc", "del", "dev", link + "a", "root") }
+            }
+            let log = try await system.run(["journalctl", "--no-pager", "-o", "cat", "-u", "swetcd.service"]).stdout
+            #expect(log.components(separatedBy: "root qdisc 5e7d:").count - 1 == 2, "\(log.suffix(2000))")
+        } catch {
+            Issue.record("journal: \((try? await system.run(["journalctl", "--no-pager", "-u", "swetcd.service"]).stdout.suffix(3000)) ?? "")")
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
     }
 
     /// A configuration error (exit 1) is not restarted; a crash is.

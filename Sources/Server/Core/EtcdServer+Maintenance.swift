@@ -81,6 +81,7 @@ extension EtcdServer: MaintenanceBackend {
         logger.info("defragmenting", metadata: ["path": "\(backend.path)"])
         let result: DefragmentResult = try await withCheckedThrowingContinuation { c in
             let thread = Thread {
+                nameCurrentThread("swetcd-defrag")
                 do { c.resume(returning: try backend.defragment()) } catch { c.resume(throwing: error) }
             }
             thread.name = "swetcd-defrag"

@@ -54,6 +54,7 @@ final class RaftLoopState {
 extension EtcdServer {
     func startLoopThread() {
         let thread = Thread { [self] in
+            nameCurrentThread("raft-loop")
             runLoop()
             loopExited.store(true, ordering: .releasing)
             let c = loopDone.withLock { slot -> CheckedContinuation<Void, Never>? in

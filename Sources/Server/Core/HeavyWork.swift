@@ -47,8 +47,12 @@ public final class HeavyWorkPool: @unchecked Sendable {
         queue.append(job)
         if started < threads && started - running < queue.count - head {
             started += 1
-            let t = Thread { [self] in work() }
-            t.name = "\(name)-\(started)"
+            let threadName = "\(name)-\(started)"
+            let t = Thread { [self] in
+                nameCurrentThread(threadName)
+                work()
+            }
+            t.name = threadName
             t.start()
         }
         condition.signal()
