@@ -1,4 +1,5 @@
 #ifndef SWETCD_CSYSTEMD_SHIM_H
 #define SWETCD_CSYSTEMD_SHIM_H
 #include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
 #endif

@@ -225,7 +225,7 @@ public enum FlagTable {
         // Logging, metrics, profiling
         f.append(oneOf("logger", ["zap", "capnslog"], "zap", "Logger; swetcd always writes structured logs (capnslog is accepted as zap).") { $0.logger = $1 })
         f.append(oneOf("log-level", ["debug", "info", "warn", "error", "panic", "fatal"], "info", "Log level.") { $0.logLevel = $1 })
-        f.append(list("log-outputs", "default", "Log outputs: stdout, stderr, default (stderr), or file paths.") { $0.logOutputs = $1 })
+        f.append(list("log-outputs", "default", "Log outputs: stdout, stderr, default (stderr), systemd/journal, or file paths.") { $0.logOutputs = $1 })
         f.append(list("log-output", "default", "Deprecated alias of --log-outputs.") { $0.logOutputs = $1 })
         f.append(oneOf("log-format", ["json", "console"], "json", "Log format (only json is supported; console is refused).") { $0.logFormat = $1 })
         f.append(bool("debug", false, "Deprecated: same as --log-level=debug.") { if $1 { $0.logLevel = "debug" } })

@@ -3,17 +3,35 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CSystemd
 public import Logging
 import Synchronization
 
-/// A destination for log lines: standard output, standard error or an append-only file.
+/// A destination for log lines: standard output, standard error, an append-only file, or the
+/// systemd journal.
 ///
-/// Each ``write(line:)`` is one `write(2)` loop under a lock, so lines from concurrent loggers
-/// never interleave. Write errors are dropped: logging must never bring the server down.
+/// Each ``write(line:level:)`` is one `write(2)` loop under a lock (one journal entry), so lines
+/// from concurrent loggers never interleave. Write errors are dropped: logging must never bring
+/// the server down.
 public final class LogSink: Sendable {
     private let descriptor: Int32
     private let ownsDescriptor: Bool
+    /// Entries go to journald (`sd_journal_sendv`), not to `descriptor`.
+    private let toJournal: Bool
     private let lock = Mutex<Void>(())
+
+    /// The systemd journal (etcd's `--log-outputs systemd/journal`): one entry per record, the
+    /// JSON line as `MESSAGE`, the level as syslog `PRIORITY`, `SYSLOG_IDENTIFIER=swetcd`.
+    public static let journal = LogSink(journal: ())
+
+    private init(journal: Void) {
+        descriptor = -1
+        ownsDescriptor = false
+        toJournal = true
+    }
+
+    /// Where journald listens; without it, `systemd/journal` is refused at start.
+    static let journalSocket = "/run/systemd/journal/socket"
 
     /// Standard output (etcd's `--log-outputs stdout`).
     public static let standardOutput = LogSink(descriptor: 1, ownsDescriptor: false)
@@ -23,6 +41,7 @@ public final class LogSink: Sendable {
     private init(descriptor: Int32, ownsDescriptor: Bool) {
         self.descriptor = descriptor
         self.ownsDescriptor = ownsDescriptor
+        toJournal = false
     }
 
     /// Opens (creating it with mode 0600 if needed) a file for appending log lines.
@@ -51,14 +70,19 @@ public final class LogSink: Sendable {
             switch key {
             case "stderr": sinks.append(.standardError)
             case "stdout": sinks.append(.standardOutput)
+            case "systemd/journal":
+                guard access(journalSocket, F_OK) == 0 else { throw LogSinkError(journalMissing: journalSocket) }
+                sinks.append(.journal)
             default: sinks.append(try LogSink(appendingTo: output))
             }
         }
         return sinks
     }
 
-    /// Writes one complete line (the caller includes the trailing newline).
-    public func write(line: [UInt8]) {
+    /// Writes one complete line (the caller includes the trailing newline); `level` sets the
+    /// journal entry's priority.
+    public func write(line: [UInt8], level: Logger.Level = .info) {
+        if toJournal { return sendToJournal(line: line, level: level) }
         lock.withLock { _ in
             line.withUnsafeBytes { raw in
                 guard var base = raw.baseAddress else { return }
@@ -77,15 +101,59 @@ public final class LogSink: Sendable {
     }
 }
 
-/// A log file could not be opened.
+extension LogSink {
+    /// syslog priorities (journald's PRIORITY field) for swift-log levels.
+    static func priority(_ level: Logger.Level) -> Int {
+        switch level {
+        case .trace, .debug: return 7
+        case .info: return 6
+        case .notice: return 5
+        case .warning: return 4
+        case .error: return 3
+        case .critical: return 2
+        }
+    }
+
+    private func sendToJournal(line: [UInt8], level: Logger.Level) {
+        var message = Array("MESSAGE=".utf8) + line
+        if message.last == UInt8(ascii: "\n") { message.removeLast() }
+        let priority = Array("PRIORITY=\(Self.priority(level))".utf8)
+        let identifier = Array("SYSLOG_IDENTIFIER=swetcd".utf8)
+        message.withUnsafeBytes { m in
+            priority.withUnsafeBytes { p in
+                identifier.withUnsafeBytes { i in
+                    var fields = [m, p, i].map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+                    _ = sd_journal_sendv(&fields, Int32(fields.count))
+                }
+            }
+        }
+    }
+}
+
+/// A log output could not be opened.
 public struct LogSinkError: Error, CustomStringConvertible {
     /// The path that failed.
     public let path: String
     /// The `errno` of the failed `open(2)`.
     public let errno: Int32
+    private var journalMissing = false
+
+    init(path: String, errno: Int32) {
+        self.path = path
+        self.errno = errno
+    }
+
+    init(journalMissing socket: String) {
+        path = socket
+        errno = ENOENT
+        journalMissing = true
+    }
 
     public var description: String {
-        "cannot open log output \(path): \(String(cString: strerror(errno)))"
+        if journalMissing {
+            return "cannot use --log-outputs systemd/journal: journald is not running (no \(path))"
+        }
+        return "cannot open log output \(path): \(String(cString: strerror(errno)))"
     }
 }
 
@@ -161,7 +229,7 @@ public struct JSONLogHandler: LogHandler {
             error: event.error.map { String(describing: $0) },
             metadata: merged
         )
-        for sink in sinks { sink.write(line: line) }
+        for sink in sinks { sink.write(line: line, level: event.level) }
     }
 }
 

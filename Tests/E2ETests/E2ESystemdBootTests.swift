@@ -279,6 +279,37 @@ struct E2ESystemdBootTests {
         await system.shutdown()
     }
 
+    /// `--log-outputs systemd/journal` (etcd's flag): records go to journald natively, one entry
+    /// each, with the level as the syslog priority and the JSON record as the message.
+    @Test func logsToTheJournal() async throws {
+        let system = try await BootedSystem(name: "journal", environment: { client, peer in
+            BootedSystem.oneMember(client, peer) + ["ETCD_LOG_OUTPUTS=systemd/journal"]
+        }, dropIn: "[Service]\n")
+        do {
+            #expect(try await system.run(["systemctl", "start", "swetcd.service"], limit: 120).status == 0)
+            // (libdispatch's own complaint, if any, arrives through syslog(3): not ours to check.)
+            let out = try await system.run(["journalctl", "--no-pager", "-o", "json", "SYSLOG_IDENTIFIER=swetcd", "_TRANSPORT=journal"])
+            var levels: [String: Set<String>] = [:]
+            for line in out.lines {
+                let entry = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                let message = try #require(entry["MESSAGE"] as? String)
+                let record = try JSONSerialization.jsonObject(with: Data(message.utf8)) as? [String: Any]
+                let level = try #require(record?["level"] as? String, "\(message)")
+                levels[level, default: []].insert(entry["PRIORITY"] as? String ?? "?")
+            }
+            #expect(levels["info"] == ["6"], "\(levels)")
+            if let warn = levels["warn"] { #expect(warn == ["4"]) }
+            #expect(out.lines.count >= 3, "\(out.stdout.suffix(2000))")
+            // Nothing went to the unit's standard error stream as well.
+            let stream = try await system.run(["journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_UNIT=swetcd.service", "_TRANSPORT=stdout"])
+            #expect(!stream.stdout.contains("\"msg\""), "\(stream.stdout.suffix(1000))")
+        } catch {
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
+    }
+
     /// A member of a cluster whose other member is absent serves its client port but is never
     /// ready: there is no leader, so the unit stays "activating" with a status saying why.
     @Test func notReadyWithoutQuorum() async throws {

@@ -11,6 +11,22 @@ import Testing
         return try #require(object as? [String: Any])
     }
 
+    /// `systemd/journal` is journald (never a file of that name): refused with a clear error
+    /// where journald does not run, a journal sink where it does (E2ESystemdBootTests checks the
+    /// entries under a real systemd).
+    @Test func journalOutputNeedsJournald() throws {
+        if FileManager.default.fileExists(atPath: LogSink.journalSocket) {
+            #expect(try LogSink.forEtcdOutputs(["systemd/journal"]).count == 1)
+        } else {
+            #expect(throws: LogSinkError.self) { try LogSink.forEtcdOutputs(["systemd/journal"]) }
+            do { _ = try LogSink.forEtcdOutputs(["systemd/journal"]) } catch {
+                #expect("\(error)" == "cannot use --log-outputs systemd/journal: journald is not running (no /run/systemd/journal/socket)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: "systemd/journal"))
+        }
+        #expect(LogSink.priority(.info) == 6 && LogSink.priority(.warning) == 4 && LogSink.priority(.critical) == 2)
+    }
+
     @Test func lineHasZapFieldsInOrder() throws {
         let line = JSONLogFormat.line(
             level: .warning, timestamp: "2026-11-21T21:00:00.000000Z", caller: "Server/Foo.swift:12",
