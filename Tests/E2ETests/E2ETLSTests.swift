@@ -237,6 +237,30 @@ struct E2ETLSTests {
             let withToken = try await etcdctl(https, fx.ctlFlags("root") + ["--user", "alice:alicepw", "user", "list"])
             #expect(withToken.stderr.contains("etcdserver: permission denied"), "\(withToken)")
 
+            // The JSON gateway over https: no Authorization header, so the CN is the user too.
+            #expect(try await ctl("root", "put", "b", "secret").lines == ["OK"])
+            func gateway(_ cert: String, _ key: String, header: [String] = []) async throws -> String {
+                let body = #"{"key":""# + Data(key.utf8).base64EncodedString() + #""}"#
+                return try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca, "--cert", "\(fx.dir)/\(cert).pem",
+                                                           "--key", "\(fx.dir)/\(cert).key", "-X", "POST", "-d", body] + header
+                                         + ["\(https)/v3/kv/range"]).stdout
+            }
+            let xValue = #""value":""# + Data("x".utf8).base64EncodedString() + "\""
+            let secret = #""value":""# + Data("secret".utf8).base64EncodedString() + "\""
+            let aliceOwn = try await gateway("alice", "a/1")
+            #expect(aliceOwn.contains(xValue), "\(aliceOwn)")
+            let aliceOther = try await gateway("alice", "b")
+            #expect(aliceOther.contains("etcdserver: permission denied") && !aliceOther.contains(secret), "\(aliceOther)")
+            #expect(try await gateway("root", "b").contains(secret))
+            let nobody = try await gateway("nobody", "a/1")
+            #expect(nobody.contains("etcdserver: permission denied") && !nobody.contains(xValue), "\(nobody)")
+            // A token in the Authorization header wins over the certificate here as well.
+            let auth = try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca, "--cert", "\(fx.dir)/root.pem",
+                                                           "--key", "\(fx.dir)/root.key", "-X", "POST",
+                                                           "-d", #"{"name":"alice","password":"alicepw"}"#, "\(https)/v3/auth/authenticate"])
+            let token = try #require(jsonString(auth.stdout, "token"), "\(auth)")
+            let rootAsAlice = try await gateway("root", "b", header: ["-H", "Authorization: \(token)"])
+            #expect(rootAsAlice.contains("etcdserver: permission denied") && !rootAsAlice.contains(secret), "\(rootAsAlice)")
         }
     }
 
