@@ -1,4 +1,5 @@
 import EtcdConfig
+import Foundation
 import GRPCCore
 import Logging
 
@@ -88,6 +89,12 @@ public final class ClientListener: Sendable {
         do {
             let r = try CertificateRevocation(crlFile: cfg.clientTLS.crlFile, caFile: cfg.clientTLS.trustedCAFile, logger: logger)
             logger.info("client certificates are checked against the revocation list", metadata: ["crl-file": "\(r.crlFile)"])
+            for list in r.lists() {
+                if let next = list.nextUpdate, next < Date() {
+                    logger.error("the revocation list is past its nextUpdate: certificates of its issuer are refused until it is replaced",
+                                 metadata: ["crl-file": "\(r.crlFile)", "issuer": "\(list.issuer)", "next-update": "\(next)"])
+                }
+            }
             return r
         } catch {
             throw ServerStartError("--client-crl-file: \(error)")
