@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOSSL
 import Testing
 import X509
 import SwiftASN1
@@ -202,6 +203,54 @@ import SwiftASN1
         // Start errors name the file and the reason.
         #expect(throws: CRLError.self) { try CertificateRevocation(crlFile: path, caFile: fx.ca, logger: Logger(label: "test")) }
         #expect(throws: CRLError.self) { try CertificateRevocation(crlFile: fx.dir + "/missing", caFile: fx.ca, logger: Logger(label: "test")) }
+    }
+}
+
+extension CRLTests {
+    /// The handshake hook on a real client port, with curl: a client certificate issued by an
+    /// intermediate CA is served until the root's list revokes the intermediate (the whole
+    /// verified chain is checked, not only the leaf), and the list is re-read for that.
+    @Test(.enabled(if: opensslPresent && FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")))
+    func revokedIntermediateFailsTheHandshake() async throws {
+        let fx = try await Fixture()
+        defer { fx.cleanUp() }
+        let d = fx.dir
+        try Data("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n".utf8)
+            .write(to: URL(fileURLWithPath: d + "/int.ext"))
+        try Data("extendedKeyUsage=clientAuth\n".utf8).write(to: URL(fileURLWithPath: d + "/leaf.ext"))
+        try Data("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".utf8).write(to: URL(fileURLWithPath: d + "/server.ext"))
+        for (name, issuer, ext, serial) in [("int", "ca", "int.ext", 11), ("leaf", "int", "leaf.ext", 12), ("server", "ca", "server.ext", 13)] {
+            try await fx.openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                  "-keyout", "\(d)/\(name).key", "-out", "\(d)/\(name).csr", "-subj", "/CN=\(name)"])
+            try await fx.openssl(["x509", "-req", "-in", "\(d)/\(name).csr", "-CA", "\(d)/\(issuer).pem", "-CAkey", "\(d)/\(issuer).key",
+                                  "-set_serial", "\(serial)", "-days", "2",
+                                  "-out", "\(d)/\(name).pem", "-extfile", "\(d)/\(ext)"])
+        }
+        let chain = try String(contentsOfFile: d + "/leaf.pem", encoding: .utf8) + String(contentsOfFile: d + "/int.pem", encoding: .utf8)
+        try Data(chain.utf8).write(to: URL(fileURLWithPath: d + "/chain.pem"))
+        let crl = d + "/ca.crl"
+        try Data(try await fx.crl()).write(to: URL(fileURLWithPath: crl))
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(d + "/server.pem").map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: d + "/server.key", format: .pem)))
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(fx.ca))
+        tls.certificateVerification = .noHostnameVerification
+        tls.applicationProtocols = ["http/1.1", "h2"]
+        let context = try NIOSSLContext(configuration: tls)
+        let revocation = try CertificateRevocation(crlFile: crl, caFile: fx.ca, logger: Logger(label: "test"))
+        try await withClientPort(configure: { $0.tls = context; $0.revocation = revocation }) { port in
+            func curl() async throws -> (status: Int32, output: String, error: String) {
+                try await run("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca, "--cert", d + "/chain.pem", "--key", d + "/leaf.key",
+                                                "https://127.0.0.1:\(port)/version"])
+            }
+            let served = try await curl()
+            #expect(served.output.contains("etcdserver"), "\(served)")
+            try await fx.revoke("int")
+            try Data(try await fx.crl()).write(to: URL(fileURLWithPath: crl + ".new"))
+            #expect(rename(crl + ".new", crl) == 0)
+            let refused = try await curl()
+            #expect(refused.status != 0 && !refused.output.contains("etcdserver"), "\(refused)")
+        }
     }
 }
 
