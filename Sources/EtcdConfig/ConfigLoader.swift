@@ -306,12 +306,15 @@ public enum ConfigLoader {
             throw ConfigError("--listen-client-urls \(u): unixs:// client URLs are not supported yet; use https://")
         }
         if c.listenClientURLs.contains(where: { $0.scheme == "https" }) {
-            if !c.clientTLS.crlFile.isEmpty {
-                throw ConfigError("--client-crl-file is not supported by swetcd yet: certificate revocation lists are not checked; remove the revoked certificate's CA from --trusted-ca-file or rotate the CA")
+            if !c.clientTLS.crlFile.isEmpty && c.clientTLS.trustedCAFile.isEmpty {
+                throw ConfigError("--client-crl-file needs --trusted-ca-file: the revocation list's signature is checked against the trusted CA")
             }
             if !c.cipherSuites.filter({ !$0.isEmpty }).isEmpty && c.tlsMinVersion == "TLS1.3" {
                 throw ConfigError("cipher suites cannot be configured when only TLS1.3 is enabled")
             }
+        }
+        if c.listenPeerURLs.contains(where: \.isSecure) && !c.peerTLS.crlFile.isEmpty && c.peerTLS.trustedCAFile.isEmpty {
+            throw ConfigError("--peer-crl-file needs --peer-trusted-ca-file: the revocation list's signature is checked against the trusted CA")
         }
         warnings += tlsWarnings(c, explicitlySet: explicitlySet)
         // Lease checkpoints are always on and persisted (etcd 3.6 behaviour).
@@ -394,6 +397,9 @@ public enum ConfigLoader {
         let peerTLS = c.listenPeerURLs.contains(where: \.isSecure)
         if !client.isEmpty && !clientTLS {
             out.append("TLS flags \(client.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-client-urls URL is http://")
+        }
+        if clientTLS && !c.clientTLS.crlFile.isEmpty && !c.clientTLS.clientCertAuth {
+            out.append("--client-crl-file has no effect without --client-cert-auth: clients are not asked for certificates")
         }
         if clientTLS && c.clientTLS.clientCertAuth && c.clientTLS.trustedCAFile.isEmpty {
             out.append("--client-cert-auth without --trusted-ca-file: client certificates are verified against the system's CA certificates; give --trusted-ca-file to trust only your CA")

@@ -29,6 +29,8 @@ public struct ClientPortConfiguration: Sendable {
     /// With TLS: a handler run after the handshake (checks the client certificate's name and
     /// records its CN), or nil.
     var certificateHandler: (@Sendable () -> ClientCertificateHandler)?
+    /// With TLS: revocation lists that fail the handshake of a revoked client certificate.
+    var revocation: CertificateRevocation?
     /// The largest gRPC request message accepted (etcd: `--max-request-bytes` + 512 KiB).
     public var maxReceiveMessageBytes: Int
     /// The largest HTTP/1.1 request body accepted (larger: 413).
@@ -284,6 +286,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             tls = nil
         }
         let certificateHandler = configuration.certificateHandler
+        let revocation = configuration.revocation
         let sniffTimeout = TimeAmount(configuration.protocolDetectionTimeout)
         let admission = ConnectionAdmission(limit: configuration.maxConnections)
 
@@ -303,7 +306,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                         return
                     }
                     child.closeFuture.whenComplete { _ in admission.release() }
-                    try Self.initialize(child: child, tls: tls?(), certificateHandler: certificateHandler?(),
+                    try Self.initialize(child: child, tls: tls?(), certificateHandler: certificateHandler?(), revocation: revocation,
                                         starter: starter, sniffTimeout: sniffTimeout)
                 }
             }
@@ -338,6 +341,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
         child: any Channel,
         tls: NIOSSLContext?,
         certificateHandler: ClientCertificateHandler? = nil,
+        revocation: CertificateRevocation? = nil,
         starter: ConnectionStarter,
         sniffTimeout: TimeAmount
     ) throws {
@@ -346,7 +350,7 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
             try sync.addHandler(ProtocolSniffer(starter: starter, timeout: sniffTimeout))
             return
         }
-        try sync.addHandler(NIOSSLServerHandler(context: tls))
+        try sync.addHandler(CertificateRevocation.serverHandler(context: tls, revocation: revocation))
         try sync.addHandler(TLSHandshakeDeadline(timeout: sniffTimeout))
         if let certificateHandler { try sync.addHandler(certificateHandler) }
         try sync.addHandler(ApplicationProtocolNegotiationHandler { result, channel in

@@ -106,8 +106,13 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
             break
         case (.end, .receiving(let head, let body)):
             state = .responding
-            let request = HTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
-            respond(context: context, head: head) { router in await router.respond(to: request) }
+            var request = HTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
+            let channel = context.channel
+            request.certificateCommonName = ClientCertificateNames.shared.name(for: ClientCertificateNames.key(
+                remote: ClientCertificateNames.describe(channel.remoteAddress, fallback: channel.localAddress),
+                local: ClientCertificateNames.describe(channel.localAddress, fallback: channel.remoteAddress)))
+            let ready = request
+            respond(context: context, head: head) { router in await router.respond(to: ready) }
         case (.end, .rejecting(let head)):
             state = .responding
             respond(context: context, head: head, forceClose: true) { _ in Self.tooLarge }

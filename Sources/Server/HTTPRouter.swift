@@ -16,6 +16,9 @@ public struct HTTPRequest: Sendable {
     public var headers: HTTPHeaders
     /// The request body.
     public var body: ByteBuffer
+    /// The common name of the connection's verified client certificate (https:// with
+    /// `--client-cert-auth`), or nil: the gateway's user when no token is given.
+    var certificateCommonName: String?
 
     /// Creates a request; `path` and `query` are split from `uri`.
     public init(method: HTTPMethod, uri: String, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {

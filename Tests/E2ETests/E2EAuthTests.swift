@@ -228,3 +228,79 @@ extension E2EAuthTests {
         }
     }
 }
+
+extension E2EAuthTests {
+    /// `--auth-token-ttl` with simple tokens: a token left unused for the TTL is refused with
+    /// etcd's "invalid auth token"; a token in use stays valid (etcd extends it on each use);
+    /// etcdctl, which authenticates at each start, is not affected.
+    @Test func simpleTokensExpireAfterTheTTLUnlessUsed() async throws {
+        try await Member.with(extraArgs: ["--bcrypt-cost", "4", "--auth-token-ttl", "2"]) { m in
+            try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
+            for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
+                         ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
+                         ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
+                let r = try await m.ctl(args)
+                #expect(r.status == 0, "\(args): \(r.stderr)")
+            }
+            let base = "http://\(m.endpoint)"
+            func authenticate() async throws -> String {
+                let out = try await curl(["-s", "-X", "POST", "\(base)/v3/auth/authenticate",
+                                          "-d", #"{"name":"alice","password":"alicepw"}"#]).stdout
+                return try #require(jsonString(out, "token"), "authenticate: \(out)")
+            }
+            func range(_ token: String) async throws -> String {
+                try await curl(["-s", "-X", "POST", "\(base)/v3/kv/range", "-H", "Authorization: \(token)",
+                                "-d", #"{"key":"Zm9vL2E="}"#]).stdout
+            }
+            // Tokens issued together; the poll below spends one unused token per round, so the
+            // polling itself does not extend them. `kept` is used every round.
+            let issued = ContinuousClock.now
+            var fresh: [String] = []
+            for _ in 0..<24 { fresh.append(try await authenticate()) }
+            let kept = try await authenticate()
+            let issuing = ContinuousClock.now - issued
+            var expiredAfter: Duration?
+            var validRounds = 0
+            for token in fresh {
+                let kept = try await range(kept)
+                #expect(kept.contains(#""kvs""#), "a token in use: \(kept)")
+                let r = try await range(token)
+                if r.contains("etcdserver: invalid auth token") {
+                    expiredAfter = ContinuousClock.now - issued
+                    break
+                }
+                #expect(r.contains(#""kvs""#), "\(r)")
+                validRounds += 1
+                try await Task.sleep(for: .milliseconds(250))  // pacing of the rounds, not a synchronisation
+            }
+            let after = try #require(expiredAfter, "no token expired within \(fresh.count) rounds of 250 ms")
+            // Never early; tokens issued in under a second served at least the first round.
+            #expect(after >= .seconds(2), "expired after \(after)")
+            if issuing < .seconds(1) { #expect(validRounds >= 1, "issuing took \(issuing)") }
+            // The token in use all along, past the TTL, still works; etcdctl authenticates anew.
+            #expect(try await range(kept).contains(#""kvs""#))
+            #expect(try await m.ctl(["--user", "alice:alicepw", "get", "foo/a"]).lines == ["foo/a", "1"])
+        }
+    }
+}
+
+extension E2EAuthTests {
+    /// etcd's clientv3 (Tests/E2ETests/go/tokenrefresh) with a user and password outlives its
+    /// simple token: the server's answer to the expired token is exactly etcd's
+    /// ErrInvalidAuthToken, on which clientv3 authenticates again and retries.
+    @Test func clientv3AuthenticatesAgainAfterItsTokenExpired() async throws {
+        let program = try await GoChecks.binary("tokenrefresh")
+        try await Member.with(extraArgs: ["--bcrypt-cost", "4", "--auth-token-ttl", "2"]) { m in
+            try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
+            for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
+                         ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
+                         ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
+                let r = try await m.ctl(args)
+                #expect(r.status == 0, "\(args): \(r.stderr)")
+            }
+            let run = try await runTool(program, ["--endpoint", m.endpoint, "--user", "alice", "--password", "alicepw",
+                                                  "--key", "foo/a", "--rounds", "40"], limit: 60)
+            #expect(run.status == 0 && run.stdout.contains("tokenrefresh ok"), "\(run.stdout) \(run.stderr.suffix(2000))")
+        }
+    }
+}

@@ -39,6 +39,36 @@ struct TLSFixture {
         return (cert, key)
     }
 
+    /// Revokes `<name>.pem` in the CA's `openssl ca` database (made on first use).
+    func revoke(_ name: String) async throws {
+        try await openssl(["ca", "-config", try caConfig(), "-keyfile", dir + "/ca.key", "-cert", ca, "-revoke", "\(dir)/\(name).pem"])
+    }
+
+    /// Writes the CA's revocation list (PEM, by `openssl ca -gencrl`) to `path`, atomically.
+    func writeCRL(_ path: String) async throws {
+        try await openssl(["ca", "-config", try caConfig(), "-keyfile", dir + "/ca.key", "-cert", ca, "-gencrl", "-out", path + ".new"])
+        guard rename(path + ".new", path) == 0 else { throw E2EError("rename \(path): errno \(errno)") }
+    }
+
+    private func caConfig() throws -> String {
+        let config = dir + "/ca.cnf"
+        if !FileManager.default.fileExists(atPath: config) {
+            FileManager.default.createFile(atPath: dir + "/ca.index", contents: Data())
+            FileManager.default.createFile(atPath: dir + "/ca.crlnumber", contents: Data("01\n".utf8))
+            FileManager.default.createFile(atPath: config, contents: Data("""
+                [ ca ]
+                default_ca = d
+                [ d ]
+                database = \(dir)/ca.index
+                crlnumber = \(dir)/ca.crlnumber
+                default_md = sha256
+                default_crl_days = 1
+
+                """.utf8))
+        }
+        return config
+    }
+
     func openssl(_ args: [String]) async throws {
         let c = try Child("/usr/bin/openssl", args)
         try c.start()
@@ -206,6 +236,83 @@ struct E2ETLSTests {
             // A token wins over the certificate (alice's password on root's certificate).
             let withToken = try await etcdctl(https, fx.ctlFlags("root") + ["--user", "alice:alicepw", "user", "list"])
             #expect(withToken.stderr.contains("etcdserver: permission denied"), "\(withToken)")
+
+            // The JSON gateway over https: no Authorization header, so the CN is the user too.
+            #expect(try await ctl("root", "put", "b", "secret").lines == ["OK"])
+            func gateway(_ cert: String, _ key: String, header: [String] = []) async throws -> String {
+                let body = #"{"key":""# + Data(key.utf8).base64EncodedString() + #""}"#
+                return try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca, "--cert", "\(fx.dir)/\(cert).pem",
+                                                           "--key", "\(fx.dir)/\(cert).key", "-X", "POST", "-d", body] + header
+                                         + ["\(https)/v3/kv/range"]).stdout
+            }
+            let xValue = #""value":""# + Data("x".utf8).base64EncodedString() + "\""
+            let secret = #""value":""# + Data("secret".utf8).base64EncodedString() + "\""
+            let aliceOwn = try await gateway("alice", "a/1")
+            #expect(aliceOwn.contains(xValue), "\(aliceOwn)")
+            let aliceOther = try await gateway("alice", "b")
+            #expect(aliceOther.contains("etcdserver: permission denied") && !aliceOther.contains(secret), "\(aliceOther)")
+            #expect(try await gateway("root", "b").contains(secret))
+            let nobody = try await gateway("nobody", "a/1")
+            #expect(nobody.contains("etcdserver: permission denied") && !nobody.contains(xValue), "\(nobody)")
+            // A token in the Authorization header wins over the certificate here as well.
+            let auth = try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca, "--cert", "\(fx.dir)/root.pem",
+                                                           "--key", "\(fx.dir)/root.key", "-X", "POST",
+                                                           "-d", #"{"name":"alice","password":"alicepw"}"#, "\(https)/v3/auth/authenticate"])
+            let token = try #require(jsonString(auth.stdout, "token"), "\(auth)")
+            let rootAsAlice = try await gateway("root", "b", header: ["-H", "Authorization: \(token)"])
+            #expect(rootAsAlice.contains("etcdserver: permission denied") && !rootAsAlice.contains(secret), "\(rootAsAlice)")
+        }
+    }
+
+    @Test func revokedClientCertificateIsRefusedAndTheListIsReloaded() async throws {
+        let fx = try await TLSFixture()
+        defer { fx.cleanUp() }
+        let server = try await fx.issue("server", cn: "server", serial: 1, server: true)
+        try await fx.issue("good", cn: "good", serial: 201)
+        try await fx.issue("revoked", cn: "revoked", serial: 202)
+        let crl = fx.dir + "/client.crl"
+        let tlsFlags = ["--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", fx.ca, "--client-cert-auth",
+                        "--client-crl-file", crl]
+        // A list that is not a CRL is a start error naming the file.
+        FileManager.default.createFile(atPath: crl, contents: Data("not a revocation list".utf8))
+        let broken = try Member(extraArgs: ["--listen-client-urls", "https://127.0.0.1:\(try E2E.freePort())",
+                                            "--advertise-client-urls", "https://127.0.0.1:1"] + tlsFlags)
+        await #expect(throws: (any Error).self) { try await broken.start() }
+        #expect(broken.stderrText.contains("--client-crl-file: \(crl): neither DER nor PEM"), "\(broken.stderrText.suffix(800))")
+        await broken.cleanUp()
+
+        try await fx.revoke("revoked")
+        try await fx.writeCRL(crl)
+        try await Self.withTLSMember(fx, plainPort: try E2E.freePort(), extra: tlsFlags) { m, https in
+            let quick = ["--dial-timeout=2s", "--command-timeout=3s"]
+            func ctl(_ cert: String, _ args: String...) async throws -> CommandOutput {
+                try await etcdctl(https, fx.ctlFlags(cert) + quick + args, limit: 15)
+            }
+            try await E2E.waitUntil("member serves over TLS") { try await ctl("good", "put", "k", "v").status == 0 }
+            #expect(try await ctl("good", "get", "k").lines == ["k", "v"])
+            // The revoked certificate fails the handshake, for etcdctl and for curl.
+            let refused = try await ctl("revoked", "get", "k")
+            #expect(refused.status != 0 && !refused.stdout.contains("v"), "\(refused)")
+            #expect(m.stderrText.contains("rejected connection: certificate serial"), "\(m.stderrText.suffix(1500))")
+            func curl(_ cert: String) async throws -> CommandOutput {
+                try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--cacert", fx.ca, "--cert", "\(fx.dir)/\(cert).pem",
+                                                    "--key", "\(fx.dir)/\(cert).key", "\(https)/health"])
+            }
+            #expect(try await curl("good").stdout.contains(#""health":"true""#))
+            let curlRefused = try await curl("revoked")
+            #expect(curlRefused.status != 0 && !curlRefused.stdout.contains("health"), "\(curlRefused)")
+
+            // A new list revoking "good" too is read for the next connection, without a restart.
+            try await fx.revoke("good")
+            try await fx.writeCRL(crl)
+            let after = try await ctl("good", "get", "k")
+            #expect(after.status != 0 && !after.stdout.contains("v"), "\(after)")
+            #expect(m.stderrText.contains("certificate revocation list changed"))
+            // A broken replacement keeps the last good list (and says so).
+            FileManager.default.createFile(atPath: crl, contents: Data("garbage".utf8))
+            #expect(try await ctl("good", "get", "k").status != 0)
+            #expect(try await ctl("revoked", "get", "k").status != 0)
+            #expect(m.stderrText.contains("changed but does not load; still using the previous one"))
         }
     }
 
@@ -289,7 +396,7 @@ struct E2ETLSTests {
              "must be provided for client url https://127.0.0.1:\(port)"),
             (["--tls-min-version", "TLS1.1"], "--tls-min-version"),
             (["--listen-client-urls", "https://127.0.0.1:\(port)", "--advertise-client-urls", "https://127.0.0.1:\(port)",
-              "--auto-tls", "--client-crl-file", "/nonexistent"], "--client-crl-file is not supported"),
+              "--auto-tls", "--client-crl-file", "/nonexistent"], "--client-crl-file needs --trusted-ca-file"),
             (["--listen-client-urls", "https://127.0.0.1:\(port)", "--advertise-client-urls", "https://127.0.0.1:\(port)",
               "--auto-tls", "--cipher-suites", "TLS_NOPE"], "unexpected TLS cipher suite \"TLS_NOPE\""),
         ] {

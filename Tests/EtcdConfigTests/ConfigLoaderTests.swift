@@ -90,7 +90,13 @@ private func loadError(_ args: [String], env: [String: String] = [:]) -> String?
         #expect(loadError(https + ["--auto-tls"]) == nil)
         #expect(try load(https + ["--auto-tls", "--client-cert-auth"]).warnings.contains { $0.contains("--client-cert-auth without --trusted-ca-file") })
         #expect(try load(https + ["--auto-tls", "--client-cert-auth", "--trusted-ca-file", "/ca"]).warnings.isEmpty)
-        #expect(loadError(https + ["--auto-tls", "--client-crl-file", "/crl"])?.contains("--client-crl-file is not supported") == true)
+        #expect(loadError(https + ["--auto-tls", "--client-crl-file", "/crl"])?.contains("--client-crl-file needs --trusted-ca-file") == true)
+        #expect(try load(https + ["--auto-tls", "--client-crl-file", "/crl", "--trusted-ca-file", "/ca"]).warnings
+            .contains { $0.contains("--client-crl-file has no effect without --client-cert-auth") })
+        #expect(try load(https + ["--auto-tls", "--client-crl-file", "/crl", "--trusted-ca-file", "/ca", "--client-cert-auth"]).warnings.isEmpty)
+        let peerHTTPS = ["--listen-peer-urls", "https://127.0.0.1:3", "--initial-advertise-peer-urls", "https://127.0.0.1:3",
+                         "--initial-cluster", "default=https://127.0.0.1:3", "--peer-auto-tls"]
+        #expect(loadError(peerHTTPS + ["--peer-crl-file", "/crl"])?.contains("--peer-crl-file needs --peer-trusted-ca-file") == true)
         #expect(loadError(https + ["--auto-tls", "--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "--tls-min-version", "TLS1.3"])
             == "cipher suites cannot be configured when only TLS1.3 is enabled")
         #expect(loadError(https + ["--auto-tls", "--tls-min-version", "TLS1.1"])?.contains("--tls-min-version") == true)

@@ -1,4 +1,5 @@
 import EtcdConfig
+import Foundation
 import GRPCCore
 import Logging
 
@@ -30,6 +31,7 @@ public final class ClientListener: Sendable {
         var list: [(EndpointURL, String, GRPCServer<ClientPortTransport>)] = []
         let targets = cfg.listenClientURLs.map { ($0, "client") } + cfg.listenMetricsURLs.map { ($0, "metrics") }
         let tls = try Self.tlsSource(cfg, logger: logger)
+        let revocation = try Self.revocation(cfg, logger: logger)
         for (url, kind) in targets {
             guard url.scheme == "http" || (url.scheme == "https" && kind == "client") else {
                 throw ServerStartError("listen \(kind) URL \(url): only http:// and (client URLs) https:// are supported yet")
@@ -43,6 +45,7 @@ public final class ClientListener: Sendable {
                 if tls.settings.clientCertAuth {
                     port.certificateHandler = { ClientCertificateHandler(allowedHostname: allowed) }
                 }
+                port.revocation = revocation
             }
             port.maxReceiveMessageBytes = cfg.maxReceiveMessageBytes
             port.maxHTTPBodyBytes = cfg.maxReceiveMessageBytes
@@ -78,6 +81,24 @@ public final class ClientListener: Sendable {
             logger.warning("ignoring client auto TLS since certs given")
         }
         return try ClientTLSContextSource(config: cfg, settings: settings, logger: logger)
+    }
+
+    /// `--client-crl-file` on the https:// client URLs, loaded now (nil without one).
+    static func revocation(_ cfg: ServerConfig, logger: Logger) throws -> CertificateRevocation? {
+        guard cfg.listenClientURLs.contains(where: { $0.scheme == "https" }), !cfg.clientTLS.crlFile.isEmpty else { return nil }
+        do {
+            let r = try CertificateRevocation(crlFile: cfg.clientTLS.crlFile, caFile: cfg.clientTLS.trustedCAFile, logger: logger)
+            logger.info("client certificates are checked against the revocation list", metadata: ["crl-file": "\(r.crlFile)"])
+            for list in r.lists() {
+                if let next = list.nextUpdate, next < Date() {
+                    logger.error("the revocation list is past its nextUpdate: certificates of its issuer are refused until it is replaced",
+                                 metadata: ["crl-file": "\(r.crlFile)", "issuer": "\(list.issuer)", "next-update": "\(next)"])
+                }
+            }
+            return r
+        } catch {
+            throw ServerStartError("--client-crl-file: \(error)")
+        }
     }
 
     /// Serves until ``stop()``; throws if a listener cannot bind.

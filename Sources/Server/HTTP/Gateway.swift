@@ -22,7 +22,7 @@ public enum Gateway {
                 return errorResponse(asRPCError(error))
             }
             do {
-                let response = try await withContext(path, token: token) { try await call(request, $0) }
+                let response = try await withContext(path, token: token, commonName: http.certificateCommonName) { try await call(request, $0) }
                 return .json(.ok, try response.jsonString(options: .etcdGateway))
             } catch {
                 return errorResponse(asRPCError(error))
@@ -46,7 +46,7 @@ public enum Gateway {
             let body: HTTPResponse.Body = .stream { writer in
                 let lines = RPCWriter(wrapping: JSONLineWriter<Response>(body: writer))
                 do {
-                    try await withContext(path, token: token) { try await call(request, lines, $0) }
+                    try await withContext(path, token: token, commonName: http.certificateCommonName) { try await call(request, lines, $0) }
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch {
@@ -84,7 +84,7 @@ public enum Gateway {
                 defer { feed.finish() }
                 let lines = RPCWriter(wrapping: JSONLineWriter<Response>(body: writer))
                 do {
-                    try await withContext(path, token: token) {
+                    try await withContext(path, token: token, commonName: http.certificateCommonName) {
                         try await call(RPCAsyncSequence(wrapping: stream), lines, $0)
                     }
                 } catch is CancellationError {
@@ -178,9 +178,13 @@ public enum Gateway {
     }
 
     /// Runs `body` with a server context for `path` and, as the call's credentials, the
-    /// `Authorization` header's token (etcd's gateway takes the token from that header).
-    static func withContext<T: Sendable>(_ path: String, token: String? = nil, _ body: (ServerContext) async throws -> T) async throws -> T {
-        try await RequestCredentials.$token.withValue(token) { try await withPlainContext(path, body) }
+    /// `Authorization` header's token (etcd's gateway takes the token from that header) and the
+    /// connection's client certificate CN (the user when no token is given, as on gRPC).
+    static func withContext<T: Sendable>(_ path: String, token: String? = nil, commonName: String? = nil,
+                                         _ body: (ServerContext) async throws -> T) async throws -> T {
+        try await RequestCredentials.$token.withValue(token) {
+            try await RequestCredentials.$certificateCommonName.withValue(commonName) { try await withPlainContext(path, body) }
+        }
     }
 
     private static func withPlainContext<T: Sendable>(_ path: String, _ body: (ServerContext) async throws -> T) async throws -> T {
