@@ -36,6 +36,8 @@ struct PeerServiceTests {
         let transport = PeerTransport(localID: local, clusterID: cluster, snapshotDirectory: directory + "/snap",
                                       delegate: delegate, snapshots: try FakeBackend(directory: directory, size: 16),
                                       logger: logger, options: options)
+        // The sender is a member (never dialled: the transport is not started).
+        transport.addPeer(remote, urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 1)])
         let server = PeerServer(logger: logger)
         try await server.start(urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)],
                                services: [transport.makeService()])
@@ -147,6 +149,48 @@ struct PeerServiceTests {
             }
             #expect(error?.code == .failedPrecondition)
             #expect(r.delegate.events.current.received.isEmpty)
+        }
+    }
+
+    @Test("A sender that is not a member gets no IDs and no message delivered")
+    func nonMember() async throws {
+        try await Self.withReceiver { r in
+            var hello = Swetcd_Peer_Hello()
+            hello.clusterID = Self.cluster
+            hello.from = 5
+            hello.to = Self.local
+            hello.protocolVersion = PeerProtocol.version
+            let reply = try await r.client.handshake(hello)
+            #expect(!reply.accepted && reply.reason.contains("not a member"), "\(reply)")
+            #expect(reply.clusterID == 0 && reply.memberID == 0, "a refused caller learns no IDs")
+            let error = await #expect(throws: RPCError.self) {
+                try await r.client.messages { writer in
+                    try await writer.write(Self.batch([Self.heartbeat(from: 5)], from: 5))
+                } onResponse: { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            #expect(error?.code == .failedPrecondition)
+            #expect(r.delegate.events.current.received.isEmpty)
+            #expect(r.logs.current.contains { $0.message == "refused peer call" && $0.metadata["remote-peer-id"] == "5" })
+        }
+    }
+
+    @Test("Removing a member ends its open inbound stream with PERMISSION_DENIED")
+    func removalEndsInbound() async throws {
+        try await Self.withReceiver { r in
+            let error = await #expect(throws: RPCError.self) {
+                try await r.client.messages { writer in
+                    try await writer.write(Self.batch([Self.heartbeat()]))
+                    _ = await r.delegate.events.wait { !$0.received.isEmpty }
+                    r.transport.removePeer(Self.remote)
+                    // Hold the request side open: only the server may end this call.
+                    try await Task.sleep(for: .seconds(60))
+                } onResponse: { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            #expect(error?.code == .permissionDenied)
         }
     }
 
