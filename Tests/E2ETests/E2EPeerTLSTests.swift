@@ -362,6 +362,11 @@ struct E2EPeerTLSTests {
             (urls + ["--peer-auto-tls", "--peer-crl-file", "/nonexistent"], "--peer-crl-file is not supported"),
             (urls + ["--peer-auto-tls", "--peer-client-cert-auth"], "--peer-client-cert-auth cannot be used with --peer-auto-tls"),
             (urls + ["--peer-cert-file", "/nonexistent.pem", "--peer-key-file", "/nonexistent.key"], "peer TLS: cannot load --peer-cert-file"),
+            (urls + ["--peer-auto-tls", "--peer-cert-allowed-cn", "peer"], "need --peer-client-cert-auth"),
+            (urls + ["--peer-cert-file", "/x.pem", "--peer-key-file", "/x.key", "--peer-client-cert-auth",
+                     "--peer-cert-allowed-cn", "peer", "--peer-cert-allowed-hostname", "peer.example"], "mutually exclusive"),
+            (["--listen-peer-urls", https, "--initial-advertise-peer-urls", "http://127.0.0.1:\(port)",
+              "--initial-cluster", "m1=http://127.0.0.1:\(port)"], "must be provided for peer url"),
         ] {
             let m = try Member(extraArgs: args)
             defer { try? FileManager.default.removeItem(atPath: m.dataDir) }
