@@ -345,11 +345,16 @@ struct E2EPeerTLSTests {
             #expect(try await ms[2].ctl("get", "k", "--consistency=l").lines == ["k", "v"])
             for m in ms {
                 #expect(FileManager.default.fileExists(atPath: m.dataDir + "/fixtures/peer/cert.pem"))
-                #expect(m.stderrText.contains("--peer-auto-tls"))
+                #expect(m.stderrText.contains("encrypted but peers are not authenticated"))
+                #expect(!m.stderrText.contains("neither encrypted nor authenticated"))
             }
             // The peer port speaks TLS only.
             let plain = try await runTool("/usr/bin/curl", ["-s", "-m", "5", "--http2-prior-knowledge", "http://127.0.0.1:\(ms[0].peerPort)/"])
             #expect(plain.status != 0)
+        }
+        // Without peer TLS the start log says the peer port must be on a private network.
+        try await Member.with { m in
+            #expect(m.stderrText.contains("neither encrypted nor authenticated"))
         }
     }
 

@@ -23,9 +23,10 @@ struct PeerServiceTests {
         let directory: String
         let logs: Watched<[CapturedLog.Record]>
         let client: Swetcd_Peer_Peer.Client<HTTP2ClientTransport.Posix>
+        let url: EndpointURL
     }
 
-    static func withReceiver(options: PeerTransport.Options = PeerTransport.Options(),
+    static func withReceiver(options: PeerTransport.Options = PeerTransport.Options(), maxConnections: Int = 4096,
                              _ body: (Receiver) async throws -> Void) async throws {
         let directory = NSTemporaryDirectory() + "peer-service-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -38,7 +39,7 @@ struct PeerServiceTests {
                                       logger: logger, options: options)
         // The sender is a member (never dialled: the transport is not started).
         transport.addPeer(remote, urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 1)])
-        let server = PeerServer(logger: logger)
+        let server = PeerServer(logger: logger, maxConnections: maxConnections)
         try await server.start(urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)],
                                services: [transport.makeService()])
         let url = try #require(server.boundAddresses.first)
@@ -48,7 +49,7 @@ struct PeerServiceTests {
         do {
             try await withGRPCClient(transport: clientTransport) { client in
                 try await body(Receiver(transport: transport, delegate: delegate, directory: directory + "/snap",
-                                        logs: logs, client: Swetcd_Peer_Peer.Client(wrapping: client)))
+                                        logs: logs, client: Swetcd_Peer_Peer.Client(wrapping: client), url: url))
             }
         } catch {
             await transport.stop()
@@ -173,6 +174,31 @@ struct PeerServiceTests {
             #expect(error?.code == .failedPrecondition)
             #expect(r.delegate.events.current.received.isEmpty)
             #expect(r.logs.current.contains { $0.message == "refused peer call" && $0.metadata["remote-peer-id"] == "5" })
+        }
+    }
+
+    @Test("The peer listener holds at most maxConnections connections; one more is closed at once")
+    func connectionCap() async throws {
+        try await Self.withReceiver(maxConnections: 1) { r in
+            var hello = Swetcd_Peer_Hello()
+            hello.clusterID = Self.cluster
+            hello.from = Self.remote
+            hello.to = Self.local
+            hello.protocolVersion = PeerProtocol.version
+            let request = hello
+            #expect(try await r.client.handshake(request).accepted)
+            let port = r.url.port
+            let second = try HTTP2ClientTransport.Posix(target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+            await #expect(throws: RPCError.self) {
+                try await withGRPCClient(transport: second) { client in
+                    var options = CallOptions.defaults
+                    options.waitForReady = false
+                    options.timeout = .seconds(5)
+                    _ = try await Swetcd_Peer_Peer.Client(wrapping: client).handshake(request: ClientRequest(message: request), options: options)
+                }
+            }
+            // The first connection still works.
+            #expect(try await r.client.handshake(request).accepted)
         }
     }
 

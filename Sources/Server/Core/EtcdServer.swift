@@ -242,7 +242,7 @@ public final class EtcdServer: Sendable {
             transport.addPeer(m.id, urls: m.endpoints)
         }
         loop.transport = transport
-        let peerServer = PeerServer(logger: logger, tls: peerTLS)
+        let peerServer = PeerServer(logger: logger, tls: peerTLS, refusals: peerRefusals)
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,

@@ -20,12 +20,19 @@ public final class PeerServer: Sendable {
     private let logger: Logger
     private let tls: PeerTLS?
     private let maxRequestBytes: Int
+    private let admission: ConnectionAdmission
+    private let refusals: PeerRefusals?
 
     /// A server not yet listening. `https://` URLs are served with `tls` (required for them);
-    /// `maxRequestBytes` bounds one received message (a batch or a snapshot chunk).
-    public init(logger: Logger, tls: PeerTLS? = nil, maxRequestBytes: Int = 64 << 20) {
+    /// `maxRequestBytes` bounds one received message (a batch or a snapshot chunk);
+    /// `maxConnections` the connections open at once over all its URLs (more are closed at
+    /// once and counted in `refusals`).
+    public init(logger: Logger, tls: PeerTLS? = nil, maxRequestBytes: Int = 64 << 20,
+                maxConnections: Int = 4096, refusals: PeerRefusals? = nil) {
         self.logger = logger
         self.tls = tls
+        self.admission = ConnectionAdmission(limit: maxConnections)
+        self.refusals = refusals ?? tls?.refusals
         self.maxRequestBytes = maxRequestBytes
     }
 
@@ -43,7 +50,8 @@ public final class PeerServer: Sendable {
                 let server = GRPCServer(
                     transport: HTTP2ServerTransport.Custom(
                         listenerFactory: PeerListener(address: address, tls: url.scheme == "https" ? tls : nil,
-                                                      handshakeTimeout: .seconds(10)),
+                                                      handshakeTimeout: .seconds(10), admission: admission,
+                                                      refusals: refusals),
                         config: config),
                     services: services)
                 let task = Task { try await server.serve() }

@@ -226,11 +226,14 @@ final class PeerCertificateHandler: ChannelInboundHandler, RemovableChannelHandl
 }
 
 /// Binds one peer listen URL: plaintext, or TLS with the peer context of each new connection
-/// and the certificate check, then gRPC's HTTP/2 pipeline.
+/// and the certificate check, then gRPC's HTTP/2 pipeline. At most `maxConnections` are open
+/// at once; one accepted beyond that is closed at once, before anything is read from it.
 struct PeerListener: HTTP2ServerTransport.ListenerFactory {
     let address: NIOCore.SocketAddress
     let tls: PeerTLS?
     let handshakeTimeout: TimeAmount
+    let admission: ConnectionAdmission
+    let refusals: PeerRefusals?
     var eventLoopGroup: any EventLoopGroup { MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup }
 
     func makeListeningChannel(
@@ -239,11 +242,19 @@ struct PeerListener: HTTP2ServerTransport.ListenerFactory {
     ) async throws -> NIOAsyncChannel<HTTP2ServerTransport.ConnectionConfigurator.ConnectionChannel, Never> {
         let tls = self.tls
         let timeout = handshakeTimeout
+        let admission = self.admission
+        let refusals = self.refusals
         return try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in listenerConfigurator.configure(channel: channel) }
             .bind(to: address) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    guard admission.admit() else {
+                        refusals?.count("too_many_connections")
+                        try channel.pipeline.syncOperations.addHandler(RefusedConnectionHandler())
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in admission.release() }
                     if let tls {
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(NIOSSLServerHandler(context: tls.server.current()))
