@@ -193,7 +193,8 @@ struct E2EPeerTLSTests {
         let stranger = try await fx.issuePeer("stranger", cn: "peer", serial: 103, issuer: "other-ca")
         let wrongCN = try await fx.issuePeer("wrongcn", cn: "intruder", serial: 104)
         let elsewhere = try await fx.issuePeer("elsewhere", cn: "peer", serial: 105, san: "DNS:elsewhere.example")
-        let peerArgs = fx.peerFlags(peer) + ["--peer-cert-allowed-cn", "peer"]
+        // A long election timeout: the term must not move on its own while the test watches it.
+        let peerArgs = fx.peerFlags(peer) + ["--peer-cert-allowed-cn", "peer", "--heartbeat-interval", "100", "--election-timeout", "3000"]
         try await Self.withCluster(fx, 3, clientCert: nil, peerArgs: { _ in peerArgs }) { ms in
             try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
                 try await ms[0].ctl("put", "k0", "v0").status == 0
