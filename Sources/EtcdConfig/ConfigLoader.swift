@@ -313,8 +313,23 @@ public enum ConfigLoader {
                 throw ConfigError("cipher suites cannot be configured when only TLS1.3 is enabled")
             }
         }
-        if c.listenPeerURLs.contains(where: \.isSecure) && !c.peerTLS.crlFile.isEmpty && c.peerTLS.trustedCAFile.isEmpty {
-            throw ConfigError("--peer-crl-file needs --peer-trusted-ca-file: the revocation list's signature is checked against the trusted CA")
+        if c.listenPeerURLs.contains(where: { $0.scheme == "https" }) {
+            let t = c.peerTLS
+            if !t.crlFile.isEmpty && t.trustedCAFile.isEmpty {
+                throw ConfigError("--peer-crl-file needs --peer-trusted-ca-file: the revocation list's signature is checked against the trusted CA")
+            }
+            if !t.allowedCN.isEmpty && !t.allowedHostname.isEmpty {
+                throw ConfigError("AllowedCN and AllowedHostname are mutually exclusive (cn=\"\(t.allowedCN)\", hostname=\"\(t.allowedHostname)\"): give only one of --peer-cert-allowed-cn and --peer-cert-allowed-hostname")
+            }
+            if (!t.allowedCN.isEmpty || !t.allowedHostname.isEmpty) && !t.clientCertAuth {
+                throw ConfigError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-client-cert-auth (without it peers present no certificate to check)")
+            }
+            if t.autoTLS && t.certFile.isEmpty && t.clientCertAuth {
+                throw ConfigError("--peer-client-cert-auth cannot be used with --peer-auto-tls: each member's generated certificate is self-signed, so there is no CA to verify peers against; give --peer-cert-file, --peer-key-file and --peer-trusted-ca-file")
+            }
+            if !c.cipherSuites.filter({ !$0.isEmpty }).isEmpty && c.tlsMinVersion == "TLS1.3" {
+                throw ConfigError("cipher suites cannot be configured when only TLS1.3 is enabled")
+            }
         }
         warnings += tlsWarnings(c, explicitlySet: explicitlySet)
         // Lease checkpoints are always on and persisted (etcd 3.6 behaviour).
@@ -405,7 +420,7 @@ public enum ConfigLoader {
             out.append("--client-cert-auth without --trusted-ca-file: client certificates are verified against the system's CA certificates; give --trusted-ca-file to trust only your CA")
         }
         if !peer.isEmpty && !peerTLS {
-            out.append("TLS flags \(peer.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-peer-urls URL is http:// (and TLS is not supported yet)")
+            out.append("TLS flags \(peer.map { "--\($0)" }.joined(separator: ", ")) have no effect: every --listen-peer-urls URL is http://")
         }
         let common = ["cipher-suites", "tls-min-version", "tls-max-version", "self-signed-cert-validity"].filter { explicitlySet.contains($0) }
         if !common.isEmpty && !clientTLS && !peerTLS {

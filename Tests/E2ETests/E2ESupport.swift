@@ -206,9 +206,16 @@ final class Member: @unchecked Sendable {
     /// Extra environment variables for the process (added to this process's environment).
     var environment: [String: String] = [:]
     private(set) var child: Child?
-    var peerURL: String { "http://127.0.0.1:\(peerPort)" }
+    /// "https" for peer TLS (its flags go in `extraArgs`).
+    var peerScheme = "http"
+    /// "https" for client TLS (its flags go in `extraArgs`; etcdctl's in `ctlFlags`).
+    var clientScheme = "http"
+    /// Flags given to every etcdctl run by `ctl` and `watch` (say, `--cacert --cert --key`).
+    var ctlFlags: [String] = []
+    var peerURL: String { "\(peerScheme)://127.0.0.1:\(peerPort)" }
+    var clientURL: String { "\(clientScheme)://127.0.0.1:\(clientPort)" }
 
-    var endpoint: String { "127.0.0.1:\(clientPort)" }
+    var endpoint: String { clientScheme == "http" ? "127.0.0.1:\(clientPort)" : clientURL }
 
     init(name: String = "m1", extraArgs: [String] = []) throws {
         self.name = name
@@ -220,11 +227,11 @@ final class Member: @unchecked Sendable {
 
     /// Starts the process and waits (bounded) until its client port answers a read.
     func start() async throws {
-        let peer = "http://127.0.0.1:\(peerPort)"
+        let peer = peerURL
         let args = [
             "--name", name, "--data-dir", dataDir,
-            "--listen-client-urls", "http://127.0.0.1:\(clientPort)",
-            "--advertise-client-urls", "http://127.0.0.1:\(clientPort)",
+            "--listen-client-urls", clientURL,
+            "--advertise-client-urls", clientURL,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", initialCluster ?? "\(name)=\(peer)",
             "--heartbeat-interval", "50", "--election-timeout", "500",
@@ -266,13 +273,13 @@ final class Member: @unchecked Sendable {
         child = nil
     }
 
-    func ctl(_ args: String...) async throws -> CommandOutput { try await etcdctl(endpoint, args) }
+    func ctl(_ args: String...) async throws -> CommandOutput { try await etcdctl(endpoint, ctlFlags + args) }
     func ctl(_ args: [String], input: String? = nil) async throws -> CommandOutput {
-        try await etcdctl(endpoint, args, input: input)
+        try await etcdctl(endpoint, ctlFlags + args, input: input)
     }
     /// A running `etcdctl watch ...` (killed after `limit` seconds at most).
     func watch(_ args: [String], limit: Int = 30) throws -> Child {
-        let c = try etcdctlProcess(endpoint, ["watch"] + args, limit: limit)
+        let c = try etcdctlProcess(endpoint, ctlFlags + ["watch"] + args, limit: limit)
         try c.start()
         return c
     }

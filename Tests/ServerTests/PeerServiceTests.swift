@@ -23,9 +23,10 @@ struct PeerServiceTests {
         let directory: String
         let logs: Watched<[CapturedLog.Record]>
         let client: Swetcd_Peer_Peer.Client<HTTP2ClientTransport.Posix>
+        let url: EndpointURL
     }
 
-    static func withReceiver(options: PeerTransport.Options = PeerTransport.Options(),
+    static func withReceiver(options: PeerTransport.Options = PeerTransport.Options(), maxConnections: Int = 4096,
                              _ body: (Receiver) async throws -> Void) async throws {
         let directory = NSTemporaryDirectory() + "peer-service-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -36,7 +37,9 @@ struct PeerServiceTests {
         let transport = PeerTransport(localID: local, clusterID: cluster, snapshotDirectory: directory + "/snap",
                                       delegate: delegate, snapshots: try FakeBackend(directory: directory, size: 16),
                                       logger: logger, options: options)
-        let server = PeerServer(logger: logger)
+        // The sender is a member (never dialled: the transport is not started).
+        transport.addPeer(remote, urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 1)])
+        let server = PeerServer(logger: logger, maxConnections: maxConnections)
         try await server.start(urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)],
                                services: [transport.makeService()])
         let url = try #require(server.boundAddresses.first)
@@ -46,7 +49,7 @@ struct PeerServiceTests {
         do {
             try await withGRPCClient(transport: clientTransport) { client in
                 try await body(Receiver(transport: transport, delegate: delegate, directory: directory + "/snap",
-                                        logs: logs, client: Swetcd_Peer_Peer.Client(wrapping: client)))
+                                        logs: logs, client: Swetcd_Peer_Peer.Client(wrapping: client), url: url))
             }
         } catch {
             await transport.stop()
@@ -147,6 +150,73 @@ struct PeerServiceTests {
             }
             #expect(error?.code == .failedPrecondition)
             #expect(r.delegate.events.current.received.isEmpty)
+        }
+    }
+
+    @Test("A sender that is not a member gets no IDs and no message delivered")
+    func nonMember() async throws {
+        try await Self.withReceiver { r in
+            var hello = Swetcd_Peer_Hello()
+            hello.clusterID = Self.cluster
+            hello.from = 5
+            hello.to = Self.local
+            hello.protocolVersion = PeerProtocol.version
+            let reply = try await r.client.handshake(hello)
+            #expect(!reply.accepted && reply.reason.contains("not a member"), "\(reply)")
+            #expect(reply.clusterID == 0 && reply.memberID == 0, "a refused caller learns no IDs")
+            let error = await #expect(throws: RPCError.self) {
+                try await r.client.messages { writer in
+                    try await writer.write(Self.batch([Self.heartbeat(from: 5)], from: 5))
+                } onResponse: { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            #expect(error?.code == .failedPrecondition)
+            #expect(r.delegate.events.current.received.isEmpty)
+            #expect(r.logs.current.contains { $0.message == "refused peer call" && $0.metadata["remote-peer-id"] == "5" })
+        }
+    }
+
+    @Test("The peer listener holds at most maxConnections connections; one more is closed at once")
+    func connectionCap() async throws {
+        try await Self.withReceiver(maxConnections: 1) { r in
+            var hello = Swetcd_Peer_Hello()
+            hello.clusterID = Self.cluster
+            hello.from = Self.remote
+            hello.to = Self.local
+            hello.protocolVersion = PeerProtocol.version
+            let request = hello
+            #expect(try await r.client.handshake(request).accepted)
+            let port = r.url.port
+            let second = try HTTP2ClientTransport.Posix(target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+            await #expect(throws: RPCError.self) {
+                try await withGRPCClient(transport: second) { client in
+                    var options = CallOptions.defaults
+                    options.waitForReady = false
+                    options.timeout = .seconds(5)
+                    _ = try await Swetcd_Peer_Peer.Client(wrapping: client).handshake(request: ClientRequest(message: request), options: options)
+                }
+            }
+            // The first connection still works.
+            #expect(try await r.client.handshake(request).accepted)
+        }
+    }
+
+    @Test("Removing a member ends its open inbound stream with PERMISSION_DENIED")
+    func removalEndsInbound() async throws {
+        try await Self.withReceiver { r in
+            let error = await #expect(throws: RPCError.self) {
+                try await r.client.messages { writer in
+                    try await writer.write(Self.batch([Self.heartbeat()]))
+                    _ = await r.delegate.events.wait { !$0.received.isEmpty }
+                    r.transport.removePeer(Self.remote)
+                    // Hold the request side open: only the server may end this call.
+                    try await Task.sleep(for: .seconds(60))
+                } onResponse: { response in
+                    for try await _ in response.messages {}
+                }
+            }
+            #expect(error?.code == .permissionDenied)
         }
     }
 

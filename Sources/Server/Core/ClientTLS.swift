@@ -22,6 +22,12 @@ final class ClientTLSContextSource: Sendable {
     let maxVersion: TLSVersion?
     private let logger: Logger
     private let state: Mutex<(stamp: [FileStamp], context: NIOSSLContext)>
+    /// Builds a context from the files (the client port's server context by default; the
+    /// peer side passes its own, see PeerTLS.swift).
+    typealias Builder = @Sendable (TLSSettings, [NIOTLSCipher], TLSVersion, TLSVersion?) throws -> NIOSSLContext
+    private let build: Builder
+    /// "client" or "peer": names the side in logs and errors.
+    private let side: String
 
     /// Identity of a file's current contents as far as `stat` tells (replacement or rewrite).
     struct FileStamp: Equatable {
@@ -36,19 +42,23 @@ final class ClientTLSContextSource: Sendable {
     }
 
     /// Loads the files once; throws a start error naming what is wrong.
-    init(config: ServerConfig, settings: TLSSettings, logger: Logger) throws {
+    init(config: ServerConfig, settings: TLSSettings, logger: Logger, side: String = "client",
+         build: @escaping Builder = ClientTLSContextSource.makeContext) throws {
         self.settings = settings
         self.logger = logger
+        self.side = side
+        self.build = build
         self.cipherSuites = try Self.ciphers(config.cipherSuites)
         self.minVersion = try Self.version(config.tlsMinVersion, flag: "--tls-min-version") ?? .tlsv12
         self.maxVersion = try Self.version(config.tlsMaxVersion, flag: "--tls-max-version")
         let stamp = Self.stamps(settings)
         let context: NIOSSLContext
         do {
-            context = try Self.makeContext(settings: settings, ciphers: cipherSuites, min: minVersion, max: maxVersion)
+            context = try build(settings, cipherSuites, minVersion, maxVersion)
         } catch {
-            throw ServerStartError("client TLS: cannot load --cert-file \(settings.certFile), --key-file \(settings.keyFile)"
-                + (settings.trustedCAFile.isEmpty ? "" : ", --trusted-ca-file \(settings.trustedCAFile)") + ": \(error)")
+            let p = side.hasPrefix("peer") ? "peer-" : ""
+            throw ServerStartError("\(side) TLS: cannot load --\(p)cert-file \(settings.certFile), --\(p)key-file \(settings.keyFile)"
+                + (settings.trustedCAFile.isEmpty ? "" : ", --\(p)trusted-ca-file \(settings.trustedCAFile)") + ": \(error)")
         }
         state = Mutex((stamp, context))
     }
@@ -59,13 +69,13 @@ final class ClientTLSContextSource: Sendable {
         return state.withLock { state in
             guard stamp != state.stamp else { return state.context }
             do {
-                state.context = try Self.makeContext(settings: settings, ciphers: cipherSuites, min: minVersion, max: maxVersion)
+                state.context = try build(settings, cipherSuites, minVersion, maxVersion)
                 state.stamp = stamp
-                logger.info("client TLS certificate files changed; new connections use them",
+                logger.info("\(side) TLS certificate files changed; new connections use them",
                             metadata: ["cert-file": "\(settings.certFile)", "key-file": "\(settings.keyFile)"])
             } catch {
                 // Kept: the stamp is not updated, so the next connection tries again.
-                logger.warning("client TLS files changed but do not load; keeping the previous certificate",
+                logger.warning("\(side) TLS files changed but do not load; keeping the previous certificate",
                                metadata: ["error": "\(error)"])
             }
             return state.context

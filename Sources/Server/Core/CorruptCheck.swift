@@ -78,7 +78,8 @@ struct PeerCorruptCheckService: Swetcd_Peer_PeerCorruptCheck.SimpleServiceProtoc
     let currentStore: @Sendable () -> MVCCStore
 
     func hashKV(request: Swetcd_Peer_PeerHashKVRequest, context: ServerContext) async throws -> Swetcd_Peer_PeerHashKVResponse {
-        if let reason = transport.refusal(cluster: request.clusterID, from: request.from, to: request.to) {
+        if let reason = transport.callRefusal(cluster: request.clusterID, from: request.from, to: request.to,
+                                              context: context, call: "hashkv") {
             throw RPCError(code: .failedPrecondition, message: reason)
         }
         var out = Swetcd_Peer_PeerHashKVResponse()

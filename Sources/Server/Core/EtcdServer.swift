@@ -150,6 +150,9 @@ public final class EtcdServer: Sendable {
                 "path": "\(path)", "old-mode": "\(String(mode, radix: 8))",
             ])
         }
+        // Peer TLS (the generated certificate of --peer-auto-tls lives in the data directory).
+        let peerRefusals = PeerRefusals()
+        let peerTLS = try PeerTLS.make(config: cfg, logger: logger, refusals: peerRefusals)
         var newMember = WALMetadata(memberID: 0, clusterID: 0)
         // Joining a running cluster: the membership read from its members' peer URLs.
         var joined: RemoteMembership.Found?
@@ -158,7 +161,7 @@ public final class EtcdServer: Sendable {
                 throw ServerStartError("--initial-cluster has no member named \"\(cfg.name)\"")
             }
             if cfg.initialClusterState == "existing" {
-                let (remote, id) = try await joinExisting(loaded, local: local, logger: logger)
+                let (remote, id) = try await joinExisting(loaded, local: local, tls: peerTLS, logger: logger)
                 joined = remote
                 newMember = WALMetadata(memberID: id, clusterID: remote.clusterID)
             } else {
@@ -184,6 +187,7 @@ public final class EtcdServer: Sendable {
         }
 
         let metrics = ServerMetrics(memberID: memberID)
+        peerRefusals.setSink { metrics.peerRefused($0) }
         var backendOptions = Backend.Options()
         backendOptions.onCommit = { metrics.backendCommit($0) }
         if cfg.backendBatchInterval > .zero { backendOptions.batchInterval = cfg.backendBatchInterval }
@@ -232,12 +236,13 @@ public final class EtcdServer: Sendable {
         let inbox = LoopInbox()
         let transportBridge = TransportBridge(inbox: inbox, machine: machine, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
-                                      delegate: transportBridge, snapshots: transportBridge, logger: logger)
+                                      delegate: transportBridge, snapshots: transportBridge, logger: logger,
+                                      tls: peerTLS, refusals: peerRefusals)
         for m in members where m.id != memberID {
             transport.addPeer(m.id, urls: m.endpoints)
         }
         loop.transport = transport
-        let peerServer = PeerServer(logger: logger)
+        let peerServer = PeerServer(logger: logger, tls: peerTLS, refusals: peerRefusals)
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
                                 machine: machine, loop: loop,
                                 membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
@@ -245,10 +250,12 @@ public final class EtcdServer: Sendable {
         transportBridge.raftStatus.withLock { [weak server] status in
             status = { [weak server] in server.map { ($0.leaderID, $0.committedIndex) } ?? (0, 0) }
         }
-        // Peer TLS is not built yet: say what that means, as etcd's documentation does.
-        logger.warning("peer traffic is neither encrypted nor authenticated: anyone who can reach the peer port can act as a member; keep it on a private network", metadata: [
-            "listen-peer-urls": "\(cfg.listenPeerURLs.map(\.description))",
-        ])
+        // Without peer TLS, say what that means, as etcd's documentation does.
+        if cfg.listenPeerURLs.contains(where: { $0.scheme == "http" }) {
+            logger.warning("peer traffic is neither encrypted nor authenticated: anyone who can reach the peer port can act as a member; keep it on a private network", metadata: [
+                "listen-peer-urls": "\(cfg.listenPeerURLs.filter { $0.scheme == "http" }.map(\.description))",
+            ])
+        }
         do {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),

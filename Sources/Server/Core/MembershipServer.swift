@@ -347,14 +347,13 @@ enum RemoteMembership {
         var members: [MemberRecord]
     }
 
-    static func fetch(from urls: [EndpointURL], limit: Duration = .seconds(30)) async throws -> Found {
+    static func fetch(from urls: [EndpointURL], tls: PeerTLS? = nil, limit: Duration = .seconds(30)) async throws -> Found {
         let deadline = ContinuousClock.now + limit
         var errors: [String] = []
         repeat {
             for url in urls {
                 do {
-                    guard url.scheme == "http" else { throw ServerStartError("only http:// peer URLs are supported") }
-                    let transport = try HTTP2ClientTransport.Posix(target: PeerTransport.target(url), transportSecurity: .plaintext)
+                    let transport = try PeerTransport.clientTransport(url, tls: tls)
                     let resp = try await withGRPCClient(transport: transport) { client in
                         var options = CallOptions.defaults
                         options.timeout = .seconds(3)
@@ -387,13 +386,13 @@ extension EtcdServer {
     /// Reads the running cluster's membership from the other members named in
     /// --initial-cluster and finds this member in it (added by MemberAdd with these peer URLs):
     /// its ID is the one MemberAdd chose, the cluster ID the running cluster's.
-    static func joinExisting(_ loaded: LoadedConfig, local: InitialCluster.Member,
+    static func joinExisting(_ loaded: LoadedConfig, local: InitialCluster.Member, tls: PeerTLS?,
                              logger: Logger) async throws -> (RemoteMembership.Found, UInt64) {
         let others = loaded.initialCluster.members.filter { $0.name != local.name }.flatMap(\.peerURLs)
         guard !others.isEmpty else {
             throw ServerStartError("--initial-cluster-state=existing needs the running members in --initial-cluster")
         }
-        let found = try await RemoteMembership.fetch(from: others)
+        let found = try await RemoteMembership.fetch(from: others, tls: tls)
         guard let me = RemoteMembership.localMember(found, peerURLs: local.peerURLs) else {
             throw ServerStartError("no member of the running cluster has the peer URLs \(local.peerURLs.map(\.description)); add this member first (etcdctl member add \(local.name) --peer-urls=...)")
         }

@@ -139,6 +139,12 @@ public final class ServerMetrics: Sendable {
     public func leasesExpired(_ count: Int) { leaseExpiredTotal.increment(by: Int64(count)) }
     /// Auto-compaction completed a compaction proposed by this member.
     public func autoCompacted() { autoCompactions.increment() }
+    /// A peer connection or call was refused (`reason`: a short code such as
+    /// `tls_handshake`, `certificate_cn`, `identity_mismatch`, `not_member`, `removed`).
+    public func peerRefused(_ reason: String) {
+        registry.makeCounter(descriptor: .etcd("swetcd_network_peer_refused_total", "Peer connections and calls refused, by reason."),
+                             labels: [("reason", reason)]).increment()
+    }
 
     /// Sets the sampled gauges and renders every metric in Prometheus text format.
     public func render(sample: MetricsSample) -> String {

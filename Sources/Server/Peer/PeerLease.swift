@@ -90,8 +90,8 @@ extension PeerTransport {
 struct PeerLeaseService: Swetcd_Peer_PeerLease.SimpleServiceProtocol {
     let transport: PeerTransport
 
-    private func handler(cluster: UInt64, from: UInt64, to: UInt64) throws -> any PeerLeaseHandler {
-        if let reason = transport.refusal(cluster: cluster, from: from, to: to) {
+    private func handler(cluster: UInt64, from: UInt64, to: UInt64, context: ServerContext) throws -> any PeerLeaseHandler {
+        if let reason = transport.callRefusal(cluster: cluster, from: from, to: to, context: context, call: "lease") {
             throw RPCError(code: .failedPrecondition, message: reason)
         }
         guard !transport.isStopped, let h = transport.leaseHandler.handler else {
@@ -101,7 +101,7 @@ struct PeerLeaseService: Swetcd_Peer_PeerLease.SimpleServiceProtocol {
     }
 
     func leaseRenew(request: Swetcd_Peer_LeaseRenewForward, context: ServerContext) async throws -> Swetcd_Peer_LeaseRenewForwardReply {
-        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to)
+        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to, context: context)
         do {
             var reply = Swetcd_Peer_LeaseRenewForwardReply()
             reply.ttl = try await h.peerLeaseRenew(request.leaseID)
@@ -112,7 +112,7 @@ struct PeerLeaseService: Swetcd_Peer_PeerLease.SimpleServiceProtocol {
     }
 
     func leaseTimeToLive(request: Swetcd_Peer_LeaseTimeToLiveForward, context: ServerContext) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
-        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to)
+        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to, context: context)
         do {
             return try await h.peerLeaseTimeToLive(request.request)
         } catch {

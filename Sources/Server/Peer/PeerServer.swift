@@ -4,34 +4,35 @@ import EtcdConfig
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import NIOCore
 import Synchronization
 
 /// Serves gRPC services (the Peer service, and room for more) on this member's peer URLs,
 /// one listener per URL.
 public final class PeerServer: Sendable {
-    /// How connections are secured. Only plaintext exists for now; peer TLS
-    /// (`--peer-cert-file` and friends) will add a case here.
-    public enum Security: Sendable {
-        /// No TLS: only `http://` URLs are accepted.
-        case plaintext
-    }
-
     private struct Listener {
-        let server: GRPCServer<HTTP2ServerTransport.Posix>
+        let server: GRPCServer<HTTP2ServerTransport.Custom<PeerListener>>
         let task: Task<Void, any Error>
         let url: EndpointURL
     }
 
     private let listeners = Mutex<[Listener]>([])
     private let logger: Logger
-    private let security: Security
+    private let tls: PeerTLS?
     private let maxRequestBytes: Int
+    private let admission: ConnectionAdmission
+    private let refusals: PeerRefusals?
 
-    /// A server not yet listening. `maxRequestBytes` bounds one received message (a batch or
-    /// a snapshot chunk).
-    public init(logger: Logger, security: Security = .plaintext, maxRequestBytes: Int = 64 << 20) {
+    /// A server not yet listening. `https://` URLs are served with `tls` (required for them);
+    /// `maxRequestBytes` bounds one received message (a batch or a snapshot chunk);
+    /// `maxConnections` the connections open at once over all its URLs (more are closed at
+    /// once and counted in `refusals`).
+    public init(logger: Logger, tls: PeerTLS? = nil, maxRequestBytes: Int = 64 << 20,
+                maxConnections: Int = 4096, refusals: PeerRefusals? = nil) {
         self.logger = logger
-        self.security = security
+        self.tls = tls
+        self.admission = ConnectionAdmission(limit: maxConnections)
+        self.refusals = refusals ?? tls?.refusals
         self.maxRequestBytes = maxRequestBytes
     }
 
@@ -40,22 +41,23 @@ public final class PeerServer: Sendable {
     public func start(urls: [EndpointURL], services: [any RegistrableRPCService]) async throws {
         do {
             for url in urls {
-                let address = try Self.bindAddress(url, security: security)
-                var config = HTTP2ServerTransport.Posix.Config.defaults
+                let address = try Self.bindAddress(url, tls: tls != nil)
+                var config = HTTP2ServerTransport.Custom<PeerListener>.Config.defaults
                 // Peers ping idle connections (PeerTransport's keepalive); accept that.
                 config.connection.keepalive.clientBehavior = .init(
                     minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: true)
                 config.rpc.maxRequestPayloadSize = maxRequestBytes
                 let server = GRPCServer(
-                    transport: HTTP2ServerTransport.Posix(address: address, transportSecurity: .plaintext, config: config),
+                    transport: HTTP2ServerTransport.Custom(
+                        listenerFactory: PeerListener(address: address, tls: url.scheme == "https" ? tls : nil,
+                                                      handshakeTimeout: .seconds(10), admission: admission,
+                                                      refusals: refusals),
+                        config: config),
                     services: services)
                 let task = Task { try await server.serve() }
-                let bound: SocketAddress
-                do {
-                    bound = try await server.transport.listeningAddress
-                } catch {
+                guard let bound = await server.transport.listeningAddress else {
                     task.cancel()
-                    _ = await task.result
+                    let error = await task.result
                     throw PeerTransportError.unsupportedURL("cannot listen on \(url): \(error)")
                 }
                 let port = bound.ipv4?.port ?? bound.ipv6?.port ?? url.port
@@ -90,15 +92,25 @@ public final class PeerServer: Sendable {
         }
     }
 
-    static func bindAddress(_ url: EndpointURL, security: Security) throws -> SocketAddress {
-        guard url.scheme == "http" else {
-            throw PeerTransportError.unsupportedURL("\(url): only http:// peer URLs are supported (no peer TLS yet)")
+    static func bindAddress(_ url: EndpointURL, tls: Bool) throws -> NIOCore.SocketAddress {
+        switch url.scheme {
+        case "http": break
+        case "https":
+            guard tls else {
+                throw PeerTransportError.unsupportedURL("\(url): an https:// peer URL needs peer TLS (--peer-cert-file and --peer-key-file, or --peer-auto-tls)")
+            }
+        default:
+            throw PeerTransportError.unsupportedURL("\(url): peer URLs are http:// or https://")
         }
-        if url.host.contains(":") { return .ipv6(host: url.host, port: url.port) }
-        if url.host == "localhost" { return .ipv4(host: "127.0.0.1", port: url.port) }
-        guard !url.host.isEmpty, url.host.allSatisfy({ $0.isNumber || $0 == "." }) else {
+        var host = url.host
+        if host == "localhost" { host = "127.0.0.1" }
+        guard !host.isEmpty, host.contains(":") || host.allSatisfy({ $0.isNumber || $0 == "." }) else {
             throw PeerTransportError.unsupportedURL("\(url): a listen URL needs an IP address")
         }
-        return .ipv4(host: url.host, port: url.port)
+        do {
+            return try NIOCore.SocketAddress(ipAddress: host, port: url.port)
+        } catch {
+            throw PeerTransportError.unsupportedURL("\(url): \(error)")
+        }
     }
 }

@@ -17,11 +17,10 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
 
     func handshake(request: Swetcd_Peer_Hello, context: ServerContext) async throws -> Swetcd_Peer_HelloReply {
         var reply = Swetcd_Peer_HelloReply()
-        reply.clusterID = transport.clusterID
-        reply.memberID = transport.localID
         reply.protocolVersion = PeerProtocol.version
         reply.serverVersion = Self.serverVersion
-        var reason = transport.refusal(cluster: request.clusterID, from: request.from, to: request.to)
+        var reason = transport.callRefusal(cluster: request.clusterID, from: request.from, to: request.to,
+                                           context: context, call: "handshake")
         if reason == nil && request.protocolVersion != PeerProtocol.version {
             reason = "unsupported peer protocol version \(request.protocolVersion) (this member speaks \(PeerProtocol.version))"
         }
@@ -32,6 +31,10 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
                 "remote-peer-id": "\(hexID(request.from))", "remote-cluster-id": "\(hexID(request.clusterID))",
                 "remote-version": "\(request.serverVersion)", "reason": "\(reason)",
             ])
+        } else {
+            // The IDs only for an accepted member.
+            reply.clusterID = transport.clusterID
+            reply.memberID = transport.localID
         }
         reply.accepted = reason == nil
         return reply
@@ -43,25 +46,40 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
         context: ServerContext
     ) async throws {
         // The stream ends when the peer closes it or this transport stops, whichever is first.
+        // Stopped when the sender is removed from the cluster.
+        let removal = StopSignal()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await receive(request) }
+            group.addTask { try await receive(request, context: context, removal: removal) }
             group.addTask {
                 await transport.stopSignal.wait()
                 throw RPCError(code: .unavailable, message: "member is stopping")
+            }
+            group.addTask {
+                await removal.wait()
+                throw RPCError(code: .permissionDenied, message: "the sending member was removed from the cluster")
             }
             defer { group.cancelAll() }
             try await group.next()
         }
     }
 
-    private func receive(_ request: RPCAsyncSequence<Swetcd_Peer_MessageBatch, any Error>) async throws {
+    private func receive(_ request: RPCAsyncSequence<Swetcd_Peer_MessageBatch, any Error>,
+                         context: ServerContext, removal: StopSignal) async throws {
+        var sender: UInt64?
+        defer { if let sender { transport.unregisterInbound(sender, removal) } }
         for try await batch in request {
-            if let reason = transport.refusal(cluster: batch.clusterID, from: batch.from, to: batch.to) {
-                transport.logger.error("refused messages", metadata: [
-                    "remote-peer-id": "\(hexID(batch.from))", "remote-cluster-id": "\(hexID(batch.clusterID))",
-                    "reason": "\(reason)",
-                ])
+            if let reason = transport.callRefusal(cluster: batch.clusterID, from: batch.from, to: batch.to,
+                                                  context: context, call: "messages") {
                 throw RPCError(code: .failedPrecondition, message: reason)
+            }
+            if sender == nil {
+                guard transport.registerInbound(batch.from, removal) else {
+                    throw RPCError(code: .failedPrecondition, message: PeerTransport.removedReason(batch.from))
+                }
+                sender = batch.from
+            } else if sender != batch.from {
+                transport.refusals.count("sender_changed")
+                throw RPCError(code: .failedPrecondition, message: "one stream carries messages of one member (\(hexID(sender!)), not \(hexID(batch.from)))")
             }
             guard !transport.isStopped else { throw RPCError(code: .unavailable, message: "member is stopping") }
             var delivered: [Raft.Message] = []
@@ -98,7 +116,8 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
                 switch part.part {
                 case .header(let header):
                     guard receiver == nil else { throw SnapshotRefusal("a second header") }
-                    if let reason = transport.refusal(cluster: header.clusterID, from: header.from, to: header.to) {
+                    if let reason = transport.callRefusal(cluster: header.clusterID, from: header.from, to: header.to,
+                                                          context: context, call: "snapshot") {
                         throw SnapshotRefusal(reason)
                     }
                     guard !transport.isStopped else { throw SnapshotRefusal("member is stopping") }

@@ -8,6 +8,8 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import NIOCore
+import NIOSSL
 import Raft
 import Synchronization
 
@@ -53,10 +55,16 @@ public final class PeerTransport: Sendable {
     let snapshots: any BackendSnapshotSource
     let logger: Logger
     let options: Options
+    /// Peer TLS (nil: https:// peer URLs are refused).
+    let tls: PeerTLS?
+    /// Counts refused peer calls by reason.
+    let refusals: PeerRefusals
 
     private struct State {
         var links: [UInt64: PeerLink] = [:]
         var removed: Set<UInt64> = []
+        /// Open inbound `Messages` streams by sender; closed when the sender is removed.
+        var inbound: [UInt64: [ObjectIdentifier: StopSignal]] = [:]
         var receivingSnapshots: Set<UInt64> = []
         var started = false
         var stopped = false
@@ -71,7 +79,8 @@ public final class PeerTransport: Sendable {
     /// bodies are stored in `snapshotDirectory` (created if missing).
     public init(localID: UInt64, clusterID: UInt64, snapshotDirectory: String,
                 delegate: any RaftTransportDelegate, snapshots: any BackendSnapshotSource,
-                logger: Logger, options: Options = Options()) {
+                logger: Logger, options: Options = Options(), tls: PeerTLS? = nil,
+                refusals: PeerRefusals? = nil) {
         self.localID = localID
         self.clusterID = clusterID
         self.snapshotDirectory = snapshotDirectory
@@ -81,6 +90,8 @@ public final class PeerTransport: Sendable {
         logger[metadataKey: "local-member-id"] = "\(hexID(localID))"
         self.logger = logger
         self.options = options
+        self.tls = tls
+        self.refusals = refusals ?? tls?.refusals ?? PeerRefusals()
     }
 
     /// Adds a peer reachable at `urls` (tried in turn). Replaces the URLs of a known peer.
@@ -103,11 +114,29 @@ public final class PeerTransport: Sendable {
     /// Forgets a removed member: its stream is closed, messages to it are no longer sent and
     /// its calls are refused from now on.
     public func removePeer(_ id: UInt64) {
-        let link = state.withLock { s in
+        let (link, streams) = state.withLock { s in
             s.removed.insert(id)
-            return s.links.removeValue(forKey: id)
+            return (s.links.removeValue(forKey: id), s.inbound.removeValue(forKey: id).map { Array($0.values) } ?? [])
         }
         link?.cancel()
+        for stream in streams { stream.stop() }
+    }
+
+    /// Registers an inbound `Messages` stream from `from`, stopped when `from` is removed;
+    /// false if it already is.
+    func registerInbound(_ from: UInt64, _ signal: StopSignal) -> Bool {
+        state.withLock { s in
+            guard !s.removed.contains(from) else { return false }
+            s.inbound[from, default: [:]][ObjectIdentifier(signal)] = signal
+            return true
+        }
+    }
+
+    func unregisterInbound(_ from: UInt64, _ signal: StopSignal) {
+        state.withLock { s in
+            s.inbound[from]?.removeValue(forKey: ObjectIdentifier(signal))
+            if s.inbound[from]?.isEmpty == true { s.inbound[from] = nil }
+        }
     }
 
     /// Changes the URLs of a peer; a stream on a URL no longer listed is re-dialled.
@@ -221,10 +250,66 @@ public final class PeerTransport: Sendable {
         if to != localID {
             return "member ID mismatch: this member is \(hexID(localID)), not \(hexID(to))"
         }
-        if state.withLock({ $0.removed.contains(from) }) {
-            return Self.removedReason(from)
+        let (removed, member) = state.withLock { ($0.removed.contains(from), $0.links[from] != nil) }
+        if removed { return Self.removedReason(from) }
+        if !member { return "member \(hexID(from)) is not a member of this cluster" }
+        return nil
+    }
+
+    /// Why the call in `context` may not speak for member `from` (a refusal code for the
+    /// metric, and the reason), or nil. With peer TLS and client-cert-auth the connection's
+    /// verified certificate must name, as a DNS or IP subject alternative name, the host of
+    /// one of `from`'s peer URLs (unless --experimental-peer-skip-client-san-verification).
+    func identityRefusal(from: UInt64, context: ServerContext) -> (code: String, reason: String)? {
+        guard let tls, tls.bindsMembers else { return nil }
+        guard let identity = tls.identities.identity(remote: context.remotePeer, local: context.localPeer) else {
+            return ("no_certificate", "the connection has no verified peer certificate")
+        }
+        guard let urls = state.withLock({ $0.links[from] })?.callURLs else {
+            return ("not_member", "member \(hexID(from)) is not a member of this cluster")
+        }
+        let hosts = Set(urls.map { Self.canonicalHost($0.host) })
+        guard identity.names.contains(where: { hosts.contains(Self.canonicalHost($0)) }) else {
+            return ("identity_mismatch", "the certificate (CN \"\(identity.commonName ?? "")\", names \(identity.names.sorted())) does not name a host of member \(hexID(from))'s peer URLs \(urls.map(\.description))")
         }
         return nil
+    }
+
+    /// A host as compared with certificate names: lower-cased, IPv6 without brackets and in
+    /// canonical form.
+    static func canonicalHost(_ host: String) -> String {
+        var h = host.lowercased()
+        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        if h.contains(":"), let bytes = SelfSignedCertificate.ipBytes(h), bytes.count == 16 {
+            var buffer = [CChar](repeating: 0, count: 64)
+            if bytes.withUnsafeBytes({ inet_ntop(AF_INET6, $0.baseAddress, &buffer, 64) }) != nil {
+                return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+        }
+        return h
+    }
+
+    /// Both checks for a call claiming to come from `from`: the protocol check (cluster,
+    /// receiver, current member) and the identity check. Logs and counts a refusal.
+    func callRefusal(cluster: UInt64, from: UInt64, to: UInt64, context: ServerContext, call: String) -> String? {
+        var found: (code: String, reason: String)?
+        if let tls, tls.bindsMembers, tls.identities.identity(remote: context.remotePeer, local: context.localPeer) == nil {
+            // Nothing about this cluster for a caller without a verified certificate.
+            found = ("no_certificate", "the connection has no verified peer certificate")
+        } else if let reason = refusal(cluster: cluster, from: from, to: to) {
+            let code = cluster != clusterID ? "cluster_mismatch" : to != localID ? "member_mismatch"
+                : reason == Self.removedReason(from) ? "removed" : "not_member"
+            found = (code, reason)
+        } else {
+            found = identityRefusal(from: from, context: context)
+        }
+        guard let refusal = found else { return nil }
+        refusals.count(refusal.code)
+        logger.error("refused peer call", metadata: [
+            "call": "\(call)", "remote-peer-id": "\(hexID(from))", "remote-cluster-id": "\(hexID(cluster))",
+            "remote-addr": "\(context.remotePeer)", "reason": "\(refusal.reason)",
+        ])
+        return refusal.reason
     }
 
     /// The refusal sent to a member removed from the cluster.
@@ -259,14 +344,37 @@ public final class PeerTransport: Sendable {
 
     /// The client transport to one peer URL.
     func clientTransport(_ url: EndpointURL) throws -> HTTP2ClientTransport.Posix {
-        guard url.scheme == "http" else {
-            throw PeerTransportError.unsupportedURL("\(url): only http:// peer URLs are supported (no peer TLS yet)")
-        }
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.connection.keepalive = .init(time: options.keepaliveInterval, timeout: options.keepaliveTimeout,
                                             allowWithoutCalls: true)
         config.backoff = .init(initial: .milliseconds(50), max: options.maxBackoff, multiplier: 2, jitter: 0.2)
-        return try HTTP2ClientTransport.Posix(target: Self.target(url), transportSecurity: .plaintext, config: config)
+        return try Self.clientTransport(url, tls: tls, config: config)
+    }
+
+    /// A client transport to one peer URL: plaintext for http://, peer TLS for https:// (the
+    /// context of the moment, so replaced certificate files are used by new connections).
+    static func clientTransport(_ url: EndpointURL, tls: PeerTLS?,
+                                config: HTTP2ClientTransport.Posix.Config = .defaults) throws -> HTTP2ClientTransport.Posix {
+        var config = config
+        switch url.scheme {
+        case "http":
+            return try HTTP2ClientTransport.Posix(target: target(url), transportSecurity: .plaintext, config: config)
+        case "https":
+            guard let tls else {
+                throw PeerTransportError.unsupportedURL("\(url): an https:// peer URL needs peer TLS (--peer-cert-file and --peer-key-file, or --peer-auto-tls)")
+            }
+            let source = tls.client
+            let serverName = PeerTLS.isIPAddress(url.host) ? nil : url.host
+            config.channelDebuggingCallbacks.onCreateTCPConnection = { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = try NIOSSLClientHandler(context: source.current(), serverHostname: serverName)
+                    try channel.pipeline.syncOperations.addHandler(handler, position: .first)
+                }
+            }
+            return try HTTP2ClientTransport.Posix(target: target(url), transportSecurity: .customSecure, config: config)
+        default:
+            throw PeerTransportError.unsupportedURL("\(url): peer URLs are http:// or https://")
+        }
     }
 
     static func target(_ url: EndpointURL) -> any ResolvableTarget {
