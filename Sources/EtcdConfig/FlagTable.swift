@@ -178,11 +178,21 @@ public enum FlagTable {
         // Clustering
         f.append(urls("initial-advertise-peer-urls", "http://localhost:2380", "This member's peer URLs to advertise to the rest of the cluster.") { $0.initialAdvertisePeerURLs = $1 })
         f.append(urls("advertise-client-urls", "http://localhost:2379", "This member's client URLs to advertise to the public.") { $0.advertiseClientURLs = $1 })
-        f.append(string("discovery", "", "Not supported (refused when set): bootstrap with --initial-cluster.") { $0.discovery = $1 })
-        f.append(oneOf("discovery-fallback", ["exit", "proxy"], "proxy", "Behaviour when discovery fails.") { $0.discoveryFallback = $1 })
-        f.append(string("discovery-proxy", "", "Not supported (refused when set).") { $0.discoveryProxy = $1 })
-        f.append(string("discovery-srv", "", "Not supported (refused when set): bootstrap with --initial-cluster.") { $0.discoverySrv = $1 })
-        f.append(string("discovery-srv-name", "", "Not supported (refused when set).") { $0.discoverySrvName = $1 })
+        f.append(string("discovery", "", "Discovery URL used to bootstrap the cluster (etcd's v2 discovery protocol, e.g. a discovery.etcd.io token URL).") { $0.discovery = $1 })
+        f.append(oneOf("discovery-fallback", ["exit", "proxy"], "proxy", "Behaviour when discovery finds the cluster full: swetcd always exits (proxy is refused when given).") { $0.discoveryFallback = $1 })
+        f.append(string("discovery-proxy", "", "HTTP proxy to use for traffic to the discovery service.") { $0.discoveryProxy = $1 })
+        f.append(string("discovery-srv", "", "DNS domain used to bootstrap the initial cluster from SRV records (_etcd-server-ssl._tcp, _etcd-server._tcp).") { $0.discoverySrv = $1 })
+        f.append(string("discovery-srv-name", "", "Suffix to the DNS SRV service name queried with --discovery-srv (_etcd-server-ssl-NAME._tcp).") { $0.discoverySrvName = $1 })
+        // etcd 3.6's v3 discovery: refused when set (not implemented).
+        for name in ["discovery-token", "discovery-endpoints", "discovery-dial-timeout", "discovery-request-timeout",
+                     "discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-cert", "discovery-key",
+                     "discovery-cacert", "discovery-user", "discovery-password"] {
+            f.append(string(name, "", "Not supported (refused when set): v3 discovery (etcd 3.6).") { $0.v3Discovery[name] = $1 })
+        }
+        for name in ["discovery-insecure-transport", "discovery-insecure-skip-tls-verify"] {
+            f.append(FlagSpec(name: name, kind: .bool, defaultText: "", help: "Not supported (refused when set): v3 discovery (etcd 3.6).",
+                              ignoredBecause: nil) { c, v in _ = try FlagValues.bool(v); c.v3Discovery[name] = v })
+        }
         f.append(string("initial-cluster", "default=${initial-advertise-peer-urls}", "Initial cluster configuration for bootstrapping.") { $0.initialCluster = $1 })
         f.append(string("initial-cluster-token", "etcd-cluster", "Initial cluster token for the cluster during bootstrap.") { $0.initialClusterToken = $1 })
         f.append(oneOf("initial-cluster-state", ["new", "existing"], "new", "Initial cluster state.") { $0.initialClusterState = $1 })

@@ -42,6 +42,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var discoveryProxy = ""
     public var discoverySrv = ""
     public var discoverySrvName = ""
+    /// etcd 3.6's v3 discovery flags given (refused: not implemented), flag name to value.
+    public var v3Discovery: [String: String] = [:]
     /// Empty means `default=<initial-advertise-peer-urls>`: like etcd, the implicit list names
     /// the default member, so `--name x` alone needs `--initial-cluster` too.
     public var initialCluster = ""
