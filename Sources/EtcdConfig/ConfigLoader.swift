@@ -40,6 +40,8 @@ public enum BootstrapMode: Sendable, Equatable {
     case dnsSRV(domain: String, serviceName: String)
     /// `--discovery URL` (etcd's v2 discovery protocol) through `--discovery-proxy` (may be empty).
     case discoveryURL(url: String, proxy: String)
+    /// `--discovery-token` on `--discovery-endpoints` (etcd 3.6's v3 discovery).
+    case v3Discovery(V3DiscoverySettings)
 }
 
 /// Reads etcd-style configuration: command-line flags (Go syntax: `-flag`, `--flag`, `--flag=v`,
@@ -274,9 +276,9 @@ public enum ConfigLoader {
     static func validate(_ c: ServerConfig, explicitlySet: Set<String>) throws -> (InitialCluster, AutoCompaction, [String]) {
         var warnings: [String] = []
         if c.name.isEmpty { throw ConfigError("--name must not be empty") }
-        let bootstrapFlags = ["initial-cluster", "discovery", "discovery-srv"].filter { explicitlySet.contains($0) }
+        let bootstrapFlags = ["initial-cluster", "discovery", "discovery-endpoints", "discovery-srv"].filter { explicitlySet.contains($0) }
         if bootstrapFlags.count > 1 {
-            throw ConfigError("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"")
+            throw ConfigError("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"")
         }
         if c.heartbeatIntervalMs == 0 { throw ConfigError("--heartbeat-interval must be >0 (set to 0ms)") }
         if c.electionTimeoutMs == 0 { throw ConfigError("--election-timeout must be >0 (set to 0ms)") }
@@ -369,6 +371,30 @@ public enum ConfigLoader {
             }
             // Until the SRV records are read at start: this member alone.
             cluster = try InitialCluster(entries: [(c.name, c.initialAdvertisePeerURLs)], token: c.initialClusterToken)
+        case .v3Discovery(let d):
+            guard !d.token.isEmpty, !d.endpoints.isEmpty else {
+                throw ConfigError("--discovery-token and --discovery-endpoints must be given together (v3 discovery)")
+            }
+            guard d.token.utf8.count <= 256, !d.token.contains("/"), d.token.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                throw ConfigError("--discovery-token \"\(d.token)\": a token is at most 256 printable ASCII characters without '/'")
+            }
+            for e in d.endpoints {
+                let text = e.contains("://") ? e : "http://" + e
+                guard let u = try? EndpointURL(parsing: text), u.scheme == "http" || u.scheme == "https" else {
+                    throw ConfigError("--discovery-endpoints \(e): expected host:port or an http(s):// URL")
+                }
+            }
+            if d.certFile.isEmpty != d.keyFile.isEmpty {
+                throw ConfigError("--discovery-cert and --discovery-key must be given together")
+            }
+            if !d.password.isEmpty && d.user.isEmpty {
+                throw ConfigError("--discovery-password needs --discovery-user")
+            }
+            if c.initialClusterState == "existing" {
+                throw ConfigError("discovery endpoints should not be set when joining existing initial cluster")
+            }
+            // Until the discovery service answers: this member alone; the token is the cluster token.
+            cluster = try InitialCluster(entries: [(c.name, c.initialAdvertisePeerURLs)], token: d.token)
         case .discoveryURL(let url, let proxy):
             try checkDiscoveryURL(url)
             if !proxy.isEmpty { try checkDiscoveryProxy(proxy) }
@@ -385,10 +411,24 @@ public enum ConfigLoader {
             // discovery URL is the cluster token (member IDs derive from it).
             cluster = try InitialCluster(entries: [(c.name, c.initialAdvertisePeerURLs)], token: url)
         }
+        if !c.v3Discovery.isSet {
+            let aux = v3DiscoveryOptionFlags.filter { explicitlySet.contains($0) }
+            if !aux.isEmpty {
+                warnings.append("\(aux.map { "--\($0)" }.joined(separator: ", ")) \(aux.count == 1 ? "has" : "have") no effect without --discovery-token and --discovery-endpoints")
+            }
+        }
         return (cluster, autoCompaction, warnings)
     }
 
+    /// The v3 discovery flags besides the token and the endpoints.
+    static let v3DiscoveryOptionFlags = [
+        "discovery-dial-timeout", "discovery-request-timeout", "discovery-keepalive-time", "discovery-keepalive-timeout",
+        "discovery-insecure-transport", "discovery-insecure-skip-tls-verify", "discovery-cert", "discovery-key",
+        "discovery-cacert", "discovery-user", "discovery-password",
+    ]
+
     static func bootstrapMode(_ c: ServerConfig) -> BootstrapMode {
+        if c.v3Discovery.isSet { return .v3Discovery(c.v3Discovery) }
         if !c.discoverySrv.isEmpty { return .dnsSRV(domain: c.discoverySrv, serviceName: c.discoverySrvName) }
         if !c.discovery.isEmpty { return .discoveryURL(url: c.discovery, proxy: c.discoveryProxy) }
         return .staticCluster
@@ -442,9 +482,6 @@ public enum ConfigLoader {
         }
         if !c.listenClientHTTPURLs.isEmpty {
             try refuse("--listen-client-http-urls", "every --listen-client-urls port already serves both gRPC and HTTP; remove the flag")
-        }
-        for flag in c.v3Discovery.keys.sorted() {
-            try refuse("--\(flag)", "v3 discovery (etcd 3.6: --discovery-token, --discovery-endpoints and their TLS and auth flags) is not implemented; bootstrap with --initial-cluster, --discovery-srv or a v2 --discovery URL")
         }
         if c.enablePprof { try refuse("--enable-pprof", "swetcd has no Go profiler") }
         if c.socketReuseAddress { try refuse("--socket-reuse-address", "listeners do not set SO_REUSEADDR on request yet") }

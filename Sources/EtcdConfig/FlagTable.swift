@@ -183,16 +183,20 @@ public enum FlagTable {
         f.append(string("discovery-proxy", "", "HTTP proxy to use for traffic to the discovery service.") { $0.discoveryProxy = $1 })
         f.append(string("discovery-srv", "", "DNS domain used to bootstrap the initial cluster from SRV records (_etcd-server-ssl._tcp, _etcd-server._tcp).") { $0.discoverySrv = $1 })
         f.append(string("discovery-srv-name", "", "Suffix to the DNS SRV service name queried with --discovery-srv (_etcd-server-ssl-NAME._tcp).") { $0.discoverySrvName = $1 })
-        // etcd 3.6's v3 discovery: refused when set (not implemented).
-        for name in ["discovery-token", "discovery-endpoints", "discovery-dial-timeout", "discovery-request-timeout",
-                     "discovery-keepalive-time", "discovery-keepalive-timeout", "discovery-cert", "discovery-key",
-                     "discovery-cacert", "discovery-user", "discovery-password"] {
-            f.append(string(name, "", "Not supported (refused when set): v3 discovery (etcd 3.6).") { $0.v3Discovery[name] = $1 })
-        }
-        for name in ["discovery-insecure-transport", "discovery-insecure-skip-tls-verify"] {
-            f.append(FlagSpec(name: name, kind: .bool, defaultText: "", help: "Not supported (refused when set): v3 discovery (etcd 3.6).",
-                              ignoredBecause: nil) { c, v in _ = try FlagValues.bool(v); c.v3Discovery[name] = v })
-        }
+        // etcd 3.6's v3 discovery.
+        f.append(string("discovery-token", "", "v3 discovery: the token identifying the new cluster on the discovery service (etcd 3.6).") { $0.v3Discovery.token = $1 })
+        f.append(list("discovery-endpoints", "", "v3 discovery: client endpoints of the etcd or swetcd cluster serving as discovery service.") { $0.v3Discovery.endpoints = $1 })
+        f.append(duration("discovery-dial-timeout", .seconds(2), "v3 discovery: dial timeout for a connection to the discovery service.") { $0.v3Discovery.dialTimeout = $1 })
+        f.append(duration("discovery-request-timeout", .seconds(5), "v3 discovery: timeout of each request to the discovery service.") { $0.v3Discovery.requestTimeout = $1 })
+        f.append(duration("discovery-keepalive-time", .seconds(2), "v3 discovery: keepalive ping interval of the client connection.") { $0.v3Discovery.keepaliveTime = $1 })
+        f.append(duration("discovery-keepalive-timeout", .seconds(6), "v3 discovery: keepalive ping timeout.") { $0.v3Discovery.keepaliveTimeout = $1 })
+        f.append(bool("discovery-insecure-transport", true, "v3 discovery: plaintext connections unless an endpoint is https:// or TLS files are given.") { $0.v3Discovery.insecureTransport = $1 })
+        f.append(bool("discovery-insecure-skip-tls-verify", false, "v3 discovery: do not verify the discovery service's certificate.") { $0.v3Discovery.insecureSkipTLSVerify = $1 })
+        f.append(string("discovery-cert", "", "v3 discovery: client certificate file (TLS).") { $0.v3Discovery.certFile = $1 })
+        f.append(string("discovery-key", "", "v3 discovery: client key file (TLS).") { $0.v3Discovery.keyFile = $1 })
+        f.append(string("discovery-cacert", "", "v3 discovery: CA bundle verifying the discovery service (TLS).") { $0.v3Discovery.caFile = $1 })
+        f.append(string("discovery-user", "", "v3 discovery: user[:password] on the discovery service (auth).") { $0.v3Discovery.user = $1 })
+        f.append(string("discovery-password", "", "v3 discovery: password of --discovery-user.") { $0.v3Discovery.password = $1 })
         f.append(string("initial-cluster", "default=${initial-advertise-peer-urls}", "Initial cluster configuration for bootstrapping.") { $0.initialCluster = $1 })
         f.append(string("initial-cluster-token", "etcd-cluster", "Initial cluster token for the cluster during bootstrap.") { $0.initialClusterToken = $1 })
         f.append(oneOf("initial-cluster-state", ["new", "existing"], "new", "Initial cluster state.") { $0.initialClusterState = $1 })

@@ -447,4 +447,86 @@ final class DiscoveryService: @unchecked Sendable {
         await member.cleanUp()
         await service.cleanUp()
     }
+
+    /// etcd 3.6's v3 discovery with a swetcd member (auth enabled) as the discovery service:
+    /// three members bootstrap, a fourth finds the token full.
+    @Test(.enabled(if: E2E.available))
+    func threeMembersBootstrapThroughV3DiscoveryOnASwetcdCluster() async throws {
+        let service = try Member(name: "registry")
+        let members = try (1...4).map { try Member(name: "v\($0)") }
+        do {
+            try await service.start()
+            #expect(try await service.ctl("user", "add", "root", "--new-user-password=secret").status == 0)
+            #expect(try await service.ctl("auth", "enable").status == 0)
+            let token = "swetcd-\(UUID().uuidString.prefix(8).lowercased())"
+            let size = try await service.ctl(["--user", "root:secret", "put", "/_etcd/registry/\(token)/_config/size", "3"])
+            #expect(size.status == 0, "\(size.stderr)")
+            for m in members {
+                m.bootstrapArgs = ["--discovery-token", token, "--discovery-endpoints", service.endpoint,
+                                   "--discovery-user", "root", "--discovery-password", "secret"]
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for m in members.prefix(3) { group.addTask { try await m.start() } }
+                try await group.waitForAll()
+            }
+            var list = CommandOutput(status: -1, stdout: "", stderr: "")
+            try await E2E.waitUntil("three started members in member list", limit: .seconds(30)) {
+                list = try await members[1].ctl("member", "list")
+                return list.status == 0 && list.lines.count == 3
+                    && (1...3).allSatisfy { i in list.lines.contains { $0.contains(", started, v\(i), ") } }
+            }
+            // The registered keys name the members' IDs.
+            let keys = try await service.ctl(["--user", "root:secret", "get", "--prefix", "/_etcd/registry/\(token)/members/", "--keys-only"])
+            let ids = keys.lines.map { String($0.split(separator: "/").last ?? "") }
+            #expect(ids.count == 3, "\(keys.stdout)")
+            for id in ids { #expect(list.lines.contains { $0.hasPrefix(id + ",") }, "\(id) not in \(list.stdout)") }
+            do {
+                try await members[3].start()
+                Issue.record("a fourth member started on a full discovery token")
+            } catch {
+                #expect("\(error)".contains("failed to join discovery cluster (discovery: cluster is full)"), "\(error)")
+            }
+            #expect(members[3].exitStatus == 1)
+        } catch {
+            for m in members + [service] { Issue.record("\(m.name) log tail: \(m.stderrText.suffix(2000))") }
+            for m in members + [service] { await m.cleanUp() }
+            throw error
+        }
+        for m in members + [service] { await m.cleanUp() }
+    }
+
+    /// v3 discovery over mutual TLS: the discovery service's client port is https:// and
+    /// requires a client certificate signed by the test CA.
+    @Test(.enabled(if: E2E.available && FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl")))
+    func v3DiscoveryOverMutualTLS() async throws {
+        let fx = try await TLSFixture()
+        defer { fx.cleanUp() }
+        let server = try await fx.issue("server", cn: "registry", serial: 11, server: true)
+        let client = try await fx.issue("client", cn: "client", serial: 12)
+        let service = try Member(name: "registry")
+        let https = "https://127.0.0.1:\(service.clientPort)"
+        let plain = try E2E.freePort()
+        service.extraArgs = ["--listen-client-urls", "\(https),http://127.0.0.1:\(plain)", "--advertise-client-urls", https,
+                             "--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", fx.ca, "--client-cert-auth"]
+        let member = try Member(name: "solo")
+        do {
+            try await service.start()
+            let token = "tls-\(UUID().uuidString.prefix(8).lowercased())"
+            let size = try await etcdctl(https, fx.ctlFlags("client") + ["put", "/_etcd/registry/\(token)/_config/size", "1"])
+            #expect(size.status == 0, "\(size.stderr)")
+            member.bootstrapArgs = ["--discovery-token", token, "--discovery-endpoints", https,
+                                    "--discovery-cacert", fx.ca, "--discovery-cert", client.cert, "--discovery-key", client.key]
+            try await member.start()
+            try await E2E.waitUntil("solo in member list") {
+                try await member.ctl("member", "list").stdout.contains(", started, solo, \(member.peerURL)")
+            }
+            let keys = try await etcdctl(https, fx.ctlFlags("client") + ["get", "--prefix", "/_etcd/registry/\(token)/members/", "--keys-only"])
+            #expect(keys.lines.count == 1, "\(keys.stdout)")
+        } catch {
+            for m in [member, service] { Issue.record("\(m.name) log tail: \(m.stderrText.suffix(2000))") }
+            for m in [member, service] { await m.cleanUp() }
+            throw error
+        }
+        for m in [member, service] { await m.cleanUp() }
+    }
 }

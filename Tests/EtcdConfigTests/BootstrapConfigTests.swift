@@ -52,17 +52,38 @@ private func refusal(_ args: [String]) -> String? {
          "discovery URL should not be set when joining existing initial cluster"),
         (["--discovery", "http://127.0.0.1:8087/t", "--discovery-proxy", "socks5://p:1"], "invalid proxy address"),
         (["--discovery", "http://127.0.0.1:8087/t", "--discovery-srv", "example.com"], "multiple discovery or bootstrap flags are set"),
-        (["--discovery-token", "t", "--discovery-endpoints", "http://127.0.0.1:2379"], "v3 discovery"),
+        (["--discovery-token", "t"], "--discovery-token and --discovery-endpoints must be given together"),
+        (["--discovery-endpoints", "127.0.0.1:2379"], "--discovery-token and --discovery-endpoints must be given together"),
+        (["--discovery-token", "a/b", "--discovery-endpoints", "127.0.0.1:2379"], "without '/'"),
+        (["--discovery-token", "t", "--discovery-endpoints", "ftp://x:1"], "expected host:port"),
+        (["--discovery-token", "t", "--discovery-endpoints", "127.0.0.1:2379", "--discovery-cert", "c.pem"], "--discovery-cert and --discovery-key"),
+        (["--discovery-token", "t", "--discovery-endpoints", "127.0.0.1:2379", "--initial-cluster-state", "existing"],
+         "discovery endpoints should not be set when joining existing initial cluster"),
+        (["--discovery-token", "t", "--discovery-endpoints", "127.0.0.1:2379", "--initial-cluster", "a=http://127.0.0.1:2380"],
+         "multiple discovery or bootstrap flags are set"),
     ])
     func badBootstrapFlagsAreRefused(args: [String], text: String) {
         let msg = refusal(args)
         #expect(msg?.contains(text) == true, "\(args): \(msg ?? "accepted")")
     }
 
-    @Test func discoveryPasswordIsNotEchoed() {
-        let msg = refusal(["--discovery-password", "hunter2"]) ?? ""
-        #expect(msg.contains("--discovery-password"))
+    @Test func discoveryPasswordIsNotEchoed() throws {
+        let msg = refusal(["--discovery-token", "t", "--discovery-endpoints", "127.0.0.1:2379", "--discovery-password", "hunter2"]) ?? ""
+        #expect(msg.contains("--discovery-password needs --discovery-user"))
         #expect(!msg.contains("hunter2"))
+        let l = try load(["--discovery-password", "hunter2"])
+        #expect(l.warnings == ["--discovery-password has no effect without --discovery-token and --discovery-endpoints"])
+    }
+
+    @Test func v3DiscoveryLoadsWithTheTokenAsClusterToken() throws {
+        let l = try load(["--name", "n1", "--discovery-token", "abc", "--discovery-endpoints", "127.0.0.1:2379,https://10.0.0.1:2379",
+                          "--discovery-request-timeout", "3s", "--discovery-user", "root:pw"])
+        guard case .v3Discovery(let d) = l.bootstrap else { Issue.record("\(l.bootstrap)"); return }
+        #expect(d.endpoints == ["127.0.0.1:2379", "https://10.0.0.1:2379"])
+        #expect(d.requestTimeout == .seconds(3))
+        #expect(d.insecureTransport)
+        #expect(l.initialCluster.token == "abc")
+        #expect(l.warnings.isEmpty, "\(l.warnings)")
     }
 
     @Test func srvNameOrProxyWithoutTheirModeWarn() throws {

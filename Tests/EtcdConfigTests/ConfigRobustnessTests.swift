@@ -114,10 +114,6 @@ private let int64Max = "9223372036854775807"
     /// at etcd's default value.
     @Test(arguments: [
         (["--listen-client-http-urls=http://127.0.0.1:2399"], "--listen-client-http-urls"),
-        (["--discovery-token=abc"], "--discovery-token"),
-        (["--discovery-endpoints=http://127.0.0.1:2379"], "--discovery-endpoints"),
-        (["--discovery-insecure-transport"], "--discovery-insecure-transport"),
-        (["--discovery-password=secret"], "--discovery-password"),
         (["--discovery=https://discovery.etcd.io/x", "--discovery-fallback=proxy"], "--discovery-fallback"),
         (["--enable-pprof"], "--enable-pprof"),
         (["--socket-reuse-port"], "--socket-reuse-port"),

@@ -23,6 +23,33 @@ enum Bootstrap {
                 "discovery-srv": "\(domain)", "initial-cluster": "\(result.cluster.text)",
             ])
             return result.cluster
+        case .v3Discovery(let settings):
+            let me = loaded.initialCluster  // this member alone, token = the discovery token
+            guard let local = me.member(named: cfg.name) else {
+                throw ServerStartError("couldn't find local name \"\(cfg.name)\" in the initial cluster configuration")
+            }
+            let endpoints = settings.endpoints.joined(separator: ",")
+            logger.info("joining the cluster through the v3 discovery service", metadata: [
+                "discovery-token": "\(settings.token)", "discovery-endpoints": "\(endpoints)",
+                "member-id": "\(MemberIdentity.hex(local.id))",
+            ])
+            let text: String
+            do {
+                text = try await V3Discovery(settings: settings, logger: logger).join(selfID: local.id, value: me.text)
+            } catch V2Discovery.Failure.clusterFull {
+                throw ServerStartError("failed to join discovery cluster (discovery: cluster is full): token \(settings.token) on \(endpoints) already has its full number of members; this member exits. Add it to the running cluster with etcdctl member add and --initial-cluster-state=existing, or use a new discovery token")
+            } catch let f as V2Discovery.Failure {
+                throw ServerStartError("failed to join discovery cluster (\(f)); token \(settings.token) on \(endpoints)")
+            }
+            let cluster: InitialCluster
+            do { cluster = try InitialCluster(parsing: text, token: settings.token) } catch {
+                throw ServerStartError("discovery cluster \(text): \(error)")
+            }
+            guard cluster.member(named: cfg.name)?.id == local.id else {
+                throw ServerStartError("discovery cluster \(text) does not contain this member (\(cfg.name), id \(MemberIdentity.hex(local.id)))")
+            }
+            logger.info("initial cluster from the v3 discovery service", metadata: ["initial-cluster": "\(cluster.text)"])
+            return cluster
         case .discoveryURL(let url, let proxy):
             let me = loaded.initialCluster  // this member alone, token = the discovery URL
             guard let local = me.member(named: cfg.name) else {
