@@ -406,6 +406,16 @@ final class DiscoveryService: @unchecked Sendable {
             #expect(members[3].exitStatus == 1)
             #expect(try await service.registered(token).count == 3)
 
+            // A registered member that lost its data directory cannot bootstrap again.
+            try await members[1].stop()
+            try FileManager.default.removeItem(atPath: members[1].dataDir)
+            do {
+                try await members[1].start()
+                Issue.record("d2 bootstrapped again on its used token")
+            } catch {
+                #expect("\(error)".contains("failed to join discovery cluster (discovery: found duplicate id)"), "\(error)")
+            }
+
             // A restart uses the data directory: the discovery service is not needed any more.
             await service.cleanUp()
             try await members[0].stop()

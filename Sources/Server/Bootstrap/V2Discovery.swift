@@ -90,7 +90,9 @@ struct V2Discovery: Sendable {
                 let r = try await client.send(.GET, "\(directory)?wait=true&recursive=true&waitIndex=\(index + 1)",
                                               timeoutSeconds: waitSeconds)
                 if r.status >= 500 { throw DiscoveryHTTPClient.Failure(description: "HTTP \(r.status)") }
-                // 401 "event index cleared" and any other answer: read the directory again.
+                // 401 "event index cleared" and any other answer: read the directory again
+                // (after a pause when the wait did not succeed, so a refusing service is not hammered).
+                if r.status != 200 { try await Task.sleep(for: .milliseconds(500)) }
                 retry.reset()
             } catch let f as DiscoveryHTTPClient.Failure where f.description.hasPrefix("no answer within") {
                 continue  // no change within the wait: read again
