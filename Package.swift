@@ -90,12 +90,14 @@ let package = Package(
         // libsystemd's sd_notify / sd_watchdog_enabled (Debian libsystemd-dev).
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
+        // glibc's resolver (res_nquery) for --discovery-srv's SRV lookups.
+        .systemLibrary(name: "CResolv", path: "Sources/CResolv"),
         // libxcrypt's bcrypt (crypt_gensalt_rn / crypt_rn) for auth passwords (Debian libcrypt-dev).
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt", providers: [.apt(["libcrypt-dev"])]),
         // The server: Raft loop, apply, client API, peer transport, and its shell (one client
         // port for gRPC and HTTP/1.1, JSON logs, systemd notify). See docs/ARCHITECTURE.md.
         .target(name: "Server", dependencies: [
-            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt",
+            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),

@@ -26,6 +26,22 @@ public struct LoadedConfig: Sendable {
     /// The parsed bootstrap membership (from --initial-cluster and the token).
     public var initialCluster: InitialCluster
     public var autoCompaction: AutoCompaction
+    /// How a new member learns its initial cluster. For DNS SRV and a discovery URL,
+    /// `initialCluster` holds only this member until the server resolves the rest at start
+    /// (only when its data directory is empty).
+    public var bootstrap: BootstrapMode = .staticCluster
+}
+
+/// Where a new member's initial cluster comes from.
+public enum BootstrapMode: Sendable, Equatable {
+    /// `--initial-cluster` (or the default one-member cluster).
+    case staticCluster
+    /// `--discovery-srv DOMAIN` with `--discovery-srv-name` (may be empty): SRV records.
+    case dnsSRV(domain: String, serviceName: String)
+    /// `--discovery URL` (etcd's v2 discovery protocol) through `--discovery-proxy` (may be empty).
+    case discoveryURL(url: String, proxy: String)
+    /// `--discovery-token` on `--discovery-endpoints` (etcd 3.6's v3 discovery).
+    case v3Discovery(V3DiscoverySettings)
 }
 
 /// Reads etcd-style configuration: command-line flags (Go syntax: `-flag`, `--flag`, `--flag=v`,
@@ -150,8 +166,10 @@ public enum ConfigLoader {
         }
         let (cluster, autoCompaction, more) = try validate(config, explicitlySet: explicitlySet)
         warnings += more
-        return .run(LoadedConfig(config: config, warnings: warnings, explicitlySet: explicitlySet,
-                                 configFile: configFile, initialCluster: cluster, autoCompaction: autoCompaction))
+        var loaded = LoadedConfig(config: config, warnings: warnings, explicitlySet: explicitlySet,
+                                  configFile: configFile, initialCluster: cluster, autoCompaction: autoCompaction)
+        loaded.bootstrap = bootstrapMode(config)
+        return .run(loaded)
     }
 
     static func apply(_ spec: FlagSpec, _ value: String, to config: inout ServerConfig, source: String) throws {
@@ -258,9 +276,9 @@ public enum ConfigLoader {
     static func validate(_ c: ServerConfig, explicitlySet: Set<String>) throws -> (InitialCluster, AutoCompaction, [String]) {
         var warnings: [String] = []
         if c.name.isEmpty { throw ConfigError("--name must not be empty") }
-        let bootstrapFlags = ["initial-cluster", "discovery", "discovery-srv"].filter { explicitlySet.contains($0) }
+        let bootstrapFlags = ["initial-cluster", "discovery", "discovery-endpoints", "discovery-srv"].filter { explicitlySet.contains($0) }
         if bootstrapFlags.count > 1 {
-            throw ConfigError("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"")
+            throw ConfigError("multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"")
         }
         if c.heartbeatIntervalMs == 0 { throw ConfigError("--heartbeat-interval must be >0 (set to 0ms)") }
         if c.electionTimeoutMs == 0 { throw ConfigError("--election-timeout must be >0 (set to 0ms)") }
@@ -350,11 +368,127 @@ public enum ConfigLoader {
         default: throw ConfigError("--auth-token \(c.authToken): unknown token type (simple or jwt)")
         }
         let autoCompaction = try AutoCompaction(mode: c.autoCompactionMode, retention: c.autoCompactionRetention)
-        let cluster = try InitialCluster(parsing: c.effectiveInitialCluster, token: c.initialClusterToken)
-        if c.discovery.isEmpty && c.discoverySrv.isEmpty && c.initialClusterState == "new" {
-            try cluster.verifyLocalMember(name: c.name, advertisePeerURLs: c.initialAdvertisePeerURLs)
+        let cluster: InitialCluster
+        switch bootstrapMode(c) {
+        case .staticCluster:
+            cluster = try InitialCluster(parsing: c.effectiveInitialCluster, token: c.initialClusterToken)
+            if c.initialClusterState == "new" {
+                try cluster.verifyLocalMember(name: c.name, advertisePeerURLs: c.initialAdvertisePeerURLs)
+            }
+            if explicitlySet.contains("discovery-srv-name") {
+                warnings.append("--discovery-srv-name has no effect without --discovery-srv")
+            }
+            if explicitlySet.contains("discovery-proxy") {
+                warnings.append("--discovery-proxy has no effect without --discovery")
+            }
+        case .dnsSRV:
+            try checkSRVDomain(c.discoverySrv, flag: "--discovery-srv")
+            if !c.discoverySrvName.isEmpty { try checkSRVLabel(c.discoverySrvName) }
+            if explicitlySet.contains("discovery-proxy") {
+                warnings.append("--discovery-proxy has no effect without --discovery")
+            }
+            // Until the SRV records are read at start: this member alone.
+            cluster = try InitialCluster(entries: [(c.name, c.initialAdvertisePeerURLs)], token: c.initialClusterToken)
+        case .v3Discovery(let d):
+            guard !d.token.isEmpty, !d.endpoints.isEmpty else {
+                throw ConfigError("--discovery-token and --discovery-endpoints must be given together (v3 discovery)")
+            }
+            guard d.token.utf8.count <= 256, !d.token.contains("/"), d.token.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
+                throw ConfigError("--discovery-token \"\(d.token)\": a token is at most 256 printable ASCII characters without '/'")
+            }
+            for e in d.endpoints {
+                let text = e.contains("://") ? e : "http://" + e
+                guard let u = try? EndpointURL(parsing: text), u.scheme == "http" || u.scheme == "https" else {
+                    throw ConfigError("--discovery-endpoints \(e): expected host:port or an http(s):// URL")
+                }
+            }
+            if d.certFile.isEmpty != d.keyFile.isEmpty {
+                throw ConfigError("--discovery-cert and --discovery-key must be given together")
+            }
+            if !d.password.isEmpty && d.user.isEmpty {
+                throw ConfigError("--discovery-password needs --discovery-user")
+            }
+            if c.initialClusterState == "existing" {
+                throw ConfigError("discovery endpoints should not be set when joining existing initial cluster")
+            }
+            // Until the discovery service answers: this member alone; the token is the cluster token.
+            cluster = try InitialCluster(entries: [(c.name, c.initialAdvertisePeerURLs)], token: d.token)
+        case .discoveryURL(let url, let proxy):
+            try checkDiscoveryURL(url)
+            if !proxy.isEmpty { try checkDiscoveryProxy(proxy) }
+            if c.initialClusterState == "existing" {
+                throw ConfigError("discovery URL should not be set when joining existing initial cluster")
+            }
+            if explicitlySet.contains("discovery-fallback") && c.discoveryFallback == "proxy" {
+                throw ConfigError("--discovery-fallback=proxy is not supported by swetcd: there is no v2 proxy mode; use --discovery-fallback=exit (a member that finds the discovery cluster full exits)")
+            }
+            if explicitlySet.contains("discovery-srv-name") {
+                warnings.append("--discovery-srv-name has no effect without --discovery-srv")
+            }
+            // Until the discovery service answers: this member alone; as in etcd, the
+            // discovery URL is the cluster token (member IDs derive from it).
+            cluster = try InitialCluster(entries: [(c.name, c.initialAdvertisePeerURLs)], token: url)
+        }
+        if !c.v3Discovery.isSet {
+            let aux = v3DiscoveryOptionFlags.filter { explicitlySet.contains($0) }
+            if !aux.isEmpty {
+                warnings.append("\(aux.map { "--\($0)" }.joined(separator: ", ")) \(aux.count == 1 ? "has" : "have") no effect without --discovery-token and --discovery-endpoints")
+            }
         }
         return (cluster, autoCompaction, warnings)
+    }
+
+    /// The v3 discovery flags besides the token and the endpoints.
+    static let v3DiscoveryOptionFlags = [
+        "discovery-dial-timeout", "discovery-request-timeout", "discovery-keepalive-time", "discovery-keepalive-timeout",
+        "discovery-insecure-transport", "discovery-insecure-skip-tls-verify", "discovery-cert", "discovery-key",
+        "discovery-cacert", "discovery-user", "discovery-password",
+    ]
+
+    static func bootstrapMode(_ c: ServerConfig) -> BootstrapMode {
+        if c.v3Discovery.isSet { return .v3Discovery(c.v3Discovery) }
+        if !c.discoverySrv.isEmpty { return .dnsSRV(domain: c.discoverySrv, serviceName: c.discoverySrvName) }
+        if !c.discovery.isEmpty { return .discoveryURL(url: c.discovery, proxy: c.discoveryProxy) }
+        return .staticCluster
+    }
+
+    /// A DNS name as `--discovery-srv` takes it: dot-separated labels of letters, digits, '-'
+    /// and '_', at most 253 characters (a trailing dot allowed).
+    static func checkSRVDomain(_ domain: String, flag: String) throws {
+        var d = Substring(domain)
+        if d.hasSuffix(".") { d = d.dropLast() }
+        let labels = d.split(separator: ".", omittingEmptySubsequences: false)
+        guard !d.isEmpty, d.utf8.count <= 253,
+              labels.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 63 && $0.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") } })
+        else { throw ConfigError("\(flag) \"\(domain)\" is not a valid DNS domain name") }
+    }
+
+    static func checkSRVLabel(_ name: String) throws {
+        guard name.utf8.count <= 40, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+            throw ConfigError("--discovery-srv-name \"\(name)\" must be a short DNS label (letters, digits, '-', '_')")
+        }
+    }
+
+    /// `--discovery`: an http(s) URL whose path is the token, e.g. https://discovery.etcd.io/3e86b59982e49066c5d813af1c2e2579cbf573de.
+    static func checkDiscoveryURL(_ url: String) throws {
+        guard url.utf8.count <= 2048, let u = URLComponents(string: url), let scheme = u.scheme?.lowercased(),
+              scheme == "http" || scheme == "https", let host = u.host, !host.isEmpty else {
+            throw ConfigError("--discovery \"\(url)\": discovery: invalid URL (expected http(s)://host[:port]/token)")
+        }
+        let path = u.path.split(separator: "/")
+        guard !path.isEmpty else {
+            throw ConfigError("--discovery \"\(url)\": the URL has no token path (expected http(s)://host[:port]/token)")
+        }
+        guard u.query == nil, u.fragment == nil else {
+            throw ConfigError("--discovery \"\(url)\": the URL must not have a query or fragment")
+        }
+    }
+
+    static func checkDiscoveryProxy(_ proxy: String) throws {
+        let text = proxy.contains("://") ? proxy : "http://" + proxy
+        guard let u = URLComponents(string: text), u.scheme?.lowercased() == "http", let host = u.host, !host.isEmpty else {
+            throw ConfigError("invalid proxy address \"\(proxy)\": swetcd supports http:// proxies for --discovery-proxy")
+        }
     }
 
     /// Flags etcd has whose feature swetcd does not implement: accepted at their etcd default
@@ -367,11 +501,6 @@ public enum ConfigLoader {
         if !c.listenClientHTTPURLs.isEmpty {
             try refuse("--listen-client-http-urls", "every --listen-client-urls port already serves both gRPC and HTTP; remove the flag")
         }
-        if !c.discovery.isEmpty || !c.discoverySrv.isEmpty {
-            try refuse(c.discovery.isEmpty ? "--discovery-srv" : "--discovery", "bootstrap with --initial-cluster instead")
-        }
-        if !c.discoveryProxy.isEmpty { try refuse("--discovery-proxy", "discovery is not implemented; bootstrap with --initial-cluster") }
-        if !c.discoverySrvName.isEmpty { try refuse("--discovery-srv-name", "discovery is not implemented; bootstrap with --initial-cluster") }
         if c.enablePprof { try refuse("--enable-pprof", "swetcd has no Go profiler") }
         if c.socketReuseAddress { try refuse("--socket-reuse-address", "listeners do not set SO_REUSEADDR on request yet") }
         if c.socketReusePort { try refuse("--socket-reuse-port", "listeners do not set SO_REUSEPORT yet") }

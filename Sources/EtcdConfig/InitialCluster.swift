@@ -47,6 +47,17 @@ public struct InitialCluster: Sendable, Equatable {
     public let token: String
     public var clusterID: UInt64 { MemberIdentity.clusterID(memberIDs: members.map(\.id)) }
 
+    /// A membership from already parsed entries (DNS SRV or discovery results): member IDs
+    /// are derived from each entry's peer URLs and `token`, as for `--initial-cluster`.
+    public init(entries: [(name: String, peerURLs: [EndpointURL])], token: String) throws {
+        try self.init(parsing: entries.flatMap { e in e.peerURLs.map { "\(e.name)=\($0)" } }.joined(separator: ","), token: token)
+    }
+
+    /// The `--initial-cluster` text of this membership (`name=url,...`, in ID order).
+    public var text: String {
+        members.flatMap { m in m.peerURLs.map { "\(m.name)=\($0)" } }.joined(separator: ",")
+    }
+
     public init(parsing text: String, token: String) throws {
         var urlsByName: [String: [String]] = [:]
         var order: [String] = []

@@ -42,6 +42,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var discoveryProxy = ""
     public var discoverySrv = ""
     public var discoverySrvName = ""
+    /// etcd 3.6's v3 discovery (`--discovery-token`, `--discovery-endpoints` and their flags).
+    public var v3Discovery = V3DiscoverySettings()
     /// Empty means `default=<initial-advertise-peer-urls>`: like etcd, the implicit list names
     /// the default member, so `--name x` alone needs `--initial-cluster` too.
     public var initialCluster = ""
@@ -126,4 +128,25 @@ public struct TLSSettings: Sendable, Equatable {
 
     /// True when this side serves TLS (certificates given or generated).
     public var isEnabled: Bool { autoTLS || (!certFile.isEmpty && !keyFile.isEmpty) }
+}
+
+/// etcd 3.6's v3 discovery client settings: a token and an etcd (or swetcd) cluster's client
+/// endpoints, with etcd's defaults.
+public struct V3DiscoverySettings: Sendable, Equatable {
+    public var token = ""
+    public var endpoints: [String] = []
+    public var dialTimeout: Duration = .seconds(2)
+    public var requestTimeout: Duration = .seconds(5)
+    public var keepaliveTime: Duration = .seconds(2)
+    public var keepaliveTimeout: Duration = .seconds(6)
+    public var insecureTransport = true
+    public var insecureSkipTLSVerify = false
+    public var certFile = ""
+    public var keyFile = ""
+    public var caFile = ""
+    public var user = ""
+    public var password = ""
+    public init() {}
+
+    public var isSet: Bool { !token.isEmpty || !endpoints.isEmpty }
 }

@@ -203,6 +203,8 @@ final class Member: @unchecked Sendable {
     var extraArgs: [String]
     /// `--initial-cluster` (default: this member alone).
     var initialCluster: String?
+    /// Replaces `--initial-cluster ...` when set (e.g. `["--discovery", url]`).
+    var bootstrapArgs: [String]?
     /// Extra environment variables for the process (added to this process's environment).
     var environment: [String: String] = [:]
     private(set) var child: Child?
@@ -233,9 +235,8 @@ final class Member: @unchecked Sendable {
             "--listen-client-urls", clientURL,
             "--advertise-client-urls", clientURL,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", initialCluster ?? "\(name)=\(peer)",
             "--heartbeat-interval", "50", "--election-timeout", "500",
-        ] + extraArgs
+        ] + (bootstrapArgs ?? ["--initial-cluster", initialCluster ?? "\(name)=\(peer)"]) + extraArgs
         let env = environment.isEmpty ? nil : ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let c = try Child(try #require(E2E.swetcdPath), args, environment: env)
         try c.start()

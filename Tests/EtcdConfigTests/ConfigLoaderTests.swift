@@ -202,7 +202,7 @@ private func loadError(_ args: [String], env: [String: String] = [:]) -> String?
             == "--initial-cluster has default=http://10.0.0.9:2380 but missing from --initial-advertise-peer-urls=http://localhost:2380")
         #expect(loadError(["--initial-cluster", "a=http://h:1,default=http://h:1"]) == "initial cluster a=http://h:1,default=http://h:1 has duplicate url")
         #expect(loadError(["--initial-cluster", "default=http://localhost:2380", "--discovery-srv", "example.com"])
-            == "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"")
+            == "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"")
         // Joining an existing cluster does not require this member in the list.
         #expect(loadError(["--name", "x", "--initial-cluster-state", "existing"]) == nil)
     }

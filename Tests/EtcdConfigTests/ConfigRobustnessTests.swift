@@ -114,8 +114,7 @@ private let int64Max = "9223372036854775807"
     /// at etcd's default value.
     @Test(arguments: [
         (["--listen-client-http-urls=http://127.0.0.1:2399"], "--listen-client-http-urls"),
-        (["--discovery=https://discovery.etcd.io/x"], "--discovery"),
-        (["--discovery-srv=example.com"], "--discovery-srv"),
+        (["--discovery=https://discovery.etcd.io/x", "--discovery-fallback=proxy"], "--discovery-fallback"),
         (["--enable-pprof"], "--enable-pprof"),
         (["--socket-reuse-port"], "--socket-reuse-port"),
         (["--socket-reuse-address=true"], "--socket-reuse-address"),

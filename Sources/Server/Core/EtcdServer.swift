@@ -156,6 +156,12 @@ public final class EtcdServer: Sendable {
         var newMember = WALMetadata(memberID: 0, clusterID: 0)
         // Joining a running cluster: the membership read from its members' peer URLs.
         var joined: RemoteMembership.Found?
+        // A new member whose initial cluster comes from DNS SRV records or a discovery URL
+        // learns it now (an existing data directory ignores them, as --initial-cluster).
+        var loaded = loaded
+        if found == .empty && loaded.bootstrap != .staticCluster {
+            loaded.initialCluster = try await Bootstrap.initialCluster(loaded, logger: logger)
+        }
         if found == .empty {
             guard let local = loaded.initialCluster.member(named: cfg.name) else {
                 throw ServerStartError("--initial-cluster has no member named \"\(cfg.name)\"")
