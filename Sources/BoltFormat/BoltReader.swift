@@ -335,8 +335,13 @@ public final class BoltReader: @unchecked Sendable {
             if walk.isSeen(id) { throw BoltError("page \(id): freed but in use") }
             try freed.mark(id, count: 1)
         }
-        for id in 0..<meta.pageCount where !walk.isSeen(id) && !freed.isSeen(id) {
-            throw BoltError("page \(id): unreachable unfreed")
+        if meta.freelistPage == BoltLayout.noFreelist {
+            // No stored freelist (etcd's NoFreelistSync): bbolt takes every unreachable page as free.
+            for id in 0..<meta.pageCount where !walk.isSeen(id) { free.append(id) }
+        } else {
+            for id in 0..<meta.pageCount where !walk.isSeen(id) && !freed.isSeen(id) {
+                throw BoltError("page \(id): unreachable unfreed")
+            }
         }
         report.freePages = free.count
         report.reachablePages = Int(meta.pageCount) - free.count

@@ -163,6 +163,26 @@ func count(_ m: [[UInt8]: Model]) -> (buckets: Int, keys: Int) {
         // One meta damaged: the other one is used.
         bytes[16 + 30] ^= 1
         #expect(message(bytes) == "opened")
+        // No stored freelist (etcd 3.4 writes none): unreachable pages count as free, as in bbolt.
+        var noFreelist = bytes
+        for m in [16, 4096 + 16] {
+            for i in 0..<8 { noFreelist[m + 32 + i] = 0xFF }
+            let sum = BoltLayout.fnv64a(noFreelist[m..<(m + 56)])
+            for i in 0..<8 { noFreelist[m + 56 + i] = UInt8(truncatingIfNeeded: sum >> (8 * UInt64(i))) }
+        }
+        let r = try BoltReader(bytes: noFreelist)
+        #expect(r.meta.freelistPage == UInt64.max)
+        #expect(try r.check().freePages == 1)
+        // With a stored freelist, a page neither reachable nor free is an error.
+        var leaked = bytes
+        leaked += [UInt8](repeating: 0, count: 4096)
+        for m in [16, 4096 + 16] {
+            let hw = UInt64(leaked.count / 4096)
+            for i in 0..<8 { leaked[m + 40 + i] = UInt8(truncatingIfNeeded: hw >> (8 * UInt64(i))) }
+            let sum = BoltLayout.fnv64a(leaked[m..<(m + 56)])
+            for i in 0..<8 { leaked[m + 56 + i] = UInt8(truncatingIfNeeded: sum >> (8 * UInt64(i))) }
+        }
+        #expect(throws: BoltError("page \(leaked.count / 4096 - 1): unreachable unfreed")) { try BoltReader(bytes: leaked).check() }
         // Truncated below the high-water mark.
         #expect(message(Array(bytes.prefix(3 * 4096))).contains("pages in use"))
     }
