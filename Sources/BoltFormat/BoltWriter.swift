@@ -18,6 +18,8 @@ public final class BoltWriter {
     private var nextPage: UInt64 = 2
     private var buffer: [UInt8] = []
     private var finished = false
+    /// A page of zeros, for padding (appending a slice of it is one copy).
+    private let zeros: [UInt8]
     /// Bytes of the finished file.
     public private(set) var fileSize: Int64 = 0
 
@@ -31,9 +33,11 @@ public final class BoltWriter {
         self.fd = fd
         self.path = path
         self.pageSize = pageSize
-        buffer.reserveCapacity(1 << 20)
+        zeros = [UInt8](repeating: 0, count: pageSize)
+        buffer.reserveCapacity(2 << 20)
         // Room for the two meta pages, written at the end.
-        buffer.append(contentsOf: repeatElement(0, count: 2 * pageSize))
+        buffer += zeros
+        buffer += zeros
     }
 
     deinit { close(fd) }
@@ -52,7 +56,7 @@ public final class BoltWriter {
         page.setLE(id, at: 0)
         page.setLE(UInt32(pages - 1), at: 12)
         buffer.append(contentsOf: page)
-        buffer.append(contentsOf: repeatElement(0, count: pages * pageSize - page.count))
+        buffer.append(contentsOf: zeros[0..<(pages * pageSize - page.count)])
         if buffer.count >= 1 << 20 { try flush() }
         return id
     }
@@ -94,7 +98,7 @@ public final class BoltWriter {
             meta.appendLE(txid + UInt64(i))
             meta.appendLE(BoltLayout.fnv64a(meta))
             page += meta
-            page += repeatElement(0, count: pageSize - page.count)
+            page += zeros[0..<(pageSize - page.count)]
             let n = page.withUnsafeBytes { pwrite(fd, $0.baseAddress!, $0.count, off_t(i * pageSize)) }
             guard n == pageSize else { throw BoltError("cannot write the meta page of \(path): \(String(cString: strerror(errno)))") }
         }
