@@ -102,3 +102,53 @@ private func dump(_ backend: Backend) throws -> [BackendBucket: [[UInt8]: [UInt8
         #expect(throws: EtcdSnapshotError.self) { try EtcdBolt.decodeKeyValue([0x12, 1]) }  // field 2 as bytes
     }
 }
+
+/// Seeded damage to an etcd-format file behind valid meta checksums, imported into a fresh
+/// backend: every trial imports or throws (a trap would kill the run), and both happen.
+/// `ETCD_IMPORT_FUZZ_SEED` / `ETCD_IMPORT_FUZZ_TRIALS` replay or lengthen it.
+@Suite struct EtcdImportFuzzTests {
+    @Test(.timeLimit(.minutes(3))) func damagedEtcdFilesImportOrFailCleanly() throws {
+        let env = ProcessInfo.processInfo.environment
+        let seed = UInt64(env["ETCD_IMPORT_FUZZ_SEED"] ?? "") ?? 1
+        let trials = Int(env["ETCD_IMPORT_FUZZ_TRIALS"] ?? "") ?? 150
+        var rng = SeededRandom(seed: seed)
+        let dir = TempDir()
+        let be = try Backend(path: dir.file("src"), options: options())
+        let store = try MVCCStore(backend: be)
+        for i in 0..<200 { _ = try store.put(PutRequest(key: b("/k\(i % 70)"), value: b("v\(i)"), lease: 0)) }
+        _ = try store.deleteRange(DeleteRangeRequest(key: b("/k1"), rangeEnd: b("/k2")))
+        try be.put(.lease, key: PersistedLease.bucketKey(for: 5), value: PersistedLease(id: 5, ttl: 9, remainingTTL: 0).encoded())
+        try be.put(.members, key: BigEndian.bytes(7), value: b(#"{"id":7,"name":"a","peerURLs":["http://x:1"]}"#))
+        try be.put(.alarm, key: BigEndian.bytes(7) + [0, 0, 0, 2], value: [])
+        try be.commit()
+        try EtcdBolt.export(be, to: dir.file("etcd.db"), sync: false)
+        try be.close()
+        let original = Array(try Data(contentsOf: URL(fileURLWithPath: dir.file("etcd.db"))))
+        var imported = 0, refused = 0
+        for trial in 0..<trials {
+            var bytes = original
+            for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                // Damage inside pages (not the metas): keys, values, element fields.
+                let o = Int.random(in: 8192..<bytes.count, using: &rng)
+                bytes[o] = Int.random(in: 0..<2, using: &rng) == 0 ? bytes[o] ^ (1 << UInt8.random(in: 0...7, using: &rng))
+                                                                  : UInt8.random(in: 0...255, using: &rng)
+            }
+            let target = try Backend(path: dir.file("t\(trial)"), options: options())
+            defer {
+                target.abandon()
+                unlink(dir.file("t\(trial)"))
+                unlink(dir.file("t\(trial)-lock"))
+            }
+            do {
+                let reader = try BoltReader(bytes: bytes)
+                try EtcdBolt.importFile(reader, into: target)
+                _ = try MVCCStore(backend: target)
+                imported += 1
+            } catch {
+                refused += 1
+            }
+        }
+        print("etcd import fuzz seed \(seed): \(imported) imported, \(refused) refused")
+        #expect(imported > 0 && refused > 0)
+    }
+}
