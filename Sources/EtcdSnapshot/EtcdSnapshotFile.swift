@@ -13,8 +13,9 @@ extension EtcdBolt {
     ///
     /// A point-in-time copy of the LMDB db (free pages left out) is taken beside the db
     /// (`Backend.copy`, which runs beside ongoing writes), converted to bbolt, and removed.
-    /// Refused up front unless the file system has room for both: twice the db's size in use
-    /// plus `reserve` bytes, so a snapshot never fills the disk the member writes to.
+    /// Refused up front unless the file system has room for both: 2.25 times the db's size in
+    /// use (the copy, and the bbolt file, which can be somewhat larger: overflow pages are
+    /// rounded up) plus `reserve` bytes, so a snapshot never fills the disk the member writes to.
     public static func makeSnapshot(of backend: Backend, in directory: String,
                                     reserve: Int64 = 64 << 20) throws -> (path: String, status: Status) {
         let inUse = try backend.sizeInUse()
@@ -23,7 +24,7 @@ extension EtcdBolt {
             throw EtcdSnapshotError("cannot stat the file system of \(directory): \(String(cString: strerror(errno)))")
         }
         let free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
-        let needed = 2 * inUse + reserve
+        let needed = 2 * inUse + inUse / 4 + reserve
         guard free >= needed else {
             throw EtcdSnapshotError("not enough disk space for a snapshot: need \(needed) bytes in \(directory), \(free) free")
         }

@@ -89,6 +89,29 @@ private func dump(_ backend: Backend) throws -> [BackendBucket: [[UInt8]: [UInt8
         try be2.close()
     }
 
+    /// The server's path: a copy beside the db converted to bbolt; the copy is gone afterwards,
+    /// and a file system without room (here: a reserve larger than any disk) refuses up front.
+    @Test func makeSnapshotBesideTheDbAndRefuseWithoutRoom() throws {
+        let dir = TempDir()
+        let be = try Backend(path: dir.file("db"), options: options())
+        let store = try MVCCStore(backend: be)
+        for i in 0..<100 { _ = try store.put(PutRequest(key: b("k\(i)"), value: b("v"))) }
+        let before = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
+        let (path, status) = try EtcdBolt.makeSnapshot(of: be, in: dir.path)
+        #expect(status.revision == 101)
+        #expect(try EtcdBolt.status(try BoltReader(path: path)) == status)
+        unlink(path)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == before)
+        let e = #expect(throws: EtcdSnapshotError.self) { try EtcdBolt.makeSnapshot(of: be, in: dir.path, reserve: 1 << 60) }
+        #expect(e?.message.hasPrefix("not enough disk space for a snapshot") == true)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == before)
+        // Leftovers of a crash are removed at start.
+        FileManager.default.createFile(atPath: dir.file(EtcdBolt.tempPrefix + "x.db"), contents: Data([1]))
+        EtcdBolt.removeStaleSnapshots(in: dir.path)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == before)
+        try be.close()
+    }
+
     @Test func keyValueCodecMatchesProtobuf() throws {
         let kv = KeyValue(key: b("k"), createRevision: 2, modRevision: 300, version: 1, value: b("v"), lease: -1)
         let bytes = EtcdBolt.encodeKeyValue(kv)

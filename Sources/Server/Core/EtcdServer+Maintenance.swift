@@ -59,7 +59,8 @@ extension EtcdServer: MaintenanceBackend {
     /// A consistent copy of the backend in etcd's format (a bbolt file with etcd's buckets
     /// and encodings, see `EtcdBolt`), so `etcdctl snapshot status` and `snapshot restore`
     /// (and a real etcd) take it. Built in a temporary file beside the db, after a disk-space
-    /// check, on the heavy-work pool; the file is removed when the stream closes. At most
+    /// check, on the I/O pool (not the two heavy-work threads, so Hash, HashKV and compaction
+    /// never wait behind a long conversion); the file is unlinked once open. At most
     /// ``SnapshotStreams/limit`` run at once; more are refused.
     public func openSnapshot() async throws -> any SnapshotReader {
         try requireRoot()
@@ -69,7 +70,7 @@ extension EtcdServer: MaintenanceBackend {
             let directory = (backend.path as NSString).deletingLastPathComponent
             let logger = self.logger
             let started = ContinuousClock.now
-            let (path, status) = try await HeavyWorkPool.shared.run {
+            let (path, status) = try await HeavyWorkPool.io.run {
                 do { return try EtcdBolt.makeSnapshot(of: backend, in: directory) } catch let e as EtcdSnapshotError {
                     throw EtcdError("etcdserver: \(e.message)", code: .resourceExhausted)
                 }
