@@ -64,7 +64,16 @@ final class RealEtcd: @unchecked Sendable {
 struct E2EEtcdInteropTests {
     /// Writes a keyspace with history: puts, overwrites, deletes, a lease with keys, a
     /// compaction. Returns the lease ID (hex) and the compaction revision.
-    static func fill(_ ctl: (String...) async throws -> CommandOutput) async throws -> (lease: String, compacted: Int64) {
+    static let bulkKeys = Int(ProcessInfo.processInfo.environment["SWETCD_E2E_INTEROP_KEYS"] ?? "") ?? 3000
+
+    static func fill(_ endpoint: String, _ ctl: (String...) async throws -> CommandOutput) async throws -> (lease: String, compacted: Int64) {
+        // A bulk of kube-apiserver-shaped keys first (many leaf pages and branch levels in the
+        // file): SWETCD_E2E_INTEROP_KEYS (default 3000) keys of 1 KiB under /registry/configmaps/.
+        let bulk = bulkKeys
+        let bench = try await E2E.runBench(["put", "--endpoints", endpoint, "--conns", "2", "--clients", "16",
+                                            "--total", "\(bulk)", "--key-space-size", "\(bulk)", "--sequential-keys",
+                                            "--key-size", "10", "--val-size", "1024", "--key-prefix", "/registry/configmaps/"])
+        #expect(bench.status == 0, "\(bench.stdout)\(bench.stderr)")
         let grant = try await ctl("lease", "grant", "3600")
         #expect(grant.status == 0, "\(grant)")
         let lease = String(try #require(grant.stdout.split(separator: " ").dropFirst().first))
@@ -74,7 +83,7 @@ struct E2EEtcdInteropTests {
         for i in 0..<5 { #expect(try await ctl("put", "--lease=\(lease)", "/registry/events/e\(i)", "event \(i)").status == 0) }
         #expect(try await ctl("del", "/registry/pods/ns/p1", "--prefix").status == 0)  // p1, p10..p19
         #expect(try await ctl("put", "big", String(repeating: "B", count: 20_000)).status == 0)
-        let compacted: Int64 = 50
+        let compacted = Int64(bulk) + 50
         #expect(try await ctl("compaction", "\(compacted)").status == 0)
         #expect(try await ctl("put", "after", "compaction").status == 0)
         return (lease, compacted)
@@ -113,15 +122,17 @@ struct E2EEtcdInteropTests {
         var before: (revision: Int64, kvs: [NSDictionary]) = (0, [])
         var historical: (revision: Int64, kvs: [NSDictionary]) = (0, [])
         var lease = ""
+        var historicalRev: Int64 = 0
         try await Member.with { m in
-            let filled = try await Self.fill { try await m.ctl($0) }
+            let filled = try await Self.fill(m.endpoint) { try await m.ctl($0) }
             lease = filled.lease
             before = try await Self.keyspace(m.endpoint)
-            historical = try await Self.keyspace(m.endpoint, rev: 100)
+            historicalRev = filled.compacted + 40
+            historical = try await Self.keyspace(m.endpoint, rev: historicalRev)
             let save = try await m.ctl("snapshot", "save", file)
             #expect(save.status == 0, "\(save)")
         }
-        #expect(before.kvs.count > 50)
+        #expect(before.kvs.count > Self.bulkKeys)
 
         // etcdctl reads it (its integrity check, hash, revision, keys) and agrees with swetcdutl.
         let ctl = try #require(E2E.etcdctlPath)
@@ -143,7 +154,7 @@ struct E2EEtcdInteropTests {
             let after = try await Self.keyspace(etcd.endpoint)
             #expect(after.revision == before.revision)
             #expect(after.kvs == before.kvs)
-            #expect(try await Self.keyspace(etcd.endpoint, rev: 100).kvs == historical.kvs)
+            #expect(try await Self.keyspace(etcd.endpoint, rev: historicalRev).kvs == historical.kvs)
             let compacted = try await etcd.ctl("get", "x", "--rev=10")
             #expect(compacted.stderr.contains("required revision has been compacted"), "\(compacted)")
             #expect(try await etcd.ctl("lease", "list").stdout.contains(lease))
@@ -169,16 +180,18 @@ struct E2EEtcdInteropTests {
         var before: (revision: Int64, kvs: [NSDictionary]) = (0, [])
         var historical: (revision: Int64, kvs: [NSDictionary]) = (0, [])
         var lease = ""
+        var historicalRev: Int64 = 0
         do {
             try await etcd.start()
-            let filled = try await Self.fill { try await etcdctl(etcd.endpoint, $0) }
+            let filled = try await Self.fill(etcd.endpoint) { try await etcdctl(etcd.endpoint, $0) }
             lease = filled.lease
             #expect(try await etcd.ctl("user", "add", "alice:secret").status == 0)
             #expect(try await etcd.ctl("role", "add", "reader").status == 0)
             #expect(try await etcd.ctl("role", "grant-permission", "reader", "read", "/registry/", "--prefix").status == 0)
             #expect(try await etcd.ctl("user", "grant-role", "alice", "reader").status == 0)
             before = try await Self.keyspace(etcd.endpoint)
-            historical = try await Self.keyspace(etcd.endpoint, rev: 100)
+            historicalRev = filled.compacted + 40
+            historical = try await Self.keyspace(etcd.endpoint, rev: historicalRev)
             let save = try await etcd.ctl("snapshot", "save", file)
             #expect(save.status == 0, "\(save)")
         } catch {
@@ -187,6 +200,7 @@ struct E2EEtcdInteropTests {
             throw error
         }
         await etcd.cleanUp()
+        #expect(before.kvs.count > Self.bulkKeys)
 
         let util = try E2EDefragSnapshotTests.swetcdutl()
         let etcdStatus = try await Self.snapshotStatus(try #require(E2E.etcdctlPath), ["snapshot", "status", file])
@@ -205,7 +219,7 @@ struct E2EEtcdInteropTests {
             let after = try await Self.keyspace(m.endpoint)
             #expect(after.revision == before.revision)
             #expect(after.kvs == before.kvs)
-            #expect(try await Self.keyspace(m.endpoint, rev: 100).kvs == historical.kvs)
+            #expect(try await Self.keyspace(m.endpoint, rev: historicalRev).kvs == historical.kvs)
             let compacted = try await m.ctl("get", "x", "--rev=10")
             #expect(compacted.stderr.contains("required revision has been compacted"), "\(compacted)")
             #expect(try await m.ctl("lease", "list").stdout.contains(lease))
