@@ -56,6 +56,12 @@ let package = Package(
         .target(name: "MVCC", dependencies: ["Storage"]),
         .testTarget(name: "MVCCTests", dependencies: ["MVCC", "Storage", "Raft"]),
 
+        // bbolt's file format (etcd's backend): a writer and a hostile-input-safe reader.
+        .target(name: "BoltFormat"),
+        // etcd's backend buckets and encodings on bbolt <-> swetcd's backend (snapshots both ways).
+        .target(name: "EtcdSnapshot", dependencies: ["BoltFormat", "Storage", "MVCC"]),
+        .testTarget(name: "BoltFormatTests", dependencies: ["BoltFormat", "EtcdSnapshot", "Storage", "MVCC"]),
+
         // etcd-compatible configuration: flags, ETCD_* environment, YAML file, member IDs.
         .target(name: "EtcdConfig", dependencies: [
             .product(name: "Yams", package: "Yams"),
@@ -97,7 +103,7 @@ let package = Package(
         // The server: Raft loop, apply, client API, peer transport, and its shell (one client
         // port for gRPC and HTTP/1.1, JSON logs, systemd notify). See docs/ARCHITECTURE.md.
         .target(name: "Server", dependencies: [
-            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv",
+            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -136,7 +142,7 @@ let package = Package(
         .testTarget(name: "E2ETests", dependencies: ["Raft"], exclude: ["go", "python"]),
         // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
         .executableTarget(name: "swetcdutl", dependencies: [
-            "Storage", "MVCC", "Raft", "EtcdConfig",
+            "Storage", "MVCC", "Raft", "EtcdConfig", "BoltFormat", "EtcdSnapshot",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),

@@ -109,3 +109,13 @@ public struct Event: Equatable, Sendable {
         self.prevKv = prevKv
     }
 }
+
+extension KeyValue {
+    /// Decodes a `key`-bucket value of this store's backend (for format conversions).
+    public init(backendValue: [UInt8]) throws {
+        self = try backendValue.withUnsafeBytes { try KeyValue.decode($0) }
+    }
+
+    /// This version as a `key`-bucket value of this store's backend.
+    public var backendValue: [UInt8] { encoded() }
+}

@@ -1,5 +1,7 @@
 import ArgumentParser
+import BoltFormat
 import EtcdConfig
+import EtcdSnapshot
 import Foundation
 import MVCC
 import Raft
@@ -24,9 +26,9 @@ enum SnapshotOutputFormat: String, ExpressibleByArgument, CaseIterable {
 
 /// What `snapshot status` reports, with etcdctl's JSON field names.
 struct SnapshotStatus: Codable, Equatable {
-    /// CRC-32C over every bucket's name, keys and values, the consistent index left out: what
-    /// the Hash RPC returned for the member's backend when the snapshot was taken. (etcd's value
-    /// differs: its backend is another format.)
+    /// CRC-32C over every bucket's name, keys and values. For an etcd-format (bbolt) file it
+    /// is etcdctl's value; for an old LMDB snapshot it leaves the consistent index out and is
+    /// what the Hash RPC returned for the member's backend when the snapshot was taken.
     var hash: UInt32
     /// The keyspace revision the snapshot was taken at.
     var revision: Int64
@@ -82,7 +84,17 @@ struct SnapshotStatusCommand: ParsableCommand {
     func run() throws {
         let snapshot = try SnapshotFile(path: file)
         if snapshot.hasHash { try snapshot.verifyHash() }
-        let status = try snapshot.withBackend { try SnapshotStatus.read($0, dbSize: snapshot.dbSize) }
+        let status: SnapshotStatus
+        if try snapshot.isBolt() {
+            // etcd's format: etcdctl's hash (CRC-32C over bucket names, keys and values).
+            let s: EtcdBolt.Status
+            do { s = try EtcdBolt.status(try snapshot.boltReader()) } catch let e as ToolError { throw e } catch {
+                throw ToolError("snapshot file \(file) is damaged: \(error)")
+            }
+            status = SnapshotStatus(hash: s.hash, revision: s.revision, totalKey: s.totalKey, totalSize: s.totalSize)
+        } else {
+            status = try snapshot.withBackend { try SnapshotStatus.read($0, dbSize: snapshot.dbSize) }
+        }
         switch format {
         case .json:
             let enc = JSONEncoder()
@@ -251,8 +263,24 @@ struct RestorePlan {
         try raft.persist(ready)
         try raft.close()
 
-        // The backend: the snapshot's db with the new membership and no applied index.
-        try snapshot.copyDB(to: dir.backendPath)
+        // The backend: the snapshot's data with the new membership and no applied index. An
+        // etcd-format (bbolt) snapshot is converted into a new backend; an LMDB one is copied.
+        if try snapshot.isBolt() {
+            let reader = try snapshot.boltReader()
+            var options = Backend.Options()
+            options.sync = false
+            let backend = try Backend(path: dir.backendPath, options: options)
+            do {
+                try EtcdBolt.importFile(reader, into: backend)
+                try backend.close()
+            } catch {
+                backend.abandon()
+                if let e = error as? ToolError { throw e }
+                throw ToolError("snapshot file \(snapshot.path) cannot be restored: \(error)")
+            }
+        } else {
+            try snapshot.copyDB(to: dir.backendPath)
+        }
         let result = try rewriteBackend(dir.backendPath, bumpRevision: bumpRevision, markCompacted: markCompacted)
 
         try syncTree(temp)

@@ -1,3 +1,4 @@
+import BoltFormat
 import Crypto
 import Foundation
 import Storage
@@ -95,6 +96,24 @@ struct SnapshotFile {
             }
             try body(UnsafeRawBufferPointer(rebasing: buffer[..<n]), offset)
             offset += Int64(n)
+        }
+    }
+
+    /// Whether the db is a bbolt file (etcd's format, also what swetcd's Maintenance.Snapshot
+    /// sends) rather than an LMDB copy (older swetcd snapshots).
+    func isBolt() throws -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ToolError("cannot open snapshot file \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var head = [UInt8](repeating: 0, count: 64)
+        let n = head.withUnsafeMutableBytes { read(fd, $0.baseAddress, 64) }
+        return n == 64 && BoltReader.looksLikeBolt(head)
+    }
+
+    /// Opens the db as a bbolt file (the hash trailer left out).
+    func boltReader() throws -> BoltReader {
+        do { return try BoltReader(path: path, limit: dbSize) } catch {
+            throw ToolError("snapshot file \(path) is not a valid etcd backend: \(error)")
         }
     }
 

@@ -109,12 +109,15 @@ struct E2EToolsTests {
         #expect(try await check.waitExit() == 0)
         let digests = check.stdout.split(separator: "\n")
         #expect(digests.count == 2 && digests[0] == digests[1], "\(digests)")
-        // The file is an LMDB backend, not bbolt: `etcdctl snapshot status` cannot read it
-        // ("invalid database"); swetcdutl's can.
+        // The file is in etcd's format (bbolt): etcdctl's `snapshot status` reads it and agrees
+        // with swetcdutl's.
         let revision = try #require(uints("revision", try await m.ctl("endpoint", "status", "-w", "json").stdout).first)
         let status = try await E2EDefragSnapshotTests.run(try E2EDefragSnapshotTests.swetcdutl(), ["snapshot", "status", file, "-w", "json"])
         #expect(status.status == 0, "\(status.stderr)")
         #expect(status.stdout.contains("\"revision\":\(revision)"), "\(status.stdout)")
+        let etcdStatus = try await E2EDefragSnapshotTests.run(try #require(E2E.etcdctlPath), ["snapshot", "status", file, "-w", "json"])
+        #expect(etcdStatus.status == 0, "\(etcdStatus.stderr)")
+        #expect(etcdStatus.stdout == status.stdout, "etcdctl: \(etcdStatus.stdout) swetcdutl: \(status.stdout)")
     }
 
     func limits(_ m: Member) async throws {

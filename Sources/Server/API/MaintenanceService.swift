@@ -2,6 +2,7 @@ public import EtcdProto
 public import GRPCCore
 import Crypto
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -148,26 +149,36 @@ func asRPCError(_ error: any Error) -> RPCError {
     return RPCError(code: .unknown, message: "\(error)")
 }
 
-/// A snapshot read from a file (a backend copy in a temporary file), removed on close.
+/// A snapshot read from a file (e.g. a converted backend copy in a temporary file).
 public final class FileSnapshotReader: SnapshotReader {
     private let fd: Int32
     private let path: String
     private let removeOnClose: Bool
+    private let onClose: (@Sendable () -> Void)?
+    private let closed = Mutex(false)
     public let size: Int64
 
-    /// Opens `path`; when `removeOnClose`, the file is deleted by `close()`.
-    public init(path: String, removeOnClose: Bool) throws {
+    /// Opens `path`; when `removeOnClose`, the file is unlinked at once (its space is freed by
+    /// `close()`). `close()` also calls `onClose` (once).
+    public init(path: String, removeOnClose: Bool, onClose: (@Sendable () -> Void)? = nil) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw RPCError(code: .internalError, message: "snapshot: cannot open \(path): errno \(errno)") }
+        guard fd >= 0 else {
+            if removeOnClose { unlink(path) }
+            throw RPCError(code: .internalError, message: "snapshot: cannot open \(path): errno \(errno)")
+        }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             Glibc.close(fd)
+            if removeOnClose { unlink(path) }
             throw RPCError(code: .internalError, message: "snapshot: cannot stat \(path): errno \(errno)")
         }
         self.fd = fd
         self.path = path
         self.removeOnClose = removeOnClose
+        self.onClose = onClose
         self.size = Int64(st.st_size)
+        // The open descriptor keeps the data readable: no name is left behind, not even by a crash.
+        if removeOnClose { unlink(path) }
     }
 
     public func read(maxBytes: Int) throws -> [UInt8] {
@@ -184,7 +195,12 @@ public final class FileSnapshotReader: SnapshotReader {
     }
 
     public func close() {
+        let first = closed.withLock { c -> Bool in
+            defer { c = true }
+            return !c
+        }
+        guard first else { return }
         Glibc.close(fd)
-        if removeOnClose { unlink(path) }
+        onClose?()
     }
 }

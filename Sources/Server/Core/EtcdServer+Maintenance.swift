@@ -1,4 +1,5 @@
 import EtcdProto
+import EtcdSnapshot
 import Foundation
 public import GRPCCore
 import MVCC
@@ -55,15 +56,31 @@ extension EtcdServer: MaintenanceBackend {
         return out
     }
 
-    /// A consistent backend copy streamed from LMDB through a socket pair: nothing is written
-    /// to disk. At most ``SnapshotStreams/limit`` run at once; more are refused.
+    /// A consistent copy of the backend in etcd's format (a bbolt file with etcd's buckets
+    /// and encodings, see `EtcdBolt`), so `etcdctl snapshot status` and `snapshot restore`
+    /// (and a real etcd) take it. Built in a temporary file beside the db, after a disk-space
+    /// check, on the I/O pool (not the two heavy-work threads, so Hash, HashKV and compaction
+    /// never wait behind a long conversion); the file is unlinked once open. At most
+    /// ``SnapshotStreams/limit`` run at once; more are refused.
     public func openSnapshot() async throws -> any SnapshotReader {
         try requireRoot()
         guard snapshotStreams.acquire() else { throw EtcdError.tooManySnapshots }
         do {
             let backend = self.backend
-            let stream = try await HeavyWorkPool.io.run { try backend.openCopyStream() }
-            return StreamSnapshotReader(stream: stream, release: snapshotStreams.release)
+            let directory = (backend.path as NSString).deletingLastPathComponent
+            let logger = self.logger
+            let started = ContinuousClock.now
+            let (path, status) = try await HeavyWorkPool.io.run {
+                do { return try EtcdBolt.makeSnapshot(of: backend, in: directory) } catch let e as EtcdSnapshotError {
+                    throw EtcdError("etcdserver: \(e.message)", code: .resourceExhausted)
+                }
+            }
+            logger.info("sending database snapshot to client", metadata: [
+                "size-bytes": "\(status.totalSize)", "revision": "\(status.revision)", "hash": "\(status.hash)",
+                "took-ms": "\(milliseconds(ContinuousClock.now - started))",
+            ])
+            let reader = try FileSnapshotReader(path: path, removeOnClose: true, onClose: snapshotStreams.release)
+            return reader
         } catch {
             snapshotStreams.release()
             throw error

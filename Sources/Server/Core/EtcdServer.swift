@@ -1,5 +1,6 @@
 import EtcdConfig
 import EtcdProto
+import EtcdSnapshot
 import Foundation
 import Logging
 import MVCC
@@ -203,6 +204,8 @@ public final class EtcdServer: Sendable {
         // A snapshot from the leader whose backend file was not swapped in before a crash.
         try SnapshotInstaller.recoverBackend(dataDir: dataDir, snapshotIndex: snapIndex, options: backendOptions, logger: logger)
         let backend = try Backend(path: dataDir.backendPath, options: backendOptions)
+        // Maintenance.Snapshot files a crash left beside the db.
+        EtcdBolt.removeStaleSnapshots(in: (dataDir.backendPath as NSString).deletingLastPathComponent)
 
         let heartbeat = Duration.milliseconds(Int64(clamping: max(1, cfg.heartbeatIntervalMs)))
         let electionTicks = max(2, Int(clamping: cfg.electionTimeoutMs / max(1, cfg.heartbeatIntervalMs)))
