@@ -76,7 +76,8 @@ final class Simulation {
     var nextRead: UInt64 = 0
 
     // Statistics.
-    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0)
+    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0,
+                 writesInFlight: 0, commitsDuringWrite: 0, unsyncedLost: 0)
 
     init(seed: UInt64, steps: Int) throws {
         self.seed = seed
@@ -123,7 +124,7 @@ final class Simulation {
     }
 
     var summary: String {
-        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous)"
+        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous) writesInFlight=\(stats.writesInFlight) commitsDuringWrite=\(stats.commitsDuringWrite) unsyncedLost=\(stats.unsyncedLost)"
     }
 
     let tracing = SimEnv.int("SIM_TRACE") != nil
@@ -281,6 +282,7 @@ final class Simulation {
         let disk = disks[id]!
         let kept = disk.unsynced.isEmpty ? 0 : Int(rng.next() % UInt64(disk.unsynced.count + 1))
         trace("crash \(id): keeps \(kept) of \(disk.unsynced.count) unsynced records")
+        stats.unsyncedLost += disk.unsynced.count - kept
         try disk.crash(keeping: kept)
         pendingWrites[id] = nil
         nodes[id] = nil
@@ -446,6 +448,7 @@ final class Simulation {
             }
         }
         if n.role == .leader && n.log.committed > commitBefore {
+            if pendingWrites[n.id] != nil { stats.commitsDuringWrite += 1 }
             // Whatever a leader commits is durable on a quorum of voters (learners never count).
             let ci = n.log.committed
             let t = try n.log.term(ci)
@@ -480,6 +483,7 @@ final class Simulation {
             if faults && !early.isEmpty && chance(200) {
                 // The write stays in flight; the leader keeps stepping (acks race its write).
                 pendingWrites[id] = (rd, now + Int(rng.next() % 4))
+                stats.writesInFlight += 1
                 trace("write in flight at \(id) until step \(pendingWrites[id]!.at)")
                 return
             }
