@@ -83,7 +83,7 @@ extension EtcdServer {
                 if now >= nextTick {
                     try loop.node.tick()
                     nextTick = max(nextTick + hbNanos, now + hbNanos / 4)
-                    leaseHousekeeping()
+                    try leaseHousekeeping()
                 }
                 while loop.node.hasReady {
                     try handleReady(try loop.node.ready())
@@ -299,12 +299,12 @@ extension EtcdServer {
 
     /// On the leader, every 500 ms: propose revocations of expired leases and one checkpoint
     /// entry for the due checkpoints.
-    private func leaseHousekeeping() {
+    private func leaseHousekeeping() throws {
         let now = ContinuousClock.now
         guard now - loop.lastLeaseHousekeeping >= .milliseconds(500) else { return }
         loop.lastLeaseHousekeeping = now
         guard status.withLock({ $0.isLeader }) else { return }
-        autoPromoteLearners()
+        try autoPromoteLearners()
         let expired = lessor.expiredLeases()
         if !expired.isEmpty { metrics.leasesExpired(expired.count) }
         for id in expired {
