@@ -61,6 +61,12 @@ struct RaftLog {
 
     func lastTerm() throws -> UInt64 { try term(lastIndex()) }
 
+    /// The last index of the log prefix the application reported durable (through `advance`):
+    /// entries and snapshot still unstable are excluded.
+    func persistedIndex() throws -> UInt64 {
+        min(try storage.lastIndex(), unstable.offset - 1)
+    }
+
     func term(_ i: UInt64) throws -> UInt64 {
         let first = try firstIndex()
         if i + 1 < first { throw RaftStorageError.compacted }

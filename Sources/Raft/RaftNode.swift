@@ -112,28 +112,80 @@ public final class RaftNode {
     static let valueLimit: UInt64 = 1 << 62
 
     /// Feeds a message received from a peer.
+    ///
+    /// Peer input is checked first, against the message alone and this node's log; a message
+    /// that fails is refused with ``RaftError/rejectedMessage(_:_:)`` and changes nothing.
+    /// Any other error thrown here is an internal invariant violation: stop the node.
     public func step(_ m: Message) throws {
-        if m.type.isLocal { throw RaftError.stepLocalMessage }
-        let limit = Self.valueLimit
-        if m.term >= limit || m.logTerm >= limit || m.index >= limit || m.commit >= limit
-            || m.rejectHint >= limit || m.entries.contains(where: { $0.term >= limit || $0.index >= limit })
-            || (m.snapshot.map { $0.metadata.index >= limit || $0.metadata.term >= limit } ?? false) {
-            throw RaftError.logInvariant("message field out of range")
-        }
-        if m.to != id { throw RaftError.logInvariant("message for node \(m.to) delivered to \(id)") }
-        // Forwarded requests carry term 0 (they are handled like local ones); every other
-        // message must carry its sender's term, or it would bypass all term checks.
-        switch m.type {
-        case .propose, .readIndex, .transferLeader:
-            if m.term != 0 { throw RaftError.logInvariant("forwarded \(m.type) with term \(m.term)") }
-        default:
-            if m.term == 0 { throw RaftError.logInvariant("\(m.type) without a term") }
-        }
-        if m.type.isResponse && progress[m.from] == nil { throw RaftError.stepPeerNotFound }
+        try validate(m)
         do {
             try stepInternal(m)
         } catch RaftError.proposalDropped {
             // A forwarded request that cannot be served is dropped; the requester times out.
+        }
+    }
+
+    /// Refuses peer input that could break an invariant further down.
+    func validate(_ m: Message) throws {
+        func reject(_ r: MessageRejection, _ why: @autoclosure () -> String) -> RaftError {
+            .rejectedMessage(r, "\(m.type) from \(m.from): \(why())")
+        }
+        if m.type.isLocal { throw reject(.localType, "local message kind") }
+        let limit = Self.valueLimit
+        if m.term >= limit || m.logTerm >= limit || m.index >= limit || m.commit >= limit
+            || m.rejectHint >= limit || m.entries.contains(where: { $0.term >= limit || $0.index >= limit })
+            || (m.snapshot.map { $0.metadata.index >= limit || $0.metadata.term >= limit } ?? false) {
+            throw reject(.outOfRange, "term or index field out of range")
+        }
+        if m.to != id { throw reject(.misaddressed, "addressed to \(m.to), delivered to \(id)") }
+        // Forwarded requests carry term 0 (they are handled like local ones); every other
+        // message must carry its sender's term, or it would bypass all term checks.
+        switch m.type {
+        case .propose, .readIndex, .transferLeader:
+            if m.term != 0 { throw reject(.badTerm, "forwarded request with term \(m.term)") }
+        default:
+            if m.term == 0 { throw reject(.badTerm, "no term") }
+        }
+        if m.type.isResponse && progress[m.from] == nil { throw reject(.unknownPeer, "not in the configuration") }
+        switch m.type {
+        case .append:
+            var prevTerm = m.logTerm
+            for (k, e) in m.entries.enumerated() {
+                if e.index != m.index + 1 + UInt64(k) {
+                    throw reject(.malformedEntries, "entries not consecutive after \(m.index)")
+                }
+                if e.term < prevTerm || e.term > m.term {
+                    throw reject(.malformedEntries, "entry \(e.index) has term \(e.term) outside [\(prevTerm), \(m.term)]")
+                }
+                prevTerm = e.term
+            }
+        case .propose:
+            for e in m.entries where e.type != .normal {
+                let ok = e.type == .confChange ? (try? ConfChange(decoding: e.data)) != nil
+                    : (try? ConfChangeV2(decoding: e.data)) != nil
+                if !ok { throw reject(.badConfChange, "undecodable membership change") }
+            }
+        default:
+            if !m.entries.isEmpty { throw reject(.malformedEntries, "entries on a message that carries none") }
+        }
+        if m.type == .snapshot {
+            guard let snap = m.snapshot else { throw reject(.badSnapshot, "no snapshot") }
+            if snap.metadata.term > m.term {
+                throw reject(.badSnapshot, "snapshot term \(snap.metadata.term) above message term \(m.term)")
+            }
+            do { try MembershipConfig(snap.metadata.confState).validate() } catch {
+                throw reject(.badSnapshot, "invalid configuration: \(error)")
+            }
+        } else if m.snapshot != nil {
+            throw reject(.badSnapshot, "snapshot on a message that carries none")
+        }
+        // Claims about this node's own log that a correct peer never makes.
+        let last = try log.lastIndex()
+        if m.type == .heartbeat && m.term >= term && m.commit > last {
+            throw reject(.beyondLog, "commit \(m.commit) beyond last index \(last)")
+        }
+        if m.type == .appendResponse && !m.reject && role == .leader && m.term == term && m.index > last {
+            throw reject(.beyondLog, "acknowledges \(m.index) beyond last index \(last)")
         }
     }
 
@@ -236,6 +288,8 @@ public final class RaftNode {
         if rd.snapshot != nil { rd.mustSync = true }
         rd.committedEntries = try log.nextCommittedEntries()
         if let last = rd.committedEntries.last { log.applying = last.index }
+        rd.leaderMaySendEarly = role == .leader && rd.snapshot == nil
+            && hs.term == prevHardState.term && hs.vote == prevHardState.vote
         rd.messages = msgs
         msgs = []
         rd.readStates = readStates
@@ -243,14 +297,20 @@ public final class RaftNode {
         return rd
     }
 
-    /// Acknowledges that a ``Ready`` was persisted, sent and applied.
+    /// Acknowledges that a ``Ready`` was persisted (durably, when `mustSync`), sent and
+    /// applied. A leader's own log counts toward commit from here on, not from when it was
+    /// appended: its appends may have gone out before its write (``Ready/messagesBeforePersist``).
+    /// Other messages may be stepped between ``ready()`` and this call.
     public func advance(_ rd: Ready) throws {
         if let hs = rd.hardState { prevHardState = hs }
         if let s = rd.snapshot {
             log.stableSnapTo(s.metadata.index)
             log.appliedTo(s.metadata.index)
         }
-        if let e = rd.entries.last { log.stableTo(index: e.index, term: e.term) }
+        if let e = rd.entries.last {
+            log.stableTo(index: e.index, term: e.term)
+            try selfPersisted()
+        }
         if let e = rd.committedEntries.last {
             log.appliedTo(e.index)
             if role == .leader {
@@ -274,6 +334,14 @@ public final class RaftNode {
         return RaftStatus(id: id, hardState: hardState, softState: softState, applied: log.applied,
                           lastIndex: (try? log.lastIndex()) ?? 0, confState: membership.confState,
                           progress: ps, leadTransferee: leadTransferee)
+    }
+
+    /// The leader's own durable log counts toward commit; a commit it makes goes out at once.
+    func selfPersisted() throws {
+        guard role == .leader, var p = progress[id] else { return }
+        guard p.maybeUpdate(try log.persistedIndex()) else { return }
+        progress[id] = p
+        if try maybeCommit() { try broadcastAppend() }
     }
 
     // MARK: - Roles
@@ -300,7 +368,8 @@ public final class RaftNode {
         for k in Array(progress.keys) {
             var p = newProgress(k, next: last + 1)
             if k == id {
-                p.match = last
+                // Only what is durable counts (the rest counts once `advance` reports it).
+                p.match = try log.persistedIndex()
                 p.recentActive = true
             }
             progress[k] = p
@@ -604,9 +673,9 @@ public final class RaftNode {
             throw RaftError.proposalDropped
         }
         uncommittedSize += size
-        let last = try log.append(ents)
-        _ = progress[id]?.maybeUpdate(last)
-        _ = try maybeCommit()
+        try log.append(ents)
+        // The leader's own match index moves when the entries are durable (`advance`), so a
+        // quorum never counts a copy a crash could still lose.
     }
 
     /// Advances the commit index from the quorum's match indexes; true if it moved.
@@ -709,7 +778,7 @@ public final class RaftNode {
                 return
             }
             if m.index > last {
-                progress[m.from] = p
+                // validate() refuses such acknowledgements: reaching here is a bug.
                 throw RaftError.logInvariant("peer \(m.from) acknowledges \(m.index) beyond last index \(last)")
             }
             let wasPaused = p.isPaused
@@ -862,7 +931,7 @@ public final class RaftNode {
             if progress[k] == nil {
                 var p = newProgress(k, next: last + 1)
                 p.recentActive = true
-                if k == id { p.match = last }
+                if k == id { p.match = try log.persistedIndex() }
                 progress[k] = p
             } else {
                 progress[k]?.isLearner = !next.allVoters.contains(k)

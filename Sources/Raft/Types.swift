@@ -169,6 +169,15 @@ public enum MessageType: UInt8, Sendable, Equatable, CaseIterable {
         }
     }
 
+    /// Kinds only a leader sends, which state nothing about its durable log or vote: they may
+    /// leave before the leader's own write is durable (see ``Ready/messagesBeforePersist``).
+    var mayPrecedePersistence: Bool {
+        switch self {
+        case .append, .heartbeat, .snapshot, .timeoutNow, .readIndexResponse: return true
+        default: return false
+        }
+    }
+
     /// Responses (these never need a leader to be known).
     var isResponse: Bool {
         switch self {

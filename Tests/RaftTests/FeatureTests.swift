@@ -114,15 +114,23 @@ import Testing
         try n.step(Message(type: .requestVoteResponse, to: 1, from: 2, term: 2))
         #expect(n.role == .leader)
         try n.readIndex(context: [1])
-        _ = try n.ready()
+        // Persisted and acknowledged (the leader's own entries count from `advance`).
+        func persist() throws -> Ready {
+            let rd = try n.ready()
+            try s.append(rd.entries)
+            if let hs = rd.hardState { s.setHardState(hs) }
+            try n.advance(rd)
+            return rd
+        }
+        _ = try persist()
         // The empty entry (index 3) commits: the read is then confirmed by heartbeat.
         try n.step(Message(type: .appendResponse, to: 1, from: 2, term: 2, index: 3))
         #expect(n.log.committed == 3)
-        let hb = try n.ready().messages.filter { $0.type == .heartbeat }
+        let hb = try persist().messages.filter { $0.type == .heartbeat }
         let round = try #require(hb.first { !$0.context.isEmpty }?.context)
         #expect(round != [1]) // heartbeats carry the leader's round, not client bytes
         try n.step(Message(type: .heartbeatResponse, to: 1, from: 3, term: 2, context: round))
-        #expect(try n.ready().readStates == [ReadState(index: 3, context: [1])])
+        #expect(try persist().readStates == [ReadState(index: 3, context: [1])])
     }
 }
 

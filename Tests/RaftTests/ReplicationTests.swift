@@ -70,6 +70,11 @@ import Testing
         try n.step(Message(type: .requestVoteResponse, to: 1, from: 2, term: 3))
         #expect(n.role == .leader)
         #expect(try n.log.lastIndex() == 2) // empty entry of term 3
+        // The leader's own copy counts once persisted.
+        let rd = try n.ready()
+        try s.append(rd.entries)
+        if let hs = rd.hardState { s.setHardState(hs) }
+        try n.advance(rd)
         // A majority holds index 1 (term 1), but it must not commit by counting.
         try n.step(Message(type: .appendResponse, to: 1, from: 2, term: 3, index: 1))
         #expect(n.log.committed == 0)

@@ -31,6 +31,8 @@ import Testing
 
     @Test(arguments: 0..<4) func randomMessagesNeverCrash(chunk: Int) throws {
         var rng = SplitMix64(seed: UInt64(chunk) * 1000 + 5)
+        var rejected = 0
+        defer { #expect(rejected > 0) }
         for round in 0..<150 {
             let c = try TestCluster(voters: [1, 2, 3], learners: [4])
             // Put the target in some role: follower, leader, candidate.
@@ -42,11 +44,18 @@ import Testing
             for i in 0..<5 { try? c[1].propose([UInt8(i)]) }
             try c.settle()
             for _ in 0..<40 {
+                let m = Self.randomMessage(&rng, to: 1)
+                // Refused at the top of step() with a reason, or taken: never an internal
+                // invariant violation (those stop a server), never a storage error later.
                 do {
-                    try c[1].step(Self.randomMessage(&rng, to: 1))
-                    _ = try c.process(1)
-                } catch is RaftError {
-                } catch is RaftStorageError {
+                    try c[1].step(m)
+                } catch RaftError.rejectedMessage {
+                    rejected += 1
+                } catch {
+                    Issue.record("\(m.type) t\(m.term) i\(m.index) lt\(m.logTerm) c\(m.commit) n\(m.entries.count): \(error)")
+                }
+                do { _ = try c.process(1) } catch {
+                    Issue.record("after \(m.type) t\(m.term) i\(m.index) c\(m.commit): \(error)")
                 }
             }
         }

@@ -9,9 +9,14 @@ struct SimFailure: Error, CustomStringConvertible {
 ///
 /// Every step is one tick of global time: a random action (proposal, read, membership change,
 /// transfer, crash/restart, partition, snapshot), message delivery with loss, duplication,
-/// delay and reordering, then every live node ticks. Each node's Ready is handled at once:
-/// persist, (maybe crash), send, apply, advance. Invariants are checked after every event and
-/// every step; a liveness phase without faults ends the run.
+/// delay and reordering, then every live node ticks. Each node's Ready is handled as the server
+/// does: a leader's appends go out first, then the write (synced when `mustSync`), then the
+/// other messages, apply, advance; a crash may strike between any two of these, and a leader's
+/// write may stay in flight for a few ticks while it keeps stepping (acks race its own write).
+/// A crash keeps only what was synced, plus a random prefix of the unsynced WAL records (see
+/// ``SimDisk``). Invariants are checked after every event and every step, by counting from the
+/// durable images and the messages sent, never through the core's own quorum code; a liveness
+/// phase without faults ends the run.
 final class Simulation {
     struct Pending {
         var at: Int
@@ -41,7 +46,10 @@ final class Simulation {
 
     var ids: [UInt64] = []
     var configs: [UInt64: RaftConfig] = [:]
-    var storages: [UInt64: MemoryStorage] = [:]
+    var disks: [UInt64: SimDisk] = [:]
+    /// A leader's Ready whose write is still in flight (its early messages are out), and the
+    /// step at which the write completes.
+    var pendingWrites: [UInt64: (ready: Ready, at: Int)] = [:]
     var nodes: [UInt64: RaftNode] = [:]
     var apps: [UInt64: App] = [:]
     var crashedUntil: [UInt64: Int] = [:]
@@ -62,11 +70,14 @@ final class Simulation {
     var digestAt: [UInt64: UInt64] = [:]
     var readFloor: [[UInt8]: UInt64] = [:]
     var votesFor: [EntryKey: Set<UInt64>] = [:] // key: (candidate, term)
+    /// Every vote granted, as sent: key (voter, term) -> candidate.
+    var voteGiven: [EntryKey: UInt64] = [:]
     var nextData: UInt64 = 0
     var nextRead: UInt64 = 0
 
     // Statistics.
-    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0)
+    var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0,
+                 writesInFlight: 0, commitsDuringWrite: 0, unsyncedLost: 0)
 
     init(seed: UInt64, steps: Int) throws {
         self.seed = seed
@@ -92,8 +103,8 @@ final class Simulation {
         // forced while joint.
         jointFocus = rng.next() % 3 == 0
         for id in ids {
-            let s = MemoryStorage()
-            try s.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: cs)))
+            let disk = try SimDisk(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: cs)))
+            let s = disk.live
             var c = RaftConfig(id: id)
             c.seed = seed &+ id
             c.electionTick = 10
@@ -104,7 +115,7 @@ final class Simulation {
             c.maxInflightMsgs = inflights
             c.maxUncommittedEntriesSize = uncommitted
             c.maxInflightBytes = inflightBytes
-            storages[id] = s
+            disks[id] = disk
             configs[id] = c
             nodes[id] = try RaftNode(config: c, storage: s)
             apps[id] = App(index: 0, digest: 0)
@@ -113,7 +124,7 @@ final class Simulation {
     }
 
     var summary: String {
-        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous)"
+        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous) writesInFlight=\(stats.writesInFlight) commitsDuringWrite=\(stats.commitsDuringWrite) unsyncedLost=\(stats.unsyncedLost)"
     }
 
     let tracing = SimEnv.int("SIM_TRACE") != nil
@@ -147,6 +158,7 @@ final class Simulation {
         if faults && churn && chance(120) { partition() }
         if faults && churn && chance(300), let l = pick(leaders) { try propose(at: l.id) }
         if faults { try disturbJointLeader() }
+        try completeWrites()
         try deliverDue()
         for id in liveIDs {
             guard let n = nodes[id] else { continue }
@@ -172,7 +184,7 @@ final class Simulation {
                 try event(l.id) { try l.transferLeadership(to: t) }
             }
         case 355..<365:
-            if crashedUntil.count < 2, let id = pick(liveIDs) { crash(id) }
+            if crashedUntil.count < 2, let id = pick(liveIDs) { try crash(id) }
         case 365..<385:
             partition()
         case 385..<415:
@@ -198,7 +210,7 @@ final class Simulation {
     /// election runs under the joint rules (both majorities must agree).
     func disturbJointLeader() throws {
         guard let l = leaders.first(where: { $0.membership.isJoint }), chance(jointFocus ? 60 : 10) else { return }
-        if chance(300), crashedUntil.count < 2 { return crash(l.id) }
+        if chance(300), crashedUntil.count < 2 { return try crash(l.id) }
         cuts = []
         for b in ids where b != l.id { cuts.insert([l.id, b]); cuts.insert([b, l.id]) }
         healAt = now + 5 + Int(rng.next() % 30)
@@ -265,8 +277,14 @@ final class Simulation {
         }
     }
 
-    func crash(_ id: UInt64) {
-        trace("crash \(id)")
+    func crash(_ id: UInt64) throws {
+        // The disk keeps what was synced and a random prefix of what was not (a torn tail).
+        let disk = disks[id]!
+        let kept = disk.unsynced.isEmpty ? 0 : Int(rng.next() % UInt64(disk.unsynced.count + 1))
+        trace("crash \(id): keeps \(kept) of \(disk.unsynced.count) unsynced records")
+        stats.unsyncedLost += disk.unsynced.count - kept
+        try disk.crash(keeping: kept)
+        pendingWrites[id] = nil
         nodes[id] = nil
         crashedUntil[id] = now + 5 + Int(rng.next() % 40)
         stats.crashes += 1
@@ -274,7 +292,7 @@ final class Simulation {
 
     func restart(_ id: UInt64) throws {
         crashedUntil[id] = nil
-        let s = storages[id]!
+        let s = disks[id]!.live
         let snap = try s.snapshot()
         var c = configs[id]!
         c.applied = snap.metadata.index
@@ -311,9 +329,13 @@ final class Simulation {
 
     func snapshot(at id: UInt64) throws {
         guard let n = nodes[id], let a = apps[id] else { return }
-        let s = storages[id]!
+        let disk = disks[id]!
+        let s = disk.live
         guard a.index > (try s.snapshot()).metadata.index else { return }
+        // As the server's: the snapshot and its WAL marker are synced (and so all before them).
+        try disk.sync()
         try s.createSnapshot(index: a.index, confState: n.membership.confState, data: Self.bytes(a.digest))
+        try disk.durable.createSnapshot(index: a.index, confState: n.membership.confState, data: Self.bytes(a.digest))
         let keep = rng.next() % 4
         let upTo = a.index > keep ? a.index - keep : a.index
         if upTo >= (try s.firstIndex()) { try s.compact(upTo) }
@@ -370,7 +392,9 @@ final class Simulation {
             do {
                 try n.step(m)
             } catch RaftError.proposalDropped {
-            } catch RaftError.stepPeerNotFound {
+            } catch RaftError.rejectedMessage(.unknownPeer, _) {
+                // A response from a member removed meanwhile. Any other rejection fails the run:
+                // a correct peer never sends what step() refuses.
             }
         }
         if m.type == .snapshot, let sender = nodes[m.from] {
@@ -403,10 +427,11 @@ final class Simulation {
             }
             leaderOfTerm[n.term] = n.id
             // Elected by a quorum of voters of its configuration; learners' votes never count.
-            var granted: [UInt64: Bool] = [n.id: true]
-            for v in votesFor[EntryKey(index: n.id, term: n.term), default: []] { granted[v] = true }
-            if n.membership.voteResult(granted) != .won {
-                throw fail("node \(n.id) leads term \(n.term) without a quorum of voters: \(granted.keys.sorted())")
+            // Counted here from the vote messages delivered, not with the core's quorum code.
+            var granted: Set<UInt64> = [n.id]
+            for v in votesFor[EntryKey(index: n.id, term: n.term), default: []] { granted.insert(v) }
+            if !Self.quorum(n.membership.confState, granted) {
+                throw fail("node \(n.id) leads term \(n.term) without a quorum of voters: \(granted.sorted())")
             }
             // Leader completeness: it holds every committed entry.
             for k in liveIDs { maxCommitted = max(maxCommitted, nodes[k]!.log.committed) }
@@ -423,24 +448,24 @@ final class Simulation {
             }
         }
         if n.role == .leader && n.log.committed > commitBefore {
+            if pendingWrites[n.id] != nil { stats.commitsDuringWrite += 1 }
             // Whatever a leader commits is durable on a quorum of voters (learners never count).
             let ci = n.log.committed
             let t = try n.log.term(ci)
             if t != n.term {
                 stats.oldTermCommits += 1
-                let holders = ids.filter { (try? storages[$0]!.term(ci)).map { $0 > t } ?? false }
+                let holders = ids.filter { (try? disks[$0]!.live.term(ci)).map { $0 > t } ?? false }
                 if !holders.isEmpty {
                     stats.dangerous += 1
                     trace("DANGER leader \(n.id) t\(n.term) commits \(ci)/\(t); higher-term holders \(holders)")
                 }
             }
-            var has: [UInt64: Bool] = [n.id: true]
-            for v in n.membership.allVoters where v != n.id {
-                let s = storages[v]!
-                if try (try? s.term(ci)) == t || s.firstIndex() > ci { has[v] = true }
-            }
-            if n.membership.voteResult(has) != .won {
-                throw fail("leader \(n.id) committed \(ci) held by \(has.keys.sorted()) only; voters \(n.membership.allVoters.sorted())")
+            // Durably: counted on each voter's durable image (what a crash keeps), the leader's
+            // own included, with majorities counted here, not by the core's quorum code.
+            var has: Set<UInt64> = []
+            for v in n.membership.allVoters where try disks[v]!.durablyHolds(index: ci, term: t) { has.insert(v) }
+            if !Self.quorum(n.membership.confState, has) {
+                throw fail("leader \(n.id) committed \(ci)/\(t) durable on \(has.sorted()) only; voters \(n.membership.allVoters.sorted())")
             }
         }
         if n.role != .follower && !n.membership.allVoters.contains(n.id) {
@@ -449,36 +474,106 @@ final class Simulation {
     }
 
     func processReady(_ id: UInt64) throws {
-        while let n = nodes[id], n.hasReady {
+        while pendingWrites[id] == nil, let n = nodes[id], n.hasReady {
             let rd = try n.ready()
-            if faults && chance(churn ? 2 : 5) { return crash(id) } // lose the whole Ready
-            let s = storages[id]!
-            if let snap = rd.snapshot {
-                if let d = digestAt[snap.metadata.index], d != Self.digest(of: snap.data) {
-                    throw fail("node \(id) received a snapshot at \(snap.metadata.index) with a foreign state")
-                }
-                try s.applySnapshot(snap)
-                apps[id] = App(index: snap.metadata.index, digest: Self.digest(of: snap.data))
+            // A leader's appends leave before its own write (thesis 10.2.1), as in the server.
+            let early = rd.messagesBeforePersist
+            for m in early { try sendChecked(id, m) }
+            if faults && chance(churn ? 2 : 5) { return try crash(id) } // the write is lost, early messages are out
+            if faults && !early.isEmpty && chance(200) {
+                // The write stays in flight; the leader keeps stepping (acks race its write).
+                pendingWrites[id] = (rd, now + Int(rng.next() % 4))
+                stats.writesInFlight += 1
+                trace("write in flight at \(id) until step \(pendingWrites[id]!.at)")
+                return
             }
-            if !rd.entries.isEmpty {
-                trace("persist \(id) \(rd.entries.map { "\($0.index)/\($0.term)" }) hs \(String(describing: rd.hardState))")
-                try checkNewEntries(id, rd.entries)
-                try s.append(rd.entries)
-            }
-            if let hs = rd.hardState { s.setHardState(hs) }
-            if faults && chance(churn ? 2 : 5) { return crash(id) } // persisted, nothing sent or applied
-            for m in rd.messages { send(m) }
-            for e in rd.committedEntries { try apply(id, e) }
-            for r in rd.readStates {
-                stats.reads += 1
-                guard let floor = readFloor[r.context] else { throw fail("unknown read context") }
-                if r.index < floor {
-                    throw fail("read at node \(id) answered \(r.index) < commit \(floor) at request time")
-                }
-            }
-            guard nodes[id] === n else { return }
-            try n.advance(rd)
+            guard try finishReady(id, n, rd) else { return }
         }
+    }
+
+    /// Completes the leader writes that are due, then handles what piled up meanwhile.
+    func completeWrites() throws {
+        for (id, w) in pendingWrites.sorted(by: { $0.key < $1.key }) where w.at <= now {
+            pendingWrites[id] = nil
+            guard let n = nodes[id] else { continue }
+            guard try finishReady(id, n, w.ready) else { continue }
+            try processReady(id)
+        }
+    }
+
+    /// Persists, sends the rest, applies and advances one Ready; false if the node crashed.
+    func finishReady(_ id: UInt64, _ n: RaftNode, _ rd: Ready) throws -> Bool {
+        let disk = disks[id]!
+        if let snap = rd.snapshot {
+            if let d = digestAt[snap.metadata.index], d != Self.digest(of: snap.data) {
+                throw fail("node \(id) received a snapshot at \(snap.metadata.index) with a foreign state")
+            }
+            try disk.write(.snapshot(snap))
+            apps[id] = App(index: snap.metadata.index, digest: Self.digest(of: snap.data))
+        }
+        if !rd.entries.isEmpty {
+            trace("persist \(id) \(rd.entries.map { "\($0.index)/\($0.term)" }) hs \(String(describing: rd.hardState))")
+            try checkNewEntries(id, rd.entries)
+            for e in rd.entries { try disk.write(.entry(e)) } // one WAL record each: a crash may tear between them
+        }
+        if let hs = rd.hardState { try disk.write(.hardState(hs)) }
+        if rd.mustSync { try disk.sync() }
+        if faults && chance(churn ? 2 : 5) { try crash(id); return false } // persisted, nothing else sent or applied
+        for m in rd.messagesAfterPersist { try sendChecked(id, m) }
+        for e in rd.committedEntries { try apply(id, e) }
+        for r in rd.readStates {
+            stats.reads += 1
+            guard let floor = readFloor[r.context] else { throw fail("unknown read context") }
+            if r.index < floor {
+                throw fail("read at node \(id) answered \(r.index) < commit \(floor) at request time")
+            }
+        }
+        guard nodes[id] === n else { return false }
+        // The leader's own log counts toward commit from here: check what that commits.
+        let wasLeader = n.role == .leader, commit = n.log.committed
+        try n.advance(rd)
+        try afterEvent(n, wasLeader: wasLeader, commitBefore: commit)
+        return true
+    }
+
+    /// Sends a message after checking what it claims about the sender's durable state, counted
+    /// from its disk image: a granted vote is durable and the only one of its term; an append
+    /// acknowledgement covers entries that are durable.
+    func sendChecked(_ id: UInt64, _ m: Message) throws {
+        let disk = disks[id]!
+        switch m.type {
+        case .requestVoteResponse where !m.reject:
+            let key = EntryKey(index: id, term: m.term)
+            if let other = voteGiven[key], other != m.to {
+                throw fail("node \(id) voted for \(other) and \(m.to) in term \(m.term)")
+            }
+            voteGiven[key] = m.to
+            let hs = disk.durable.hardState
+            if hs.term < m.term || (hs.term == m.term && hs.vote != m.to) {
+                throw fail("node \(id) grants its vote in term \(m.term) to \(m.to) before it is durable (durable \(hs))")
+            }
+        case .requestVote:
+            // A candidate asks for votes only once its own vote is durable; it counts as a vote.
+            let hs = disk.durable.hardState
+            if hs.term > m.term { break } // a stale request; this node never votes in that term again
+            if hs.term != m.term || hs.vote != id {
+                throw fail("candidate \(id) asks for votes in term \(m.term) before its own vote is durable (durable \(hs))")
+            }
+            let key = EntryKey(index: id, term: m.term)
+            if let other = voteGiven[key], other != id {
+                throw fail("node \(id) voted for \(other) and for itself in term \(m.term)")
+            }
+            voteGiven[key] = id
+        case .appendResponse where !m.reject && m.index > 0:
+            // An index compacted away in the live view is inside the (synced) snapshot.
+            let live = (try? disk.live.term(m.index)) ?? 0
+            if try !disk.durablyHolds(index: m.index, term: live) {
+                throw fail("node \(id) acknowledges index \(m.index) before it is durable")
+            }
+        default:
+            break
+        }
+        send(m)
     }
 
     func checkNewEntries(_ id: UInt64, _ ents: [Entry]) throws {
@@ -486,7 +581,7 @@ final class Simulation {
         for e in ents {
             // A stale leader may write anything at a committed index in its own log, but no
             // node may lose a committed entry it holds.
-            if let ct = committedTerm[e.index], ct != e.term, (try? storages[id]!.term(e.index)) == ct {
+            if let ct = committedTerm[e.index], ct != e.term, (try? disks[id]!.live.term(e.index)) == ct {
                 throw fail("node \(id) overwrites committed index \(e.index) (term \(ct)) with term \(e.term)")
             }
             let key = EntryKey(index: e.index, term: e.term)
@@ -616,6 +711,19 @@ final class Simulation {
         return nil
     }
 
+    // MARK: - Independent quorum counting
+
+    /// A strict majority of `voters` is in `has` (true for an empty list).
+    static func majority(_ voters: [UInt64], _ has: Set<UInt64>) -> Bool {
+        voters.filter { has.contains($0) }.count * 2 > voters.count
+    }
+
+    /// `has` holds a majority of the configuration: of the voters and, when joint, of the
+    /// outgoing voters too.
+    static func quorum(_ cs: ConfState, _ has: Set<UInt64>) -> Bool {
+        majority(cs.voters, has) && (cs.votersOutgoing.isEmpty || majority(cs.votersOutgoing, has))
+    }
+
     // MARK: - Hashing
 
     static func hash(_ e: Entry) -> UInt64 {
@@ -637,5 +745,65 @@ final class Simulation {
     static func digest(of data: [UInt8]) -> UInt64 {
         guard data.count == 8 else { return 0 }
         return data.enumerated().reduce(0) { $0 | (UInt64($1.element) << (UInt64($1.offset) * 8)) }
+    }
+}
+
+/// One node's disk in the simulation. Every write goes to the live storage (what the node
+/// reads, as the server's page cache) and to a queue of unsynced WAL records; `sync` makes them
+/// durable. A crash keeps the durable image plus a prefix of the unsynced records (a torn
+/// WAL tail): entries without their hard state, a commit-only hard state lost, a snapshot
+/// whose metadata never reached the disk.
+final class SimDisk {
+    enum Record {
+        case entry(Entry)
+        case hardState(HardState)
+        case snapshot(Snapshot)
+    }
+
+    private(set) var live: MemoryStorage
+    let durable: MemoryStorage
+    private(set) var unsynced: [Record] = []
+
+    init(_ initial: Snapshot) throws {
+        live = MemoryStorage()
+        durable = MemoryStorage()
+        try live.applySnapshot(initial)
+        try durable.applySnapshot(initial)
+    }
+
+    func write(_ r: Record) throws {
+        try Self.apply(r, to: live)
+        unsynced.append(r)
+    }
+
+    func sync() throws {
+        for r in unsynced { try Self.apply(r, to: durable) }
+        unsynced = []
+    }
+
+    /// Loses all unsynced records but the first `kept`; the live view becomes the disk's.
+    func crash(keeping kept: Int) throws {
+        for r in unsynced.prefix(kept) { try Self.apply(r, to: durable) }
+        unsynced = []
+        let s = MemoryStorage()
+        try s.applySnapshot(try durable.snapshot())
+        let first = try durable.firstIndex(), last = try durable.lastIndex()
+        if last >= first { try s.append(try durable.entries(first, last + 1, maxBytes: .max)) }
+        s.setHardState(durable.hardState)
+        live = s
+    }
+
+    /// The durable image holds the entry (`index`, `term`), or a snapshot covering it.
+    func durablyHolds(index: UInt64, term: UInt64) throws -> Bool {
+        if try durable.snapshot().metadata.index >= index { return true }
+        return (try? durable.term(index)) == term
+    }
+
+    static func apply(_ r: Record, to s: MemoryStorage) throws {
+        switch r {
+        case .entry(let e): try s.append([e])
+        case .hardState(let hs): s.setHardState(hs)
+        case .snapshot(let snap): try s.applySnapshot(snap)
+        }
     }
 }

@@ -28,6 +28,8 @@ final class RaftLoopState {
     /// A single voter campaigns as soon as its configuration is applied.
     var campaignWhenAlone = false
     var lastLeaseHousekeeping = ContinuousClock.now
+    /// When a refused peer message was last logged (logging is rate-limited).
+    var lastRejectionLog = ContinuousClock.now - .seconds(10)
     /// Sends messages to the other members (set before the loop starts).
     var transport: PeerTransport?
 
@@ -82,7 +84,7 @@ extension EtcdServer {
                 if now >= nextTick {
                     try loop.node.tick()
                     nextTick = max(nextTick + hbNanos, now + hbNanos / 4)
-                    leaseHousekeeping()
+                    try leaseHousekeeping()
                 }
                 while loop.node.hasReady {
                     try handleReady(try loop.node.ready())
@@ -121,9 +123,9 @@ extension EtcdServer {
                     waiters.trigger(cc.id, .failure(EtcdError("etcdserver: invalid membership change: \(error)", code: .failedPrecondition)))
                 }
             case .messages(let ms):
-                for m in ms { try? loop.node.step(m) }
+                for m in ms { try stepFromPeer(m) }
             case .snapshot(let m, let file):
-                try? loop.node.step(m)
+                try stepFromPeer(m)
                 // Taken: the next Ready carries it and the install uses the file. Otherwise the
                 // body is of no use and must not stay on disk.
                 if loop.node.pendingSnapshotIndex != m.snapshot?.metadata.index {
@@ -138,15 +140,16 @@ extension EtcdServer {
                 readers.append(id)
             case .transferLeadership(let to):
                 if let target = to != 0 ? to : loop.transferTarget() {
-                    try? loop.node.transferLeadership(to: target)
+                    // Dropped when no leader is known to forward to; the requester times out.
+                    do { try loop.node.transferLeadership(to: target) } catch RaftError.proposalDropped {}
                 }
             case .reportUnreachable(let p):
-                try? loop.node.reportUnreachable(p)
+                try loop.node.reportUnreachable(p)
             case .reportSnapshot(let p, let ok):
-                try? loop.node.reportSnapshot(p, success: ok)
+                try loop.node.reportSnapshot(p, success: ok)
             case .campaign:
                 loop.campaignWhenAlone = true
-                campaignIfAlone()
+                try campaignIfAlone()
             case .removedByPeer(let peer):
                 try noteRemovedByPeer(peer)
             }
@@ -164,6 +167,29 @@ extension EtcdServer {
         }
     }
 
+    /// Steps a peer's message. Input Raft refuses is logged (rate-limited) and counted, and
+    /// changes nothing; any other error is an internal invariant violation and propagates to
+    /// the loop's fatal path, which stops the member (as etcd panics).
+    private func stepFromPeer(_ m: Raft.Message) throws {
+        do {
+            try loop.node.step(m)
+        } catch RaftError.rejectedMessage(let reason, let detail) {
+            metrics.raftMessageRejected(reason)
+            let now = ContinuousClock.now
+            // A response from a member removed moments ago is routine; anything else is a
+            // misbehaving or hostile peer. One line per second at most, whatever the rate.
+            if now - loop.lastRejectionLog >= .seconds(1) {
+                loop.lastRejectionLog = now
+                let meta: Logger.Metadata = ["from": "\(String(m.from, radix: 16))", "reason": "\(reason.rawValue)", "detail": "\(detail)"]
+                if reason == .unknownPeer {
+                    logger.debug("ignored a raft message from a peer outside the configuration", metadata: meta)
+                } else {
+                    logger.warning("refused an invalid raft message from a peer", metadata: meta)
+                }
+            }
+        }
+    }
+
     /// Tells the waiter of a dropped proposal (if it has one) why.
     private func failProposal(_ data: [UInt8], _ error: EtcdError) {
         guard let req = try? Swetcd_Internal_InternalRequest(serializedBytes: data) else { return }
@@ -171,10 +197,17 @@ extension EtcdServer {
     }
 
     private func handleReady(_ rd: Ready) throws {
+        // A leader's appends and heartbeats go out while its own WAL write runs (Raft thesis
+        // 10.2.1): a three-member commit then costs one fsync in series, not two. Raft counts
+        // the leader's own entries toward commit only at `advance`, after the write below.
+        // Votes, append answers and anything sent at a not-yet-durable term wait for the fsync.
+        let early = rd.messagesBeforePersist
+        if !early.isEmpty { loop.transport?.send(early) }
         let persistStart = ContinuousClock.now
         let synced = try loop.storage.persist(rd)
         if rd.mustSync && synced { metrics.walFsync(ContinuousClock.now - persistStart) }
-        if !rd.messages.isEmpty { loop.transport?.send(rd.messages) }
+        let late = early.isEmpty ? rd.messages : rd.messagesAfterPersist
+        if !late.isEmpty { loop.transport?.send(late) }
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
             loop.confState = snap.metadata.confState
@@ -209,15 +242,15 @@ extension EtcdServer {
             $0.progress = progress
         }
         try loop.node.advance(rd)
-        campaignIfAlone()
+        try campaignIfAlone()
         try maybeSnapshot()
     }
 
     /// Campaigns once, if asked to at start-up and this member is the only voter.
-    private func campaignIfAlone() {
+    private func campaignIfAlone() throws {
         guard loop.campaignWhenAlone, !loop.confState.voters.isEmpty else { return }
         loop.campaignWhenAlone = false
-        if loop.confState.voters == [memberID] { try? loop.node.campaign() }
+        if loop.confState.voters == [memberID] { try loop.node.campaign() }
     }
 
     private func noteSoftState(_ ss: SoftState) {
@@ -267,12 +300,12 @@ extension EtcdServer {
 
     /// On the leader, every 500 ms: propose revocations of expired leases and one checkpoint
     /// entry for the due checkpoints.
-    private func leaseHousekeeping() {
+    private func leaseHousekeeping() throws {
         let now = ContinuousClock.now
         guard now - loop.lastLeaseHousekeeping >= .milliseconds(500) else { return }
         loop.lastLeaseHousekeeping = now
         guard status.withLock({ $0.isLeader }) else { return }
-        autoPromoteLearners()
+        try autoPromoteLearners()
         let expired = lessor.expiredLeases()
         if !expired.isEmpty { metrics.leasesExpired(expired.count) }
         for id in expired {

@@ -315,7 +315,7 @@ extension EtcdServer: ClusterBackend {
 
     /// On the leader with --auto-promote-learners: proposes the promotion of a learner that
     /// is in sync (one at a time; Raft refuses a second pending change).
-    func autoPromoteLearners() {
+    func autoPromoteLearners() throws {
         guard config.autoPromoteLearners, status.withLock({ $0.isLeader }) else { return }
         let st = loop.node.status
         let last = st.lastIndex
@@ -330,8 +330,13 @@ extension EtcdServer: ClusterBackend {
             var promoted = m
             promoted.isLearner = false
             let cc = MembershipChange(operation: .promote, member: promoted).confChange(requestID: 0)
-            if (try? loop.node.proposeConfChange(cc)) != nil {
+            // Refused while another change is pending or the configuration does not allow it
+            // (tried again at the next round); any other error is a Raft invariant violation.
+            do {
+                try loop.node.proposeConfChange(cc)
                 logger.info("auto-promoting learner", metadata: ["member-id": "\(MemberIdentity.hex(m.id))"])
+            } catch RaftError.proposalDropped {
+            } catch RaftError.invalidConfChange {
             }
             return
         }

@@ -1,4 +1,5 @@
 public import Prometheus
+public import Raft
 
 /// Values sampled when /metrics is scraped (gauges the server reads from its own state rather
 /// than updating on every change).
@@ -68,6 +69,7 @@ public final class ServerMetrics: Sendable {
     private let leaseTTL: ValueHistogram
     private let quotaBackendBytes: Gauge
     private let autoCompactions: Counter
+    private let raftRejected: [MessageRejection: Counter]
 
     /// etcd's disk latency buckets: 1 ms doubling 14 times (up to about 8 s).
     static let diskBuckets: [Duration] = (0..<14).map { .microseconds(1000 << $0) }
@@ -105,6 +107,11 @@ public final class ServerMetrics: Sendable {
         leaseTTL = registry.makeValueHistogram(descriptor: .etcd("etcd_debugging_lease_ttl_total", "Bucketed histogram of lease TTLs."), buckets: Self.leaseTTLBuckets)
         quotaBackendBytes = registry.makeGauge(descriptor: .etcd("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."))
         autoCompactions = registry.makeCounter(descriptor: .etcd("swetcd_server_auto_compactions_total", "The number of compactions proposed by auto-compaction on this member."))
+        var rejected: [MessageRejection: Counter] = [:]
+        for r in MessageRejection.allCases {
+            rejected[r] = registry.makeCounter(descriptor: .etcd("swetcd_raft_rejected_messages_total", "Raft messages from peers refused before Raft acted on them, by reason."), labels: [("reason", r.rawValue)])
+        }
+        raftRejected = rejected
         registry.makeGauge(descriptor: .etcd("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID."), labels: [("server_id", String(memberID, radix: 16))])
             .set(to: 1)
         registry.makeGauge(descriptor: .etcd("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version."), labels: [("server_version", serverVersion)])
@@ -118,6 +125,8 @@ public final class ServerMetrics: Sendable {
         version.split(separator: ".").prefix(2).joined(separator: ".")
     }
 
+    /// Raft refused a peer's message (`reason` says why).
+    public func raftMessageRejected(_ reason: MessageRejection) { raftRejected[reason]?.increment() }
     /// A leader change was observed (including the first leader).
     public func leaderChanged() { leaderChanges.increment() }
     /// A proposal failed (timeout, no leader, dropped).
