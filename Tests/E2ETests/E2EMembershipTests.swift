@@ -258,6 +258,73 @@ struct E2EMembershipTests {
             for m in added { await m.cleanUp() }
         }
     }
+
+    /// /readyz on a learner: ready for what a learner serves (serializable reads, a leader, no
+    /// CORRUPT alarm), so a StatefulSet rolls past it; still ready once promoted, now with the
+    /// linearizable check run.
+    @Test func learnerPassesReadyz() async throws {
+        try await Member.withCluster(2) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "k", "v").status == 0
+            }
+            let m3 = try Member(name: "m3", extraArgs: ["--initial-cluster-state", "existing"])
+            do {
+                let id = try await M.add(m3, via: ms[0], learner: true)
+                m3.initialCluster = (ms + [m3]).map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+                try await m3.start()
+                let readyz = "http://\(m3.endpoint)/readyz?verbose"
+                try await E2E.waitUntil("the learner is ready", limit: .seconds(30)) {
+                    let r = try await curl(["-w", "\n%{http_code}", readyz])
+                    return r.stdout.hasSuffix("\n200") && r.stdout.contains("[+]linearizable_read skipped: learner")
+                }
+                // It is still a learner: writes are refused, serializable reads served.
+                #expect(try await m3.ctl("put", "k1", "v1").stderr.contains("etcdserver: rpc not supported for learner"))
+                try await E2E.waitUntil("the learner serves k", limit: .seconds(20)) {
+                    try await m3.ctl("get", "k", "--consistency=s").lines == ["k", "v"]
+                }
+                try await E2E.waitUntil("m3 promoted", limit: .seconds(30)) {
+                    try await ms[0].ctl("member", "promote", id).status == 0
+                }
+                try await E2E.waitUntil("the promoted member is ready on linearizable reads", limit: .seconds(20)) {
+                    let r = try await curl(["-w", "\n%{http_code}", readyz])
+                    return r.stdout.hasSuffix("\n200") && r.stdout.contains("[+]linearizable_read ok")
+                }
+            } catch {
+                Issue.record("m3 log tail: \((m3.child?.stderr ?? "").suffix(3000))")
+                await m3.cleanUp()
+                throw error
+            }
+            await m3.cleanUp()
+        }
+    }
+
+    /// A member that lost its data directory (same name and peer URL, empty directory) is
+    /// refused with etcd's message, whether started as "new" (its ID from --initial-cluster) or
+    /// "existing" (found by its peer URL): its empty log must not take over a started ID.
+    @Test func emptyDataDirOverAStartedMemberIsRefused() async throws {
+        try await Member.withCluster(3) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "k", "v").status == 0
+            }
+            let lost = ms[2]
+            let id = try #require(lost.memberID)
+            try await E2E.waitUntil("m3's client URL published", limit: .seconds(20)) {
+                try await ms[0].ctl("member", "list").stdout.contains("\(id), started, m3, \(lost.peerURL), http://")
+            }
+            try await lost.crash()
+            try FileManager.default.removeItem(atPath: lost.dataDir)
+            for state in ["new", "existing"] {
+                lost.extraArgs = ["--initial-cluster-state", state]
+                await #expect(throws: E2EError.self) { try await lost.start() }
+                #expect(lost.exitStatus != nil && lost.exitStatus != 0)
+                #expect(lost.stderrText.contains("member \(id) has already been bootstrapped"), "\(state): \(lost.stderrText.suffix(1500))")
+                #expect(!FileManager.default.fileExists(atPath: "\(lost.dataDir)/member/wal"), "nothing written for \(state)")
+            }
+            // The cluster is untouched and still serves.
+            #expect(try await ms[0].ctl("member", "list").lines.count == 3)
+            #expect(try await ms[1].ctl("put", "k2", "v2").status == 0)
+        }
+    }
 }
 
 /// What the scale test's writer and monitor share.
@@ -299,6 +366,7 @@ final class LoadState: Sendable {
             return (l - f) / (s.samples - 1)
         }
     }
+
 }
 
 /// Membership helpers for the tests.

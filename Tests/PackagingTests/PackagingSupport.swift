@@ -31,12 +31,12 @@ struct RunResult {
     var stderr: String
 }
 
-/// Runs `path args` to completion with `environment` (nil: inherited), killed after 60 s by
-/// `timeout(1)`.
-func runProcess(_ path: String, _ args: [String], environment: [String: String]? = nil) throws -> RunResult {
+/// Runs `path args` to completion with `environment` (nil: inherited), killed after `limit`
+/// seconds (default 60) by `timeout(1)`.
+func runProcess(_ path: String, _ args: [String], environment: [String: String]? = nil, limit: Int = 60) throws -> RunResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-    p.arguments = ["-s", "KILL", "60", path] + args
+    p.arguments = ["-s", "KILL", "\(limit)", path] + args
     if let environment { p.environment = environment }
     let dir = try Repo.tempDir()
     defer { try? FileManager.default.removeItem(at: dir) }

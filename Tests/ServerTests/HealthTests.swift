@@ -9,6 +9,7 @@ import Testing
 final class FakeHealthSource: HealthSource {
     struct State {
         var hasLeader = true
+        var isLearner = false
         var alarms: [Etcdserverpb_AlarmType] = []
         var serializableFails = false
         var linearizableHangs = false
@@ -17,6 +18,7 @@ final class FakeHealthSource: HealthSource {
     let state = Mutex(State())
 
     var hasLeader: Bool { state.withLock { $0.hasLeader } }
+    var isLearner: Bool { state.withLock { $0.isLearner } }
     func activeAlarms() -> [Etcdserverpb_AlarmType] { state.withLock { $0.alarms } }
     func serializableRead() async throws {
         if state.withLock({ $0.serializableFails }) { throw FakeError("store closed") }
@@ -113,5 +115,34 @@ func bodyText(_ response: HTTPResponse) -> String {
 
         source.state.withLock { $0.linearizableFails = false; $0.alarms = [.corrupt] }
         #expect(bodyText(await get(endpoints, "/readyz")).contains("[-]data_corruption failed: alarm activated: CORRUPT"))
+    }
+
+    /// A learner is ready for what it serves (serializable reads, with a leader, no CORRUPT
+    /// alarm): the linearizable check, which a learner can never pass, is skipped and says so.
+    @Test func learnerIsReadyWithoutLinearizableReads() async {
+        let source = FakeHealthSource()
+        source.state.withLock { $0.isLearner = true; $0.linearizableFails = true }
+        let endpoints = HealthEndpoints(source: source)
+        let r = await get(endpoints, "/readyz?verbose")
+        #expect(r.status == .ok)
+        #expect(bodyText(r) == "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read skipped: learner\nreadyz check passed\n")
+        #expect(bodyText(await get(endpoints, "/readyz")) == "ok")
+
+        // A learner that knows no leader is not ready.
+        source.state.withLock { $0.hasLeader = false }
+        let lost = await get(endpoints, "/readyz")
+        #expect(lost.status == .serviceUnavailable)
+        #expect(bodyText(lost).contains("[-]linearizable_read failed: RAFT NO LEADER"))
+        // Nor is one whose copy cannot be read, or that is CORRUPT.
+        source.state.withLock { $0.hasLeader = true; $0.serializableFails = true }
+        #expect(await get(endpoints, "/readyz").status == .serviceUnavailable)
+        source.state.withLock { $0.serializableFails = false; $0.alarms = [.corrupt] }
+        #expect(await get(endpoints, "/readyz").status == .serviceUnavailable)
+
+        // Promoted: the linearizable check runs again.
+        source.state.withLock { $0.alarms = []; $0.isLearner = false }
+        let voter = await get(endpoints, "/readyz")
+        #expect(voter.status == .serviceUnavailable)
+        #expect(bodyText(voter).contains("[-]linearizable_read failed: etcdserver: leader changed"))
     }
 }

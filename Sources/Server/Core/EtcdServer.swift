@@ -172,6 +172,7 @@ public final class EtcdServer: Sendable {
                 joined = remote
                 newMember = WALMetadata(memberID: id, clusterID: remote.clusterID)
             } else {
+                try await refuseIfBootstrapped(loaded, local: local, logger: logger)
                 newMember = WALMetadata(memberID: local.id, clusterID: loaded.initialCluster.clusterID)
             }
         }

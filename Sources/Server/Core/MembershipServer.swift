@@ -366,7 +366,9 @@ enum RemoteMembership {
                             Etcdserverpb_MemberListRequest(), options: options)
                     }
                     let members = resp.members.map {
-                        MemberRecord(id: $0.id, name: $0.name, peerURLs: $0.peerUrls, isLearner: $0.isLearner)
+                        var m = MemberRecord(id: $0.id, name: $0.name, peerURLs: $0.peerUrls, isLearner: $0.isLearner)
+                        m.clientURLs = $0.clientUrls
+                        return m
                     }
                     return Found(clusterID: resp.header.clusterID, members: members)
                 } catch {
@@ -404,11 +406,33 @@ extension EtcdServer {
         if found.members.count == 0 || found.clusterID == 0 {
             throw ServerStartError("the running cluster answered without a cluster ID or members")
         }
+        // The member already ran (it published its client URLs): this empty data directory
+        // replaces one that was lost. Starting over its ID with an empty log could undo
+        // committed entries; it has to be removed and added again (a new ID).
+        if !me.clientURLs.isEmpty { throw alreadyBootstrapped(me.id) }
         logger.info("joining a running cluster", metadata: [
             "member-id": "\(MemberIdentity.hex(me.id))", "cluster-id": "\(MemberIdentity.hex(found.clusterID))",
             "members": "\(found.members.count)", "is-learner": "\(me.isLearner)",
         ])
         return (found, me.id)
+    }
+
+    /// etcd's refusal to start a new, empty data directory for a member the running cluster
+    /// already knows as started.
+    static func alreadyBootstrapped(_ id: UInt64) -> ServerStartError {
+        ServerStartError("member \(MemberIdentity.hex(id)) has already been bootstrapped")
+    }
+
+    /// With `--initial-cluster-state new` and an empty data directory, as etcd does: asks the
+    /// other members named in --initial-cluster (one short try; none answering is the normal
+    /// case of a cluster being created) whether this member's ID already ran there, and refuses
+    /// to bootstrap over it if so (its data directory was lost; see ``joinExisting``).
+    static func refuseIfBootstrapped(_ loaded: LoadedConfig, local: InitialCluster.Member, logger: Logger) async throws {
+        let others = loaded.initialCluster.members.filter { $0.name != local.name }.flatMap(\.peerURLs)
+        guard !others.isEmpty, let found = try? await RemoteMembership.fetch(from: others, limit: .zero) else { return }
+        if let me = found.members.first(where: { $0.id == local.id }), !me.clientURLs.isEmpty {
+            throw alreadyBootstrapped(local.id)
+        }
     }
 
     /// etcd's `--force-new-cluster` on a member's existing log: entries after the commit index

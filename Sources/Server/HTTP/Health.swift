@@ -5,6 +5,8 @@ import NIOHTTP1
 public protocol HealthSource: Sendable {
     /// Whether this member knows a leader.
     var hasLeader: Bool { get }
+    /// Whether this member is a learner (it serves serializable reads only).
+    var isLearner: Bool { get }
     /// Alarms active in the cluster.
     func activeAlarms() -> [Etcdserverpb_AlarmType]
     /// A serializable read of the local store (fails when the store is unusable).
@@ -71,7 +73,10 @@ public struct HealthEndpoints: Sendable {
 
     struct Check: Sendable {
         let name: String
-        let run: @Sendable () async -> String?   // nil: ok; else the failure reason
+        /// nil: ok; else the failure reason.
+        let run: @Sendable () async -> String?
+        /// When it returns a reason, the check is skipped (passes) with that reason instead of running.
+        var skip: @Sendable () -> String? = { nil }
     }
 
     var livezChecks: [Check] {
@@ -84,7 +89,16 @@ public struct HealthEndpoints: Sendable {
                 source.activeAlarms().contains(.corrupt) ? "alarm activated: CORRUPT" : nil
             },
             Check(name: "serializable_read") { [self] in await bounded { try await source.serializableRead() } },
-            Check(name: "linearizable_read") { [self] in await bounded { try await source.linearizableRead() } },
+            // A learner cannot serve linearizable reads (etcd refuses them on a learner), so it
+            // would never be ready and a rolling StatefulSet would wait forever for it. On a
+            // learner, ready means ready for what a learner serves: serializable reads of its
+            // copy, with a leader it follows (no CORRUPT alarm, checked above).
+            Check(name: "linearizable_read",
+                  run: { [self] in
+                      if source.isLearner { return source.hasLeader ? nil : "RAFT NO LEADER" }
+                      return await bounded { try await source.linearizableRead() }
+                  },
+                  skip: { [source] in source.isLearner && source.hasLeader ? "learner" : nil }),
         ]
     }
 
@@ -98,6 +112,10 @@ public struct HealthEndpoints: Sendable {
         for check in checks {
             if excluded.remove(check.name) != nil {
                 lines.append("[+]\(check.name) excluded: ok")
+                continue
+            }
+            if let why = check.skip() {
+                lines.append("[+]\(check.name) skipped: \(why)")
                 continue
             }
             if let reason = await check.run() {
