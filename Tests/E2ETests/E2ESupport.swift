@@ -66,14 +66,14 @@ enum E2E {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    /// Whether something accepts TCP connections on 127.0.0.1:`port`.
-    static func isListening(_ port: Int) -> Bool {
+    /// Whether something accepts TCP connections on `host`:`port` (IPv4).
+    static func isListening(_ port: Int, host: String = "127.0.0.1") -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_addr.s_addr = inet_addr(host)
         addr.sin_port = UInt16(port).bigEndian
         return withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
