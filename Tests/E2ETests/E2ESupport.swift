@@ -138,7 +138,19 @@ final class Child: @unchecked Sendable {
 
     /// Launches one process at a time: concurrent `Process.run()` calls once crashed the test
     /// process inside Foundation (a memcpy on a bad pointer while a member was started).
-    func start() throws { try Child.launching { try process.run() } }
+    ///
+    /// The parent's copies of the output (and input) files are closed once the child runs: kept
+    /// open, they piled up (two or three per child, until the Process object went away) and
+    /// a long fault run (over a thousand etcdctl calls) crashed in `Process.run()` in that
+    /// memcpy, with descriptor numbers above 1350 in its registers.
+    func start() throws {
+        try Child.launching {
+            try process.run()
+            for handle in [process.standardInput, process.standardOutput, process.standardError] {
+                if let h = handle as? FileHandle, h !== FileHandle.nullDevice { try? h.close() }
+            }
+        }
+    }
 
     private static let launchLock = NSLock()
     static func launching<T>(_ body: () throws -> T) rethrows -> T {
