@@ -66,14 +66,14 @@ enum E2E {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    /// Whether something accepts TCP connections on 127.0.0.1:`port`.
-    static func isListening(_ port: Int) -> Bool {
+    /// Whether something accepts TCP connections on `host`:`port` (IPv4).
+    static func isListening(_ port: Int, host: String = "127.0.0.1") -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_addr.s_addr = inet_addr(host)
         addr.sin_port = UInt16(port).bigEndian
         return withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -138,7 +138,19 @@ final class Child: @unchecked Sendable {
 
     /// Launches one process at a time: concurrent `Process.run()` calls once crashed the test
     /// process inside Foundation (a memcpy on a bad pointer while a member was started).
-    func start() throws { try Child.launching { try process.run() } }
+    ///
+    /// The parent's copies of the output (and input) files are closed once the child runs: kept
+    /// open, they piled up (two or three per child, until the Process object went away) and
+    /// a long fault run (over a thousand etcdctl calls) crashed in `Process.run()` in that
+    /// memcpy, with descriptor numbers above 1350 in its registers.
+    func start() throws {
+        try Child.launching {
+            try process.run()
+            for handle in [process.standardInput, process.standardOutput, process.standardError] {
+                if let h = handle as? FileHandle, h !== FileHandle.nullDevice { try? h.close() }
+            }
+        }
+    }
 
     private static let launchLock = NSLock()
     static func launching<T>(_ body: () throws -> T) rethrows -> T {

@@ -10,6 +10,12 @@ struct HistoryOp: Sendable, CustomStringConvertible {
     enum Kind: Sendable, Equatable {
         case put(String)
         case get(String?)
+        /// A conditional write, as kube-apiserver makes them: put `new` if the key holds
+        /// `expected` (nil: the key is absent, a create guarded by create_revision == 0), else
+        /// change nothing. Compare-and-swap by mod_revision maps to this when every write
+        /// stores a distinct value (a revision then names exactly one value). `succeeded` is
+        /// the answer the client got; with an unknown outcome (`end == nil`) it is ignored.
+        case cas(expected: String?, new: String, succeeded: Bool)
     }
     let client: Int
     let key: String
@@ -23,6 +29,7 @@ struct HistoryOp: Sendable, CustomStringConvertible {
         let what = switch kind {
         case .put(let v): "put \(key)=\(v)"
         case .get(let v): "get \(key) -> \(v ?? "(absent)")"
+        case .cas(let e, let n, let ok): "cas \(key) \(e ?? "(absent)") -> \(n): \(ok ? "succeeded" : "failed")"
         }
         return "client \(client) \(what) [\(start), \(end.map(String.init) ?? "?")]"
     }
@@ -112,6 +119,17 @@ enum LinearizabilityChecker {
                 switch op.kind {
                 case .put(let v): after = .some(v)
                 case .get(let v): if v == value { after = .some(value) }
+                case .cas(let expected, let new, let succeeded):
+                    if op.end == nil {
+                        // Unknown outcome: wherever it is placed, it either applied (its
+                        // condition held) or changed nothing (it did not); placing it after
+                        // everything else is the same as never.
+                        after = .some(expected == value ? new : value)
+                    } else if succeeded, expected == value {
+                        after = .some(new)
+                    } else if !succeeded, expected != value {
+                        after = .some(value)
+                    }
                 }
                 if let newValue = after {
                     var p = placed

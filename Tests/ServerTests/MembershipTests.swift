@@ -66,6 +66,12 @@ struct MembershipUnitTests {
         #expect(MembershipRules.canAddVoter(voters: 1, started: 1))
         #expect(MembershipRules.canAddVoter(voters: 3, started: 3))
         #expect(!MembershipRules.canAddVoter(voters: 2, started: 1))
+        // A promotion counts the (in-sync) learner as started, as etcd: 3 voters with one down
+        // may promote (3 of 4 started), with two down may not (2 of 4).
+        #expect(MembershipRules.canPromote(voters: 3, startedVoters: 2))
+        #expect(!MembershipRules.canPromote(voters: 3, startedVoters: 1))
+        #expect(MembershipRules.canPromote(voters: 1, startedVoters: 1))
+        #expect(!MembershipRules.canAddVoter(voters: 3, started: 2), "an added voter is not started yet")
     }
 
     @Test func strictReconfigCheckOnRemove() {

@@ -270,6 +270,14 @@ enum MembershipRules {
         return started >= after / 2 + 1
     }
 
+    /// Whether promoting a learner keeps a quorum of started members: the learner counts as
+    /// started (it is in sync), as in etcd. With 3 voters, one of them down, the promotion
+    /// leaves 3 of 4 started and is allowed (`canAddVoter`, which counts the new voter as not
+    /// started, refused it: found by E2EFaultTests while a member was down on a full disk).
+    static func canPromote(voters: Int, startedVoters: Int) -> Bool {
+        startedVoters + 1 >= (voters + 1) / 2 + 1
+    }
+
     /// Whether removing a voter (started or not) leaves a quorum of started members.
     static func canRemoveVoter(voters: Int, started: Int, removingStarted: Bool) -> Bool {
         let after = voters - 1

@@ -98,7 +98,7 @@ extension EtcdServer: ClusterBackend {
         }
         if config.strictReconfigCheck {
             let voters = membership.members.filter { !$0.isLearner }.count
-            if !MembershipRules.canAddVoter(voters: voters, started: startedVoters()) {
+            if !MembershipRules.canPromote(voters: voters, startedVoters: startedVoters()) {
                 throw MembershipRules.notEnoughStarted
             }
         }
@@ -325,7 +325,7 @@ extension EtcdServer: ClusterBackend {
             }
             if config.strictReconfigCheck {
                 let voters = membership.members.filter { !$0.isLearner }.count
-                if !MembershipRules.canAddVoter(voters: voters, started: startedVoters()) { continue }
+                if !MembershipRules.canPromote(voters: voters, startedVoters: startedVoters()) { continue }
             }
             var promoted = m
             promoted.isLearner = false

@@ -1,0 +1,437 @@
+import Foundation
+import Raft
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the clients and the fault task of one run share.
+final class FaultRun: Sendable {
+    let origin = ContinuousClock.now
+    /// Each operation with the node it was sent to.
+    let history = Mutex<[(op: HistoryOp, node: Int)]>([])
+    /// Nodes cut off from the majority: (node, from, to) in run time; nil `to` while it lasts.
+    let minorityWindows = Mutex<[(node: Int, from: UInt64, to: UInt64?)]>([])
+    let down = Mutex<Set<Int>>([])
+    let stop = Atomic<Bool>(false)
+    let faults = Mutex<[String]>([])
+
+    func now() -> UInt64 {
+        let d = ContinuousClock.now - origin
+        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+    }
+    func record(_ op: HistoryOp, node: Int) { history.withLock { $0.append((op, node)) } }
+    var count: Int { history.withLock { $0.count } }
+}
+
+/// One event a watcher printed: revision, key, value.
+struct WatchedEvent: Equatable, CustomStringConvertible {
+    let revision: Int64
+    let key: String
+    let value: String
+    var description: String { "\(revision) \(key)=\(value)" }
+
+    /// The events of `etcdctl watch -w json` output (one JSON response per line).
+    static func parse(_ text: String) -> [WatchedEvent] {
+        var events: [WatchedEvent] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("{") {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let list = obj["Events"] as? [[String: Any]] else { continue }
+            for e in list {
+                guard let kv = e["kv"] as? [String: Any] else { continue }
+                events.append(WatchedEvent(revision: (kv["mod_revision"] as? NSNumber)?.int64Value ?? 0,
+                                           key: decode(kv["key"]) ?? "", value: decode(kv["value"]) ?? ""))
+            }
+        }
+        return events
+    }
+
+    static func decode(_ v: Any?) -> String? {
+        guard let s = v as? String, let d = Data(base64Encoded: s) else { return nil }
+        return String(decoding: d, as: UTF8.self)
+    }
+}
+
+/// A real three-member cluster, each member in its own network namespace, under a seeded
+/// schedule of faults (partitions of every shape, random loss, SIGSTOP of leader and follower,
+/// kill -9 and restart) while etcdctl clients put, read, create-if-absent and
+/// compare-and-swap a few keys on every member, and one watcher stays connected throughout.
+/// Checks: the history is linearizable, no member cut off from the majority answered a
+/// request, the watcher saw every acknowledged write once, in order and without gaps (the
+/// same events as a watch from revision 1 afterwards), and the members converge (equal
+/// HashKV at one revision). E2E_FAULT_ROUNDS repeats the schedule (CI: 1), E2E_FAULT_SEED
+/// replays one.
+@Suite("E2E faults in network namespaces", .serialized,
+       .enabled(if: NetnsCluster.available, "needs root, ip, iptables (scripts/ensure-deps) and the binaries"))
+struct E2EFaultTests {
+    static let env = ProcessInfo.processInfo.environment
+    static let rounds = Int(env["E2E_FAULT_ROUNDS"] ?? "") ?? 1
+    static let clients = 4
+    static let hotKeys = ["f/k0", "f/k1", "f/k2"]
+    static let createKeys = (0..<24).map { "f/c\($0)" }
+
+    enum Fault: String, CaseIterable {
+        case isolateLeader, isolateFollower, leaderDeaf, followerMute, bridge, loss, pauseLeader, pauseFollower, killRestart
+    }
+
+    @Test func historyUnderNetworkAndProcessFaults() async throws {
+        let seed = UInt64(Self.env["E2E_FAULT_SEED"] ?? "") ?? UInt64.random(in: 1...1_000_000)
+        print("faults: seed \(seed) (replay with E2E_FAULT_SEED=\(seed))")
+        try await NetnsCluster.with(3) { cluster in
+            let nodes = cluster.nodes
+            _ = try await cluster.leader()
+            let run = FaultRun()
+            // The watcher stays on n1, which is never killed (a pause or a partition keeps
+            // its connection).
+            let watcher = try etcdctlProcess(nodes[0].endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"],
+                                             limit: 900)
+            try watcher.start()
+            defer { watcher.signal(SIGKILL) }
+
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for c in 0..<Self.clients {
+                    group.addTask { try await Self.client(c, seed: seed, nodes: nodes, run: run) }
+                }
+                group.addTask {
+                    defer { run.stop.store(true, ordering: .relaxed) }
+                    try await Self.faults(seed: seed, cluster: cluster, run: run)
+                }
+                try await group.waitForAll()
+            }
+
+            // Healed (the fault task undid each fault); every member is up again.
+            let leader = try await cluster.leader()
+            for key in Self.hotKeys + Self.createKeys {
+                let start = run.now()
+                let (ok, value, _) = try await Self.get(leader, key)
+                if ok { run.record(HistoryOp(client: 99, key: key, kind: .get(value), start: start, end: run.now()), node: leader.index) }
+            }
+            let end = try await leader.ctl(["put", "f/zz-end", "end"])
+            #expect(end.status == 0, "\(end)")
+
+            let ops = run.history.withLock { $0 }
+            let history = ops.map(\.op)
+            let acked = history.filter {
+                guard $0.end != nil else { return false }
+                switch $0.kind {
+                case .put: return true
+                case .cas(_, _, let ok): return ok
+                case .get: return false
+                }
+            }
+            let faults = run.faults.withLock { $0 }
+            print("faults: seed \(seed), \(ops.count) operations, \(history.filter { $0.end == nil }.count) unknown outcome, \(acked.count) acknowledged writes, \(faults.count) faults: \(faults.joined(separator: ", "))")
+            #expect(faults.count >= Fault.allCases.count * Self.rounds)
+            #expect(acked.count >= 20, "too few writes acknowledged")
+
+            // 1. Linearizable.
+            if let failure = LinearizabilityChecker.check(history) {
+                Issue.record("seed \(seed): \(failure)")
+            }
+            // 2. A member cut off from the majority answered nothing (no write, no
+            // linearizable read), for requests sent and answered while it was cut off.
+            let windows = run.minorityWindows.withLock { $0 }
+            for (op, node) in ops {
+                guard let e = op.end else { continue }
+                for w in windows where w.node == node && op.start >= w.from && e <= (w.to ?? .max) {
+                    Issue.record("seed \(seed): n\(node) answered while cut off from the majority: \(op)")
+                }
+            }
+            // 3. The watcher that stayed connected got every event once, in order, with no gap:
+            // the same list as a new watch from revision 1, which holds every acknowledged write.
+            try await E2E.waitUntil("the watcher reaching the last write", limit: .seconds(30)) {
+                watcher.stdout.contains("\"Events\"") && WatchedEvent.parse(watcher.stdout).contains { $0.key == "f/zz-end" }
+            }
+            let live = WatchedEvent.parse(watcher.stdout)
+            let replay = try await Self.watchAll(cluster.nodes[1])
+            #expect(live == replay, "the live watcher's events differ from a replay from revision 1: \(live.count) vs \(replay.count)")
+            #expect(zip(live, live.dropFirst()).allSatisfy { $0.revision < $1.revision }, "revisions not increasing")
+            var seen: [String: Int64] = [:]
+            for e in replay {
+                if let r = seen[e.value] { Issue.record("value \(e.value) written twice: revisions \(r) and \(e.revision)") }
+                seen[e.value] = e.revision
+            }
+            for op in acked {
+                let value: String
+                switch op.kind {
+                case .put(let v): value = v
+                case .cas(_, let v, _): value = v
+                case .get: continue
+                }
+                if seen[value] == nil { Issue.record("acknowledged write lost: \(op)") }
+            }
+            // 4. Converged: equal HashKV on every member at the last revision.
+            let revision = try #require(live.last?.revision)
+            var hashes: [Int: UInt64] = [:]
+            try await E2E.waitUntil("equal HashKV on every member", limit: .seconds(30)) {
+                hashes = await cluster.hashKV(at: revision)
+                return hashes.count == nodes.count && Set(hashes.values).count == 1
+            }
+        }
+    }
+
+    // MARK: clients
+
+    /// One client: puts and reads on the hot keys, compare-and-swap after a read, creates of
+    /// the create keys; each request to a random member that is up.
+    static func client(_ c: Int, seed: UInt64, nodes: [NetnsCluster.Node], run: FaultRun) async throws {
+        var rng = SplitMix64(seed: seed &+ UInt64(c) &* 7919)
+        var i = 0
+        while !run.stop.load(ordering: .relaxed) && i < 600 {
+            i += 1
+            let up = nodes.filter { n in !run.down.withLock { $0.contains(n.index) } }
+            let node = up.isEmpty ? nodes[0] : up[Int(rng.next() % UInt64(up.count))]
+            let value = "c\(c)-\(i)"
+            switch rng.next() % 4 {
+            case 0:
+                let key = hotKeys[Int(rng.next() % UInt64(hotKeys.count))]
+                let start = run.now()
+                let out = try await node.ctl(["put", key, value])
+                run.record(HistoryOp(client: c, key: key, kind: .put(value), start: start, end: out.status == 0 ? run.now() : nil), node: node.index)
+            case 1:
+                let key = createKeys[Int(rng.next() % UInt64(createKeys.count))]
+                let start = run.now()
+                let (answered, ok) = try await txn(node, "create(\"\(key)\") = \"0\"", put: "put \(key) \(value)")
+                run.record(HistoryOp(client: c, key: key, kind: .cas(expected: nil, new: value, succeeded: ok || !answered),
+                                     start: start, end: answered ? run.now() : nil), node: node.index)
+            default:
+                // Read, then (every other time) swap by the revision read, as kube-apiserver updates.
+                let key = rng.next() % 3 == 0 ? createKeys[Int(rng.next() % UInt64(createKeys.count))]
+                                               : hotKeys[Int(rng.next() % UInt64(hotKeys.count))]
+                let start = run.now()
+                let (ok, current, modRevision) = try await get(node, key)
+                guard ok else { continue }
+                run.record(HistoryOp(client: c, key: key, kind: .get(current), start: start, end: run.now()), node: node.index)
+                guard let current, rng.next() % 2 == 0 else { continue }
+                let casStart = run.now()
+                let (answered, swapped) = try await txn(node, "mod(\"\(key)\") = \"\(modRevision)\"", put: "put \(key) \(value)")
+                run.record(HistoryOp(client: c, key: key, kind: .cas(expected: current, new: value, succeeded: swapped || !answered),
+                                     start: casStart, end: answered ? run.now() : nil), node: node.index)
+            }
+        }
+    }
+
+    /// A linearizable get: (answered, value or nil when absent, mod revision).
+    static func get(_ node: NetnsCluster.Node, _ key: String) async throws -> (Bool, String?, Int64) {
+        let out = try await node.ctl(["get", key, "-w", "json"])
+        guard out.status == 0, let obj = try? JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: Any] else {
+            return (false, nil, 0)
+        }
+        guard let kv = (obj["kvs"] as? [[String: Any]])?.first else { return (true, nil, 0) }
+        return (true, WatchedEvent.decode(kv["value"]) ?? "", (kv["mod_revision"] as? NSNumber)?.int64Value ?? 0)
+    }
+
+    /// A one-compare txn with one put on success and nothing on failure: (answered, succeeded).
+    static func txn(_ node: NetnsCluster.Node, _ compare: String, put: String) async throws -> (Bool, Bool) {
+        let out = try await node.ctl(["txn"], input: "\(compare)\n\n\(put)\n\n\n")
+        guard out.status == 0 else { return (false, false) }
+        let first = out.lines.first ?? ""
+        guard first == "SUCCESS" || first == "FAILURE" else { return (false, false) }
+        return (true, first == "SUCCESS")
+    }
+
+    /// Every event under f/ from revision 1, through a new watcher on `node`.
+    static func watchAll(_ node: NetnsCluster.Node) async throws -> [WatchedEvent] {
+        let w = try etcdctlProcess(node.endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"], limit: 60)
+        try w.start()
+        defer { w.signal(SIGKILL) }
+        try await E2E.waitUntil("a replay of the watch", limit: .seconds(30)) {
+            WatchedEvent.parse(w.stdout).contains { $0.key == "f/zz-end" }
+        }
+        return WatchedEvent.parse(w.stdout)
+    }
+
+    // MARK: faults
+
+    /// Each fault of `Fault` once per round, in a seeded order: applied, held for 1.5–3 s
+    /// while the clients run, undone; then the cluster must elect a leader and take writes
+    /// before the next.
+    static func faults(seed: UInt64, cluster: NetnsCluster, run: FaultRun) async throws {
+        var rng = SplitMix64(seed: seed ^ 0xFA17)
+        let nodes = cluster.nodes
+        for _ in 0..<rounds {
+            var order = Fault.allCases
+            for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            for fault in order {
+                // Some operations between faults.
+                let before = run.count
+                try await E2E.waitUntil("operations before a fault", limit: .seconds(60)) { run.count >= before + 6 }
+                let leader = try await cluster.leader()
+                let followers = nodes.filter { $0 !== leader }
+                let follower = followers[Int(rng.next() % UInt64(followers.count))]
+                let other = followers.first { $0 !== follower }!
+                let hold = Duration.milliseconds(1500 + Int64(rng.next() % 1500))
+                run.faults.withLock { $0.append("\(fault.rawValue)(leader n\(leader.index), follower n\(follower.index))") }
+                var cutOff: NetnsCluster.Node?
+                switch fault {
+                case .isolateLeader:
+                    try await cluster.isolate(leader); cutOff = leader
+                case .isolateFollower:
+                    try await cluster.isolate(follower); cutOff = follower
+                case .leaderDeaf:
+                    // One way: the leader's heartbeats go out, nothing comes back in.
+                    for f in followers { try await cluster.dropIncoming(at: leader, from: f) }
+                    cutOff = leader
+                case .followerMute:
+                    // One way: the follower hears the leader, the leader never hears it.
+                    try await cluster.dropIncoming(at: leader, from: follower)
+                case .bridge:
+                    // Leader and one follower cut apart; the other follower sees both.
+                    try await cluster.cut(leader, follower)
+                case .loss:
+                    try await cluster.randomLoss(0.2)
+                case .pauseLeader:
+                    cluster.pause(leader)
+                case .pauseFollower:
+                    cluster.pause(follower)
+                case .killRestart:
+                    // Never n1: the watcher stays connected to it.
+                    let victim = [leader, follower, other].first { $0.index != 1 }!
+                    run.down.withLock { _ = $0.insert(victim.index) }
+                    try await cluster.crash(victim)
+                }
+                let from = run.now()
+                if let n = cutOff { run.minorityWindows.withLock { $0.append((n.index, from, nil)) } }
+                try await Task.sleep(for: hold)
+                if cutOff != nil {
+                    let to = run.now()
+                    run.minorityWindows.withLock { w in w[w.count - 1].to = to }
+                }
+                try await cluster.heal()
+                for n in nodes where n.paused { cluster.resume(n) }
+                for n in nodes where !n.isRunning {
+                    try await cluster.start(n)
+                    run.down.withLock { _ = $0.remove(n.index) }
+                }
+                // Recovered: a leader all agree on, and it takes a write.
+                let next = try await cluster.leader(limit: .seconds(40))
+                try await E2E.waitUntil("a write after healing", limit: .seconds(30)) {
+                    try await next.ctl(["put", "sync", "\(fault.rawValue)"]).status == 0
+                }
+            }
+        }
+    }
+}
+
+/// A tmpfs of a fixed size (a disk that fills up), mounted on a fresh directory.
+final class TmpfsMount: Sendable {
+    let mountPoint: String
+    init(megabytes: Int) async throws {
+        mountPoint = try E2E.tempDir("tmpfs")
+        try await LoopFileSystem.sh("mount", "-t", "tmpfs", "-o", "size=\(megabytes)m", "tmpfs", mountPoint)
+    }
+    /// Fills the file system up to `leaveKiB` of free space with one file.
+    func fill(leaveKiB: Int) async throws {
+        let avail = try await LoopFileSystem.sh("df", "-k", "--output=avail", mountPoint)
+            .split(separator: "\n").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } ?? 0
+        if avail > leaveKiB {
+            try await LoopFileSystem.sh("fallocate", "-l", "\((avail - leaveKiB) * 1024)", mountPoint + "/filler")
+        }
+    }
+    func free() { try? FileManager.default.removeItem(atPath: mountPoint + "/filler") }
+    func remove() async {
+        _ = try? await LoopFileSystem.sh("umount", "--lazy", mountPoint)
+        try? FileManager.default.removeItem(atPath: mountPoint)
+    }
+}
+
+extension E2EFaultTests {
+    /// Disk faults and a membership change during one:
+    /// - n2's data directory is on an ext4 loop device that is frozen (fsfreeze: every write
+    ///   blocks, as a stuck disk): the others go on taking writes; thawed, n2 catches up.
+    /// - n3's data directory is on a small tmpfs that is then filled: n3 stops by itself with a
+    ///   clear log line (never answering a write it could not store), the others go on; while it
+    ///   is down a learner n4 is added, promoted and removed again; once space is freed n3
+    ///   restarts with its data and catches up.
+    /// Every acknowledged write is then on every member, and HashKV agrees.
+    @Test func stuckDiskDiskFullAndMembershipChange() async throws {
+        let loop = try await LoopFileSystem()
+        let small: TmpfsMount
+        do { small = try await TmpfsMount(megabytes: 80) } catch { await loop.remove(); throw error }
+        try await NetnsCluster.with(3, prepare: { c in
+            c.nodes[1].dataDir = loop.mountPoint + "/data"
+            c.nodes[2].dataDir = small.mountPoint + "/data"
+        }, cleanUp: {
+            await loop.remove()
+            await small.remove()
+        }) { cluster in
+            let (n1, n2, n3) = (cluster.nodes[0], cluster.nodes[1], cluster.nodes[2])
+            _ = try await cluster.leader()
+            let ackedBox = Mutex<[String: String]>([:])
+            func put(_ via: NetnsCluster.Node, _ key: String, _ value: String, limit: Int = 15) async throws -> Bool {
+                let ok = try await via.ctl(["put", key, value], limit: limit).status == 0
+                if ok { ackedBox.withLock { $0[key] = value } }
+                return ok
+            }
+            for i in 0..<10 { #expect(try await put(n1, "d/before\(i)", "v\(i)")) }
+
+            // Stuck disk on n2 (perhaps the leader): the majority n1+n3 elects if needed and
+            // goes on.
+            let wasLeader = try await cluster.leader() === n2
+            try await loop.freeze()
+            let stuck = try etcdctlProcess(n2.endpoint, ["put", "d/stuck", "maybe"], limit: 20)
+            try stuck.start()
+            try await E2E.waitUntil("writes with n2's disk frozen", limit: .seconds(40)) {
+                try await put(n1, "d/frozen", "yes", limit: 8)
+            }
+            for i in 0..<5 { #expect(try await put(n3, "d/frozen\(i)", "v\(i)")) }
+            await loop.thaw()
+            _ = try await stuck.waitExit(limit: .seconds(30))
+            if stuck.exitStatus == 0 { ackedBox.withLock { $0["d/stuck"] = "maybe" } }
+            print("faults: n2 disk frozen (leader: \(wasLeader)); its own write answered: \(stuck.exitStatus == 0)")
+
+            // Disk full on n3.
+            try await small.fill(leaveKiB: 64)
+            let big = String(repeating: "x", count: 20_000)
+            var i = 0
+            try await E2E.waitUntil("n3 stopping on a full disk", limit: .seconds(90)) {
+                i += 1
+                _ = try await put(i % 2 == 0 ? n1 : n2, "d/big\(i)", big + "\(i)")
+                return !n3.isRunning
+            }
+            let status = try #require(n3.child?.exitStatus)
+            #expect(status != 0, "n3 exited with 0 on a full disk")
+            #expect(n3.log.contains("the member cannot go on"), "\(n3.log.suffix(1500))")
+            // The others go on.
+            for j in 0..<5 { #expect(try await put(n1, "d/full\(j)", "v\(j)")) }
+
+            // Membership change while n3 is down: learner n4 added, promoted, removed.
+            let n4 = try await cluster.addNode(4)
+            let add = try await n1.ctl(["member", "add", n4.name, "--peer-urls=\(n4.peerURL)", "--learner"])
+            let id = try #require(add.lines.first?.split(separator: " ").dropFirst().first.map(String.init), "\(add)")
+            try await cluster.start(n4, initialCluster: cluster.initialCluster(), state: "existing")
+            try await E2E.waitUntil("n4 promoted", limit: .seconds(40)) {
+                try await n1.ctl(["member", "promote", id]).status == 0
+            }
+            #expect(try await put(n2, "d/with-n4", "yes"))
+            try await E2E.waitUntil("n4 removed", limit: .seconds(30)) {
+                try await n1.ctl(["member", "remove", id]).status == 0
+            }
+            try await cluster.crash(n4)
+            #expect(try await put(n1, "d/after-n4", "yes"))
+
+            // Space freed: n3 restarts with its data and catches up.
+            small.free()
+            try await cluster.start(n3)
+            let leader = try await cluster.leader(among: [n1, n2, n3], limit: .seconds(40))
+            #expect(try await put(leader, "d/end", "end"))
+            let revision = try #require(await cluster.status(leader)?.revision)
+            try await E2E.waitUntil("equal HashKV on n1, n2, n3", limit: .seconds(40)) {
+                let h = await cluster.hashKV(at: revision)
+                return h.count == 3 && Set(h.values).count == 1
+            }
+            // Nothing acknowledged is lost, on any member (its own copy: a serializable read).
+            let acked = ackedBox.withLock { $0 }
+            for n in [n1, n2, n3] {
+                let out = try await n.ctl(["get", "d/", "--prefix", "--consistency=s"], limit: 20)
+                var have: [String: String] = [:]
+                let lines = out.lines
+                for k in stride(from: 0, to: lines.count - 1, by: 2) { have[lines[k]] = lines[k + 1] }
+                for (k, v) in acked where have[k] != v { Issue.record("\(n.name) lost acknowledged \(k)") }
+            }
+            print("faults: disk test, \(acked.count) acknowledged writes, lost: 0 unless reported above")
+        }
+    }
+}
