@@ -26,6 +26,6 @@ struct E2EKubernetesTests {
         #expect(status == 0, "k8s-netns-scale failed (\(status)):\n\(child.stderr.suffix(12000))")
         #expect(child.stdout.contains("k8s-netns: PASS"), "\(child.stdout)")
         // The learner is ready as a learner (not asserted: the promotion may come first).
-        print(child.stdout.split(separator: "\n").last ?? "")
+        print(child.stdout.split(separator: "\n").last.map(String.init) ?? "")
     }
 }
