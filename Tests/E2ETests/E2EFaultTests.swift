@@ -88,7 +88,7 @@ struct E2EFaultTests {
             let watcher = try etcdctlProcess(nodes[0].endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"],
                                              limit: 900)
             try watcher.start()
-            defer { watcher.signal(SIGKILL) }
+            defer { watcher.signal(SIGTERM) }   // timeout(1) passes TERM on; KILL would orphan etcdctl
 
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for c in 0..<Self.clients {

@@ -141,7 +141,7 @@ struct E2EPeerTLSTests {
             #expect(try await ms[2].ctl("get", "k1").lines == ["k1", "v1"])
             // Watch on one member sees a write made through another.
             let watch = try ms[2].watch(["w", "--rev=1"])
-            defer { watch.signal(SIGKILL) }
+            defer { watch.signal(SIGTERM) }   // timeout(1) passes TERM on; KILL would orphan etcdctl
             #expect(try await ms[0].ctl("put", "w", "wv").lines == ["OK"])
             #expect(try await watch.waitLines(3) == ["PUT", "w", "wv"])
             // Leases: granted on one member, kept alive through a follower (forwarded to the
