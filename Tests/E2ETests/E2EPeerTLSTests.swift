@@ -124,6 +124,33 @@ struct E2EPeerTLSTests {
         return Int(line.dropFirst(prefix.count)) ?? 0
     }
 
+    /// A member added as a learner tries to join `ms` with peer certificate `cert`: its
+    /// handshakes are refused (counted as `reason` on some member), it never learns the
+    /// membership or serves, and it is removed again (etcd allows one learner at a time).
+    static func expectJoinRefused(_ fx: TLSFixture, cert: (cert: String, key: String), name: String,
+                                  reason: String, cluster ms: [Member]) async throws {
+        let j = try Member(name: name, extraArgs: ["--initial-cluster-state", "existing"] + fx.peerFlags(cert))
+        j.peerScheme = "https"
+        j.initialCluster = (ms + [j]).map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+        let id = try await M.add(j, via: ms[0], learner: true)
+        let child = try Child(try #require(E2E.swetcdPath), [
+            "--name", j.name, "--data-dir", j.dataDir, "--listen-client-urls", j.clientURL, "--advertise-client-urls", j.clientURL,
+            "--listen-peer-urls", j.peerURL, "--initial-advertise-peer-urls", j.peerURL,
+            "--initial-cluster", j.initialCluster!, "--heartbeat-interval", "50", "--election-timeout", "500",
+        ] + j.extraArgs)
+        try child.start()
+        defer { child.signal(SIGKILL) }
+        try await E2E.waitUntil("\(reason) refusals counted", limit: .seconds(20)) {
+            var total = 0
+            for m in ms { total += try await refused(m, reason) }
+            return total > 0
+        }
+        #expect(!E2E.isListening(j.clientPort), "the joiner got no membership and serves nothing")
+        #expect(!child.stderr.contains("starting member"))
+        #expect(try await ms[0].ctl("member", "remove", id).status == 0)
+        await j.cleanUp()
+    }
+
     @Test func mutualTLSClusterServesEtcdctl() async throws {
         let fx = try await TLSFixture()
         defer { fx.cleanUp() }
@@ -202,27 +229,7 @@ struct E2EPeerTLSTests {
             // Joining with a certificate from another CA, or with a CN that is not allowed: the
             // handshake is refused (counted), the joiner never learns the membership.
             for (cert, reason) in [(stranger, "tls_handshake"), (wrongCN, "certificate_cn")] {
-                let j = try Member(name: "j-\(reason)", extraArgs: ["--initial-cluster-state", "existing"] + fx.peerFlags(cert))
-                j.peerScheme = "https"
-                j.initialCluster = (ms + [j]).map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
-                // (etcd allows one learner at a time: it is removed again below.)
-                let id = try await M.add(j, via: ms[0], learner: true)
-                let child = try Child(try #require(E2E.swetcdPath), [
-                    "--name", j.name, "--data-dir", j.dataDir, "--listen-client-urls", j.clientURL, "--advertise-client-urls", j.clientURL,
-                    "--listen-peer-urls", j.peerURL, "--initial-advertise-peer-urls", j.peerURL,
-                    "--initial-cluster", j.initialCluster!, "--heartbeat-interval", "50", "--election-timeout", "500",
-                ] + j.extraArgs)
-                try child.start()
-                defer { child.signal(SIGKILL) }
-                try await E2E.waitUntil("\(reason) refusals counted", limit: .seconds(20)) {
-                    var total = 0
-                    for m in ms { total += try await Self.refused(m, reason) }
-                    return total > 0
-                }
-                #expect(!E2E.isListening(j.clientPort), "the joiner got no membership and serves nothing")
-                #expect(!child.stderr.contains("starting member"))
-                #expect(try await ms[0].ctl("member", "remove", id).status == 0)
-                await j.cleanUp()
+                try await Self.expectJoinRefused(fx, cert: cert, name: "j-\(reason)", reason: reason, cluster: ms)
             }
 
             let leader = try await Member.agreedLeader(of: ms)
@@ -294,27 +301,8 @@ struct E2EPeerTLSTests {
             try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
                 try await ms[0].ctl("put", "k0", "v0").status == 0
             }
-            let j = try Member(name: "j-revoked", extraArgs: ["--initial-cluster-state", "existing"] + fx.peerFlags(revoked))
-            j.peerScheme = "https"
-            j.initialCluster = (ms + [j]).map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
-            let id = try await M.add(j, via: ms[0], learner: true)
-            let child = try Child(try #require(E2E.swetcdPath), [
-                "--name", j.name, "--data-dir", j.dataDir, "--listen-client-urls", j.clientURL, "--advertise-client-urls", j.clientURL,
-                "--listen-peer-urls", j.peerURL, "--initial-advertise-peer-urls", j.peerURL,
-                "--initial-cluster", j.initialCluster!, "--heartbeat-interval", "50", "--election-timeout", "500",
-            ] + j.extraArgs)
-            try child.start()
-            defer { child.signal(SIGKILL) }
-            try await E2E.waitUntil("handshake refusals counted", limit: .seconds(20)) {
-                var total = 0
-                for m in ms { total += try await Self.refused(m, "tls_handshake") }
-                return total > 0
-            }
-            #expect(!E2E.isListening(j.clientPort), "the joiner got no membership and serves nothing")
-            #expect(!child.stderr.contains("starting member"))
-            #expect(try await ms[0].ctl("member", "remove", id).status == 0)
+            try await Self.expectJoinRefused(fx, cert: revoked, name: "j-revoked", reason: "tls_handshake", cluster: ms)
             #expect(try await ms[1].ctl("put", "k1", "v1").status == 0)
-            await j.cleanUp()
         }
     }
 
