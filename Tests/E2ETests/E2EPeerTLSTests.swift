@@ -86,26 +86,11 @@ struct E2EPeerTLSTests {
     /// client URLs with mutual TLS too (etcdctl presents fixture certificate "client").
     static func withCluster(_ fx: TLSFixture, _ count: Int, clientCert: (cert: String, key: String)?,
                             peerArgs: (Int) -> [String], _ body: ([Member]) async throws -> Void) async throws {
-        var members: [Member] = []
-        for i in 1...count {
-            let m = try Member(name: "m\(i)", extraArgs: peerArgs(i))
+        try await Member.withCluster(count, prepare: { i, m in
+            m.extraArgs += peerArgs(i)
             m.peerScheme = "https"
             if let clientCert { tlsClient(m, fx, clientCert) }
-            members.append(m)
-        }
-        let cluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
-        for m in members { m.initialCluster = cluster }
-        do {
-            for m in members { try await m.start() }
-            try await body(members)
-        } catch {
-            for m in members {
-                Issue.record("\(m.name) log tail: \(m.stderrText.suffix(3000))")
-                await m.cleanUp()
-            }
-            throw error
-        }
-        for m in members { await m.cleanUp() }
+        }, body)
     }
 
     /// Makes `m`'s client port https:// with mutual TLS, and its etcdctl runs present "client".

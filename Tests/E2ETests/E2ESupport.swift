@@ -338,9 +338,15 @@ final class Member: @unchecked Sendable {
     }
 
     /// Runs `body` with `count` started members forming one cluster, always cleaning up.
-    static func withCluster(_ count: Int, extraArgs: [String] = [], _ body: ([Member]) async throws -> Void) async throws {
+    /// `prepare` adjusts member `i` (1-based) before the cluster list is made and it starts.
+    static func withCluster(_ count: Int, extraArgs: [String] = [], prepare: (Int, Member) -> Void = { _, _ in },
+                            _ body: ([Member]) async throws -> Void) async throws {
         var members: [Member] = []
-        for i in 1...count { members.append(try Member(name: "m\(i)", extraArgs: extraArgs)) }
+        for i in 1...count {
+            let m = try Member(name: "m\(i)", extraArgs: extraArgs)
+            prepare(i, m)
+            members.append(m)
+        }
         let cluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
         for m in members { m.initialCluster = cluster }
         do {
