@@ -222,11 +222,9 @@ final class LoopFileSystem: @unchecked Sendable {
 
     @discardableResult
     static func sh(_ args: String...) async throws -> String {
-        let child = try Child("/usr/bin/timeout", ["-s", "KILL", "60"] + args)
-        try child.start()
-        let status = try await child.waitExit(limit: .seconds(65))
-        guard status == 0 else { throw E2EError("\(args.joined(separator: " ")): status \(status): \(child.stderr)") }
-        return child.stdout
+        let out = try await runTool(args[0], Array(args.dropFirst()), limit: 60)
+        guard out.status == 0 else { throw E2EError("\(args.joined(separator: " ")): status \(out.status): \(out.stderr)") }
+        return out.stdout
     }
 }
 
