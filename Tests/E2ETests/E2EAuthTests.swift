@@ -192,6 +192,18 @@ func jsonString(_ json: String, _ field: String) -> String? {
 }
 
 extension E2EAuthTests {
+    /// Waits until `m` serves, writes foo/a = 1, then enables auth with users root and alice,
+    /// alice holding role "reader" (read on prefix foo/).
+    static func enableAuthWithReader(_ m: Member) async throws {
+        try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
+        for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
+                     ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
+                     ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
+            let r = try await m.ctl(args)
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+        }
+    }
+
     /// JWT tokens (`--auth-token jwt,...`, keys made by openssl): etcdctl works with them; a
     /// token issued before an auth change is refused with "revision of auth store is old".
     @Test func jwtTokens() async throws {
@@ -203,13 +215,7 @@ extension E2EAuthTests {
         }
         let option = "jwt,pub-key=\(dir)/k.pub,priv-key=\(dir)/k,sign-method=RS256,ttl=5m"
         try await Member.with(extraArgs: ["--bcrypt-cost", "4", "--auth-token", option]) { m in
-            try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
-            for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
-                         ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
-                         ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
-                let r = try await m.ctl(args)
-                #expect(r.status == 0, "\(args): \(r.stderr)")
-            }
+            try await Self.enableAuthWithReader(m)
             #expect(try await m.ctl(["--user", "alice:alicepw", "get", "foo/a"]).lines == ["foo/a", "1"])
             #expect(try await m.ctl(["--user", "alice:alicepw", "put", "foo/a", "2"]).stderr.contains("permission denied"))
             let base = "http://\(m.endpoint)"
@@ -235,13 +241,7 @@ extension E2EAuthTests {
     /// etcdctl, which authenticates at each start, is not affected.
     @Test func simpleTokensExpireAfterTheTTLUnlessUsed() async throws {
         try await Member.with(extraArgs: ["--bcrypt-cost", "4", "--auth-token-ttl", "2"]) { m in
-            try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
-            for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
-                         ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
-                         ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
-                let r = try await m.ctl(args)
-                #expect(r.status == 0, "\(args): \(r.stderr)")
-            }
+            try await Self.enableAuthWithReader(m)
             let base = "http://\(m.endpoint)"
             func authenticate() async throws -> String {
                 let out = try await curl(["-s", "-X", "POST", "\(base)/v3/auth/authenticate",
@@ -291,13 +291,7 @@ extension E2EAuthTests {
     @Test func clientv3AuthenticatesAgainAfterItsTokenExpired() async throws {
         let program = try await GoChecks.binary("tokenrefresh")
         try await Member.with(extraArgs: ["--bcrypt-cost", "4", "--auth-token-ttl", "2"]) { m in
-            try await E2E.waitUntil("member serves") { try await m.ctl("put", "foo/a", "1").status == 0 }
-            for args in [["user", "add", "root:rootpw"], ["role", "add", "reader"],
-                         ["role", "grant-permission", "reader", "read", "foo/", "--prefix"],
-                         ["user", "add", "alice:alicepw"], ["user", "grant-role", "alice", "reader"], ["auth", "enable"]] {
-                let r = try await m.ctl(args)
-                #expect(r.status == 0, "\(args): \(r.stderr)")
-            }
+            try await Self.enableAuthWithReader(m)
             let run = try await runTool(program, ["--endpoint", m.endpoint, "--user", "alice", "--password", "alicepw",
                                                   "--key", "foo/a", "--rounds", "40"], limit: 60)
             #expect(run.status == 0 && run.stdout.contains("tokenrefresh ok"), "\(run.stdout) \(run.stderr.suffix(2000))")
