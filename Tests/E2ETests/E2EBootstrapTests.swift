@@ -274,6 +274,22 @@ final class DiscoveryService: @unchecked Sendable {
 /// dnsmasq in network namespaces, and etcd's v2 discovery protocol (`--discovery`) against
 /// Debian's discovery.etcd.io service backed by Debian's etcd with `--enable-v2`.
 @Suite(.serialized) struct E2EBootstrapTests {
+    /// Starts `members` at once (each waits in discovery until all have registered) and waits
+    /// until `listedBy`'s member list shows exactly them, started; returns that list.
+    static func startTogether(_ members: ArraySlice<Member>, listedBy: Member) async throws -> CommandOutput {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for m in members { group.addTask { try await m.start() } }
+            try await group.waitForAll()
+        }
+        var list = CommandOutput(status: -1, stdout: "", stderr: "")
+        try await E2E.waitUntil("\(members.count) started members in member list", limit: .seconds(30)) {
+            list = try await listedBy.ctl("member", "list")
+            return list.status == 0 && list.lines.count == members.count
+                && members.allSatisfy { m in list.lines.contains { $0.contains(", started, \(m.name), ") } }
+        }
+        return list
+    }
+
     static let domain = "swetcd.test"
 
     /// swetcd inside `lab`'s host `i`, advertising its peer URL by address (the SRV targets
@@ -378,16 +394,7 @@ final class DiscoveryService: @unchecked Sendable {
             let token = try await service.newToken(size: 3)
             for m in members { m.bootstrapArgs = ["--discovery", token, "--discovery-fallback", "exit"] }
             // Each waits in discovery until all three registered: start them together.
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for m in members.prefix(3) { group.addTask { try await m.start() } }
-                try await group.waitForAll()
-            }
-            var list = CommandOutput(status: -1, stdout: "", stderr: "")
-            try await E2E.waitUntil("three started members in member list", limit: .seconds(30)) {
-                list = try await members[0].ctl("member", "list")
-                return list.status == 0 && list.lines.count == 3
-                    && (1...3).allSatisfy { i in list.lines.contains { $0.contains(", started, d\(i), ") } }
-            }
+            let list = try await Self.startTogether(members.prefix(3), listedBy: members[0])
             // The registered keys are the members' IDs (derived from the peer URLs and the token URL).
             let keys = try await service.registered(token)
             #expect(keys.count == 3)
@@ -475,16 +482,7 @@ final class DiscoveryService: @unchecked Sendable {
                 m.bootstrapArgs = ["--discovery-token", token, "--discovery-endpoints", service.endpoint,
                                    "--discovery-user", "root", "--discovery-password", "secret"]
             }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for m in members.prefix(3) { group.addTask { try await m.start() } }
-                try await group.waitForAll()
-            }
-            var list = CommandOutput(status: -1, stdout: "", stderr: "")
-            try await E2E.waitUntil("three started members in member list", limit: .seconds(30)) {
-                list = try await members[1].ctl("member", "list")
-                return list.status == 0 && list.lines.count == 3
-                    && (1...3).allSatisfy { i in list.lines.contains { $0.contains(", started, v\(i), ") } }
-            }
+            let list = try await Self.startTogether(members.prefix(3), listedBy: members[1])
             // The registered keys name the members' IDs.
             let keys = try await service.ctl(["--user", "root:secret", "get", "--prefix", "/_etcd/registry/\(token)/members/", "--keys-only"])
             let ids = keys.lines.map { String($0.split(separator: "/").last ?? "") }
