@@ -60,7 +60,7 @@ let package = Package(
         .target(name: "BoltFormat"),
         // etcd's backend buckets and encodings on bbolt <-> swetcd's backend (snapshots both ways).
         .target(name: "EtcdSnapshot", dependencies: ["BoltFormat", "Storage", "MVCC"]),
-        .testTarget(name: "BoltFormatTests", dependencies: ["BoltFormat", "EtcdSnapshot", "Storage", "MVCC"]),
+        .testTarget(name: "BoltFormatTests", dependencies: ["BoltFormat", "EtcdSnapshot", "Storage", "MVCC", "Raft"]),
 
         // etcd-compatible configuration: flags, ETCD_* environment, YAML file, member IDs.
         .target(name: "EtcdConfig", dependencies: [

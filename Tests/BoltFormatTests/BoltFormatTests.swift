@@ -3,6 +3,7 @@ import EtcdSnapshot
 import Foundation
 import MVCC
 import Storage
+import Raft
 import Testing
 
 #if canImport(Glibc)
@@ -21,18 +22,8 @@ final class TempDir {
 
 private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
 
-/// A deterministic generator (SplitMix64), so failures replay from their seed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// Seeded tests draw from Raft's SplitMix64, so failures replay from their seed.
+typealias SeededRandom = SplitMix64
 
 /// A bucket tree in memory: the model the file must reproduce.
 indirect enum Model: Equatable {

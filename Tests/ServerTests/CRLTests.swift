@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOSSL
+import Raft
 import Testing
 import X509
 import SwiftASN1
@@ -168,7 +169,7 @@ import SwiftASN1
         for n in 0..<der.count {
             #expect(parseError(Array(der.prefix(n)), signers) != nil, "prefix \(n)")
         }
-        var rng = SplitMix(seed: 7)
+        var rng = SplitMix64(seed: 7)
         var parsed = 0, refused = 0
         for _ in 0..<2000 {
             var damaged = der
@@ -254,15 +255,3 @@ extension CRLTests {
     }
 }
 
-/// A small seeded generator (SplitMix64) for the damage loop.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
