@@ -386,13 +386,53 @@ final class PeerTestCluster: @unchecked Sendable {
         return 0
     }
 
-    /// Waits until every member in `among` has applied exactly `values` (in order).
-    func allApplied(_ values: [String], among: [UInt64]? = nil, timeout: Duration = .seconds(30)) async -> Bool {
+    /// Waits until every member in `among` has applied exactly `values` (in order). A value in
+    /// `repeatable` was proposed more than once and may be applied more than once; only its
+    /// first application counts for the order.
+    func allApplied(_ values: [String], among: [UInt64]? = nil, repeatable: Set<String> = [],
+                    timeout: Duration = .seconds(30)) async -> Bool {
         for id in among ?? ids {
             guard let member = members[id] else { return false }
-            if !(await member.view.wait(timeout: timeout) { $0.data == values }) { return false }
+            if !(await member.view.wait(timeout: timeout) { Self.matches($0.data, values, repeatable: repeatable) }) {
+                return false
+            }
         }
         return true
+    }
+
+    static func matches(_ data: [String], _ values: [String], repeatable: Set<String>) -> Bool {
+        if repeatable.isEmpty { return data == values }
+        var seen = Set<String>()
+        var firsts: [String] = []
+        for value in data {
+            if seen.insert(value).inserted {
+                firsts.append(value)
+            } else if !repeatable.contains(value) {
+                return false
+            }
+        }
+        return firsts == values
+    }
+
+    /// Proposes the last of `values` through `target` until the members in `among` have applied
+    /// `values`. Raft drops a proposal when leadership changes or a forwarding follower's stream is
+    /// not up yet (clients retry), so after `retryAfter` without it, it is proposed again through the
+    /// current leader and recorded in `repeatable`. False if it is not applied within `timeout`.
+    func propose(_ values: [String], via target: UInt64, among: [UInt64], repeatable: inout Set<String>,
+                 retryAfter: Duration = .seconds(3), timeout: Duration = .seconds(30)) async -> Bool {
+        guard let value = values.last else { return true }
+        let deadline = ContinuousClock.now + timeout
+        var through = target
+        while ContinuousClock.now < deadline {
+            members[through]?.propose(value)
+            let wait = min(retryAfter, deadline - ContinuousClock.now)
+            if await allApplied(values, among: among, repeatable: repeatable, timeout: wait) { return true }
+            let lead = members[through]?.view.current.lead ?? 0
+            through = members[lead] != nil ? lead : target
+            repeatable.insert(value)
+            print("PeerTestCluster: \(value) not applied within \(retryAfter); proposing it again through \(through)")
+        }
+        return false
     }
 
     func shutdown() async {

@@ -21,16 +21,19 @@ struct PeerTransportTests {
         try #require(lead != 0, "no leader elected")
 
         var values: [String] = []
+        var repeated: Set<String> = []
         for i in 0..<20 {
             // Every other proposal goes to a follower, which forwards it over the transport.
             let target = i % 2 == 0 ? lead : cluster.ids.first { $0 != lead } ?? lead
-            let value = "v\(i)"
-            cluster.members[target]?.propose(value)
             // One at a time, so the applied order is known.
-            values.append(value)
-            #expect(await cluster.allApplied(values, among: [lead]), "\(value) not applied on the leader")
+            values.append("v\(i)")
+            let applied = await cluster.propose(values, via: target, among: [lead], repeatable: &repeated)
+            try #require(applied, "v\(i) not applied on the leader")
         }
-        #expect(await cluster.allApplied(values))
+        #expect(await cluster.allApplied(values, repeatable: repeated))
+        // Every member applied the same entries, repeats included.
+        let applied = cluster.ids.compactMap { cluster.members[$0]?.view.current.data }
+        #expect(Set(applied.map { $0.joined(separator: ",") }).count == 1, "members applied different logs: \(applied)")
         for id in cluster.ids {
             for peer in cluster.ids where peer != id {
                 #expect(cluster.transports[id]?.isActive(peer) == true, "\(id) → \(peer) not active")
@@ -45,8 +48,8 @@ struct PeerTransportTests {
         try await cluster.start()
         let first = await cluster.leader()
         try #require(first != 0, "no leader elected")
-        cluster.members[first]?.propose("before")
-        #expect(await cluster.allApplied(["before"]))
+        var repeated: Set<String> = []
+        try #require(await cluster.propose(["before"], via: first, among: cluster.ids, repeatable: &repeated))
 
         // Cut the leader off: the other two must elect one of themselves.
         await cluster.stopTransport(first)
@@ -55,21 +58,21 @@ struct PeerTransportTests {
         try #require(second != 0, "the remaining members kept no leader")
         var values = ["before"]
         for i in 0..<5 {
-            cluster.members[second]?.propose("during\(i)")
             values.append("during\(i)")
-            #expect(await cluster.allApplied(values, among: [second]))
+            let applied = await cluster.propose(values, via: second, among: [second], repeatable: &repeated)
+            try #require(applied, "during\(i) not applied on the new leader")
         }
-        #expect(await cluster.allApplied(values, among: others))
-        #expect(cluster.members[first]?.view.current.data == ["before"], "the cut-off member must not apply new entries")
+        #expect(await cluster.allApplied(values, among: others, repeatable: repeated))
+        #expect(cluster.members[first]?.view.current.data.allSatisfy { $0 == "before" } == true,
+                "the cut-off member must not apply new entries")
 
         // Back on the same port: it learns the new leader and catches up.
         try await cluster.restartTransport(first)
-        #expect(await cluster.allApplied(values))
+        #expect(await cluster.allApplied(values, repeatable: repeated))
         let third = await cluster.leader()
         #expect(third != 0)
-        cluster.members[third]?.propose("after")
         values.append("after")
-        #expect(await cluster.allApplied(values))
+        #expect(await cluster.propose(values, via: third, among: cluster.ids, repeatable: &repeated))
         await cluster.shutdown()
     }
 
@@ -135,16 +138,15 @@ struct PeerTransportTests {
         try #require(lead != 0)
         let lagging = try #require(cluster.ids.first { $0 != lead })
         let others = cluster.ids.filter { $0 != lagging }
-        let leader = try #require(cluster.members[lead])
 
         await cluster.stopTransport(lagging)
         var values: [String] = []
+        var repeated: Set<String> = []
         for i in 0..<10 {
-            leader.propose("s\(i)")
             values.append("s\(i)")
-            #expect(await cluster.allApplied(values, among: [lead]))
+            try #require(await cluster.propose(values, via: lead, among: [lead], repeatable: &repeated))
         }
-        #expect(await cluster.allApplied(values, among: others))
+        #expect(await cluster.allApplied(values, among: others, repeatable: repeated))
         // Compact the leader's log past everything the lagging member has. (No proposal
         // until the member is back: an append attempt now would already need a snapshot.)
         // Both remaining members compact: under load leadership may move between them, and
@@ -153,10 +155,9 @@ struct PeerTransportTests {
         for o in others { #expect(await cluster.members[o]?.view.wait { $0.snapshotIndex > 0 } == true) }
 
         try await cluster.restartTransport(lagging)
-        #expect(await cluster.allApplied(values), "the lagging member did not catch up")
-        leader.propose("s10")
+        #expect(await cluster.allApplied(values, repeatable: repeated), "the lagging member did not catch up")
         values.append("s10")
-        #expect(await cluster.allApplied(values))
+        #expect(await cluster.propose(values, via: lead, among: cluster.ids, repeatable: &repeated))
         // First attempt: announced a wrong SHA-256, refused by the receiver, reported as failed.
         // (The sender learns of success from the ack, possibly after the member applied it.)
         let senders = others.compactMap { cluster.members[$0] }
