@@ -146,10 +146,15 @@ struct E2EResourceBoundsTests {
             // Four slow readers (/v3/maintenance/snapshot on sockets nobody reads).
             var slow: [RawConnection] = []
             defer { for c in slow { c.close() } }
-            for _ in 0..<4 {
+            for i in 0..<4 {
                 let c = try RawConnection(port: m.clientPort, receiveBuffer: 4096)
                 try c.send("POST /v3/maintenance/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
                 slow.append(c)
+                // Its stream holds a slot once its first chunk arrives (read a little of it; the
+                // rest stays unread). Without this wait, etcdctl below could take a slot first
+                // and one of these four be refused instead.
+                let start = c.receive(untilAnyOf: ["\"blob\"", "\"error\""], timeout: .seconds(60))
+                try #require(start?.contains("\"blob\"") == true, "slow reader \(i) got no snapshot chunk: \(start ?? "nothing")")
             }
             var refusal = ""
             try await E2E.waitUntil("a fifth snapshot refused", limit: .seconds(30)) {
@@ -314,6 +319,25 @@ final class RawConnection: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: max)
         let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, max, 0) }
         return n > 0 ? Array(buffer[..<n]) : []
+    }
+
+    /// Reads (bounded by `timeout`) until what arrived contains one of `markers`; returns what
+    /// arrived, or nil if no marker came in time or the peer closed first.
+    func receive(untilAnyOf markers: [String], timeout: Duration) -> String? {
+        let deadline = ContinuousClock.now + timeout
+        var received: [UInt8] = []
+        while ContinuousClock.now < deadline {
+            let left = deadline - ContinuousClock.now
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ms = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)
+            guard poll(&p, 1, max(1, ms)) > 0 else { continue }
+            let chunk = receive(max: 512)
+            if chunk.isEmpty { return nil }
+            received += chunk
+            let text = String(decoding: received, as: UTF8.self)
+            if markers.contains(where: text.contains) { return text }
+        }
+        return nil
     }
 
     func close() {
