@@ -415,7 +415,11 @@ final class TLSHandshakeDeadline: ChannelInboundHandler, RemovableChannelHandler
 /// Counts the client port's open connections against its cap (any event loop).
 final class ConnectionAdmission: Sendable {
     private let open = Atomic<Int>(0)
+    private let admitted = Atomic<Int>(0)
     let limit: Int
+
+    /// Connections admitted since start (closed ones included).
+    var admittedTotal: Int { admitted.load(ordering: .relaxed) }
 
     init(limit: Int) {
         self.limit = max(1, limit)
@@ -427,6 +431,7 @@ final class ConnectionAdmission: Sendable {
             open.wrappingSubtract(1, ordering: .relaxed)
             return false
         }
+        admitted.wrappingAdd(1, ordering: .relaxed)
         return true
     }
 

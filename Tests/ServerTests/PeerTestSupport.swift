@@ -3,10 +3,12 @@
 
 import Crypto
 import EtcdConfig
+import EtcdProto
 import Foundation
 import Logging
+import MVCC
 import Raft
-import Server
+@testable import Server
 import Synchronization
 
 /// A value that changes over time, with waiters for a condition on it (bounded).
@@ -327,7 +329,7 @@ final class PeerTestCluster: @unchecked Sendable {
                                       snapshots: backend, logger: logger)
         let server = PeerServer(logger: logger)
         let url = urls[id] ?? EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)
-        try await server.start(urls: [url], services: [transport.makeService()])
+        try await server.start(urls: [url], services: [transport.makeService(), transport.makeLeaseService()])
         urls[id] = server.boundAddresses.first
         transports[id] = transport
         servers[id] = server
@@ -464,5 +466,21 @@ final class RecordingDelegate: RaftTransportDelegate {
     func transportReportUnreachable(_ peer: UInt64) { events.update { $0.unreachable.append(peer) } }
     func transportReportSnapshot(_ peer: UInt64, success: Bool) {
         events.update { $0.snapshotReports.append((peer, success)) }
+    }
+}
+
+/// Answers forwarded lease calls: lease 7 renews to TTL 42, any other is etcd's not-found.
+final class FixedLeaseHandler: PeerLeaseHandler {
+    let renewals = Mutex(0)
+    func peerLeaseRenew(_ id: Int64) async throws -> Int64 {
+        renewals.withLock { $0 += 1 }
+        guard id == 7 else { throw EtcdError.from(LeaseError.leaseNotFound(id)) }
+        return 42
+    }
+    func peerLeaseTimeToLive(_ request: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        var resp = Etcdserverpb_LeaseTimeToLiveResponse()
+        resp.id = request.id
+        resp.ttl = 42
+        return resp
     }
 }

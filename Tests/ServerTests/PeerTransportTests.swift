@@ -6,7 +6,8 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import Raft
-import Server
+@testable import Server
+import MVCC
 import Synchronization
 import Testing
 
@@ -39,6 +40,45 @@ struct PeerTransportTests {
                 #expect(cluster.transports[id]?.isActive(peer) == true, "\(id) → \(peer) not active")
             }
         }
+        await cluster.shutdown()
+    }
+
+    @Test("Forwarded lease calls ride the Messages stream's connection, not a connection each")
+    func forwardedLeaseCallsShareTheStreamConnection() async throws {
+        let cluster = try PeerTestCluster()
+        try await cluster.start()
+        let handler = FixedLeaseHandler()
+        for id in cluster.ids { cluster.transports[id]?.setLeaseHandler(handler) }
+        let (from, to) = (cluster.ids[0], cluster.ids[1])
+        let sender = try #require(cluster.transports[from])
+        let receiver = try #require(cluster.servers[to])
+        // Wait for the stream (the Raft traffic of the election brings it up).
+        try await waitUntil { sender.isActive(to) }
+        let before = receiver.admittedConnections
+
+        // 200 renewals, 50 at a time: every answer right, no new connection admitted.
+        try await withThrowingTaskGroup(of: Int64.self) { group in
+            for i in 0..<200 {
+                if i >= 50 { _ = try await group.next() }
+                group.addTask { try await sender.forwardLeaseRenew(7, to: to, timeout: .seconds(10)) }
+            }
+            for try await ttl in group { #expect(ttl == 42) }
+        }
+        let ttl = try await sender.forwardLeaseTimeToLive(Etcdserverpb_LeaseTimeToLiveRequest.with { $0.id = 7 }, to: to, timeout: .seconds(10))
+        #expect(ttl.ttl == 42)
+        // The remote member's own error comes back as etcd's error, not a transport failure.
+        await #expect(throws: EtcdError.from(LeaseError.leaseNotFound(8))) {
+            try await sender.forwardLeaseRenew(8, to: to, timeout: .seconds(10))
+        }
+        #expect(handler.renewals.withLock { $0 } == 201)
+        #expect(receiver.admittedConnections == before, "forwarded calls opened \(receiver.admittedConnections - before) connections")
+
+        // Without the stream (the receiver's listener restarted on the same port, so the old
+        // connection is gone), a call still gets through.
+        await cluster.stopTransport(to)
+        try await cluster.restartTransport(to)
+        cluster.transports[to]?.setLeaseHandler(handler)
+        #expect(try await sender.forwardLeaseRenew(7, to: to, timeout: .seconds(10)) == 42)
         await cluster.shutdown()
     }
 

@@ -60,29 +60,50 @@ extension PeerTransport {
         }
     }
 
-    /// One unary call to `peer`, trying its URLs in turn on a short-lived connection.
+    /// One unary call to `peer`: on the connection of the active `Messages` stream to it when
+    /// there is one, else trying its URLs in turn on a short-lived connection. (Both calls made
+    /// here are safe to repeat: a renewal or a read.)
     private func callPeer<T: Sendable>(
         _ peer: UInt64, timeout: Duration,
         _ body: @Sendable @escaping (GRPCClient<HTTP2ClientTransport.Posix>, CallOptions) async throws -> T
     ) async throws -> T {
         guard let link = link(peer) else { throw PeerTransportError.refused("member \(hexID(peer)) is not a known peer") }
+        var options = CallOptions.defaults
+        options.waitForReady = false
+        options.timeout = timeout
         var lastError: any Error = PeerTransportError.refused("member \(hexID(peer)) has no peer URL")
+        if let shared = link.sharedClient {
+            do {
+                return try await Self.remoteAnswer { try await body(shared.client, options) }
+            } catch let e as EtcdError {
+                throw e
+            } catch {
+                // The stream's connection is going away: fall back to a connection of our own.
+                lastError = error
+            }
+        }
         for url in link.callURLs {
             do {
-                return try await withGRPCClient(transport: try clientTransport(url)) { client in
-                    var options = CallOptions.defaults
-                    options.waitForReady = false
-                    options.timeout = timeout
-                    return try await body(client, options)
+                return try await Self.remoteAnswer {
+                    try await withGRPCClient(transport: try clientTransport(url)) { client in try await body(client, options) }
                 }
-            } catch let e as RPCError where e.message.hasPrefix("etcdserver: ") {
-                // The remote member's answer (not a transport failure).
-                throw EtcdError(e.message, code: e.code)
+            } catch let e as EtcdError {
+                throw e
             } catch {
                 lastError = error
             }
         }
         throw lastError
+    }
+
+    /// Runs a call; the remote member's own answer (an etcd error, not a transport failure)
+    /// comes back as `EtcdError`.
+    private static func remoteAnswer<T>(_ call: () async throws -> T) async throws -> T {
+        do {
+            return try await call()
+        } catch let e as RPCError where e.message.hasPrefix("etcdserver: ") {
+            throw EtcdError(e.message, code: e.code)
+        }
     }
 }
 

@@ -21,6 +21,9 @@ final class PeerLink: Sendable {
         var urls: [EndpointURL]
         var next = 0
         var connectedURL: EndpointURL?
+        /// The client of the active `Messages` stream's connection, for one-off calls to this
+        /// peer (``sharedClient``) while the stream is up.
+        var connectedClient: GRPCClient<HTTP2ClientTransport.Posix>?
         var activeSince: ContinuousClock.Instant?
         var task: Task<Void, Never>?
         var snapshotTask: Task<Void, Never>?
@@ -46,6 +49,16 @@ final class PeerLink: Sendable {
         state.withLock { s in
             guard let c = s.connectedURL else { return s.urls }
             return [c] + s.urls.filter { $0 != c }
+        }
+    }
+
+    /// The connection the `Messages` stream runs on, while it is active: one-off calls (forwarded
+    /// lease keep-alives) ride it as extra HTTP/2 streams instead of opening a connection (and a
+    /// TLS handshake) each. nil when no stream is up.
+    var sharedClient: (url: EndpointURL, client: GRPCClient<HTTP2ClientTransport.Posix>)? {
+        state.withLock { s in
+            guard let url = s.connectedURL, let client = s.connectedClient else { return nil }
+            return (url, client)
         }
     }
 
@@ -134,7 +147,7 @@ final class PeerLink: Sendable {
                 options.waitForReady = false
                 try await peer.messages(
                     request: StreamingClientRequest(of: Swetcd_Peer_MessageBatch.self) { writer in
-                        self.markActive(url)
+                        self.markActive(url, client: client)
                         while let messages = await self.queue.next() {
                             for batch in self.transport.batches(messages, to: self.id) {
                                 try await writer.write(batch)
@@ -177,10 +190,11 @@ final class PeerLink: Sendable {
         }
     }
 
-    private func markActive(_ url: EndpointURL) {
+    private func markActive(_ url: EndpointURL, client: GRPCClient<HTTP2ClientTransport.Posix>) {
         queue.open()
         state.withLock { s in
             s.connectedURL = url
+            s.connectedClient = client
             s.activeSince = .now
         }
         logger.info("stream to peer is active", metadata: ["url": "\(url)"])
@@ -192,6 +206,7 @@ final class PeerLink: Sendable {
             defer {
                 s.activeSince = nil
                 s.connectedURL = nil
+                s.connectedClient = nil
             }
             return s.activeSince != nil
         }

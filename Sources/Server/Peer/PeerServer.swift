@@ -27,6 +27,13 @@ public final class PeerServer: Sendable {
     /// `maxRequestBytes` bounds one received message (a batch or a snapshot chunk);
     /// `maxConnections` the connections open at once over all its URLs (more are closed at
     /// once and counted in `refusals`).
+    /// Concurrent calls one peer connection may carry (its Messages stream, snapshot transfers
+    /// and forwarded lease calls).
+    static let maxConcurrentStreams = 4096
+
+    /// Connections this server has admitted since it started (over all its URLs).
+    public var admittedConnections: Int { admission.admittedTotal }
+
     public init(logger: Logger, tls: PeerTLS? = nil, maxRequestBytes: Int = 64 << 20,
                 maxConnections: Int = 4096, refusals: PeerRefusals? = nil) {
         self.logger = logger
@@ -47,6 +54,10 @@ public final class PeerServer: Sendable {
                 config.connection.keepalive.clientBehavior = .init(
                     minPingIntervalWithoutCalls: .seconds(5), allowWithoutCalls: true)
                 config.rpc.maxRequestPayloadSize = maxRequestBytes
+                // Advertised, so a peer's calls beyond it wait instead of drawing a GOAWAY that
+                // would also end its Messages stream on the same connection (forwarded lease
+                // keep-alives share that connection).
+                config.http2.maxConcurrentStreams = Self.maxConcurrentStreams
                 let server = GRPCServer(
                     transport: HTTP2ServerTransport.Custom(
                         listenerFactory: PeerListener(address: address, tls: url.scheme == "https" ? tls : nil,
