@@ -133,17 +133,7 @@ public enum EtcdBolt {
     }
 
     /// mvccpb.KeyValue {key 1, create_revision 2, mod_revision 3, version 4, value 5, lease 6}.
-    static func encodeKeyValue(_ kv: KeyValue) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(kv.key.count + kv.value.count + 40)
-        ProtoWire.appendBytes(1, kv.key, to: &out)
-        ProtoWire.appendInt(2, kv.createRevision, to: &out)
-        ProtoWire.appendInt(3, kv.modRevision, to: &out)
-        ProtoWire.appendInt(4, kv.version, to: &out)
-        ProtoWire.appendBytes(5, kv.value, to: &out)
-        ProtoWire.appendInt(6, kv.lease, to: &out)
-        return out
-    }
+    static func encodeKeyValue(_ kv: KeyValue) -> [UInt8] { kv.etcdEncoded() }
 
     static func decodeKeyValue(_ bytes: [UInt8]) throws -> KeyValue {
         var kv = KeyValue(key: [])

@@ -75,6 +75,41 @@ public struct KeyValue: Equatable, Hashable, Sendable {
         return out
     }
 
+    /// etcd's encoding of the same record, as etcd stores it in its key bucket: the protobuf
+    /// message mvccpb.KeyValue {key 1, create_revision 2, mod_revision 3, version 4, value 5,
+    /// lease 6}, fields in number order, zero and empty fields omitted (as proto3 encoders do).
+    /// HashKV hashes this form, so swetcd and etcd members with the same history agree.
+    public func etcdEncoded() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(key.count + value.count + 40)
+        func varint(_ v: UInt64) {
+            var bits = v
+            while bits >= 0x80 {
+                out.append(UInt8(truncatingIfNeeded: bits) | 0x80)
+                bits >>= 7
+            }
+            out.append(UInt8(bits))
+        }
+        func bytes(_ field: UInt64, _ b: [UInt8]) {
+            guard !b.isEmpty else { return }
+            varint(field << 3 | 2)
+            varint(UInt64(b.count))
+            out += b
+        }
+        func int(_ field: UInt64, _ v: Int64) {
+            guard v != 0 else { return }
+            varint(field << 3)
+            varint(UInt64(bitPattern: v))
+        }
+        bytes(1, key)
+        int(2, createRevision)
+        int(3, modRevision)
+        int(4, version)
+        bytes(5, value)
+        int(6, lease)
+        return out
+    }
+
     /// The key and the index fields, without copying the value (for rebuilding the index).
     static func decodeHeader(_ b: UnsafeRawBufferPointer) throws -> (key: [UInt8], create: Int64, version: Int64) {
         guard b.count >= 36 else { throw MVCCError.corrupt("key-bucket value of \(b.count) bytes") }

@@ -97,16 +97,19 @@ extension MVCCStore {
         }
     }
 
-    /// etcd's HashKV: CRC-32C over the key-bucket entries (key bytes then value bytes, in
-    /// revision order) with revision <= `revision` (0: current) that are above the compact
-    /// revision or retained by it. Members with the same history and compactions agree.
+    /// etcd's HashKV: CRC-32C over "key" and then the key-bucket entries (key bytes then the
+    /// value in etcd's encoding, ``KeyValue/etcdEncoded()``, in revision order) with revision
+    /// <= `revision` (0: current). Entries at or below the compact revision count only if they
+    /// are still a key's live revision at `revision` (its keep set; all of them when that set is
+    /// empty), as etcd 3.4 hashes (checked against it by E2EEtcdInteropTests). Members with the
+    /// same history and compactions agree, swetcd and etcd members alike.
     /// Returns the hash, the current revision and the compact revision.
     public func hashKV(revision: Int64 = 0) throws -> (hash: UInt32, revision: Int64, compactRevision: Int64) {
         // Fix the revision, the retained set and a backend view together, then scan without
         // the store lock so writes go on meanwhile.
         let (rev, cur, compacted, keep, snap) = try lock.withReadLock {
             let rev = try resolve(revision, readRev: currentRev)
-            return (rev, currentRev, compactMainRev, keepSetLocked(compactMainRev), try backend.snapshot())
+            return (rev, currentRev, compactMainRev, keepSetLocked(rev), try backend.snapshot())
         }
         defer { snap.release() }
         var crc = CRC32C()
@@ -116,9 +119,9 @@ extension MVCCStore {
                 guard let (rv, _) = Revision.fromBucketKey(k) else {
                     throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
                 }
-                if rv.main > compacted || keep.contains(rv) {
+                if rv.main > compacted || keep.isEmpty || keep.contains(rv) {
                     crc.update(k)
-                    crc.update(v)
+                    crc.update(try KeyValue.decode(v).etcdEncoded())
                 }
                 return true
             }

@@ -101,6 +101,15 @@ struct E2EEtcdInteropTests {
         return (try #require(header["revision"] as? NSNumber).int64Value, kvs)
     }
 
+    /// `endpoint hashkv` (at `rev`, 0: current): the hash and the compact revision.
+    static func hashKV(_ endpoint: String, rev: Int64 = 0) async throws -> (hash: Int64, compacted: Int64) {
+        let out = try await etcdctl(endpoint, ["endpoint", "hashkv", "--rev=\(rev)", "-w", "json"])
+        #expect(out.status == 0, "\(out)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [[String: Any]])
+        let hashKV = try #require(json.first?["HashKV"] as? [String: Any], "\(out.stdout)")
+        return (try #require(hashKV["hash"] as? NSNumber).int64Value, (hashKV["compact_revision"] as? NSNumber)?.int64Value ?? 0)
+    }
+
     static func snapshotStatus(_ tool: String, _ args: [String]) async throws -> [String: Int64] {
         let out = try await E2EDefragSnapshotTests.run(tool, args + ["-w", "json"])
         #expect(out.status == 0, "\(out)")
@@ -123,12 +132,14 @@ struct E2EEtcdInteropTests {
         var historical: (revision: Int64, kvs: [NSDictionary]) = (0, [])
         var lease = ""
         var historicalRev: Int64 = 0
+        var hashes: [(hash: Int64, compacted: Int64)] = []
         try await Member.with { m in
             let filled = try await Self.fill(m.endpoint) { try await m.ctl($0) }
             lease = filled.lease
             before = try await Self.keyspace(m.endpoint)
             historicalRev = filled.compacted + 40
             historical = try await Self.keyspace(m.endpoint, rev: historicalRev)
+            hashes = [try await Self.hashKV(m.endpoint), try await Self.hashKV(m.endpoint, rev: historicalRev)]
             let save = try await m.ctl("snapshot", "save", file)
             #expect(save.status == 0, "\(save)")
         }
@@ -155,6 +166,10 @@ struct E2EEtcdInteropTests {
             #expect(after.revision == before.revision)
             #expect(after.kvs == before.kvs)
             #expect(try await Self.keyspace(etcd.endpoint, rev: historicalRev).kvs == historical.kvs)
+            // The same history hashes the same on etcd (so mixed clusters' corruption checks agree).
+            let etcdHashes = [try await Self.hashKV(etcd.endpoint), try await Self.hashKV(etcd.endpoint, rev: historicalRev)]
+            #expect(etcdHashes.map(\.hash) == hashes.map(\.hash), "etcd \(etcdHashes), swetcd \(hashes)")
+            #expect(etcdHashes.map(\.compacted) == hashes.map(\.compacted))
             let compacted = try await etcd.ctl("get", "x", "--rev=10")
             #expect(compacted.stderr.contains("required revision has been compacted"), "\(compacted)")
             #expect(try await etcd.ctl("lease", "list").stdout.contains(lease))
@@ -181,6 +196,7 @@ struct E2EEtcdInteropTests {
         var historical: (revision: Int64, kvs: [NSDictionary]) = (0, [])
         var lease = ""
         var historicalRev: Int64 = 0
+        var hashes: [(hash: Int64, compacted: Int64)] = []
         do {
             try await etcd.start()
             let filled = try await Self.fill(etcd.endpoint) { try await etcdctl(etcd.endpoint, $0) }
@@ -192,6 +208,7 @@ struct E2EEtcdInteropTests {
             before = try await Self.keyspace(etcd.endpoint)
             historicalRev = filled.compacted + 40
             historical = try await Self.keyspace(etcd.endpoint, rev: historicalRev)
+            hashes = [try await Self.hashKV(etcd.endpoint), try await Self.hashKV(etcd.endpoint, rev: historicalRev)]
             let save = try await etcd.ctl("snapshot", "save", file)
             #expect(save.status == 0, "\(save)")
         } catch {
@@ -220,6 +237,9 @@ struct E2EEtcdInteropTests {
             #expect(after.revision == before.revision)
             #expect(after.kvs == before.kvs)
             #expect(try await Self.keyspace(m.endpoint, rev: historicalRev).kvs == historical.kvs)
+            let ourHashes = [try await Self.hashKV(m.endpoint), try await Self.hashKV(m.endpoint, rev: historicalRev)]
+            #expect(ourHashes.map(\.hash) == hashes.map(\.hash), "swetcd \(ourHashes), etcd \(hashes)")
+            #expect(ourHashes.map(\.compacted) == hashes.map(\.compacted))
             let compacted = try await m.ctl("get", "x", "--rev=10")
             #expect(compacted.stderr.contains("required revision has been compacted"), "\(compacted)")
             #expect(try await m.ctl("lease", "list").stdout.contains(lease))

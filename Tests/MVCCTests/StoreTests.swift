@@ -225,6 +225,29 @@ import Testing
         #expect(throws: MVCCError.compacted) { try x.hashKV(revision: 9) }
     }
 
+    /// The values etcd 3.4.23 (Debian) answers to `etcdctl endpoint hashkv` for the same
+    /// histories (its first put is revision 2, as here): HashKV is comparable across swetcd
+    /// and etcd members. An entry at or below the compaction counts only while it is still its
+    /// key's revision at the hashed revision.
+    @Test func hashKVEqualsEtcds() throws {
+        let plain = try StoreDir().open()
+        try plain.put("a", "1")
+        #expect(try plain.hashKV().hash == 2587454935)
+        try plain.put("b", "2")
+        try plain.put("b", "3")
+        try plain.compact(3)
+        #expect(try plain.hashKV().hash == 3949711804)
+
+        let later = try StoreDir().open()
+        try later.put("a", "1")
+        try later.put("b", "2")
+        try later.compact(3)
+        try later.put("c", "4")
+        try later.put("b", "5")
+        #expect(try later.hashKV(revision: 4).hash == 3985746902)   // b@3 still b's revision at 4
+        #expect(try later.hashKV(revision: 5).hash == 536617823)    // not at 5
+    }
+
     @Test func restartRestoresIndexRevisionsAndCompaction() throws {
         let dir = StoreDir()
         var hash: UInt32 = 0
