@@ -320,10 +320,7 @@ public enum ConfigLoader {
         for u in c.listenMetricsURLs where u.scheme != "http" {
             throw ConfigError("--listen-metrics-urls \(u): only http:// metrics URLs are supported yet (TLS is served on https:// client URLs)")
         }
-        for u in c.listenClientURLs where u.scheme == "unixs" {
-            throw ConfigError("--listen-client-urls \(u): unixs:// client URLs are not supported yet; use https://")
-        }
-        if c.listenClientURLs.contains(where: { $0.scheme == "https" }) {
+        if c.listenClientURLs.contains(where: \.isSecure) {
             if !c.clientTLS.crlFile.isEmpty && c.clientTLS.trustedCAFile.isEmpty {
                 throw ConfigError("--client-crl-file needs --trusted-ca-file: the revocation list's signature is checked against the trusted CA")
             }

@@ -18,6 +18,11 @@ public struct EndpointURL: Sendable, Hashable, CustomStringConvertible, Comparab
     /// `host:port` with brackets around an IPv6 host.
     public var hostPort: String { (host.contains(":") ? "[\(host)]" : host) + ":\(port)" }
 
+    /// For unix:// and unixs:// URLs, the Unix-domain socket path: as in etcd, the URL's
+    /// `host:port` taken as a file name relative to the working directory
+    /// (`unixs://localhost:2379` listens on `./localhost:2379`); nil for other schemes.
+    public var unixSocketPath: String? { scheme == "unix" || scheme == "unixs" ? hostPort : nil }
+
     public var description: String { "\(scheme)://\(hostPort)" }
 
     public static func < (a: EndpointURL, b: EndpointURL) -> Bool { a.description < b.description }

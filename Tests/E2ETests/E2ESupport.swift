@@ -185,7 +185,8 @@ final class Child: @unchecked Sendable {
 }
 
 /// An etcdctl (API v3) process against `endpoint`, bounded by `timeout(1)`, not started.
-func etcdctlProcess(_ endpoint: String, _ args: [String], limit: Int = 20, input: String? = nil) throws -> Child {
+func etcdctlProcess(_ endpoint: String, _ args: [String], limit: Int = 20, input: String? = nil,
+                    directory: String? = nil) throws -> Child {
     let child = try Child("/usr/bin/timeout", ["-s", "KILL", "\(limit)", try #require(E2E.etcdctlPath),
                                                "--endpoints=\(endpoint)", "--dial-timeout=5s", "--command-timeout=10s"] + args,
                           environment: ["ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"])
@@ -194,12 +195,15 @@ func etcdctlProcess(_ endpoint: String, _ args: [String], limit: Int = 20, input
         FileManager.default.createFile(atPath: path, contents: Data(input.utf8))
         child.process.standardInput = FileHandle(forReadingAtPath: path)
     }
+    // unix:// and unixs:// endpoints name a socket relative to the working directory.
+    if let directory { child.process.currentDirectoryURL = URL(fileURLWithPath: directory) }
     return child
 }
 
 /// Runs etcdctl (API v3) against `endpoint` to completion.
-func etcdctl(_ endpoint: String, _ args: [String], limit: Int = 20, input: String? = nil) async throws -> CommandOutput {
-    let child = try etcdctlProcess(endpoint, args, limit: limit, input: input)
+func etcdctl(_ endpoint: String, _ args: [String], limit: Int = 20, input: String? = nil,
+             directory: String? = nil) async throws -> CommandOutput {
+    let child = try etcdctlProcess(endpoint, args, limit: limit, input: input, directory: directory)
     try child.start()
     let status = try await child.waitExit(limit: .seconds(Int64(limit + 5)))
     return CommandOutput(status: status, stdout: child.stdout, stderr: child.stderr)
@@ -219,6 +223,9 @@ final class Member: @unchecked Sendable {
     var bootstrapArgs: [String]?
     /// Extra environment variables for the process (added to this process's environment).
     var environment: [String: String] = [:]
+    /// The process's working directory (where unix:// and unixs:// sockets are made), or nil
+    /// for the test process's own.
+    var workingDirectory: String?
     private(set) var child: Child?
     /// "https" for peer TLS (its flags go in `extraArgs`).
     var peerScheme = "http"
@@ -251,6 +258,7 @@ final class Member: @unchecked Sendable {
         ] + (bootstrapArgs ?? ["--initial-cluster", initialCluster ?? "\(name)=\(peer)"]) + extraArgs
         let env = environment.isEmpty ? nil : ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let c = try Child(try #require(E2E.swetcdPath), args, environment: env)
+        if let workingDirectory { c.process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory) }
         try c.start()
         child = c
         try await E2E.waitUntil("swetcd on \(clientPort)") {

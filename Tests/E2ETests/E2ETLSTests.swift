@@ -172,6 +172,93 @@ struct E2ETLSTests {
         }
     }
 
+    /// unixs:// in etcd's form (the socket is the file named host:port in the member's working
+    /// directory) serves gRPC and the HTTP routes with the client TLS flags, over a Unix-domain
+    /// socket: mutual TLS refuses a client without a certificate or with another CA's; a
+    /// unix:// socket next to it serves plaintext. Both socket files go away at a clean stop.
+    @Test func unixsSocketServesMutualTLS() async throws {
+        let fx = try await TLSFixture()
+        defer { fx.cleanUp() }
+        let server = try await fx.issue("server", cn: "server-1", serial: 101, server: true)
+        try await fx.issue("client", cn: "client", serial: 201)
+        try await fx.issue("stranger", cn: "client", serial: 301, issuer: "other-ca")
+        let cwd = try E2E.tempDir("sockets")
+        defer { try? FileManager.default.removeItem(atPath: cwd) }
+        let m = try Member()
+        m.workingDirectory = cwd
+        // Socket names only: the port numbers are not bound as TCP ports.
+        let tlsSocket = "localhost:\(m.clientPort + 1)", plainSocket = "localhost:\(m.clientPort + 2)"
+        let unixs = "unixs://\(tlsSocket)"
+        m.extraArgs = ["--listen-client-urls", "\(unixs),unix://\(plainSocket),http://127.0.0.1:\(m.clientPort)",
+                       "--advertise-client-urls", unixs,
+                       "--cert-file", server.cert, "--key-file", server.key, "--trusted-ca-file", fx.ca, "--client-cert-auth"]
+        func ctl(_ cert: String?, _ args: [String], endpoint: String = unixs) async throws -> CommandOutput {
+            try await etcdctl(endpoint, fx.ctlFlags(cert) + args, directory: cwd)
+        }
+        do {
+            try await m.start()
+            try await E2E.waitUntil("member serves on \(unixs)") { try await ctl("client", ["put", "k", "v1"]).status == 0 }
+            var isDir: ObjCBool = false
+            #expect(FileManager.default.fileExists(atPath: "\(cwd)/\(tlsSocket)", isDirectory: &isDir) && !isDir.boolValue)
+            #expect(try await ctl("client", ["get", "k"]).lines == ["k", "v1"])
+            let watcher = try etcdctlProcess(unixs, fx.ctlFlags("client") + ["watch", "w"], limit: 30, directory: cwd)
+            try watcher.start()
+            try await E2E.waitUntil("watch over unixs sees a put") {
+                _ = try await ctl("client", ["put", "w", "seen"])
+                return watcher.stdout.contains("seen")
+            }
+            watcher.signal(SIGTERM)
+            let status = try await ctl("client", ["endpoint", "status", "-w", "json"])
+            #expect(status.status == 0 && status.stdout.contains("\"leader\""), "\(status)")
+
+            // Refused: no client certificate, another CA's certificate, plaintext on the TLS socket.
+            // Nothing they sent was written.
+            let quick = ["--dial-timeout=2s", "--command-timeout=3s"]
+            let noCert = try await ctl(nil, quick + ["put", "nocert", "x"])
+            #expect(noCert.status != 0, "\(noCert)")
+            let stranger = try await ctl("stranger", quick + ["put", "stranger", "x"])
+            #expect(stranger.status != 0, "\(stranger)")
+            let plain = try await etcdctl("unix://\(tlsSocket)", quick + ["put", "plain", "x"], limit: 15, directory: cwd)
+            #expect(plain.status != 0, "\(plain)")
+            #expect(try await ctl("client", ["get", "--prefix", ""]).lines == ["k", "v1", "w", "seen"])
+
+            // The HTTP routes and the JSON gateway over the TLS socket, with curl.
+            let curl = ["-s", "-m", "10", "--unix-socket", "\(cwd)/\(tlsSocket)", "--cacert", fx.ca]
+            let cert = ["--cert", fx.dir + "/client.pem", "--key", fx.dir + "/client.key"]
+            let health = try await runTool("/usr/bin/curl", curl + cert + ["https://localhost/health"])
+            #expect(health.stdout.contains(#""health":"true""#), "\(health)")
+            let range = try await runTool("/usr/bin/curl", curl + cert + ["-X", "POST", "-d", #"{"key":"aw=="}"#, "https://localhost/v3/kv/range"])
+            #expect(range.stdout.contains(#""value":"djE=""#), "\(range)")
+            let metrics = try await runTool("/usr/bin/curl", curl + cert + ["https://localhost/metrics"])
+            #expect(metrics.stdout.contains("etcd_server_has_leader 1"), "\(metrics.stdout.prefix(300))")
+            let curlNoCert = try await runTool("/usr/bin/curl", curl + ["https://localhost/health"])
+            #expect(curlNoCert.status != 0 && !curlNoCert.stdout.contains("health"), "\(curlNoCert)")
+
+            // unix:// next to it: plaintext, no certificate asked.
+            #expect(try await etcdctl("unix://\(plainSocket)", ["get", "k"], directory: cwd).lines == ["k", "v1"])
+            let plainHealth = try await runTool("/usr/bin/curl", ["-s", "-m", "10", "--unix-socket", "\(cwd)/\(plainSocket)", "http://localhost/health"])
+            #expect(plainHealth.stdout.contains(#""health":"true""#), "\(plainHealth)")
+
+            // With auth on, a certificate's CN is not the user over a Unix socket (gRPC names all
+            // its connections alike, so one client could pass for another): a token is needed.
+            try await fx.issue("root", cn: "root", serial: 202)
+            #expect(try await ctl("root", ["user", "add", "root:pw"]).lines == ["User root created"])
+            #expect(try await ctl("root", ["auth", "enable"]).lines == ["Authentication Enabled"])
+            let tokenless = try await ctl("root", quick + ["put", "a", "1"])
+            #expect(tokenless.stderr.contains("user name is empty"), "\(tokenless)")
+            #expect(try await ctl("root", ["--user", "root:pw", "put", "a", "1"]).lines == ["OK"])
+
+            #expect(try await m.stop() == 0)
+            #expect(!FileManager.default.fileExists(atPath: "\(cwd)/\(tlsSocket)"))
+            #expect(!FileManager.default.fileExists(atPath: "\(cwd)/\(plainSocket)"))
+        } catch {
+            Issue.record("swetcd log tail: \(m.stderrText.suffix(3000))")
+            await m.cleanUp()
+            throw error
+        }
+        await m.cleanUp()
+    }
+
     @Test func replacedCertificateFilesServeNewConnections() async throws {
         let fx = try await TLSFixture()
         defer { fx.cleanUp() }
@@ -399,6 +486,8 @@ struct E2ETLSTests {
               "--auto-tls", "--client-crl-file", "/nonexistent"], "--client-crl-file needs --trusted-ca-file"),
             (["--listen-client-urls", "https://127.0.0.1:\(port)", "--advertise-client-urls", "https://127.0.0.1:\(port)",
               "--auto-tls", "--cipher-suites", "TLS_NOPE"], "unexpected TLS cipher suite \"TLS_NOPE\""),
+            (["--listen-client-urls", "unixs://localhost:\(port),http://127.0.0.1:\(port)", "--advertise-client-urls", "unixs://localhost:\(port)"],
+             "must be provided for client url unixs://localhost:\(port) with HTTPS scheme"),
         ] {
             let m = try Member(extraArgs: args)
             defer { try? FileManager.default.removeItem(atPath: m.dataDir) }

@@ -100,8 +100,16 @@ private func loadError(_ args: [String], env: [String: String] = [:]) -> String?
         #expect(loadError(https + ["--auto-tls", "--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "--tls-min-version", "TLS1.3"])
             == "cipher suites cannot be configured when only TLS1.3 is enabled")
         #expect(loadError(https + ["--auto-tls", "--tls-min-version", "TLS1.1"])?.contains("--tls-min-version") == true)
-        #expect(loadError(["--listen-client-urls", "unixs://sock:1", "--advertise-client-urls", "https://a:1", "--auto-tls"])?
-            .contains("unixs:// client URLs are not supported yet") == true)
+        // unixs:// takes the client TLS flags as https:// does; the socket is the file host:port.
+        let unixs = ["--listen-client-urls", "unixs://sock:1", "--advertise-client-urls", "unixs://sock:1"]
+        #expect(loadError(unixs) == "TLS key/cert (--cert-file, --key-file) must be provided for client url unixs://sock:1 with HTTPS scheme")
+        #expect(loadError(unixs + ["--auto-tls"]) == nil)
+        #expect(loadError(unixs + ["--cert-file", "/c", "--key-file", "/k", "--client-crl-file", "/crl"])?
+            .contains("--client-crl-file needs --trusted-ca-file") == true)
+        #expect(try load(unixs + ["--auto-tls"]).config.listenClientURLs.map(\.unixSocketPath) == ["sock:1"])
+        #expect(try load(unixs + ["--auto-tls", "--client-cert-auth"]).warnings.contains { $0.contains("--client-cert-auth without --trusted-ca-file") })
+        #expect((try? EndpointURL(parsing: "unix://[::1]:5"))?.unixSocketPath == "[::1]:5")
+        #expect((try? EndpointURL(parsing: "https://h:5"))?.unixSocketPath == nil)
         let v6 = try? EndpointURL(parsing: " http://[::1]:2379 ")
         #expect(v6?.host == "::1" && v6?.description == "http://[::1]:2379")
         // Lists are sorted as etcd sorts them.

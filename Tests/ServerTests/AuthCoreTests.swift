@@ -212,6 +212,86 @@ struct JWTTokenTests {
     }
 }
 
+/// The verified-JWT cache: a cached token is held to the same checks as a fresh one.
+@Suite("Auth: JWT verification cache")
+struct JWTCacheTests {
+    /// A token verified once is answered from the cache, yet it stops working exactly as an
+    /// uncached one: when its user is deleted, when the auth revision moves past it, and when
+    /// its exp passes (the time is handed to the check: no sleeping). The cache is not cleared
+    /// here, to show that these checks do not depend on clearing it.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl")))
+    func cachedTokensStopWorkingAsUncachedOnes() async throws {
+        let dir = NSTemporaryDirectory() + "swetcd-jwtcache-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // ttl=10m: a token expires 600 s after it is issued.
+        let jwt = try JWTTokens(options: try await JWTTokenTests.keys("RS256", in: dir), defaultTTL: .seconds(300))
+        var s = AuthStore.State()
+        // As AuthStore.apply: each change bumps the revision.
+        func apply(_ c: AuthChange) throws {
+            try AuthStore.change(&s, c)
+            s.revision &+= 1
+        }
+        try apply(.userAdd(name: "root", hash: "h", noPassword: false))
+        try apply(.userGrantRole(user: "root", role: "root"))
+        try apply(.userAdd(name: "alice", hash: "h", noPassword: false))
+        try apply(.userAdd(name: "bob", hash: "h", noPassword: false))
+        try apply(.enable)
+        let t0 = Date()
+        func caller(_ token: String, at t: Date) throws -> AuthInfo {
+            try jwt.caller(of: token, authRevision: s.revision, access: { AuthStore.access(of: $0, in: s) }, now: t)
+        }
+
+        // Expiry: served from the cache until exp, refused (and dropped) after it.
+        let alice = try jwt.issue(user: "alice", revision: s.revision, now: t0)
+        #expect(try caller(alice, at: t0).user == "alice")
+        #expect(jwt.cache.count == 1 && jwt.cache.lookup(alice, nowSeconds: t0.timeIntervalSince1970) != nil)
+        #expect(try caller(alice, at: t0.addingTimeInterval(599)).user == "alice")
+        #expect(jwt.cache.count == 1)
+        #expect(throws: EtcdError.invalidAuthToken) { try caller(alice, at: t0.addingTimeInterval(601)) }
+        #expect(jwt.cache.count == 0)
+
+        // A forged token is never cached, however often it is sent.
+        var parts = alice.split(separator: ".").map(String.init)
+        parts[1] = JWTTokens.b64(Data(#"{"exp":9999999999,"revision":\#(s.revision),"username":"root"}"#.utf8))
+        for _ in 0..<2 { #expect(throws: EtcdError.invalidAuthToken) { try caller(parts.joined(separator: "."), at: t0) } }
+        #expect(jwt.cache.count == 0)
+
+        // The auth revision moves on (any auth change): the cached token is old.
+        let alice2 = try jwt.issue(user: "alice", revision: s.revision, now: t0)
+        #expect(try caller(alice2, at: t0).user == "alice")
+        try apply(.roleAdd("reader"))
+        #expect(jwt.cache.lookup(alice2, nowSeconds: t0.timeIntervalSince1970) != nil)
+        #expect(throws: EtcdError.authOldRevision) { try caller(alice2, at: t0) }
+
+        // The user is deleted: the cached token names nobody.
+        let bob = try jwt.issue(user: "bob", revision: s.revision, now: t0)
+        #expect(try caller(bob, at: t0).user == "bob")
+        try apply(.userDelete("bob"))
+        #expect(jwt.cache.lookup(bob, nowSeconds: t0.timeIntervalSince1970) != nil)
+        #expect(throws: EtcdError.invalidAuthToken) { try caller(bob, at: t0) }
+        // Re-created under the same name: the old token is still refused (older revision).
+        try apply(.userAdd(name: "bob", hash: "h", noPassword: false))
+        #expect(throws: EtcdError.authOldRevision) { try caller(bob, at: t0) }
+
+        jwt.cache.removeAll()
+        #expect(jwt.cache.count == 0)
+    }
+
+    /// The cache holds at most its limit: expired entries go first, then one per insertion.
+    @Test func cacheIsBounded() {
+        let cache = VerifiedTokenCache(limit: 3)
+        for i in 0..<3 { cache.insert("old\(i)", .init(user: "u", revision: 1, exp: 100), nowSeconds: 50) }
+        #expect(cache.count == 3)
+        cache.insert("new", .init(user: "u", revision: 1, exp: 1000), nowSeconds: 200)
+        #expect(cache.count == 1 && cache.lookup("new", nowSeconds: 200)?.exp == 1000)
+        for i in 0..<10 { cache.insert("t\(i)", .init(user: "u", revision: 1, exp: 1000), nowSeconds: 200) }
+        #expect(cache.count == 3)
+        #expect(cache.lookup("t9", nowSeconds: 200) != nil)
+        #expect(cache.lookup("t9", nowSeconds: 1000) == nil && cache.count == 2)
+    }
+}
+
 @Suite("Auth: simple tokens")
 struct SimpleTokenTests {
     /// A token lives `--auth-token-ttl` after its last use; a password change or deletion of

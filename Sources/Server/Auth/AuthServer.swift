@@ -94,6 +94,22 @@ final class SimpleTokens: Sendable {
     func invalidateAll() { state.withLock { $0.tokens.removeAll() } }
 }
 
+extension JWTTokens {
+    /// The caller of a request carrying JWT `token`, checked against the current auth state
+    /// (`authRevision`, and `access` for the user's existence and permissions) at time `now`.
+    /// A JWT carries the auth revision it was issued at: after any auth change the client must
+    /// authenticate again (clientv3 does so on this error), as with etcd. The signature is
+    /// verified once per token (``verifiedClaims(_:now:)``); these checks run every time.
+    func caller(of token: String, authRevision: UInt64,
+                access: (String) -> (isRoot: Bool, permissions: KeyPermissions)?, now: Date) throws -> AuthInfo {
+        guard let claims = verifiedClaims(token, now: now), let a = access(claims.user) else {
+            throw EtcdError.invalidAuthToken
+        }
+        if claims.revision < authRevision { throw EtcdError.authOldRevision }
+        return AuthInfo(user: claims.user, revision: claims.revision, isRoot: a.isRoot, permissions: a.permissions)
+    }
+}
+
 /// The authenticated caller of a request while auth is enabled.
 struct AuthInfo: Sendable {
     var user: String
@@ -115,13 +131,7 @@ extension EtcdServer {
             return AuthInfo(user: user, revision: status.revision, isRoot: access.isRoot, permissions: access.permissions)
         }
         if let jwt {
-            // A JWT carries the auth revision it was issued at: after any auth change the client
-            // must authenticate again (clientv3 does so on this error), as with etcd.
-            guard let (user, revision) = jwt.verify(token), let access = auth.access(of: user) else {
-                throw EtcdError.invalidAuthToken
-            }
-            if revision < status.revision { throw EtcdError.authOldRevision }
-            return AuthInfo(user: user, revision: revision, isRoot: access.isRoot, permissions: access.permissions)
+            return try jwt.caller(of: token, authRevision: status.revision, access: auth.access(of:), now: Date())
         }
         guard let user = tokens.user(of: token), let access = auth.access(of: user) else { throw EtcdError.invalidAuthToken }
         return AuthInfo(user: user, revision: status.revision, isRoot: access.isRoot, permissions: access.permissions)
@@ -236,6 +246,8 @@ extension EtcdServer {
     /// Applies an auth entry (Raft loop thread, inside the entry's batch).
     func applyAuth(_ change: AuthChange) throws {
         try auth.apply(change, backend: backend)
+        // Every change bumps the auth revision, which ends every JWT issued before it.
+        jwt?.cache.removeAll()
         switch change {
         case .disable: tokens.invalidateAll()
         case .userDelete(let u), .userChangePassword(let u, _): tokens.invalidate(user: u)

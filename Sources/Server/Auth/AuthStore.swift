@@ -80,12 +80,14 @@ final class AuthStore: Sendable {
 
     /// The permissions of `user` (nil: no such user). `isRoot`: holds the root role.
     func access(of user: String) -> (isRoot: Bool, permissions: KeyPermissions)? {
-        state.withLock { s in
-            guard let u = s.users[user] else { return nil }
-            if u.roles.contains(Self.rootRole) { return (true, KeyPermissions([])) }
-            let perms = u.roles.compactMap { s.roles[$0] }.flatMap(\.keyPermission)
-            return (false, KeyPermissions(perms))
-        }
+        state.withLock { Self.access(of: user, in: $0) }
+    }
+
+    static func access(of user: String, in s: State) -> (isRoot: Bool, permissions: KeyPermissions)? {
+        guard let u = s.users[user] else { return nil }
+        if u.roles.contains(rootRole) { return (true, KeyPermissions([])) }
+        let perms = u.roles.compactMap { s.roles[$0] }.flatMap(\.keyPermission)
+        return (false, KeyPermissions(perms))
     }
 
     /// Checks a password (bcrypt) for a user that has one.

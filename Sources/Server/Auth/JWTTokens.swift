@@ -1,6 +1,7 @@
 import Crypto
 import CryptoExtras
 import Foundation
+import Synchronization
 
 /// etcd's JWT auth tokens (`--auth-token jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`):
 /// a signed `{"username","revision","exp"}` claim set, so any member holding the public key
@@ -19,6 +20,8 @@ struct JWTTokens: Sendable {
     let ttl: Duration
     private let signer: (@Sendable (Data) throws -> Data)?
     private let verifier: @Sendable (Data, Data) -> Bool
+    /// Tokens already verified (see ``verifiedClaims(_:now:)``).
+    let cache = VerifiedTokenCache()
 
     /// Parses etcd's option string (everything after `jwt,`) and loads the keys. Without
     /// `priv-key` the member only verifies tokens (Authenticate on it fails).
@@ -73,6 +76,21 @@ struct JWTTokens: Sendable {
 
     /// The user and revision of a valid, unexpired token signed with our method; else nil.
     func verify(_ token: String, now: Date = Date()) -> (user: String, revision: UInt64)? {
+        verifyClaims(token, now: now).map { ($0.user, $0.revision) }
+    }
+
+    /// ``verify(_:now:)`` through ``cache``: a token seen before is not verified again until
+    /// its `exp` has passed (then it is refused as an expired token is). The claims depend on
+    /// the token alone; the caller still checks them against the auth state on every request.
+    func verifiedClaims(_ token: String, now: Date) -> VerifiedTokenCache.Claims? {
+        let seconds = now.timeIntervalSince1970
+        if let hit = cache.lookup(token, nowSeconds: seconds) { return hit }
+        guard let claims = verifyClaims(token, now: now) else { return nil }
+        cache.insert(token, claims, nowSeconds: seconds)
+        return claims
+    }
+
+    private func verifyClaims(_ token: String, now: Date) -> VerifiedTokenCache.Claims? {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let headerData = Self.unb64(parts[0]), let claimsData = Self.unb64(parts[1]),
               let sig = Self.unb64(parts[2]),
@@ -84,7 +102,7 @@ struct JWTTokens: Sendable {
               let revision = (claims["revision"] as? NSNumber)?.uint64Value,
               let exp = (claims["exp"] as? NSNumber)?.int64Value,
               Double(exp) > now.timeIntervalSince1970 else { return nil }
-        return (user, revision)
+        return VerifiedTokenCache.Claims(user: user, revision: revision, exp: exp)
     }
 
     static func b64(_ d: Data) -> String {
@@ -191,4 +209,53 @@ struct JWTTokens: Sendable {
             return k.isValidSignature(sig, for: data)
         }
     }
+}
+
+/// JWTs whose signature and claims were verified, by token text, so that a client sending the
+/// same token again (every request does) does not cost another signature verification (RS256
+/// verification was about half of a request's cost). An entry holds only what the token itself
+/// says (user, revision, exp): whether that user still exists and the revision is still current
+/// is checked on every request, as without the cache. An entry is dropped once its `exp` has
+/// passed, and all are dropped at every auth change (``removeAll()``). At most ``limit``
+/// entries: a full cache first drops its expired entries, then one entry per insertion.
+final class VerifiedTokenCache: Sendable {
+    struct Claims: Sendable, Equatable {
+        var user: String
+        var revision: UInt64
+        /// Expiry, seconds since 1970 (the token's `exp`).
+        var exp: Int64
+    }
+
+    /// The most tokens held (a few hundred bytes each).
+    static let limit = 4096
+    let limit: Int
+    private let entries = Mutex<[String: Claims]>([:])
+
+    init(limit: Int = VerifiedTokenCache.limit) { self.limit = max(1, limit) }
+
+    /// The claims of `token` if it is held and not yet expired (an expired entry is dropped).
+    func lookup(_ token: String, nowSeconds: Double) -> Claims? {
+        entries.withLock { e in
+            guard let c = e[token] else { return nil }
+            guard Double(c.exp) > nowSeconds else {
+                e.removeValue(forKey: token)
+                return nil
+            }
+            return c
+        }
+    }
+
+    func insert(_ token: String, _ claims: Claims, nowSeconds: Double) {
+        entries.withLock { e in
+            if e[token] == nil && e.count >= limit {
+                e = e.filter { Double($0.value.exp) > nowSeconds }
+                if e.count >= limit { e.remove(at: e.startIndex) }
+            }
+            e[token] = claims
+        }
+    }
+
+    func removeAll() { entries.withLock { $0.removeAll() } }
+
+    var count: Int { entries.withLock { $0.count } }
 }

@@ -4,8 +4,8 @@ import GRPCCore
 import Logging
 
 /// Serves the client gRPC services of an ``EtcdServer`` on its `--listen-client-urls`
-/// (http:// plaintext, https:// TLS; gRPC and HTTP/1.1 share each port through the shell's
-/// `ClientPortTransport`),
+/// (http:// plaintext, https:// TLS, and the same on a Unix-domain socket with unix:// and
+/// unixs://; gRPC and HTTP/1.1 share each port through the shell's `ClientPortTransport`),
 /// and `/metrics` with the health endpoints on its `--listen-metrics-urls`.
 public final class ClientListener: Sendable {
     private let servers: [(url: EndpointURL, kind: String, grpc: GRPCServer<ClientPortTransport>)]
@@ -33,13 +33,14 @@ public final class ClientListener: Sendable {
         let tls = try Self.tlsSource(cfg, logger: logger)
         let revocation = try Self.revocation(cfg, logger: logger)
         for (url, kind) in targets {
-            guard url.scheme == "http" || (url.scheme == "https" && kind == "client") else {
-                throw ServerStartError("listen \(kind) URL \(url): only http:// and (client URLs) https:// are supported yet")
+            guard url.scheme == "http" || kind == "client" else {
+                throw ServerStartError("listen \(kind) URL \(url): only http:// metrics URLs are supported yet")
             }
-            var port = ClientPortConfiguration(
-                address: .tcp(host: url.host == "localhost" ? "127.0.0.1" : url.host, port: url.port),
-                router: kind == "client" ? router : metricsRouter)
-            if url.scheme == "https", let tls {
+            // unix:// and unixs:// listen on a Unix-domain socket named by the URL's host:port.
+            let address: ClientPortConfiguration.Address = url.unixSocketPath.map { .unix(path: $0) }
+                ?? .tcp(host: url.host == "localhost" ? "127.0.0.1" : url.host, port: url.port)
+            var port = ClientPortConfiguration(address: address, router: kind == "client" ? router : metricsRouter)
+            if url.isSecure, let tls {
                 port.tlsProvider = { tls.current() }
                 let allowed = tls.settings.allowedHostname
                 if tls.settings.clientCertAuth {
@@ -62,10 +63,10 @@ public final class ClientListener: Sendable {
         self.logger = logger
     }
 
-    /// The TLS context source of the https:// client URLs (nil without any): the configured
-    /// files, or with `--auto-tls` and no files a certificate generated now.
+    /// The TLS context source of the https:// and unixs:// client URLs (nil without any): the
+    /// configured files, or with `--auto-tls` and no files a certificate generated now.
     static func tlsSource(_ cfg: ServerConfig, logger: Logger) throws -> ClientTLSContextSource? {
-        guard cfg.listenClientURLs.contains(where: { $0.scheme == "https" }) else { return nil }
+        guard cfg.listenClientURLs.contains(where: \.isSecure) else { return nil }
         var settings = cfg.clientTLS
         if settings.certFile.isEmpty {
             guard settings.autoTLS else {
@@ -83,9 +84,9 @@ public final class ClientListener: Sendable {
         return try ClientTLSContextSource(config: cfg, settings: settings, logger: logger)
     }
 
-    /// `--client-crl-file` on the https:// client URLs, loaded now (nil without one).
+    /// `--client-crl-file` on the https:// and unixs:// client URLs, loaded now (nil without one).
     static func revocation(_ cfg: ServerConfig, logger: Logger) throws -> CertificateRevocation? {
-        guard cfg.listenClientURLs.contains(where: { $0.scheme == "https" }), !cfg.clientTLS.crlFile.isEmpty else { return nil }
+        guard cfg.listenClientURLs.contains(where: \.isSecure), !cfg.clientTLS.crlFile.isEmpty else { return nil }
         do {
             let r = try CertificateRevocation(crlFile: cfg.clientTLS.crlFile, caFile: cfg.clientTLS.trustedCAFile, logger: logger)
             logger.info("client certificates are checked against the revocation list", metadata: ["crl-file": "\(r.crlFile)"])
@@ -101,8 +102,14 @@ public final class ClientListener: Sendable {
         }
     }
 
-    /// Serves until ``stop()``; throws if a listener cannot bind.
+    /// Serves until ``stop()``; throws if a listener cannot bind. The socket files of unix://
+    /// and unixs:// URLs are removed when serving ends (as etcd's listener does on close).
     public func serve() async throws {
+        defer {
+            for (url, _, _) in servers {
+                if let path = url.unixSocketPath { unlink(path) }
+            }
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (url, kind, grpc) in servers {
                 group.addTask { try await grpc.serve() }

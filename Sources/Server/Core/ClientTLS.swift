@@ -266,7 +266,10 @@ final class ClientCertificateHandler: ChannelInboundHandler, RemovableChannelHan
                     context.close(promise: nil)
                     return
                 }
-                if let cn = Self.commonName(certificate) {
+                // Not on a Unix-domain socket: gRPC names every connection of one socket by the
+                // same path, so the name could not be told apart from another connection's and
+                // a client could act as another certificate's user (there, send a token).
+                if let cn = Self.commonName(certificate), !Self.isUnixSocket(context.channel) {
                     let channel = context.channel
                     let key = ClientCertificateNames.key(
                         remote: ClientCertificateNames.describe(channel.remoteAddress, fallback: channel.localAddress),
@@ -291,6 +294,12 @@ final class ClientCertificateHandler: ChannelInboundHandler, RemovableChannelHan
     func handlerRemoved(context: ChannelHandlerContext) {
         if let key { ClientCertificateNames.shared.remove(key) }
         key = nil
+    }
+
+    static func isUnixSocket(_ channel: any Channel) -> Bool {
+        if case .unixDomainSocket? = channel.localAddress { return true }
+        if case .unixDomainSocket? = channel.remoteAddress { return true }
+        return false
     }
 
     /// The certificate's DNS and IP names (lower-cased), as Go's VerifyHostname checks them.

@@ -136,6 +136,7 @@ extension EtcdServer {
         try alarms.load(from: backend)
         try auth.load(from: backend)
         tokens.invalidateAll()
+        jwt?.cache.removeAll()
         loop.consistentIndex = fresh
         loop.snapshotIndex = max(loop.snapshotIndex, index)
         // Older received files are of no use now.
