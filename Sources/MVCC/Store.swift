@@ -36,6 +36,8 @@ public final class MVCCStore: @unchecked Sendable {
         /// ends at the first revision boundary past it (so it also bounds one catch-up
         /// response).
         public var watchCatchUpBytes = 2 << 20
+        /// Counts the backend records read while the index is rebuilt at open; nil: none.
+        public var progress: StartupProgress?
         public init() {}
     }
 
@@ -100,9 +102,12 @@ public final class MVCCStore: @unchecked Sendable {
             guard let n = BigEndian.uint64(v) else { throw MVCCError.corrupt("meta \(String(decoding: k, as: UTF8.self))") }
             return Int64(bitPattern: n)
         }
+        let progress = options.progress
+        progress?.begin("rebuilding the key index", unit: "revisions")
         return try lock.withLock {
             try backend.read { r in
                 try r.scan(.key, from: [], to: nil) { k, v in
+                    progress?.advance()
                     guard let (rev, tomb) = Revision.fromBucketKey(k) else {
                         throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
                     }

@@ -1,5 +1,6 @@
 import CSystemd
 import Dispatch
+import Storage
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -112,6 +113,66 @@ public struct SystemdWatchdog: Sendable {
     }
 }
 
+// MARK: - Start-up time
+
+/// Asks systemd for more start-up time (`EXTEND_TIMEOUT_USEC=`) while the start makes progress:
+/// every `checkInterval` it reads a progress counter and, only if the counter moved since the
+/// last check, extends the start timeout to `extendBy` from now and sends a `STATUS=` line
+/// saying what is being done. A start that stops moving (a stuck disk, a deadlock) sends
+/// nothing more, so systemd's `TimeoutStartSec=` (or the last extension, whichever ends later)
+/// still ends it.
+public struct SystemdStartExtender: Sendable {
+    /// Time between two looks at the counter.
+    public let checkInterval: Duration
+    /// How far past "now" each message pushes the start timeout (several check intervals, so
+    /// that a slow single step, such as reading one 64 MiB WAL segment, is not cut short).
+    public let extendBy: Duration
+    private let progress: @Sendable () -> UInt64
+    private let status: @Sendable () -> String
+    private let send: @Sendable ([String]) -> Void
+    private var last: UInt64
+
+    /// The defaults: look every 250 ms, extend by 10 s.
+    public static let defaultCheckInterval = Duration.milliseconds(250)
+    public static let defaultExtension = Duration.seconds(10)
+
+    /// - Parameters:
+    ///   - progress: a counter that grows while the start makes progress (its current value is
+    ///     the baseline: the first message needs a move after this call).
+    ///   - status: the `STATUS=` text sent with each extension.
+    ///   - send: sends one datagram's assignments (``SystemdNotifier/send(_:)``).
+    public init(checkInterval: Duration = defaultCheckInterval, extendBy: Duration = defaultExtension,
+                progress: @escaping @Sendable () -> UInt64, status: @escaping @Sendable () -> String,
+                send: @escaping @Sendable ([String]) -> Void) {
+        self.checkInterval = checkInterval
+        self.extendBy = extendBy
+        self.progress = progress
+        self.status = status
+        self.send = send
+        last = progress()
+    }
+
+    /// One look at the counter; returns whether it moved (and an extension was sent).
+    @discardableResult public mutating func check() -> Bool {
+        let now = progress()
+        guard now != last else { return false }
+        last = now
+        let (seconds, attoseconds) = extendBy.components
+        let micros = max(0, seconds) &* 1_000_000 &+ max(0, attoseconds) / 1_000_000_000_000
+        send(["EXTEND_TIMEOUT_USEC=\(micros)", "STATUS=" + status()])
+        return true
+    }
+
+    /// Looks every `checkInterval` until the task is cancelled.
+    public func run() async {
+        var me = self
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: checkInterval) } catch { return }
+            me.check()
+        }
+    }
+}
+
 extension EtcdServer {
     /// Time since the Raft loop last finished a pass; nil before its first pass and after it
     /// exited. A healthy loop passes at least once per heartbeat interval, busy or idle; a pass
@@ -137,19 +198,36 @@ extension EtcdServer {
 public final class SystemdSession: Sendable {
     /// The notifier in use.
     public let notifier: SystemdNotifier
+    /// Start-up progress: pass it to ``EtcdServer/start(_:logger:progress:)``. While it moves
+    /// (and later while committed entries are applied), the start timeout is extended.
+    public let progress = StartupProgress()
+    private let extenderTiming: (check: Duration, extendBy: Duration)
     private let tasks = Mutex<[Task<Void, Never>]>([])
+    /// The start-timeout extender until READY=1, and its generation: an extender sends only
+    /// while its generation is current, so none sends after it was replaced or stopped.
+    private let extender = Mutex<(task: Task<Void, Never>?, generation: UInt64)>((nil, 0))
     private let stopSent = Atomic<Bool>(false)
 
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` from the environment.
-    public init(notifier: SystemdNotifier = SystemdNotifier()) {
+    public init(notifier: SystemdNotifier = SystemdNotifier(),
+                extendCheckInterval: Duration = SystemdStartExtender.defaultCheckInterval,
+                extendBy: Duration = SystemdStartExtender.defaultExtension) {
         self.notifier = notifier
+        extenderTiming = (extendCheckInterval, extendBy)
     }
 
-    /// Before the data directory is opened: a status line and, if the watchdog is on, plain
-    /// keep-alives (the Raft loop does not run yet) until ``serve(server:listener:)``.
+    /// Before the data directory is opened: a status line, start-timeout extensions while
+    /// ``progress`` moves and, if the watchdog is on, plain keep-alives (the Raft loop does not
+    /// run yet) until ``serve(server:listener:)``.
     public func starting(dataDir: String) {
         guard notifier.isEnabled else { return }
         notifier.status("recovering data in \(dataDir)")
+        let progress = progress
+        let timing = extenderTiming
+        setExtender { send in
+            SystemdStartExtender(checkInterval: timing.check, extendBy: timing.extendBy,
+                                 progress: { progress.count }, status: { progress.description }, send: send)
+        }
         if let interval = notifier.watchdogInterval {
             let notifier = notifier
             let dog = SystemdWatchdog(watchdogInterval: interval, maxQuiet: .zero,
@@ -172,6 +250,17 @@ public final class SystemdSession: Sendable {
                 ping: { notifier.watchdog() })
             add(Task { await dog.run() })
         }
+        // Until READY=1 the Raft loop applies the committed entries the backend does not have
+        // yet (a long replay after a crash): that is progress too.
+        let progress = progress
+        let timing = extenderTiming
+        setExtender { send in
+            SystemdStartExtender(
+                checkInterval: timing.check, extendBy: timing.extendBy,
+                progress: { progress.count &+ server.appliedIndex },
+                status: { "applying committed entries: \(server.appliedIndex) of \(server.committedIndex); waiting for a leader" },
+                send: send)
+        }
         add(Task { [self] in
             notifier.status("waiting for a leader")
             // Returns once every client listener is bound.
@@ -181,6 +270,7 @@ public final class SystemdSession: Sendable {
                 do { try await Task.sleep(for: .milliseconds(20)) } catch { return }
             }
             if stopSent.load(ordering: .relaxed) { return }   // no READY=1 after STOPPING=1
+            setExtender(nil)
             var shown = (leader: server.leaderID, term: server.term)
             notifier.ready(status: Self.statusLine(leader: shown.leader, term: shown.term, addresses: addresses))
             // Leader changes until the stop begins (then "stopping" stays the status).
@@ -200,11 +290,15 @@ public final class SystemdSession: Sendable {
     /// pinging while the Raft loop still runs (a leader hands over leadership first).
     public func stopping() {
         guard notifier.isEnabled, !stopSent.exchange(true, ordering: .relaxed) else { return }
+        setExtender(nil)
         notifier.send(["STOPPING=1", "STATUS=stopping"])
     }
 
     /// Ends the session's background tasks (watchdog and status).
-    public func finish() { cancelAll() }
+    public func finish() {
+        setExtender(nil)
+        cancelAll()
+    }
 
     static func statusLine(leader: UInt64, term: UInt64, addresses: [String]) -> String {
         let who = leader == 0 ? "no leader" : "leader \(String(leader, radix: 16))"
@@ -213,6 +307,26 @@ public final class SystemdSession: Sendable {
     }
 
     private func add(_ task: Task<Void, Never>) { tasks.withLock { $0.append(task) } }
+
+    /// Replaces the running start-timeout extender (nil: stops it). Once this returns, the
+    /// previous one sends nothing more.
+    private func setExtender(_ make: ((_ send: @escaping @Sendable ([String]) -> Void) -> SystemdStartExtender)?) {
+        let previous = extender.withLock { state in
+            let old = state.task
+            state.generation &+= 1
+            state.task = nil
+            if let make {
+                let mine = state.generation
+                let notifier = notifier
+                let e = make { [self] assignments in
+                    extender.withLock { if $0.generation == mine { notifier.send(assignments) } }
+                }
+                state.task = Task { await e.run() }
+            }
+            return old
+        }
+        previous?.cancel()
+    }
 
     private func cancelAll() {
         for t in tasks.withLock({ t in defer { t.removeAll() }; return t }) { t.cancel() }

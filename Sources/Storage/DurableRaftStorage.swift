@@ -50,6 +50,8 @@ public struct DurableRaftOptions: Sendable {
     public var wal: WALOptions
     /// How many snapshot files to keep (etcd's `--max-snapshots`, default 5; 0 keeps all).
     public var maxSnapshotFiles: Int
+    /// Counts what a restart reads (WAL records, the snapshot, entries), step by step; nil: none.
+    public var progress: StartupProgress?
 
     /// etcd's defaults: 64 MiB segments, 5 WAL files, 5 snapshot files.
     public init(wal: WALOptions = WALOptions(), maxSnapshotFiles: Int = 5) {
@@ -150,12 +152,16 @@ public final class DurableRaftStorage {
     private static func recover(_ dataDir: DataDir, options: DurableRaftOptions) throws -> DurableRaftStorage {
         let walDir = dataDir.walDirectory
         let snapshotter = Snapshotter(directory: dataDir.snapDirectory)
-        let markers = try WAL.snapshotMarkers(directory: walDir)
+        let progress = options.progress
+        progress?.begin("scanning WAL for snapshot markers", unit: "records")
+        let markers = try WAL.snapshotMarkers(directory: walDir, progress: progress)
+        progress?.begin("loading snapshot")
         let (stored, skipped) = try snapshotter.loadNewest(matching: markers)
         try checkFallback(walDir, from: stored?.index ?? 0, passing: markers, skipped: skipped)
+        progress?.begin("replaying WAL", unit: "entries")
         let opened: (wal: WAL, contents: WALContents)
         do {
-            opened = try WAL.open(directory: walDir, snapshot: stored?.marker, options: options.wal)
+            opened = try WAL.open(directory: walDir, snapshot: stored?.marker, options: options.wal, progress: progress)
         } catch WALError.notFound(_) where stored == nil && FileIO.isDirectory(walDir) {
             throw DurableRaftError.noUsableSnapshot(walDirectory: walDir, skipped: skipped)
         }
@@ -177,6 +183,7 @@ public final class DurableRaftStorage {
                                 data: stored.data)
                 try memory.applySnapshot(snap)
             }
+            progress?.begin("decoding WAL entries", unit: "entries")
             var entries: [Entry] = []
             entries.reserveCapacity(contents.entries.count)
             var lastTerm = snap.metadata.term
@@ -204,6 +211,7 @@ public final class DurableRaftStorage {
                 }
                 lastTerm = e.term
                 entries.append(e)
+                progress?.advance()
             }
             try memory.append(entries)
             let last = try memory.lastIndex()

@@ -117,12 +117,14 @@ public final class WAL {
     /// (nil: from the start), cuts off a torn tail of the last segment (zero-filling it again)
     /// and returns what it holds. Throws `WALError.corrupt` for damage anywhere else, and
     /// `snapshotNotFound` if `snapshot` has a nonzero index and no marker for it is found.
+    /// `progress` (optional) counts the entries read.
     public static func open(directory: String, snapshot: WALSnapshotMarker? = nil,
-                            options: WALOptions = WALOptions()) throws -> (wal: WAL, contents: WALContents) {
+                            options: WALOptions = WALOptions(),
+                            progress: StartupProgress? = nil) throws -> (wal: WAL, contents: WALContents) {
         try checkOptions(options)
         let lock = try lockDirectory(directory)
         let names = try segmentNames(directory, removeTemps: true)
-        let loaded = try load(directory: directory, names: names, snapshot: snapshot)
+        let loaded = try load(directory: directory, names: names, snapshot: snapshot, progress: progress)
         guard let last = names.last else { throw WALError.notFound("no segments in \(directory)") }
         let path = FileIO.join(directory, last.fileName)
         let tail = try FileIOHandle.open(path, flags: O_RDWR)
@@ -149,7 +151,8 @@ public final class WAL {
 
     /// The snapshot markers in the WAL whose index is at most the last hard state's commit
     /// index (those a snapshot file may legitimately exist for), oldest first. Read-only.
-    public static func snapshotMarkers(directory: String) throws -> [WALSnapshotMarker] {
+    /// `progress` (optional) counts the records read.
+    public static func snapshotMarkers(directory: String, progress: StartupProgress? = nil) throws -> [WALSnapshotMarker] {
         let names = try segmentNames(directory, removeTemps: false)
         var markers: [WALSnapshotMarker] = []
         var hs = WALHardState()
@@ -157,6 +160,7 @@ public final class WAL {
             let path = FileIO.join(directory, name.fileName)
             let bytes = try FileIOHandle.open(path, flags: O_RDONLY).readAll()
             let scan = try name.scan(bytes, file: path, isLast: i == names.count - 1) { _, rec in
+                progress?.advance()
                 switch rec {
                 case let .snapshot(m): markers.append(m)
                 case let .hardState(h): hs = h
@@ -175,7 +179,8 @@ public final class WAL {
         var tailDamaged: Bool
     }
 
-    private static func load(directory: String, names: [WALSegmentName], snapshot: WALSnapshotMarker?) throws -> Loaded {
+    private static func load(directory: String, names: [WALSegmentName], snapshot: WALSnapshotMarker?,
+                             progress: StartupProgress? = nil) throws -> Loaded {
         guard !names.isEmpty else { throw WALError.notFound("no segments in \(directory)") }
         let snapIndex = snapshot?.index ?? 0
         guard let start = names.lastIndex(where: { $0.firstIndex <= snapIndex }) else {
@@ -190,7 +195,9 @@ public final class WAL {
             let name = names[i]
             let isLast = i == names.count - 1
             let path = FileIO.join(directory, name.fileName)
+            progress?.touch()
             let bytes = try FileIOHandle.open(path, flags: O_RDONLY).readAll()
+            progress?.touch()
             let scan = try name.scan(bytes, file: path, isLast: isLast) { offset, rec in
                 func corrupt(_ why: String) -> WALError { .corrupt(file: path, offset: Int64(offset), reason: why) }
                 switch rec {
@@ -200,6 +207,7 @@ public final class WAL {
                     if let metadata, metadata != m { throw corrupt("metadata differs from earlier segments") }
                     metadata = m
                 case let .entry(e):
+                    progress?.advance()
                     lastIndex = e.index
                     guard e.index > snapIndex else { break }
                     let pos = e.index - snapIndex - 1
@@ -210,6 +218,7 @@ public final class WAL {
                     contents.entries.removeSubrange(Int(pos)...)
                     contents.entries.append(e)
                 case let .hardState(h):
+                    progress?.touch()
                     contents.hardState = h
                 case let .snapshot(m):
                     lastIndex = max(lastIndex, m.index)

@@ -73,14 +73,15 @@ nonisolated func watchSignals(_ signals: [Int32]) -> (AsyncStream<Int32>, [any D
 }
 let (signals, signalSources) = watchSignals([SIGTERM, SIGINT])
 
-// systemd (Type=notify): status while recovering, READY=1 once clients are served,
-// WATCHDOG=1 while the Raft loop makes progress, STOPPING=1 on shutdown.
+// systemd (Type=notify): status while recovering, start-timeout extensions while recovery
+// makes progress, READY=1 once clients are served, WATCHDOG=1 while the Raft loop makes
+// progress, STOPPING=1 on shutdown.
 let systemd = SystemdSession()
 systemd.starting(dataDir: loaded.config.effectiveDataDir)
 
 let server: EtcdServer
 do {
-    server = try await EtcdServer.start(loaded, logger: logger)
+    server = try await EtcdServer.start(loaded, logger: logger, progress: systemd.progress)
 } catch {
     logger.critical("failed to start", metadata: ["error": "\(error)"])
     fail("\(error)", code: (error as? ServerStartError)?.memberRemoved == true ? ExitCode.removed : ExitCode.config)

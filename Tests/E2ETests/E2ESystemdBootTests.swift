@@ -416,6 +416,61 @@ struct E2ESystemdBootTests {
         await disk.remove()
     }
 
+    /// A member whose restart replays a WAL for longer than `TimeoutStartSec=`: the start
+    /// timeout is extended while the replay makes progress (EXTEND_TIMEOUT_USEC), so the unit
+    /// becomes active, not killed, and serves the data.
+    @Test(.enabled(if: E2E.benchPath != nil, "swetcd-bench not found"))
+    func longReplayOutlastsTimeoutStartSec() async throws {
+        // The data: written by a member on the host into what the container mounts as
+        // /var/lib/swetcd (the unit's data directory is /var/lib/swetcd/default).
+        let dataRoot = try E2E.tempDir("replay")
+        defer { try? FileManager.default.removeItem(atPath: dataRoot) }
+        let writer = try Member(name: "n1", extraArgs: ["--snapshot-count", "100000000", "--unsafe-no-fsync"])
+        writer.dataDir = dataRoot + "/default"
+        do {
+            try await writer.start()
+            let bench = try await E2E.runBench(["put", "--endpoints", writer.endpoint, "--conns", "2", "--clients", "16",
+                                                "--total", "\(E2ESystemdTests.replayEntries)", "--key-space-size", "500",
+                                                "--val-size", "\(E2ESystemdTests.replayValueSize)"])
+            try #require(bench.status == 0, "\(bench.stdout)\(bench.stderr)")
+            #expect(try await writer.stop() == 0)
+        } catch {
+            await writer.cleanUp()
+            throw error
+        }
+        // Owned by the unit's user, as StateDirectory= would leave it.
+        let root = try BootedSystem.rootfs.get()
+        let passwd = try String(contentsOfFile: root + "/etc/passwd", encoding: .utf8)
+        let fields = try #require(passwd.split(separator: "\n").first { $0.hasPrefix("swetcd:") }).split(separator: ":")
+        _ = try await LoopFileSystem.sh("chown", "-R", "\(fields[2]):\(fields[3])", dataRoot)
+        _ = try await LoopFileSystem.sh("chmod", "0700", dataRoot)
+
+        let system = try await BootedSystem(name: "replay", environment: BootedSystem.oneMember,
+                                            dropIn: "[Service]\nTimeoutStartSec=1s\n", dataMount: dataRoot)
+        do {
+            // Type=notify: returns once READY=1 came, or fails when the start times out.
+            let start = try await system.run(["systemctl", "start", "swetcd.service"], limit: 120)
+            #expect(start.status == 0, "\(start)")
+            let p = try await system.unit("ActiveState", "NRestarts", "ExecMainStartTimestampMonotonic",
+                                          "ActiveEnterTimestampMonotonic")
+            #expect(p["ActiveState"] == "active" && p["NRestarts"] == "0", "\(p)")
+            // The start took longer than TimeoutStartSec= (else this proves nothing).
+            let began = UInt64(p["ExecMainStartTimestampMonotonic"] ?? "") ?? 0
+            let active = UInt64(p["ActiveEnterTimestampMonotonic"] ?? "") ?? 0
+            #expect(began > 0 && active > began + 1_000_000,
+                    "the start took \(active &- began) µs, not more than TimeoutStartSec=1s: write more (SWETCD_E2E_REPLAY_ENTRIES)")
+            #expect(try await !system.managerLog().contains("timed out"))
+            let got = try await etcdctl(system.endpoint, ["get", "", "--prefix", "--keys-only"])
+            #expect(got.status == 0 && got.lines.filter { !$0.isEmpty }.count == 500, "\(got.status) \(got.stderr)")
+            print("start with a replay: \(active &- began) µs")
+        } catch {
+            Issue.record("manager log: \((try? await system.managerLog()) ?? "")")
+            await system.shutdown()
+            throw error
+        }
+        await system.shutdown()
+    }
+
     /// systemd/swetcd-tune.conf runs deploy/tune.sh after every start: the Raft loop's thread
     /// and the main thread get I/O priority best-effort 0 (the unit is set to 7 here, so the
     /// change is the script's), and the interface named in /etc/default/swetcd gets the qdisc.

@@ -70,6 +70,57 @@ final class NotifySocketRecorder: @unchecked Sendable {
 /// `swetcd` under a stand-in for systemd (`Type=notify` with `WatchdogSec=`).
 @Suite("E2E systemd notify", .serialized, .enabled(if: E2E.available, "swetcd or etcdctl not found"))
 struct E2ESystemdTests {
+    /// A restart that replays a long WAL asks systemd for more start-up time
+    /// (`EXTEND_TIMEOUT_USEC=`) while the replay moves, with a STATUS line saying what it
+    /// does; READY=1 follows, and no extension after it.
+    @Test(.enabled(if: E2E.benchPath != nil, "swetcd-bench not found"))
+    func longReplayExtendsTheStartTimeout() async throws {
+        let socket = try NotifySocketRecorder()
+        defer { socket.shutdown() }
+        // No snapshot: the restart reads every entry from the WAL.
+        let m = try Member(extraArgs: ["--snapshot-count", "100000000", "--unsafe-no-fsync"])
+        do {
+            try await m.start()
+            let entries = E2ESystemdTests.replayEntries
+            let bench = try await E2E.runBench(["put", "--endpoints", m.endpoint, "--conns", "2", "--clients", "16",
+                                                "--total", "\(entries)", "--key-space-size", "500",
+                                                "--val-size", "\(E2ESystemdTests.replayValueSize)"])
+            try #require(bench.status == 0, "\(bench.stdout)\(bench.stderr)")
+            #expect(try await m.stop() == 0)
+
+            m.environment = ["NOTIFY_SOCKET": socket.path]
+            try await m.start()
+            try await E2E.waitUntil("READY=1", limit: .seconds(60)) { socket.count("READY=1") == 1 }
+            let order = socket.assignments
+            let ready = try #require(order.firstIndex(of: "READY=1"))
+            let extensions = order.indices.filter { order[$0].hasPrefix("EXTEND_TIMEOUT_USEC=") }
+            #expect(!extensions.isEmpty, "no extension during the replay: \(socket.messages)")
+            #expect(extensions.allSatisfy { $0 < ready }, "an extension after READY=1: \(socket.messages)")
+            #expect(extensions.allSatisfy { order[$0] == "EXTEND_TIMEOUT_USEC=10000000" }, "\(socket.messages)")
+            // Each extension comes with a status line naming the step and how far it got.
+            let replaying = order.filter { $0.hasPrefix("STATUS=") && $0.contains(" entries") }
+            #expect(replaying.contains { $0.hasPrefix("STATUS=replaying WAL: ") || $0.hasPrefix("STATUS=decoding WAL entries: ") },
+                    "\(socket.messages)")
+            // The restarted member serves what was written.
+            let got = try await m.ctl("get", "", "--prefix", "--keys-only")
+            #expect(got.status == 0 && got.lines.filter { !$0.isEmpty }.count == 500, "\(got.status) \(got.stderr)")
+            print("replay of \(entries) entries: \(extensions.count) extensions; \(replaying.suffix(3))")
+            #expect(try await m.stop() == 0)
+            // Messages after READY=1: STATUS lines, STOPPING=1; never an extension.
+            #expect(socket.assignments.suffix(from: ready).allSatisfy { !$0.hasPrefix("EXTEND_TIMEOUT_USEC=") })
+        } catch {
+            Issue.record("swetcd log tail: \((m.child?.stderr ?? "").suffix(2000)); notify: \(socket.messages.suffix(20))")
+            await m.cleanUp()
+            throw error
+        }
+        await m.cleanUp()
+    }
+
+    /// Entries written before the replay (SWETCD_E2E_REPLAY_ENTRIES): enough that reading them
+    /// back takes well over the 250 ms between two looks at the progress counter.
+    static let replayEntries = Int(ProcessInfo.processInfo.environment["SWETCD_E2E_REPLAY_ENTRIES"] ?? "") ?? 5000
+    static let replayValueSize = 4096
+
     @Test func readyWatchdogAndStopping() async throws {
         let socket = try NotifySocketRecorder()
         defer { socket.shutdown() }

@@ -1,4 +1,6 @@
 import Foundation
+import Storage
+import Synchronization
 import Testing
 @testable import Server
 #if canImport(Glibc)
@@ -46,6 +48,19 @@ final class FakeNotifySocket {
 /// These tests change NOTIFY_SOCKET / WATCHDOG_* in this process, so they run one at a time and
 /// restore the environment.
 @Suite(.serialized) struct SystemdNotifierTests {
+    private func withEnvironment<T>(_ values: [String: String?], _ body: () async throws -> T) async rethrows -> T {
+        let saved = values.keys.map { ($0, getenv($0).map { String(cString: $0) }) }
+        for (key, value) in values {
+            if let value { setenv(key, value, 1) } else { unsetenv(key) }
+        }
+        defer {
+            for (key, value) in saved {
+                if let value { setenv(key, value, 1) } else { unsetenv(key) }
+            }
+        }
+        return try await body()
+    }
+
     private func withEnvironment<T>(_ values: [String: String?], _ body: () throws -> T) rethrows -> T {
         let saved = values.keys.map { ($0, getenv($0).map { String(cString: $0) }) }
         for (key, value) in values {
@@ -74,6 +89,59 @@ final class FakeNotifySocket {
             #expect(socket.receive() == "EXTEND_TIMEOUT_USEC=1500000")
             #expect(notifier.stopping())
             #expect(socket.receive() == "STOPPING=1")
+        }
+    }
+
+    /// The start timeout is extended only while the progress counter moves: a start that stops
+    /// making progress sends nothing more, so systemd's timeout still ends it.
+    @Test func startExtenderSendsOnlyWhileProgressMoves() {
+        let progress = StartupProgress()
+        let sent = Mutex<[[String]]>([])
+        progress.begin("replaying WAL", unit: "entries")
+        var extender = SystemdStartExtender(extendBy: .seconds(10), progress: { progress.count },
+                                            status: { progress.description },
+                                            send: { a in sent.withLock { $0.append(a) } })
+        // The counter's value at creation is the baseline.
+        var moved = extender.check()
+        #expect(!moved)
+        progress.advance(by: 3)
+        moved = extender.check()
+        #expect(moved)
+        #expect(sent.withLock { $0 } == [["EXTEND_TIMEOUT_USEC=10000000", "STATUS=replaying WAL: 3 entries"]])
+        // Stuck: no message however often it looks.
+        for _ in 0..<5 {
+            moved = extender.check()
+            #expect(!moved)
+        }
+        #expect(sent.withLock { $0.count } == 1)
+        progress.begin("opening the backend")
+        moved = extender.check()
+        #expect(moved)
+        #expect(sent.withLock { $0.last } == ["EXTEND_TIMEOUT_USEC=10000000", "STATUS=opening the backend"])
+        moved = extender.check()
+        #expect(!moved)
+    }
+
+    /// The session's extender reaches the real socket while the counter moves, and stops once
+    /// the start is over.
+    @Test func sessionExtendsStartWhileProgressMoves() async throws {
+        let socket = try FakeNotifySocket()
+        await withEnvironment(["NOTIFY_SOCKET": socket.path, "WATCHDOG_USEC": nil]) {
+            let session = SystemdSession(extendCheckInterval: .milliseconds(10), extendBy: .milliseconds(1500))
+            session.progress.begin("replaying WAL", unit: "entries")
+            session.starting(dataDir: "/d")
+            #expect(socket.receive() == "STATUS=recovering data in /d")
+            // One move (a single add): one message.
+            session.progress.advance(by: 42)
+            #expect(socket.receive() == "EXTEND_TIMEOUT_USEC=1500000\nSTATUS=replaying WAL: 42 entries")
+            // No move: nothing within 30 check intervals.
+            #expect(socket.receive(timeoutMs: 300) == nil)
+            session.progress.advance()
+            #expect(socket.receive() == "EXTEND_TIMEOUT_USEC=1500000\nSTATUS=replaying WAL: 43 entries")
+            session.finish()
+            // Finished: a later move sends nothing.
+            session.progress.advance()
+            #expect(socket.receive(timeoutMs: 300) == nil)
         }
     }
 

@@ -25,6 +25,45 @@ import Testing
         #expect(throws: WALError.self) { try DurableRaftStorage.open(dd, newMember: meta) }
     }
 
+    /// Reopening counts its progress: every WAL record scanned, every entry replayed and
+    /// decoded after the snapshot, and the step it is in.
+    @Test func reopenReportsProgress() throws {
+        var rng = SplitMix64(seed: 7)
+        let tmp = try WALTempDir("draft")
+        defer { tmp.cleanup() }
+        let dd = DataDir(path: tmp.sub("data"))
+        let c = try DRCluster.singleLeader(dd, meta, smallWAL)
+        for i in 0..<60 {
+            try c.nodes[1]!.propose(drPayload(&rng))
+            try c.settle()
+            if i == 39 { try c.snapshot(1, keeping: 5) }
+        }
+        let d = c.durable!
+        let snapIndex = try d.memory.snapshot().metadata.index
+        let last = try d.memory.lastIndex()
+        try d.close()
+        #expect(snapIndex > 0 && last > snapIndex)
+
+        let progress = StartupProgress()
+        #expect(progress.count == 0)
+        var options = smallWAL
+        options.progress = progress
+        let r = try DurableRaftStorage.open(dd, newMember: meta, options: options)
+        defer { try? r.close() }
+        let after = last - snapIndex
+        // The last step decoded the entries after the snapshot; the WAL was read twice before
+        // (markers, then the replay), each time counting at least those entries.
+        #expect(progress.description == "decoding WAL entries: \(after) entries")
+        #expect(progress.count >= 3 * after + 4, "\(progress.count)")
+
+        // Without a progress counter nothing is counted (and opening works the same).
+        try r.close()
+        let plain = try DurableRaftStorage.open(dd, newMember: meta, options: smallWAL)
+        #expect(try plain.memory.lastIndex() == last)
+        #expect(progress.count >= 3 * after + 4)
+        try plain.close()
+    }
+
     /// A single node proposes, snapshots and compacts while persisting every Ready; reopening
     /// rebuilds the same hard state, snapshot and log, and the restarted node carries on.
     @Test(arguments: drSeeds("DURABLE_RAFT_SEED", [1, 2]))

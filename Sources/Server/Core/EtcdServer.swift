@@ -125,7 +125,10 @@ public final class EtcdServer: Sendable {
     /// Opens (or creates) the data directory and starts the Raft loop. An empty directory
     /// bootstraps the member from `--initial-cluster`; an existing swetcd directory restarts
     /// (the `--initial-*` flags are ignored); anything else is refused untouched.
-    public static func start(_ loaded: LoadedConfig, logger: Logger) async throws -> EtcdServer {
+    /// `progress` (optional) is bumped as a restart reads the WAL, snapshot and backend (for
+    /// systemd's start timeout: see ``SystemdSession``).
+    public static func start(_ loaded: LoadedConfig, logger: Logger,
+                             progress: StartupProgress? = nil) async throws -> EtcdServer {
         let cfg = loaded.config
         // JWT keys are loaded before anything on disk is touched, so a bad key is a clean refusal.
         var jwt: JWTTokens?
@@ -178,9 +181,9 @@ public final class EtcdServer: Sendable {
         }
         var walOptions = WALOptions()
         walOptions.maxSegmentFiles = Int(clamping: cfg.maxWALs)
-        let raftStorage = try DurableRaftStorage.open(
-            dataDir, newMember: newMember,
-            options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(clamping: cfg.maxSnapshots)))
+        var raftOptions = DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(clamping: cfg.maxSnapshots))
+        raftOptions.progress = progress
+        let raftStorage = try DurableRaftStorage.open(dataDir, newMember: newMember, options: raftOptions)
         let isNew = raftStorage.recovery.isNew
         if isNew && joined == nil {
             try bootstrapLog(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
@@ -202,6 +205,7 @@ public final class EtcdServer: Sendable {
         if cfg.backendBatchLimit > 0 { backendOptions.batchLimit = Int(cfg.backendBatchLimit) }
         if cfg.unsafeNoFsync { backendOptions.sync = false }
         let snapIndex = raftStorage.recovery.snapshot.metadata.index
+        progress?.begin("opening the backend")
         // A snapshot from the leader whose backend file was not swapped in before a crash.
         try SnapshotInstaller.recoverBackend(dataDir: dataDir, snapshotIndex: snapIndex, options: backendOptions, logger: logger)
         let backend = try Backend(path: dataDir.backendPath, options: backendOptions)
@@ -214,7 +218,11 @@ public final class EtcdServer: Sendable {
         var storeOptions = MVCCStore.Options()
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
         let parts = ServerConfigParts(backend: backendOptions, lessor: lessorConfig, store: storeOptions)
-        let machine = StateMachineHolder(try StateMachine.open(backend, config: parts), parts: parts)
+        // Only this first open reports its index rebuild (not a later swap to a snapshot).
+        var firstOpen = parts
+        firstOpen.store.progress = progress
+        let machine = StateMachineHolder(try StateMachine.open(backend, config: firstOpen), parts: parts)
+        progress?.begin("starting the Raft loop")
 
         let consistent = try backend.consistentIndex()
         let hs = raftStorage.recovery.hardState
