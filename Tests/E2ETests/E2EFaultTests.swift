@@ -55,7 +55,8 @@ struct WatchedEvent: Equatable, CustomStringConvertible {
 }
 
 /// A real three-member cluster, each member in its own network namespace, under a seeded
-/// schedule of faults (partitions of every shape, random loss, SIGSTOP of leader and follower,
+/// schedule of faults (partitions of every shape, random loss, delays with jitter that reorder
+/// packets, SIGSTOP of leader and follower,
 /// kill -9 and restart) while etcdctl clients put, read, create-if-absent and
 /// compare-and-swap a few keys on every member, and one watcher stays connected throughout.
 /// Checks: the history is linearizable, no member cut off from the majority answered a
@@ -73,7 +74,8 @@ struct E2EFaultTests {
     static let createKeys = (0..<24).map { "f/c\($0)" }
 
     enum Fault: String, CaseIterable {
-        case isolateLeader, isolateFollower, leaderDeaf, followerMute, bridge, loss, pauseLeader, pauseFollower, killRestart
+        case isolateLeader, isolateFollower, leaderDeaf, followerMute, bridge, loss, delay, slowLeader, pauseLeader,
+             pauseFollower, killRestart
     }
 
     @Test func historyUnderNetworkAndProcessFaults() async throws {
@@ -282,6 +284,14 @@ struct E2EFaultTests {
                     try await cluster.cut(leader, follower)
                 case .loss:
                     try await cluster.randomLoss(0.2)
+                case .delay:
+                    // Every link 20-100 ms one way; the jitter reorders packets.
+                    try await cluster.delayAll(milliseconds: 20, jitter: 80)
+                case .slowLeader:
+                    // The leader's links, both ways, 200-800 ms: heartbeats and acks arrive near
+                    // the election timeout (1 s), out of order.
+                    try await cluster.delayIncoming(at: leader, from: followers, milliseconds: 200, jitter: 600)
+                    for f in followers { try await cluster.delayIncoming(at: f, from: [leader], milliseconds: 200, jitter: 600) }
                 case .pauseLeader:
                     cluster.pause(leader)
                 case .pauseFollower:
@@ -298,6 +308,11 @@ struct E2EFaultTests {
                 if cutOff != nil {
                     let to = run.now()
                     run.minorityWindows.withLock { w in w[w.count - 1].to = to }
+                }
+                if fault == .delay || fault == .slowLeader {
+                    let delayed = cluster.delayedPackets
+                    run.faults.withLock { $0[$0.count - 1] += " \(delayed) packets delayed" }
+                    #expect(delayed > 0, "\(fault.rawValue): the delayer held no packet")
                 }
                 try await cluster.heal()
                 for n in nodes where n.paused { cluster.resume(n) }
