@@ -83,8 +83,8 @@ struct E2EFaultTests {
         print("faults: seed \(seed) (replay with E2E_FAULT_SEED=\(seed))")
         try await NetnsCluster.with(3) { cluster in
             let nodes = cluster.nodes
-            _ = try await cluster.leader()
             let run = FaultRun()
+            let leases = try await FaultLeases(node: try await cluster.leader(), run: run)
             // The watcher stays on n1, which is never killed (a pause or a partition keeps
             // its connection).
             let watcher = try etcdctlProcess(nodes[0].endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"],
@@ -96,6 +96,7 @@ struct E2EFaultTests {
                 for c in 0..<Self.clients {
                     group.addTask { try await Self.client(c, seed: seed, nodes: nodes, run: run) }
                 }
+                group.addTask { try await leases.drive(seed: seed, nodes: nodes, run: run) }
                 group.addTask {
                     defer { run.stop.store(true, ordering: .relaxed) }
                     try await Self.faults(seed: seed, cluster: cluster, run: run)
@@ -105,6 +106,7 @@ struct E2EFaultTests {
 
             // Healed (the fault task undid each fault); every member is up again.
             let leader = try await cluster.leader()
+            let healed = run.now()
             for key in Self.hotKeys + Self.createKeys {
                 let start = run.now()
                 let (ok, value, _) = try await Self.get(leader, key)
@@ -171,6 +173,8 @@ struct E2EFaultTests {
                 hashes = await cluster.hashKV(at: revision)
                 return hashes.count == nodes.count && Set(hashes.values).count == 1
             }
+            // 5. Leases.
+            try await leases.check(cluster: cluster, run: run, healed: healed, electionTimeout: UInt64(cluster.electionTimeout))
         }
     }
 
