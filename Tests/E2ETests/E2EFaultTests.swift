@@ -17,6 +17,8 @@ final class FaultRun: Sendable {
     let down = Mutex<Set<Int>>([])
     let stop = Atomic<Bool>(false)
     let faults = Mutex<[String]>([])
+    /// The revision compacted part-way through the faults.
+    let compactRevision = Mutex<Int64?>(nil)
 
     func now() -> UInt64 {
         let d = ContinuousClock.now - origin
@@ -99,7 +101,7 @@ struct E2EFaultTests {
                 group.addTask { try await leases.drive(seed: seed, nodes: nodes, run: run) }
                 group.addTask {
                     defer { run.stop.store(true, ordering: .relaxed) }
-                    try await Self.faults(seed: seed, cluster: cluster, run: run)
+                    try await Self.faults(seed: seed, cluster: cluster, run: run, watcher: watcher)
                 }
                 try await group.waitForAll()
             }
@@ -144,16 +146,19 @@ struct E2EFaultTests {
                 }
             }
             // 3. The watcher that stayed connected got every event once, in order, with no gap:
-            // the same list as a new watch from revision 1, which holds every acknowledged write.
+            // from the revision compacted during the run on, the same list as a new watch from
+            // there; and every acknowledged write is among its events.
             try await E2E.waitUntil("the watcher reaching the last write", limit: .seconds(30)) {
                 watcher.stdout.contains("\"Events\"") && WatchedEvent.parse(watcher.stdout).contains { $0.key == "f/zz-end" }
             }
             let live = WatchedEvent.parse(watcher.stdout)
-            let replay = try await Self.watchAll(cluster.nodes[1])
-            #expect(live == replay, "the live watcher's events differ from a replay from revision 1: \(live.count) vs \(replay.count)")
+            let compacted = try #require(run.compactRevision.withLock { $0 }, "no compaction during the run")
+            let replay = try await Self.watchAll(cluster.nodes[1], from: compacted)
+            let liveTail = live.filter { $0.revision >= compacted }
+            #expect(liveTail == replay, "the live watcher's events differ from a replay from revision \(compacted): \(liveTail.count) vs \(replay.count)")
             #expect(zip(live, live.dropFirst()).allSatisfy { $0.revision < $1.revision }, "revisions not increasing")
             var seen: [String: Int64] = [:]
-            for e in replay {
+            for e in live {
                 if let r = seen[e.value] { Issue.record("value \(e.value) written twice: revisions \(r) and \(e.revision)") }
                 seen[e.value] = e.revision
             }
@@ -173,7 +178,15 @@ struct E2EFaultTests {
                 hashes = await cluster.hashKV(at: revision)
                 return hashes.count == nodes.count && Set(hashes.values).count == 1
             }
-            // 5. Leases.
+            // 5. A watch from before the compacted revision is refused on every member with
+            // etcd's error and the compact revision, and no event is served.
+            for n in nodes {
+                let out = try await n.ctl(["watch", "--prefix", "f/", "--rev", "\(compacted - 1)", "-w", "json"], limit: 15)
+                #expect(out.stderr.contains("required revision has been compacted"), "n\(n.index): \(out)")
+                #expect(out.stdout.contains("\"CompactRevision\":\(compacted)"), "n\(n.index): \(out)")
+                #expect(WatchedEvent.parse(out.stdout).isEmpty, "n\(n.index) served events from a compacted revision: \(out.stdout.prefix(500))")
+            }
+            // 6. Leases.
             try await leases.check(cluster: cluster, run: run, healed: healed, electionTimeout: UInt64(cluster.electionTimeout))
         }
     }
@@ -238,9 +251,9 @@ struct E2EFaultTests {
         return (true, first == "SUCCESS")
     }
 
-    /// Every event under f/ from revision 1, through a new watcher on `node`.
-    static func watchAll(_ node: NetnsCluster.Node) async throws -> [WatchedEvent] {
-        let w = try etcdctlProcess(node.endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"], limit: 60)
+    /// Every event under f/ from revision `from`, through a new watcher on `node`.
+    static func watchAll(_ node: NetnsCluster.Node, from: Int64) async throws -> [WatchedEvent] {
+        let w = try etcdctlProcess(node.endpoint, ["watch", "--prefix", "f/", "--rev", "\(from)", "-w", "json"], limit: 60)
         try w.start()
         defer { w.signal(SIGKILL) }
         try await E2E.waitUntil("a replay of the watch", limit: .seconds(30)) {
@@ -251,16 +264,34 @@ struct E2EFaultTests {
 
     // MARK: faults
 
+    /// Compacts at the revision of the live watcher's last event, through the leader.
+    static func compact(cluster: NetnsCluster, run: FaultRun, watcher: Child) async throws {
+        var revision: Int64 = 0
+        try await E2E.waitUntil("the watcher past revision 2", limit: .seconds(30)) {
+            revision = WatchedEvent.parse(watcher.stdout).last?.revision ?? 0
+            return revision > 2
+        }
+        try await E2E.waitUntil("a compaction at \(revision)", limit: .seconds(30)) {
+            let out = try await cluster.leader().ctl(["compact", "\(revision)"])
+            return out.status == 0 || out.stderr.contains("required revision has been compacted")
+        }
+        run.compactRevision.withLock { $0 = revision }
+        run.faults.withLock { $0.append("compact(\(revision))") }
+    }
+
     /// Each fault of `Fault` once per round, in a seeded order: applied, held for 1.5–3 s
     /// while the clients run, undone; then the cluster must elect a leader and take writes
     /// before the next.
-    static func faults(seed: UInt64, cluster: NetnsCluster, run: FaultRun) async throws {
+    /// Half-way through the first round, the revision of the live `watcher`'s last event is
+    /// compacted (it has seen it, so it is not cut off).
+    static func faults(seed: UInt64, cluster: NetnsCluster, run: FaultRun, watcher: Child) async throws {
         var rng = SplitMix64(seed: seed ^ 0xFA17)
         let nodes = cluster.nodes
-        for _ in 0..<rounds {
+        for round in 0..<rounds {
             var order = Fault.allCases
             for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            for fault in order {
+            for (index, fault) in order.enumerated() {
+                if round == 0 && index == order.count / 2 { try await compact(cluster: cluster, run: run, watcher: watcher) }
                 // Some operations between faults.
                 let before = run.count
                 try await E2E.waitUntil("operations before a fault", limit: .seconds(60)) { run.count >= before + 6 }
