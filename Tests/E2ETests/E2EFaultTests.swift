@@ -444,6 +444,10 @@ extension E2EFaultTests {
             let status = try #require(n3.child?.exitStatus)
             #expect(status != 0, "n3 exited with 0 on a full disk")
             #expect(n3.log.contains("the member cannot go on"), "\(n3.log.suffix(1500))")
+            // The reason names the full disk (LMDB turns a short write into EIO; the backend
+            // says what it was).
+            #expect(n3.log.contains("No space left on device"), "\(n3.log.suffix(1500))")
+            #expect(!n3.log.contains("Input/output error"), "\(n3.log.suffix(1500))")
             // The others go on.
             for j in 0..<5 { #expect(try await put(n1, "d/full\(j)", "v\(j)")) }
 
