@@ -9,7 +9,8 @@ import Glibc
 
 /// What the clients and the fault task of one run share.
 final class FaultRun: Sendable {
-    let origin = ContinuousClock.now
+    /// CLOCK_MONOTONIC at time zero: the Go client reads the same clock.
+    let origin = FaultRun.monotonic()
     /// Each operation with the node it was sent to.
     let history = Mutex<[(op: HistoryOp, node: Int)]>([])
     /// Nodes cut off from the majority: (node, from, to) in run time; nil `to` while it lasts.
@@ -20,9 +21,11 @@ final class FaultRun: Sendable {
     /// The revision compacted part-way through the faults.
     let compactRevision = Mutex<Int64?>(nil)
 
-    func now() -> UInt64 {
-        let d = ContinuousClock.now - origin
-        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+    func now() -> UInt64 { Self.monotonic() - origin }
+    static func monotonic() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
     func record(_ op: HistoryOp, node: Int) { history.withLock { $0.append((op, node)) } }
     var count: Int { history.withLock { $0.count } }
@@ -60,7 +63,9 @@ struct WatchedEvent: Equatable, CustomStringConvertible {
 /// schedule of faults (partitions of every shape, random loss, delays with jitter that reorder
 /// packets, SIGSTOP of leader and follower,
 /// kill -9 and restart) while etcdctl clients put, read, create-if-absent and
-/// compare-and-swap a few keys on every member, and one watcher stays connected throughout.
+/// compare-and-swap a few keys on every member, etcd's Go clientv3 (Tests/E2ETests/go/faultclient)
+/// does kube-apiserver's creates and updates over all three, and one watcher stays connected
+/// throughout.
 /// Checks: the history is linearizable, no member cut off from the majority answered a
 /// request, the watcher saw every acknowledged write once, in order and without gaps (the
 /// same events as a watch from revision 1 afterwards), and the members converge (equal
@@ -83,6 +88,7 @@ struct E2EFaultTests {
     @Test func historyUnderNetworkAndProcessFaults() async throws {
         let seed = UInt64(Self.env["E2E_FAULT_SEED"] ?? "") ?? UInt64.random(in: 1...1_000_000)
         print("faults: seed \(seed) (replay with E2E_FAULT_SEED=\(seed))")
+        let goProgram = try await GoChecks.binary("faultclient")
         try await NetnsCluster.with(3) { cluster in
             let nodes = cluster.nodes
             let run = FaultRun()
@@ -93,6 +99,18 @@ struct E2EFaultTests {
                                              limit: 900)
             try watcher.start()
             defer { watcher.signal(SIGTERM) }   // timeout(1) passes TERM on; KILL would orphan etcdctl
+            // etcd's clientv3 over all three members (its balancer picks), as kube-apiserver.
+            let goDir = try E2E.tempDir("faultclient")
+            defer { try? FileManager.default.removeItem(atPath: goDir) }
+            let stopFile = goDir + "/stop"
+            let goClient = try Child("/usr/bin/timeout", [
+                "-s", "KILL", "1800", goProgram, "--endpoints", nodes.map(\.endpoint).joined(separator: ","),
+                "--clients", "2", "--first-id", "100", "--seed", "\(seed)", "--origin", "\(run.origin)",
+                "--hot-keys", Self.hotKeys.joined(separator: ","), "--create-keys", Self.createKeys.joined(separator: ","),
+                "--stop-file", stopFile,
+            ])
+            try goClient.start()
+            defer { goClient.signal(SIGKILL) }
 
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for c in 0..<Self.clients {
@@ -105,6 +123,17 @@ struct E2EFaultTests {
                 }
                 try await group.waitForAll()
             }
+            // The Go client finishes the requests it has in flight and prints the last ones.
+            _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
+            #expect(try await goClient.waitExit(limit: .seconds(30)) == 0, "faultclient: \(goClient.stderr.suffix(2000))")
+            let goOps = Self.parseGoHistory(goClient.stdout)
+            for op in goOps { run.record(op, node: 0) }
+            let goAcked = goOps.filter { op in
+                guard op.end != nil, case .cas(_, _, let ok) = op.kind else { return false }
+                return ok
+            }.count
+            print("faults: clientv3: \(goOps.count) operations, \(goAcked) acknowledged conditional writes")
+            #expect(goAcked >= 5, "the Go client had too few writes acknowledged: \(goClient.stderr.suffix(1500))")
 
             // Healed (the fault task undid each fault); every member is up again.
             let leader = try await cluster.leader()
@@ -229,6 +258,25 @@ struct E2EFaultTests {
                 run.record(HistoryOp(client: c, key: key, kind: .cas(expected: current, new: value, succeeded: swapped || !answered),
                                      start: casStart, end: answered ? run.now() : nil), node: node.index)
             }
+        }
+    }
+
+    /// The operations `faultclient` printed (one JSON object a line).
+    static func parseGoHistory(_ text: String) -> [HistoryOp] {
+        text.split(separator: "\n").compactMap { line in
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let client = (o["c"] as? NSNumber)?.intValue, let key = o["k"] as? String,
+                  let start = (o["s"] as? NSNumber)?.int64Value, let end = (o["f"] as? NSNumber)?.int64Value,
+                  start >= 0 else { return nil }
+            let value = o["v"] as? String
+            let kind: HistoryOp.Kind
+            if o["t"] as? String == "get" {
+                kind = .get(value)
+            } else {
+                guard let value else { return nil }
+                kind = .cas(expected: o["x"] as? String, new: value, succeeded: (o["ok"] as? Bool) ?? true)
+            }
+            return HistoryOp(client: client, key: key, kind: kind, start: UInt64(start), end: end < 0 ? nil : UInt64(end))
         }
     }
 
