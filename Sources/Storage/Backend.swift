@@ -250,7 +250,7 @@ public final class Backend: @unchecked Sendable {
                 }
                 continue
             }
-            throw BackendError(rc, "commit batch")
+            throw BackendError.write(rc, "commit batch", path: path)
         }
         // A defragmentation copy in progress replays this batch into the copy later.
         defragLog?.append(buffer)

@@ -22,6 +22,24 @@ public struct BackendError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+extension BackendError {
+    /// A failed LMDB write to the file at `path`. LMDB reports a short `pwrite` as EIO, so on a
+    /// file system that fills up mid-write the real cause (ENOSPC) is lost and the member would
+    /// stop with "Input/output error". When the file system has (almost) nothing left, the
+    /// error says so, with code ENOSPC.
+    static func write(_ code: Int32, _ what: String, path: String) -> BackendError {
+        guard code == EIO, let free = freeBytes(path), free < 1 << 20 else { return BackendError(code, what) }
+        return BackendError(ENOSPC, "\(what) (LMDB reported a short write as an I/O error; the file system of \(path) has \(free / 1024) KiB free)")
+    }
+
+    /// Bytes an unprivileged writer may still use on the file system holding `path`.
+    static func freeBytes(_ path: String) -> UInt64? {
+        var st = statvfs()
+        guard statvfs(path, &st) == 0 else { return nil }
+        return UInt64(st.f_bavail) * UInt64(st.f_frsize)
+    }
+}
+
 @inline(__always)
 func lmdbCheck(_ rc: Int32, _ what: @autoclosure () -> String) throws {
     if rc != MDB_SUCCESS { throw BackendError(rc, what()) }
@@ -108,7 +126,10 @@ final class LMDBEnv {
     }
 
     /// Forces LMDB's data to disk (fdatasync), also when the env was opened without syncing.
-    func sync() throws { try lmdbCheck(mdb_env_sync(env, 1), "sync") }
+    func sync() throws {
+        let rc = mdb_env_sync(env, 1)
+        if rc != MDB_SUCCESS { throw BackendError.write(rc, "sync", path: path) }
+    }
 
     /// Turns LMDB's sync at each commit on or off.
     func setSync(_ on: Bool) throws {

@@ -9,7 +9,8 @@ import Glibc
 
 /// What the clients and the fault task of one run share.
 final class FaultRun: Sendable {
-    let origin = ContinuousClock.now
+    /// CLOCK_MONOTONIC at time zero: the Go client reads the same clock.
+    let origin = FaultRun.monotonic()
     /// Each operation with the node it was sent to.
     let history = Mutex<[(op: HistoryOp, node: Int)]>([])
     /// Nodes cut off from the majority: (node, from, to) in run time; nil `to` while it lasts.
@@ -17,10 +18,14 @@ final class FaultRun: Sendable {
     let down = Mutex<Set<Int>>([])
     let stop = Atomic<Bool>(false)
     let faults = Mutex<[String]>([])
+    /// The revision compacted part-way through the faults.
+    let compactRevision = Mutex<Int64?>(nil)
 
-    func now() -> UInt64 {
-        let d = ContinuousClock.now - origin
-        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+    func now() -> UInt64 { Self.monotonic() - origin }
+    static func monotonic() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
     func record(_ op: HistoryOp, node: Int) { history.withLock { $0.append((op, node)) } }
     var count: Int { history.withLock { $0.count } }
@@ -55,9 +60,12 @@ struct WatchedEvent: Equatable, CustomStringConvertible {
 }
 
 /// A real three-member cluster, each member in its own network namespace, under a seeded
-/// schedule of faults (partitions of every shape, random loss, SIGSTOP of leader and follower,
+/// schedule of faults (partitions of every shape, random loss, delays with jitter that reorder
+/// packets, SIGSTOP of leader and follower,
 /// kill -9 and restart) while etcdctl clients put, read, create-if-absent and
-/// compare-and-swap a few keys on every member, and one watcher stays connected throughout.
+/// compare-and-swap a few keys on every member, etcd's Go clientv3 (Tests/E2ETests/go/faultclient)
+/// does kube-apiserver's creates and updates over all three, and one watcher stays connected
+/// throughout.
 /// Checks: the history is linearizable, no member cut off from the majority answered a
 /// request, the watcher saw every acknowledged write once, in order and without gaps (the
 /// same events as a watch from revision 1 afterwards), and the members converge (equal
@@ -73,36 +81,63 @@ struct E2EFaultTests {
     static let createKeys = (0..<24).map { "f/c\($0)" }
 
     enum Fault: String, CaseIterable {
-        case isolateLeader, isolateFollower, leaderDeaf, followerMute, bridge, loss, pauseLeader, pauseFollower, killRestart
+        case isolateLeader, isolateFollower, leaderDeaf, followerMute, bridge, loss, delay, slowLeader, pauseLeader,
+             pauseFollower, killRestart
     }
 
     @Test func historyUnderNetworkAndProcessFaults() async throws {
         let seed = UInt64(Self.env["E2E_FAULT_SEED"] ?? "") ?? UInt64.random(in: 1...1_000_000)
         print("faults: seed \(seed) (replay with E2E_FAULT_SEED=\(seed))")
+        let goProgram = try await GoChecks.binary("faultclient")
         try await NetnsCluster.with(3) { cluster in
             let nodes = cluster.nodes
-            _ = try await cluster.leader()
             let run = FaultRun()
+            let leases = try await FaultLeases(node: try await cluster.leader(), run: run)
             // The watcher stays on n1, which is never killed (a pause or a partition keeps
             // its connection).
             let watcher = try etcdctlProcess(nodes[0].endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"],
                                              limit: 900)
             try watcher.start()
             defer { watcher.signal(SIGTERM) }   // timeout(1) passes TERM on; KILL would orphan etcdctl
+            // etcd's clientv3 over all three members (its balancer picks), as kube-apiserver.
+            let goDir = try E2E.tempDir("faultclient")
+            defer { try? FileManager.default.removeItem(atPath: goDir) }
+            let stopFile = goDir + "/stop"
+            let goClient = try Child("/usr/bin/timeout", [
+                "-s", "KILL", "1800", goProgram, "--endpoints", nodes.map(\.endpoint).joined(separator: ","),
+                "--clients", "2", "--first-id", "100", "--seed", "\(seed)", "--origin", "\(run.origin)",
+                "--hot-keys", Self.hotKeys.joined(separator: ","), "--create-keys", Self.createKeys.joined(separator: ","),
+                "--stop-file", stopFile,
+            ])
+            try goClient.start()
+            defer { goClient.signal(SIGKILL) }
 
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for c in 0..<Self.clients {
                     group.addTask { try await Self.client(c, seed: seed, nodes: nodes, run: run) }
                 }
+                group.addTask { try await leases.drive(seed: seed, nodes: nodes, run: run) }
                 group.addTask {
                     defer { run.stop.store(true, ordering: .relaxed) }
-                    try await Self.faults(seed: seed, cluster: cluster, run: run)
+                    try await Self.faults(seed: seed, cluster: cluster, run: run, watcher: watcher)
                 }
                 try await group.waitForAll()
             }
+            // The Go client finishes the requests it has in flight and prints the last ones.
+            _ = FileManager.default.createFile(atPath: stopFile, contents: nil)
+            #expect(try await goClient.waitExit(limit: .seconds(30)) == 0, "faultclient: \(goClient.stderr.suffix(2000))")
+            let goOps = Self.parseGoHistory(goClient.stdout)
+            for op in goOps { run.record(op, node: 0) }
+            let goAcked = goOps.filter { op in
+                guard op.end != nil, case .cas(_, _, let ok) = op.kind else { return false }
+                return ok
+            }.count
+            print("faults: clientv3: \(goOps.count) operations, \(goAcked) acknowledged conditional writes")
+            #expect(goAcked >= 5, "the Go client had too few writes acknowledged: \(goClient.stderr.suffix(1500))")
 
             // Healed (the fault task undid each fault); every member is up again.
             let leader = try await cluster.leader()
+            let healed = run.now()
             for key in Self.hotKeys + Self.createKeys {
                 let start = run.now()
                 let (ok, value, _) = try await Self.get(leader, key)
@@ -140,16 +175,19 @@ struct E2EFaultTests {
                 }
             }
             // 3. The watcher that stayed connected got every event once, in order, with no gap:
-            // the same list as a new watch from revision 1, which holds every acknowledged write.
+            // from the revision compacted during the run on, the same list as a new watch from
+            // there; and every acknowledged write is among its events.
             try await E2E.waitUntil("the watcher reaching the last write", limit: .seconds(30)) {
                 watcher.stdout.contains("\"Events\"") && WatchedEvent.parse(watcher.stdout).contains { $0.key == "f/zz-end" }
             }
             let live = WatchedEvent.parse(watcher.stdout)
-            let replay = try await Self.watchAll(cluster.nodes[1])
-            #expect(live == replay, "the live watcher's events differ from a replay from revision 1: \(live.count) vs \(replay.count)")
+            let compacted = try #require(run.compactRevision.withLock { $0 }, "no compaction during the run")
+            let replay = try await Self.watchAll(cluster.nodes[1], from: compacted)
+            let liveTail = live.filter { $0.revision >= compacted }
+            #expect(liveTail == replay, "the live watcher's events differ from a replay from revision \(compacted): \(liveTail.count) vs \(replay.count)")
             #expect(zip(live, live.dropFirst()).allSatisfy { $0.revision < $1.revision }, "revisions not increasing")
             var seen: [String: Int64] = [:]
-            for e in replay {
+            for e in live {
                 if let r = seen[e.value] { Issue.record("value \(e.value) written twice: revisions \(r) and \(e.revision)") }
                 seen[e.value] = e.revision
             }
@@ -169,6 +207,16 @@ struct E2EFaultTests {
                 hashes = await cluster.hashKV(at: revision)
                 return hashes.count == nodes.count && Set(hashes.values).count == 1
             }
+            // 5. A watch from before the compacted revision is refused on every member with
+            // etcd's error and the compact revision, and no event is served.
+            for n in nodes {
+                let out = try await n.ctl(["watch", "--prefix", "f/", "--rev", "\(compacted - 1)", "-w", "json"], limit: 15)
+                #expect(out.stderr.contains("required revision has been compacted"), "n\(n.index): \(out)")
+                #expect(out.stdout.contains("\"CompactRevision\":\(compacted)"), "n\(n.index): \(out)")
+                #expect(WatchedEvent.parse(out.stdout).isEmpty, "n\(n.index) served events from a compacted revision: \(out.stdout.prefix(500))")
+            }
+            // 6. Leases.
+            try await leases.check(cluster: cluster, run: run, healed: healed, electionTimeout: UInt64(cluster.electionTimeout))
         }
     }
 
@@ -213,6 +261,25 @@ struct E2EFaultTests {
         }
     }
 
+    /// The operations `faultclient` printed (one JSON object a line).
+    static func parseGoHistory(_ text: String) -> [HistoryOp] {
+        text.split(separator: "\n").compactMap { line in
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  let client = (o["c"] as? NSNumber)?.intValue, let key = o["k"] as? String,
+                  let start = (o["s"] as? NSNumber)?.int64Value, let end = (o["f"] as? NSNumber)?.int64Value,
+                  start >= 0 else { return nil }
+            let value = o["v"] as? String
+            let kind: HistoryOp.Kind
+            if o["t"] as? String == "get" {
+                kind = .get(value)
+            } else {
+                guard let value else { return nil }
+                kind = .cas(expected: o["x"] as? String, new: value, succeeded: (o["ok"] as? Bool) ?? true)
+            }
+            return HistoryOp(client: client, key: key, kind: kind, start: UInt64(start), end: end < 0 ? nil : UInt64(end))
+        }
+    }
+
     /// A linearizable get: (answered, value or nil when absent, mod revision).
     static func get(_ node: NetnsCluster.Node, _ key: String) async throws -> (Bool, String?, Int64) {
         let out = try await node.ctl(["get", key, "-w", "json"])
@@ -232,9 +299,9 @@ struct E2EFaultTests {
         return (true, first == "SUCCESS")
     }
 
-    /// Every event under f/ from revision 1, through a new watcher on `node`.
-    static func watchAll(_ node: NetnsCluster.Node) async throws -> [WatchedEvent] {
-        let w = try etcdctlProcess(node.endpoint, ["watch", "--prefix", "f/", "--rev", "1", "-w", "json"], limit: 60)
+    /// Every event under f/ from revision `from`, through a new watcher on `node`.
+    static func watchAll(_ node: NetnsCluster.Node, from: Int64) async throws -> [WatchedEvent] {
+        let w = try etcdctlProcess(node.endpoint, ["watch", "--prefix", "f/", "--rev", "\(from)", "-w", "json"], limit: 60)
         try w.start()
         defer { w.signal(SIGKILL) }
         try await E2E.waitUntil("a replay of the watch", limit: .seconds(30)) {
@@ -245,16 +312,34 @@ struct E2EFaultTests {
 
     // MARK: faults
 
+    /// Compacts at the revision of the live watcher's last event, through the leader.
+    static func compact(cluster: NetnsCluster, run: FaultRun, watcher: Child) async throws {
+        var revision: Int64 = 0
+        try await E2E.waitUntil("the watcher past revision 2", limit: .seconds(30)) {
+            revision = WatchedEvent.parse(watcher.stdout).last?.revision ?? 0
+            return revision > 2
+        }
+        try await E2E.waitUntil("a compaction at \(revision)", limit: .seconds(30)) {
+            let out = try await cluster.leader().ctl(["compact", "\(revision)"])
+            return out.status == 0 || out.stderr.contains("required revision has been compacted")
+        }
+        run.compactRevision.withLock { $0 = revision }
+        run.faults.withLock { $0.append("compact(\(revision))") }
+    }
+
     /// Each fault of `Fault` once per round, in a seeded order: applied, held for 1.5–3 s
     /// while the clients run, undone; then the cluster must elect a leader and take writes
     /// before the next.
-    static func faults(seed: UInt64, cluster: NetnsCluster, run: FaultRun) async throws {
+    /// Half-way through the first round, the revision of the live `watcher`'s last event is
+    /// compacted (it has seen it, so it is not cut off).
+    static func faults(seed: UInt64, cluster: NetnsCluster, run: FaultRun, watcher: Child) async throws {
         var rng = SplitMix64(seed: seed ^ 0xFA17)
         let nodes = cluster.nodes
-        for _ in 0..<rounds {
+        for round in 0..<rounds {
             var order = Fault.allCases
             for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            for fault in order {
+            for (index, fault) in order.enumerated() {
+                if round == 0 && index == order.count / 2 { try await compact(cluster: cluster, run: run, watcher: watcher) }
                 // Some operations between faults.
                 let before = run.count
                 try await E2E.waitUntil("operations before a fault", limit: .seconds(60)) { run.count >= before + 6 }
@@ -282,6 +367,14 @@ struct E2EFaultTests {
                     try await cluster.cut(leader, follower)
                 case .loss:
                     try await cluster.randomLoss(0.2)
+                case .delay:
+                    // Every link 20-100 ms one way; the jitter reorders packets.
+                    try await cluster.delayAll(milliseconds: 20, jitter: 80)
+                case .slowLeader:
+                    // The leader's links, both ways, 200-800 ms: heartbeats and acks arrive near
+                    // the election timeout (1 s), out of order.
+                    try await cluster.delayIncoming(at: leader, from: followers, milliseconds: 200, jitter: 600)
+                    for f in followers { try await cluster.delayIncoming(at: f, from: [leader], milliseconds: 200, jitter: 600) }
                 case .pauseLeader:
                     cluster.pause(leader)
                 case .pauseFollower:
@@ -298,6 +391,11 @@ struct E2EFaultTests {
                 if cutOff != nil {
                     let to = run.now()
                     run.minorityWindows.withLock { w in w[w.count - 1].to = to }
+                }
+                if fault == .delay || fault == .slowLeader {
+                    let delayed = cluster.delayedPackets
+                    run.faults.withLock { $0[$0.count - 1] += " \(delayed) packets delayed" }
+                    #expect(delayed > 0, "\(fault.rawValue): the delayer held no packet")
                 }
                 try await cluster.heal()
                 for n in nodes where n.paused { cluster.resume(n) }
@@ -394,6 +492,10 @@ extension E2EFaultTests {
             let status = try #require(n3.child?.exitStatus)
             #expect(status != 0, "n3 exited with 0 on a full disk")
             #expect(n3.log.contains("the member cannot go on"), "\(n3.log.suffix(1500))")
+            // The reason names the full disk (LMDB turns a short write into EIO; the backend
+            // says what it was).
+            #expect(n3.log.contains("No space left on device"), "\(n3.log.suffix(1500))")
+            #expect(!n3.log.contains("Input/output error"), "\(n3.log.suffix(1500))")
             // The others go on.
             for j in 0..<5 { #expect(try await put(n1, "d/full\(j)", "v\(j)")) }
 

@@ -9,7 +9,8 @@ import Glibc
 /// bridge: member i has 10.88.S.i inside its namespace, and the bridge itself (in the test's
 /// namespace) has 10.88.S.254, so the test and its etcdctl clients reach every member directly.
 /// Faults are iptables rules inside a member's namespace (partitions, one-way loss of a link,
-/// random loss) and signals to the member's process (SIGSTOP, SIGCONT, SIGKILL).
+/// random loss), delays (iptables NFQUEUE to a small user-space delayer in the namespace, as
+/// the kernel has no sch_netem), and signals to the member's process (SIGSTOP, SIGCONT, SIGKILL).
 /// Names are unique per run; `remove()` deletes the namespaces (their veths go with them), the
 /// bridge and the data directories.
 final class NetnsCluster: @unchecked Sendable {
@@ -18,6 +19,7 @@ final class NetnsCluster: @unchecked Sendable {
         getuid() == 0 && E2E.available
             && FileManager.default.isExecutableFile(atPath: ip)
             && FileManager.default.isExecutableFile(atPath: iptables)
+            && FileManager.default.isExecutableFile(atPath: python3)
     }
     static let ip = "/usr/sbin/ip"
     static let iptables = "/usr/sbin/iptables"
@@ -178,9 +180,54 @@ final class NetnsCluster: @unchecked Sendable {
         }
     }
 
-    /// Removes every rule in every namespace.
+    // MARK: delay (NFQUEUE and a user-space delayer: this kernel has no sch_netem)
+
+    static let python3 = "/usr/bin/python3"
+    static let delayer = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/python/nfqueue_delay.py"
+    /// Running delayers: one per namespace that has one.
+    private var delayers: [Child] = []
+
+    /// Delays every packet `node` receives from each of `from` by `milliseconds` plus a uniform
+    /// 0..`jitter` ms; packets are released by due time, so a jitter above the gap between
+    /// packets reorders them. The rule passes packets on (`--queue-bypass`) if the delayer is gone.
+    func delayIncoming(at node: Node, from: [Node], milliseconds: Int, jitter: Int) async throws {
+        let c = try Child(Self.ip, ["netns", "exec", node.namespace, Self.python3, Self.delayer, "0", "\(milliseconds)", "\(jitter)"])
+        try c.start()
+        delayers.append(c)
+        try await E2E.waitUntil("the delayer in \(node.name) bound", limit: .seconds(15)) {
+            if let s = c.exitStatus { throw E2EError("delayer exited with \(s): \(c.stderr)") }
+            return c.stdout.hasPrefix("ready")
+        }
+        for other in from {
+            try await iptables(node, ["-A", "INPUT", "-s", other.address, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"])
+        }
+    }
+
+    /// Delays every link between members, in both directions.
+    func delayAll(milliseconds: Int, jitter: Int) async throws {
+        for n in nodes { try await delayIncoming(at: n, from: nodes.filter { $0 !== n }, milliseconds: milliseconds, jitter: jitter) }
+    }
+
+    /// Packets the delayers held so far (their last report), summed over the running ones.
+    var delayedPackets: Int {
+        delayers.reduce(0) { sum, c in
+            sum + (c.stdout.split(separator: "\n").last.flatMap { $0.hasPrefix("delayed ") ? Int($0.dropFirst(8)) : nil } ?? 0)
+        }
+    }
+
+    /// Removes every rule in every namespace and stops the delayers (they release what they hold).
     func heal() async throws {
         for n in nodes { try await iptables(n, ["-F", "INPUT"]) }
+        let running = delayers
+        delayers = []
+        for c in running {
+            c.signal(SIGTERM)
+            let status = try? await c.waitExit(limit: .seconds(10))
+            if status != 0 {
+                c.signal(SIGKILL)
+                throw E2EError("the delayer did not stop cleanly (\(status.map { "\($0)" } ?? "still running")): \(c.stderr)")
+            }
+        }
     }
 
     private func iptables(_ node: Node, _ args: [String]) async throws {
@@ -246,6 +293,7 @@ final class NetnsCluster: @unchecked Sendable {
 
     /// Kills the members and deletes namespaces, bridge and data directories.
     func remove() async {
+        for c in delayers { c.signal(SIGKILL) }
         for n in nodes {
             if let c = n.child {
                 c.signal(SIGCONT)
