@@ -12,9 +12,13 @@ let package = Package(
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
-        .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
         .executable(name: "swetcdutl", targets: ["swetcdutl"]),
+        // Benchmarks (Sources/Benchmarks/<Target>): `swift run -c release <product>`.
         .executable(name: "swetcd-bench", targets: ["SwetcdBench"]),
+        .executable(name: "raft-bench", targets: ["RaftBench"]),
+        .executable(name: "wal-bench", targets: ["WALBench"]),
+        .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
+        .executable(name: "defrag-bench", targets: ["DefragBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -40,17 +44,12 @@ let package = Package(
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
         .target(name: "Raft"),
         .testTarget(name: "RaftTests", dependencies: ["Raft"]),
-        .executableTarget(name: "raft-bench", dependencies: ["Raft"], path: "Sources/RaftBench"),
 
         // LMDB from Debian's liblmdb-dev.
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB", providers: [.apt(["liblmdb-dev"])]),
         // Durability: WAL segments, snapshot files, the LMDB backend; the Raft log kept on them.
         .target(name: "Storage", dependencies: ["CLMDB", "Raft"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
-        // `swift run -c release wal-bench`: fsynced WAL appends per second.
-        .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
-        // `swift run -c release defrag-bench`: stalls seen by a writer and a reader during defrag.
-        .executableTarget(name: "defrag-bench", dependencies: ["Storage"], path: "Sources/DefragBench"),
 
         // The multi-version keyspace, watches and leases on top of the backend.
         .target(name: "MVCC", dependencies: ["Storage"]),
@@ -90,8 +89,6 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
-        .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
 
         // libsystemd's sd_notify / sd_watchdog_enabled (Debian libsystemd-dev).
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
@@ -140,12 +137,15 @@ let package = Package(
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
         .testTarget(name: "E2ETests", dependencies: ["Raft"], exclude: ["go", "python"]),
-        // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
+        // Offline tools (`swetcdutl`).
         .executableTarget(name: "swetcdutl", dependencies: [
             "Storage", "MVCC", "Raft", "EtcdConfig", "BoltFormat", "EtcdSnapshot",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+
+        // Benchmarks (Sources/Benchmarks): one executable each, products `<name>-bench`
+        // (docs/BENCHMARKS.md). The etcd-style load generator against a running server:
         .executableTarget(name: "SwetcdBench", dependencies: [
             "EtcdProto",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -154,7 +154,16 @@ let package = Package(
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
-        ]),
+        ], path: "Sources/Benchmarks/SwetcdBench"),
+        // Committed proposals per second on an in-memory 3-node Raft group.
+        .executableTarget(name: "RaftBench", dependencies: ["Raft"], path: "Sources/Benchmarks/RaftBench"),
+        // Fsynced WAL appends per second.
+        .executableTarget(name: "WALBench", dependencies: ["Storage"], path: "Sources/Benchmarks/WALBench"),
+        // Keyspace and backend throughput and memory.
+        .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"], path: "Sources/Benchmarks/MVCCBench"),
+        // Stalls seen by a writer and a reader during defrag.
+        .executableTarget(name: "DefragBench", dependencies: ["Storage"], path: "Sources/Benchmarks/DefragBench"),
+
         // Run the built tool binaries; the dependencies make sure they are built first.
         .testTarget(name: "ToolsTests", dependencies: [
             "swetcdutl", "SwetcdBench", "Storage", "MVCC", .product(name: "NIOCore", package: "swift-nio"),
