@@ -61,6 +61,11 @@ let package = Package(
         .target(name: "EtcdSnapshot", dependencies: ["BoltFormat", "Storage", "MVCC"]),
         .testTarget(name: "BoltFormatTests", dependencies: ["BoltFormat", "EtcdSnapshot", "Storage", "MVCC", "Raft"]),
 
+        // Formats both the server and swetcdutl write: member records, membership conf-change
+        // contexts, a new cluster's bootstrap log.
+        .target(name: "ServerFormat", dependencies: ["Raft", "Storage"]),
+        .testTarget(name: "ServerFormatTests", dependencies: ["ServerFormat", "Raft", "Storage"]),
+
         // etcd-compatible configuration: flags, ETCD_* environment, YAML file, member IDs.
         .target(name: "EtcdConfig", dependencies: [
             .product(name: "Yams", package: "Yams"),
@@ -100,7 +105,7 @@ let package = Package(
         // The server: Raft loop, apply, client API, peer transport, and its shell (one client
         // port for gRPC and HTTP/1.1, JSON logs, systemd notify). See docs/ARCHITECTURE.md.
         .target(name: "Server", dependencies: [
-            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot",
+            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot", "ServerFormat",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -120,7 +125,7 @@ let package = Package(
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "ServerFormat",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -139,7 +144,7 @@ let package = Package(
         .testTarget(name: "E2ETests", dependencies: ["Raft"], exclude: ["go", "python"]),
         // Offline tools (`swetcdutl`).
         .executableTarget(name: "swetcdutl", dependencies: [
-            "Storage", "MVCC", "Raft", "EtcdConfig", "BoltFormat", "EtcdSnapshot",
+            "Storage", "MVCC", "ServerFormat", "EtcdConfig", "BoltFormat", "EtcdSnapshot",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),

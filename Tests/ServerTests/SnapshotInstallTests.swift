@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MVCC
 @testable import Server
+import ServerFormat
 import Storage
 import Testing
 

@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import MVCC
 import Raft
+import ServerFormat
 import Storage
 import SwiftProtobuf
 import Synchronization
@@ -183,7 +184,7 @@ public final class EtcdServer: Sendable {
             options: DurableRaftOptions(wal: walOptions, maxSnapshotFiles: Int(clamping: cfg.maxSnapshots)))
         let isNew = raftStorage.recovery.isNew
         if isNew && joined == nil {
-            try bootstrapLog(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
+            try BootstrapLog.write(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
         }
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID

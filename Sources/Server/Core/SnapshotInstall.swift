@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MVCC
 import Raft
+import ServerFormat
 import Storage
 
 #if canImport(Glibc)
