@@ -3,6 +3,7 @@ import BoltFormat
 import EtcdConfig
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import MVCC
 import ServerFormat
 import Storage

@@ -1,4 +1,5 @@
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 @testable import Server

@@ -2,6 +2,7 @@ import EtcdConfig
 import EtcdProto
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 import Raft

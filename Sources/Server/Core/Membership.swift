@@ -1,9 +1,9 @@
 import EtcdConfig
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Raft
 import ServerFormat
-import Storage
 import Synchronization
 
 extension MemberRecord {
