@@ -1,8 +1,8 @@
 // swift-tools-version:6.1
 // swetcd: an etcd-compatible control-plane store.
-// Targets are layered: Raft (the pure consensus core, no dependencies); Storage
-// (WAL, snapshot files, LMDB backend, and the durable Raft log on them); MVCC on
-// Storage; EtcdConfig and EtcdProto beside them; the Server joins them all.
+// Targets are layered: Raft (the pure consensus core, no dependencies); LMDBBackend (the
+// LMDB backend, no Raft); Storage (WAL, snapshot files, and the durable Raft log on them);
+// MVCC on LMDBBackend; EtcdConfig and EtcdProto beside them; the Server joins them all.
 // See docs/ARCHITECTURE.md.
 import PackageDescription
 
@@ -10,11 +10,16 @@ let package = Package(
     name: "swetcd",
     products: [
         .library(name: "Raft", targets: ["Raft"]),
+        .library(name: "LMDBBackend", targets: ["LMDBBackend"]),
         .library(name: "Storage", targets: ["Storage"]),
         .library(name: "MVCC", targets: ["MVCC"]),
-        .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
         .executable(name: "swetcdutl", targets: ["swetcdutl"]),
+        // Benchmarks (Sources/Benchmarks/<Target>): `swift run -c release <product>`.
         .executable(name: "swetcd-bench", targets: ["SwetcdBench"]),
+        .executable(name: "raft-bench", targets: ["RaftBench"]),
+        .executable(name: "wal-bench", targets: ["WALBench"]),
+        .executable(name: "mvcc-bench", targets: ["MVCCBench"]),
+        .executable(name: "defrag-bench", targets: ["DefragBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -40,27 +45,30 @@ let package = Package(
         // Consensus: a deterministic state machine with no I/O, clocks or threads.
         .target(name: "Raft"),
         .testTarget(name: "RaftTests", dependencies: ["Raft"]),
-        .executableTarget(name: "raft-bench", dependencies: ["Raft"], path: "Sources/RaftBench"),
 
         // LMDB from Debian's liblmdb-dev.
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB", providers: [.apt(["liblmdb-dev"])]),
-        // Durability: WAL segments, snapshot files, the LMDB backend; the Raft log kept on them.
-        .target(name: "Storage", dependencies: ["CLMDB", "Raft"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage", "Raft"]),
-        // `swift run -c release wal-bench`: fsynced WAL appends per second.
-        .executableTarget(name: "wal-bench", dependencies: ["Storage"], path: "Sources/WALBench"),
-        // `swift run -c release defrag-bench`: stalls seen by a writer and a reader during defrag.
-        .executableTarget(name: "defrag-bench", dependencies: ["Storage"], path: "Sources/DefragBench"),
+        // The backend: one LMDB file with etcd's buckets, batched commits, copies, defrag.
+        .target(name: "LMDBBackend", dependencies: ["CLMDB"]),
+        .testTarget(name: "LMDBBackendTests", dependencies: ["LMDBBackend"]),
+        // Durability: WAL segments, snapshot files; the Raft log kept on them.
+        .target(name: "Storage", dependencies: ["LMDBBackend", "Raft"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "LMDBBackend", "Raft"]),
 
         // The multi-version keyspace, watches and leases on top of the backend.
-        .target(name: "MVCC", dependencies: ["Storage"]),
-        .testTarget(name: "MVCCTests", dependencies: ["MVCC", "Storage", "Raft"]),
+        .target(name: "MVCC", dependencies: ["LMDBBackend"]),
+        .testTarget(name: "MVCCTests", dependencies: ["MVCC", "LMDBBackend", "Raft"]),
 
         // bbolt's file format (etcd's backend): a writer and a hostile-input-safe reader.
         .target(name: "BoltFormat"),
         // etcd's backend buckets and encodings on bbolt <-> swetcd's backend (snapshots both ways).
-        .target(name: "EtcdSnapshot", dependencies: ["BoltFormat", "Storage", "MVCC"]),
-        .testTarget(name: "BoltFormatTests", dependencies: ["BoltFormat", "EtcdSnapshot", "Storage", "MVCC", "Raft"]),
+        .target(name: "EtcdSnapshot", dependencies: ["BoltFormat", "LMDBBackend", "MVCC"]),
+        .testTarget(name: "BoltFormatTests", dependencies: ["BoltFormat", "EtcdSnapshot", "LMDBBackend", "MVCC", "Raft"]),
+
+        // Formats both the server and swetcdutl write: member records, membership conf-change
+        // contexts, a new cluster's bootstrap log.
+        .target(name: "ServerFormat", dependencies: ["Raft", "Storage"]),
+        .testTarget(name: "ServerFormatTests", dependencies: ["ServerFormat", "Raft", "Storage", "LMDBBackend"]),
 
         // etcd-compatible configuration: flags, ETCD_* environment, YAML file, member IDs.
         .target(name: "EtcdConfig", dependencies: [
@@ -90,8 +98,6 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        // `swift run -c release mvcc-bench`: keyspace and backend throughput and memory.
-        .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "Storage"]),
 
         // libsystemd's sd_notify / sd_watchdog_enabled (Debian libsystemd-dev).
         .systemLibrary(name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
@@ -103,7 +109,7 @@ let package = Package(
         // The server: Raft loop, apply, client API, peer transport, and its shell (one client
         // port for gRPC and HTTP/1.1, JSON logs, systemd notify). See docs/ARCHITECTURE.md.
         .target(name: "Server", dependencies: [
-            "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot",
+            "Raft", "Storage", "LMDBBackend", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot", "ServerFormat",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -123,7 +129,7 @@ let package = Package(
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server", "Raft", "Storage", "MVCC", "EtcdProto", "EtcdConfig",
+            "Server", "Raft", "Storage", "LMDBBackend", "MVCC", "EtcdProto", "EtcdConfig", "ServerFormat",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -140,12 +146,15 @@ let package = Package(
         ]),
         // End-to-end: real `swetcd` processes driven by Debian's `etcdctl`.
         .testTarget(name: "E2ETests", dependencies: ["Raft"], exclude: ["go", "python"]),
-        // Offline tools (`swetcdutl`) and the etcd-style load generator (`swetcd-bench`).
+        // Offline tools (`swetcdutl`).
         .executableTarget(name: "swetcdutl", dependencies: [
-            "Storage", "MVCC", "Raft", "EtcdConfig", "BoltFormat", "EtcdSnapshot",
+            "Storage", "LMDBBackend", "MVCC", "ServerFormat", "EtcdConfig", "BoltFormat", "EtcdSnapshot",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+
+        // Benchmarks (Sources/Benchmarks): one executable each, products `<name>-bench`
+        // (docs/BENCHMARKS.md). The etcd-style load generator against a running server:
         .executableTarget(name: "SwetcdBench", dependencies: [
             "EtcdProto",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -154,10 +163,19 @@ let package = Package(
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
-        ]),
+        ], path: "Sources/Benchmarks/SwetcdBench"),
+        // Committed proposals per second on an in-memory 3-node Raft group.
+        .executableTarget(name: "RaftBench", dependencies: ["Raft"], path: "Sources/Benchmarks/RaftBench"),
+        // Fsynced WAL appends per second.
+        .executableTarget(name: "WALBench", dependencies: ["Storage"], path: "Sources/Benchmarks/WALBench"),
+        // Keyspace and backend throughput and memory.
+        .executableTarget(name: "MVCCBench", dependencies: ["MVCC", "LMDBBackend"], path: "Sources/Benchmarks/MVCCBench"),
+        // Stalls seen by a writer and a reader during defrag.
+        .executableTarget(name: "DefragBench", dependencies: ["LMDBBackend"], path: "Sources/Benchmarks/DefragBench"),
+
         // Run the built tool binaries; the dependencies make sure they are built first.
         .testTarget(name: "ToolsTests", dependencies: [
-            "swetcdutl", "SwetcdBench", "Storage", "MVCC", .product(name: "NIOCore", package: "swift-nio"),
+            "swetcdutl", "SwetcdBench", "Storage", "LMDBBackend", "MVCC", .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // The deployment files (systemd unit, config example, Kubernetes manifests, tune.sh).
         .testTarget(name: "PackagingTests", dependencies: [

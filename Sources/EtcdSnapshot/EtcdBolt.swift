@@ -1,7 +1,7 @@
 public import BoltFormat
 import Foundation
+public import LMDBBackend
 import MVCC
-public import Storage
 
 /// Conversion between swetcd's backend (LMDB, our encodings) and etcd's backend file (bbolt
 /// with etcd's buckets and encodings), the format of `etcdctl snapshot save`.

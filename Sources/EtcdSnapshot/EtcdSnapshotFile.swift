@@ -1,5 +1,5 @@
 import Foundation
-public import Storage
+public import LMDBBackend
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,4 @@
-import Storage
+import LMDBBackend
 
 /// One life of a key: from the put that created it to the delete (tombstone) that ended it.
 struct Generation {

@@ -1,4 +1,4 @@
-import Storage
+import LMDBBackend
 
 /// A point in the keyspace's history: `main` counts the write transactions (Put, DeleteRange,
 /// Txn with writes each take one), `sub` numbers the changes inside one of them.

@@ -1,5 +1,5 @@
 import Foundation
-import Storage
+import LMDBBackend
 
 /// How the keyspace talks to the lease store (implemented by the lessor; wired by the server).
 /// Called with the keyspace's lock held: implementations must not call back into the store,

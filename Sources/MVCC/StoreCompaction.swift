@@ -1,4 +1,4 @@
-import Storage
+import LMDBBackend
 
 extension MVCCStore {
     /// Compacts the history to `revision`: afterwards reads below it fail with `compacted`,

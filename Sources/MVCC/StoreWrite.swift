@@ -1,4 +1,4 @@
-import Storage
+import LMDBBackend
 
 /// The changes of one write (one main revision) while it is being applied.
 struct WriteState {

@@ -1,5 +1,5 @@
 import Foundation
-import Storage
+import LMDBBackend
 
 /// What a `WatchStream` delivers: events of one watcher, a progress notification (no events;
 /// `watchID == -1` for a stream-wide `requestProgress`), or a cancellation.

@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LMDBBackend
 #endif
 
 /// A Raft snapshot as stored in a `.snap` file: its position, the encoded configuration, and

@@ -1,3 +1,4 @@
+import LMDBBackend
 /// One Raft log entry as the WAL stores it. `data` is the encoded Raft entry, opaque to the WAL.
 public struct WALEntry: Sendable, Hashable {
     public var index: UInt64

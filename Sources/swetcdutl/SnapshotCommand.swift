@@ -3,8 +3,9 @@ import BoltFormat
 import EtcdConfig
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import MVCC
-import Raft
+import ServerFormat
 import Storage
 
 #if canImport(Glibc)
@@ -203,30 +204,9 @@ struct RestorePlan {
         local = me
     }
 
-    /// A member record in the backend's `members` bucket, the server's format
-    /// (Server/Core/Membership.swift, `MemberRecord`): key = ID as 8 big-endian bytes, value =
-    /// JSON with sorted keys. Keep the two in step.
-    private struct MemberRecord: Encodable {
-        var id: UInt64
-        var name: String
-        var peerURLs: [String]
-        var isLearner = false
-    }
-
-    /// The context of a membership conf-change entry, the server's `MembershipChange`.
-    private struct MembershipChange: Encodable {
-        var operation: String
-        var member: MemberRecord
-    }
-
+    /// The members' records (ServerFormat's, as the server writes them), in ID order.
     private var records: [MemberRecord] {
         cluster.members.sorted { $0.id < $1.id }.map { MemberRecord(id: $0.id, name: $0.name, peerURLs: $0.peerURLs.map(\.description)) }
-    }
-
-    private var encoder: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return encoder
     }
 
     struct Result { var revision: Int64; var compactRevision: Int64 }
@@ -252,15 +232,7 @@ struct RestorePlan {
         // writes (the server's bootstrap): one committed conf-change entry per member, term 1,
         // so a member joining later learns the configuration from the log.
         let raft = try DurableRaftStorage.open(dir, newMember: WALMetadata(memberID: local.id, clusterID: cluster.clusterID))
-        var ready = Ready()
-        ready.entries = try records.enumerated().map { i, m in
-            let context = [UInt8](try encoder.encode(MembershipChange(operation: "add", member: m)))
-            let change = ConfChange(id: 0, type: .addNode, nodeID: m.id, context: context)
-            return Entry(term: 1, index: UInt64(i + 1), type: .confChange, data: change.encode())
-        }
-        ready.hardState = HardState(term: 1, vote: 0, commit: UInt64(records.count))
-        ready.mustSync = true
-        try raft.persist(ready)
+        try BootstrapLog.write(raft, members: records)
         try raft.close()
 
         // The backend: the snapshot's data with the new membership and no applied index. An
@@ -317,7 +289,7 @@ struct RestorePlan {
                 for k in keys { try backend.delete(bucket, key: k) }
             }
             for m in records {
-                try backend.put(.members, key: BigEndian.bytes(m.id), value: [UInt8](try encoder.encode(m)))
+                try backend.put(.members, key: MemberRecord.key(m.id), value: try m.encoded())
             }
             // The new cluster's log starts at index 1: every entry of it must be applied.
             try backend.setConsistentIndex(0, term: 0)

@@ -1,7 +1,7 @@
 import BoltFormat
 import Crypto
 import Foundation
-import Storage
+import LMDBBackend
 
 #if canImport(Glibc)
 import Glibc

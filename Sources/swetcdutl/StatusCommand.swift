@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LMDBBackend
 import Storage
 
 #if canImport(Glibc)

@@ -1,8 +1,8 @@
 import BoltFormat
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import MVCC
-import Storage
 import Raft
 import Testing
 

@@ -1,8 +1,8 @@
 import BoltFormat
 @testable import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import MVCC
-import Storage
 import Testing
 
 private func b(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -1,5 +1,5 @@
 import Foundation
-import Storage
+import LMDBBackend
 @testable import MVCC
 
 /// A temporary data directory holding one backend file; removed on deinit.

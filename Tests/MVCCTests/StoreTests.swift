@@ -1,5 +1,5 @@
 import Foundation
-import Storage
+import LMDBBackend
 import Testing
 @testable import MVCC
 

@@ -1,7 +1,7 @@
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Raft
-import Storage
 import Testing
 @testable import Server
 

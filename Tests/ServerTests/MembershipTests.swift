@@ -2,6 +2,7 @@ import EtcdConfig
 import EtcdProto
 import Foundation
 import Raft
+import ServerFormat
 import Testing
 @testable import Server
 

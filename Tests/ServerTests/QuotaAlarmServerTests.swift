@@ -1,6 +1,7 @@
 import EtcdConfig
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Logging
 import Storage
 import Testing

@@ -1,7 +1,9 @@
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 @testable import Server
+import ServerFormat
 import Storage
 import Testing
 

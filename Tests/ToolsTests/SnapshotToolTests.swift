@@ -1,4 +1,5 @@
 import Foundation
+import LMDBBackend
 import MVCC
 import Storage
 import Testing

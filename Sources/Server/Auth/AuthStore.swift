@@ -1,7 +1,7 @@
 import EtcdProto
 import Foundation
 import GRPCCore
-import Storage
+import LMDBBackend
 import SwiftProtobuf
 import Synchronization
 

@@ -1,5 +1,5 @@
 import EtcdProto
-import Storage
+import LMDBBackend
 
 /// A key interval `[from, to)` in etcd's range conventions; `to == nil` is unbounded.
 struct KeyInterval: Equatable, Sendable, CustomStringConvertible {

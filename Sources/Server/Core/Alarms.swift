@@ -1,7 +1,7 @@
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Logging
-import Storage
 import Synchronization
 
 /// One raised alarm: which member raised it and what kind.

@@ -1,9 +1,9 @@
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 import Raft
-import Storage
 import SwiftProtobuf
 
 extension EtcdServer {

@@ -1,9 +1,9 @@
 import EtcdProto
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 public import GRPCCore
 import MVCC
-import Storage
 
 // The server side of Maintenance, Cluster, Lock, Election and the health checks, plus the
 // services and HTTP routes built on them (the API layer's entry points for the listener).

@@ -2,9 +2,11 @@ import EtcdConfig
 import EtcdProto
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 import Raft
+import ServerFormat
 import Storage
 import SwiftProtobuf
 import Synchronization
@@ -186,7 +188,7 @@ public final class EtcdServer: Sendable {
         let raftStorage = try DurableRaftStorage.open(dataDir, newMember: newMember, options: raftOptions)
         let isNew = raftStorage.recovery.isNew
         if isNew && joined == nil {
-            try bootstrapLog(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
+            try BootstrapLog.write(raftStorage, members: loaded.initialCluster.members.map(MemberRecord.init))
         }
         let memberID = raftStorage.metadata.memberID
         let clusterID = raftStorage.metadata.clusterID

@@ -1,5 +1,6 @@
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 import Raft

@@ -1,5 +1,5 @@
 import Foundation
-import Storage
+import LMDBBackend
 import Synchronization
 
 /// A few dedicated threads for long blocking work (Hash, HashKV, compaction jobs), so that it

@@ -1,6 +1,6 @@
 import Foundation
+import LMDBBackend
 import MVCC
-import Storage
 
 /// Lease records in the backend's `lease` bucket (etcd's `leasepb.Lease` encoding). Writes join
 /// the current backend batch, so they commit with the entry that made them.

@@ -1,5 +1,6 @@
 import EtcdProto
 import Foundation
+import ServerFormat
 
 extension EtcdServer {
     /// Publishes this member's name and client URLs through the log (etcd's attributes

@@ -1,93 +1,25 @@
 import EtcdConfig
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Raft
-import Storage
+import ServerFormat
 import Synchronization
 
-/// A member of the cluster as stored in the backend's `members` bucket.
-struct MemberRecord: Sendable, Equatable, Codable {
-    var id: UInt64
-    /// Empty for a member added at run time until it starts and publishes itself.
-    var name: String
-    var peerURLs: [String]
-    var isLearner = false
-    /// The client URLs the member published through the log (empty until it has).
-    var clientURLs: [String] = []
-
-    init(id: UInt64, name: String, peerURLs: [String], isLearner: Bool = false) {
-        self.id = id
-        self.name = name
-        self.peerURLs = peerURLs
-        self.isLearner = isLearner
-    }
-
+extension MemberRecord {
     init(_ m: InitialCluster.Member) {
         self.init(id: m.id, name: m.name, peerURLs: m.peerURLs.map(\.description))
     }
-
-    private enum CodingKeys: String, CodingKey { case id, name, peerURLs, isLearner, clientURLs }
-
-    init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.decode(UInt64.self, forKey: .id)
-        name = try c.decode(String.self, forKey: .name)
-        peerURLs = try c.decode([String].self, forKey: .peerURLs)
-        // Records written before learners existed have no flag.
-        isLearner = try c.decodeIfPresent(Bool.self, forKey: .isLearner) ?? false
-        clientURLs = try c.decodeIfPresent([String].self, forKey: .clientURLs) ?? []
-    }
-
-    /// Bucket key: the member ID as 8 big-endian bytes.
-    static func key(_ id: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: id >> (56 - 8 * UInt64($0))) } }
 
     /// Parsed peer URLs (unparseable ones are left out).
     var endpoints: [EndpointURL] { peerURLs.compactMap { try? EndpointURL(parsing: $0) } }
 }
 
-/// A membership change as carried in a Raft conf-change entry's context (JSON): what the
-/// change does to the member list. Raft's own part (voter, learner, removed) is the entry's
-/// type and node ID.
-struct MembershipChange: Sendable, Equatable, Codable {
-    enum Operation: String, Codable, Sendable {
-        /// A member joins (voter or learner; also the bootstrap entries of a new cluster).
-        case add
-        /// A learner becomes a voter.
-        case promote
-        /// A member leaves for good.
-        case remove
-        /// A member's peer URLs change, or a member added at run time publishes its name
-        /// (Raft sees a no-op re-add).
-        case update
-    }
-
-    var operation: Operation
-    var member: MemberRecord
-
-    func encoded() -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return (try? [UInt8](encoder.encode(self))) ?? []
-    }
-
+extension MembershipChange {
     static func decode(_ bytes: [UInt8]) throws -> MembershipChange {
-        do { return try JSONDecoder().decode(MembershipChange.self, from: Data(bytes)) } catch {
+        do { return try MembershipChange(decoding: bytes) } catch {
             throw ServerStartError("undecodable membership change in a conf-change entry: \(error)")
         }
-    }
-
-    /// The Raft conf change carrying this change; `requestID` lets the proposer find its result.
-    /// An update names node 0, which Raft skips: re-adding the member instead could undo a
-    /// promotion committed between the proposal and its apply.
-    func confChange(requestID: UInt64) -> ConfChange {
-        let type: ConfChangeType
-        switch operation {
-        case .add: type = member.isLearner ? .addLearnerNode : .addNode
-        case .update: return ConfChange(id: requestID, type: .addNode, nodeID: 0, context: encoded())
-        case .promote: type = .addNode
-        case .remove: type = .removeNode
-        }
-        return ConfChange(id: requestID, type: type, nodeID: member.id, context: encoded())
     }
 }
 
@@ -170,17 +102,11 @@ final class ClusterMembership: Sendable {
 }
 
 enum MembershipStore {
-    private static func encode(_ m: MemberRecord) throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return [UInt8](try encoder.encode(m))
-    }
-
     /// Records the bootstrap membership (a new member), so a restart ignores --initial-cluster.
     static func save(_ members: [MemberRecord], in backend: Backend) throws {
         try backend.batch {
             for m in members {
-                try backend.put(.members, key: MemberRecord.key(m.id), value: try encode(m))
+                try backend.put(.members, key: MemberRecord.key(m.id), value: try m.encoded())
             }
         }
         try backend.commit()
@@ -190,7 +116,7 @@ enum MembershipStore {
     static func record(_ change: MembershipChange, result: MemberRecord?, in backend: Backend) throws {
         let key = MemberRecord.key(change.member.id)
         if let result {
-            try backend.put(.members, key: key, value: try encode(result))
+            try backend.put(.members, key: key, value: try result.encoded())
         } else if change.operation == .remove {
             try backend.delete(.members, key: key)
             try backend.put(.membersRemoved, key: key, value: [])
@@ -207,7 +133,7 @@ enum MembershipStore {
             }
         }
         return try values.map { bytes in
-            do { return try JSONDecoder().decode(MemberRecord.self, from: Data(bytes)) } catch {
+            do { return try MemberRecord(decoding: bytes) } catch {
                 throw ServerStartError("corrupt member record in the backend's members bucket: \(error)")
             }
         }.sorted { $0.id < $1.id }

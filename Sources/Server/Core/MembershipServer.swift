@@ -5,6 +5,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import Raft
+import ServerFormat
 import Storage
 
 // Online membership: MemberAdd/Remove/Update/Promote go through Raft conf-change entries whose
@@ -471,19 +472,5 @@ extension EtcdServer {
         rd.mustSync = true
         try storage.persist(rd)
         return others
-    }
-
-    /// Starts the log of a brand-new cluster with one conf-change entry per initial member
-    /// (term 1, committed), as etcd does: a member joining later replays them and learns the
-    /// initial configuration from the log.
-    static func bootstrapLog(_ storage: DurableRaftStorage, members: [MemberRecord]) throws {
-        var rd = Ready()
-        rd.entries = members.sorted { $0.id < $1.id }.enumerated().map { i, m in
-            let cc = MembershipChange(operation: .add, member: m).confChange(requestID: 0)
-            return Entry(term: 1, index: UInt64(i + 1), type: .confChange, data: cc.encode())
-        }
-        rd.hardState = HardState(term: 1, vote: 0, commit: UInt64(rd.entries.count))
-        rd.mustSync = true
-        try storage.persist(rd)
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
+import LMDBBackend
 import Logging
 import Raft
-import Storage
 import Synchronization
 import EtcdConfig
 

@@ -1,8 +1,10 @@
 import EtcdProto
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
 import Raft
+import ServerFormat
 import Storage
 
 #if canImport(Glibc)

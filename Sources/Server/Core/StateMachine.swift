@@ -1,7 +1,7 @@
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
-import Storage
 import Synchronization
 
 /// The state machine's storage objects: backend, keyspace, lessor and the bridge between the

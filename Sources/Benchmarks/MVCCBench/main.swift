@@ -8,8 +8,8 @@
 // kube-style CAS txns (compare mod revision, then put); a compaction of all history; the
 // index rebuilt from the backend as at a restart.
 import Foundation
+import LMDBBackend
 import MVCC
-import Storage
 
 func argument(_ name: String, _ fallback: Int) -> Int {
     let args = CommandLine.arguments

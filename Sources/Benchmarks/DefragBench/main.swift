@@ -14,9 +14,9 @@
 // the defragmentation's own figures (copy time, replayed batches, pause, sizes).
 #if canImport(Glibc)
 import Glibc
+import LMDBBackend
 #endif
 import Foundation
-import Storage
 import Synchronization
 
 func argument(_ name: String, _ fallback: String) -> String {

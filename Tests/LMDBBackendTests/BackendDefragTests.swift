@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Storage
+@testable import LMDBBackend
 
 private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
 

@@ -159,7 +159,7 @@ extension Backend {
             // The new env keeps its lock file open; its name is free for the next copy.
             unlink(temp + "-lock")
             let dir = (path as NSString).deletingLastPathComponent
-            try FileIO.syncDirectory(dir.isEmpty ? "." : dir)
+            try syncDirectory(dir.isEmpty ? "." : dir)
             return ContinuousClock.now - pauseStart
         }
         return DefragmentResult(sizeBefore: sizeBefore, sizeAfter: (try? fileSize()) ?? 0,
@@ -179,4 +179,15 @@ extension Backend {
             }
         }
     }
+}
+
+/// fsync of the directory itself, so the rename of the copy over the db survives a crash.
+private func syncDirectory(_ path: String) throws {
+    var fd: Int32
+    repeat { fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+    guard fd >= 0 else { throw BackendError(errno, "defragment: open \(path)") }
+    defer { close(fd) }
+    var r: Int32
+    repeat { r = fsync(fd) } while r != 0 && errno == EINTR
+    guard r == 0 else { throw BackendError(errno, "defragment: fsync \(path)") }
 }

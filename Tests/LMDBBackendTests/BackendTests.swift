@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Storage
+@testable import LMDBBackend
 
 /// A fresh temporary directory removed when the value is dropped.
 final class BackendTempDir {

@@ -1,5 +1,5 @@
 import Testing
-@testable import Storage
+@testable import LMDBBackend
 
 @Suite struct CRC32CTests {
     @Test func knownVectors() {
