@@ -180,4 +180,114 @@ struct E2EMigrationTests {
         for e in etcds + etcdsBack { await e.cleanUp() }
         for m in swetcds { await m.cleanUp() }
     }
+
+    /// Keys of the kube-apiserver-shaped round trip (SWETCD_E2E_KUBE_KEYS, default 10,000; the
+    /// 100,000-key run and its figures are in docs/BENCHMARKS.md).
+    static let kubeKeys = Int(ProcessInfo.processInfo.environment["SWETCD_E2E_KUBE_KEYS"] ?? "") ?? 10_000
+
+    static func hashKV(_ endpoint: String, rev: Int64) async throws -> String {
+        let out = try await etcdctl(endpoint, ["endpoint", "hashkv", "--rev=\(rev)", "-w", "json"])
+        #expect(out.status == 0, "\(out)")
+        guard let r = out.stdout.range(of: "\"hash\":") else { return "" }
+        return String(out.stdout[r.upperBound...].prefix { $0.isNumber })
+    }
+
+    static func count(_ endpoint: String) async throws -> String {
+        // etcdctl 3.4 has no --count-only; the response's count is the total whatever the limit.
+        let out = try await etcdctl(endpoint, ["get", "/registry/", "--prefix", "--keys-only", "--limit=1", "-w", "json"])
+        #expect(out.status == 0, "\(out)")
+        guard let r = out.stdout.range(of: "\"count\":") else { return "" }
+        return String(out.stdout[r.upperBound...].prefix { $0.isNumber })
+    }
+
+    /// A kube-apiserver-shaped keyspace (`swetcd-bench kube-fill`: /registry keys over eight
+    /// resources, binary values, events on ten leases) goes etcd → swetcd → etcd by
+    /// snapshots: the second etcd's HashKV at the revision equals the first's (every key,
+    /// value, revision and version came back), swetcd serves the same count, leases and
+    /// samples in between. Timings are printed (docs/BENCHMARKS.md).
+    @Test func kubeKeyspaceRoundTrip() async throws {
+        let n = Self.kubeKeys
+        let dir = try E2E.tempDir("kube-round-trip")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let util = try E2EDefragSnapshotTests.swetcdutl()
+        let ctl = try #require(E2E.etcdctlPath)
+        let clock = ContinuousClock()
+        var timings: [(String, Duration)] = []
+        func timed<T>(_ what: String, _ body: () async throws -> T) async rethrows -> T {
+            let start = clock.now
+            let r = try await body()
+            timings.append((what, clock.now - start))
+            return r
+        }
+        let a = try RealEtcd(name: "a", dataDir: dir + "/a")
+        let m = try Member(name: "s")
+        let b = try RealEtcd(name: "b", dataDir: dir + "/b")
+        do {
+            try await a.start()
+            // In runs of 10,000 keys (each run of the bench is bounded to 120 s).
+            try await timed("fill etcd") {
+                for start in stride(from: 0, to: n, by: 10_000) {
+                    let fill = try await E2E.runBench(["kube-fill", "--endpoints", a.endpoint, "--conns", "4", "--clients", "64",
+                                                       "--start", "\(start)", "--total", "\(min(10_000, n - start))"])
+                    #expect(fill.status == 0, "\(fill)")
+                }
+            }
+            let revision = try await Self.revision(a.endpoint)
+            let hash = try await Self.hashKV(a.endpoint, rev: revision)
+            let count = try await Self.count(a.endpoint)
+            #expect(count == "\(n)")
+            let leases = try await a.ctl("lease", "list")
+            let lease = try #require(leases.lines.dropFirst().first)
+            let leaseKeyCount = try await E2EEtcdInteropTests.leaseKeys(a.endpoint, lease).count
+            #expect(leaseKeyCount > 0)
+            let sampleArgs = ["get", "/registry/pods/ns-7/", "--prefix", "-w", "json"]
+            let sample = try await etcdctl(a.endpoint, sampleArgs).stdout.replacingOccurrences(of: "\"header\":{[^}]*}", with: "", options: .regularExpression)
+            let fileA = dir + "/a.db"
+            #expect(try await timed("etcdctl snapshot save (etcd)") { try await a.ctl("snapshot", "save", fileA) }.status == 0)
+            await a.stop()
+
+            // etcd → swetcd
+            let r1 = try await timed("swetcdutl snapshot restore") {
+                try await E2EDefragSnapshotTests.run(util, [
+                    "snapshot", "restore", fileA, "--name", m.name, "--initial-cluster", "\(m.name)=\(m.peerURL)",
+                    "--initial-advertise-peer-urls", m.peerURL, "--data-dir", m.dataDir + "/data",
+                ])
+            }
+            #expect(r1.status == 0, "\(r1)")
+            m.dataDir += "/data"
+            try await timed("swetcd start") {
+                try await m.start()
+                try await E2E.waitUntil("swetcd serves") { try await m.ctl("get", "x").status == 0 }
+            }
+            #expect(try await Self.revision(m.endpoint) == revision)
+            #expect(try await Self.count(m.endpoint) == count)
+            #expect(try await E2EEtcdInteropTests.leaseKeys(m.endpoint, lease).count == leaseKeyCount)
+            #expect(try await m.ctl("lease", "list").lines.count == leases.lines.count)
+            let onSwetcd = try await m.ctl(sampleArgs).stdout.replacingOccurrences(of: "\"header\":{[^}]*}", with: "", options: .regularExpression)
+            #expect(onSwetcd == sample)
+            let fileS = dir + "/s.db"
+            #expect(try await timed("etcdctl snapshot save (swetcd)") { try await m.ctl("snapshot", "save", fileS) }.status == 0)
+            await m.cleanUp()
+
+            // swetcd → etcd
+            let r2 = try await timed("etcdctl snapshot restore") {
+                try await E2EDefragSnapshotTests.run(ctl, [
+                    "snapshot", "restore", fileS, "--name", b.name, "--initial-cluster", "\(b.name)=\(b.peerURL)",
+                    "--initial-advertise-peer-urls", b.peerURL, "--data-dir", b.dataDir,
+                ])
+            }
+            #expect(r2.status == 0, "\(r2)")
+            try await b.start()
+            #expect(try await Self.revision(b.endpoint) == revision)
+            #expect(try await Self.hashKV(b.endpoint, rev: revision) == hash)
+            #expect(try await E2EEtcdInteropTests.leaseKeys(b.endpoint, lease).count == leaseKeyCount)
+            let size = (try? FileManager.default.attributesOfItem(atPath: fileA)[.size] as? Int) ?? 0
+            print("kube keyspace round trip: \(n) keys, etcd snapshot \(size) bytes; " + timings.map { "\($0.0): \($0.1)" }.joined(separator: "; "))
+        } catch {
+            Issue.record("logs: a \((a.child?.stderr ?? "").suffix(1500)) s \(m.stderrText.suffix(1500)) b \((b.child?.stderr ?? "").suffix(1500))")
+            await a.cleanUp(); await m.cleanUp(); await b.cleanUp()
+            throw error
+        }
+        await a.cleanUp(); await m.cleanUp(); await b.cleanUp()
+    }
 }
