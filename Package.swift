@@ -109,7 +109,7 @@ let package = Package(
         // The server: Raft loop, apply, client API, peer transport, and its shell (one client
         // port for gRPC and HTTP/1.1, JSON logs, systemd notify). See docs/ARCHITECTURE.md.
         .target(name: "Server", dependencies: [
-            "Raft", "Storage", "LMDBBackend", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot", "ServerFormat",
+            "Raft", "Storage", "LMDBBackend", "MVCC", "EtcdProto", "EtcdConfig", "CSystemd", "CCrypt", "CResolv", "EtcdSnapshot", "ServerFormat", "BoltFormat",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),

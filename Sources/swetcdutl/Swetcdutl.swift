@@ -11,10 +11,11 @@ struct Swetcdutl: ParsableCommand {
         discussion: """
             Commands work on data directories written by swetcd and refuse any other (etcd's \
             own format included). Only `defrag` modifies one (a stopped member's); `snapshot \
-            restore` creates a new one. Errors exit with code 1.
+            restore` creates a new one. Snapshot files may be etcd's or swetcd's; `migrate` \
+            writes etcd's format. Errors exit with code 1.
             """,
         version: ToolVersion.swetcdutl,
-        subcommands: [VersionCommand.self, WALCommand.self, StatusCommand.self, SnapshotCommand.self, DefragCommand.self]
+        subcommands: [VersionCommand.self, WALCommand.self, StatusCommand.self, SnapshotCommand.self, DefragCommand.self, MigrateCommand.self]
     )
 }
 

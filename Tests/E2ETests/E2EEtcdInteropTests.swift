@@ -16,23 +16,38 @@ final class RealEtcd: @unchecked Sendable {
     var endpoint: String { "127.0.0.1:\(clientPort)" }
     var peerURL: String { "http://127.0.0.1:\(peerPort)" }
 
-    init(name: String = "e1", dataDir: String? = nil) throws {
+    /// `--initial-cluster` (default: this member alone) and `--initial-cluster-token`.
+    var initialCluster: String?
+    var token = "etcd-cluster"
+
+    init(name: String = "e1", dataDir: String? = nil, clientPort: Int? = nil, peerPort: Int? = nil) throws {
         self.name = name
         self.dataDir = try dataDir ?? E2E.tempDir("etcd-\(name)")
-        clientPort = try E2E.freePort()
-        peerPort = try E2E.freePort()
+        self.clientPort = try clientPort ?? E2E.freePort()
+        self.peerPort = try peerPort ?? E2E.freePort()
     }
 
-    func start() async throws {
+    /// Starts the process without waiting for it to serve (members of a cluster start together).
+    func launch() throws {
         let args = [
             "--name", name, "--data-dir", dataDir,
             "--listen-client-urls", "http://127.0.0.1:\(clientPort)", "--advertise-client-urls", "http://127.0.0.1:\(clientPort)",
             "--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
-            "--initial-cluster", "\(name)=\(peerURL)", "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--initial-cluster", initialCluster ?? "\(name)=\(peerURL)", "--initial-cluster-token", token,
+            "--heartbeat-interval", "50", "--election-timeout", "500",
         ]
         let c = try Child(try #require(Self.path), args)
         try c.start()
         child = c
+    }
+
+    func start() async throws {
+        try launch()
+        try await waitHealthy()
+    }
+
+    func waitHealthy() async throws {
+        let c = try #require(child)
         try await E2E.waitUntil("etcd on \(clientPort)", limit: .seconds(30)) {
             if let s = c.exitStatus { throw E2EError("etcd exited with \(s): \(c.stderr.suffix(3000))") }
             guard E2E.isListening(clientPort) else { return false }
@@ -254,5 +269,97 @@ struct E2EEtcdInteropTests {
             throw error
         }
         await m.cleanUp()
+    }
+
+    /// `etcdctl snapshot restore` (the real etcdctl 3.4) makes an etcd data directory; swetcd
+    /// started on it imports it once (logged) and serves the same keyspace, history, leases,
+    /// auth and watch, with the membership and IDs the restore gave it. An etcd member's own
+    /// data directory (its WAL holds requests) is refused and left as it was.
+    @Test func swetcdStartsOnEtcdctlRestoredDataDir() async throws {
+        let dir = try E2E.tempDir("interop-datadir")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/etcd.db"
+        let etcd = try RealEtcd(dataDir: dir + "/etcd.data")
+        var before: (revision: Int64, kvs: [NSDictionary]) = (0, [])
+        var lease = ""
+        var compactedAt: Int64 = 0
+        do {
+            try await etcd.start()
+            let filled = try await Self.fill(etcd.endpoint) { try await etcdctl(etcd.endpoint, $0) }
+            lease = filled.lease
+            compactedAt = filled.compacted
+            #expect(try await etcd.ctl("user", "add", "alice:secret").status == 0)
+            before = try await Self.keyspace(etcd.endpoint)
+            #expect(try await etcd.ctl("snapshot", "save", file).status == 0)
+        } catch {
+            Issue.record("etcd log: \((etcd.child?.stderr ?? "").suffix(3000))")
+            await etcd.cleanUp()
+            throw error
+        }
+        await etcd.stop()
+
+        // etcd's own (run) data directory: refused, nothing changed.
+        let ran = try Member(name: "e1")
+        let ranDir = ran.dataDir
+        ran.dataDir = etcd.dataDir
+        let listing = try FileManager.default.subpathsOfDirectory(atPath: etcd.dataDir).sorted()
+        do {
+            try await ran.start()
+            Issue.record("swetcd started on a run etcd member's data directory")
+        } catch {
+            #expect("\(error)".contains("etcd member that has run"), "\(error)")
+        }
+        #expect(try FileManager.default.subpathsOfDirectory(atPath: etcd.dataDir).sorted() == listing)
+        try? FileManager.default.removeItem(atPath: ranDir)
+
+        // etcdctl snapshot restore with a new token; swetcd starts on the result.
+        let m = try Member(name: "n1")
+        let ctl = try #require(E2E.etcdctlPath)
+        let restoreDir = dir + "/restored"
+        let restore = try await E2EDefragSnapshotTests.run(ctl, [
+            "snapshot", "restore", file, "--data-dir", restoreDir, "--name", m.name,
+            "--initial-cluster", "\(m.name)=\(m.peerURL)", "--initial-advertise-peer-urls", m.peerURL,
+            "--initial-cluster-token", "migrated",
+        ])
+        #expect(restore.status == 0, "\(restore)")
+        let etcdClusterID = try #require(restore.stderr.range(of: "\"cluster-id\":\"").map { r in
+            String(restore.stderr[r.upperBound...].prefix { $0 != "\"" })
+        })
+        m.dataDir = restoreDir
+        do {
+            try await m.start()
+            let log = m.stderrText
+            #expect(log.contains("imported an etcd data directory"), "\(log.suffix(2000))")
+            let after = try await Self.keyspace(m.endpoint)
+            #expect(after.revision == before.revision)
+            #expect(after.kvs == before.kvs)
+            let compacted = try await m.ctl("get", "x", "--rev=\(compactedAt - 1)")
+            #expect(compacted.stderr.contains("required revision has been compacted"), "\(compacted)")
+            #expect(try await Self.leaseKeys(m.endpoint, lease) == (0..<5).map { "/registry/events/e\($0)" })
+            #expect(try await m.ctl("user", "list").stdout.contains("alice"))
+            // The membership and IDs are those etcd would have had from this restore.
+            let list = try await m.ctl("member", "list", "-w", "json")
+            #expect(list.stdout.contains("\"cluster_id\":\(UInt64(etcdClusterID, radix: 16) ?? 0)"), "\(list.stdout) vs \(etcdClusterID)")
+            #expect(list.stdout.contains(m.peerURL) && list.stdout.contains("\"name\":\"n1\""), "\(list.stdout)")
+            // History is watchable from the compaction revision on, and new writes continue it.
+            let w = try m.watch(["/registry/pods/ns/p2", "--rev=\(compactedAt)"], limit: 20)
+            let seen = try await w.waitLines(3)
+            #expect(seen.first == "PUT", "\(seen)")
+            let put = try await m.ctl("put", "new", "v", "-w", "json")
+            #expect(put.stdout.contains("\"revision\":\(before.revision + 1)"), "\(put)")
+            w.signal(SIGTERM)
+            _ = try? await w.waitExit()
+            // A restart does not import again: the directory is swetcd's now.
+            #expect(try await m.stop() == 0)
+            try await m.start()
+            #expect(!m.stderrText.contains("imported an etcd data directory"))
+            try await E2E.waitUntil("the restarted member serves") { try await m.ctl("get", "new").stdout.contains("v") }
+        } catch {
+            Issue.record("swetcd log: \(m.stderrText.suffix(3000))")
+            await m.cleanUp()
+            throw error
+        }
+        await m.cleanUp()
+        await etcd.cleanUp()
     }
 }

@@ -160,3 +160,79 @@ struct TxnPutCommand: AsyncParsableCommand {
         try Report(command: "txn-put", total: total, result: result, seconds: secs).printChecked(json: connection.json)
     }
 }
+
+/// `kube-fill`: writes a kube-apiserver-shaped keyspace for migration tests and measurements:
+/// keys `/registry/<resource>/ns-<i mod 50>/<resource>-<i>` over eight resources, binary
+/// values (`k8s\0` then deterministic pseudo-random bytes, 100-700 bytes), and the `events`
+/// keys attached to `--leases` leases (granted first, TTL one hour), as kube-apiserver does.
+/// The same `--total` always gives the same keys and values.
+struct KubeFillCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kube-fill", abstract: "Write a kube-apiserver-shaped keyspace (/registry, binary values, leased events).")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(help: "Number of keys.")
+    var total: Int = 100_000
+
+    @Option(help: "Number of leases the events keys are spread over.")
+    var leases: Int = 10
+
+    @Option(help: "Index of the first key (fill a large keyspace in several runs).")
+    var start: Int = 0
+
+    static let resources = ["pods", "configmaps", "secrets", "services", "events", "deployments", "replicasets", "endpointslices"]
+
+    func validate() throws {
+        guard total >= 1 else { throw ValidationError("--total must be at least 1") }
+        guard leases >= 1 else { throw ValidationError("--leases must be at least 1") }
+        guard start >= 0 else { throw ValidationError("--start must not be negative") }
+    }
+
+    static func key(_ i: Int) -> [UInt8] {
+        let r = resources[i % resources.count]
+        return Array("/registry/\(r)/ns-\(i % 50)/\(r)-\(i)".utf8)
+    }
+
+    static func value(_ i: Int) -> [UInt8] {
+        var state = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 &+ 1
+        let size = 100 + (i &* 7919) % 600
+        var out: [UInt8] = [0x6B, 0x38, 0x73, 0x00]
+        out.reserveCapacity(size)
+        while out.count < size {
+            state = state &+ 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            for s in stride(from: 0, to: 64, by: 8) where out.count < size { out.append(UInt8(truncatingIfNeeded: z >> UInt64(s))) }
+        }
+        return out
+    }
+
+    func run() async throws {
+        let total = self.total
+        let pool = try ConnectionPool(endpoints: try connection.parsedEndpoints(), count: connection.conns)
+        let leaseCount = leases
+        let first = start
+        let (result, secs) = try await pool.run { pool in
+            var ids: [Int64] = []
+            for _ in 0..<leaseCount {
+                var grant = Etcdserverpb_LeaseGrantRequest()
+                grant.ttl = 3600
+                ids.append(try await Etcdserverpb_Lease.Client(wrapping: pool.clients[0]).leaseGrant(grant).id)
+            }
+            let leaseIDs = ids
+            return try await runClosedLoop(clients: connection.clients, total: total, pool: pool) { _, request, grpc in
+                let n = first + request
+                var req = Etcdserverpb_PutRequest()
+                req.key = Data(Self.key(n))
+                req.value = Data(Self.value(n))
+                if n % Self.resources.count == 4 { req.lease = leaseIDs[(n / Self.resources.count) % leaseIDs.count] }
+                _ = try await Etcdserverpb_KV.Client(wrapping: grpc).put(req)
+                return true
+            }
+        }
+        try Report(command: "kube-fill", total: total, result: result, seconds: secs).printChecked(json: connection.json)
+    }
+}

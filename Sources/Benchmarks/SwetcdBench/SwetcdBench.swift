@@ -11,6 +11,6 @@ struct SwetcdBench: AsyncParsableCommand {
             requests as fast as the server answers them, each waiting for its previous answer. \
             Prints throughput and latency percentiles (or JSON with --json).
             """,
-        subcommands: [PutCommand.self, RangeCommand.self, TxnPutCommand.self, WatchCommand.self]
+        subcommands: [PutCommand.self, RangeCommand.self, TxnPutCommand.self, WatchCommand.self, KubeFillCommand.self]
     )
 }

@@ -143,6 +143,23 @@ public final class EtcdServer: Sendable {
             }
         }
         let dataDir = DataDir(path: cfg.effectiveDataDir, walDirectory: cfg.walDir)
+        // A data directory from `etcdctl snapshot restore` is converted on the first start.
+        try EtcdDataDirImport.recover(dataDir, logger: logger)
+        if case .foreign = try dataDir.inspect(), EtcdDataDirImport.looksLikeEtcd(dataDir) {
+            let s = try EtcdDataDirImport.run(dataDir, logger: logger)
+            logger.notice("imported an etcd data directory (etcdctl snapshot restore): keys, revisions, leases, auth and alarms are the snapshot's, the membership is the restore's; etcd's files were replaced", metadata: [
+                "data-dir": "\(dataDir.path)", "member-id": "\(MemberIdentity.hex(s.memberID))",
+                "cluster-id": "\(MemberIdentity.hex(s.clusterID))",
+                "members": "\(s.members.map { "\($0.name)=\($0.peerURLs.joined(separator: ","))" })",
+                "keys": "\(s.stats.keys)", "revision": "\(s.revision)", "compact-revision": "\(s.compactRevision)",
+                "leases": "\(s.stats.leases)", "users": "\(s.stats.users)", "roles": "\(s.stats.roles)", "alarms": "\(s.stats.alarms)",
+            ])
+            if let me = s.members.first(where: { $0.id == s.memberID }), me.name != cfg.name {
+                logger.warning("--name differs from the member name the restore gave this data directory; the restore's is kept", metadata: [
+                    "name": "\(cfg.name)", "restored-name": "\(me.name)",
+                ])
+            }
+        }
         let found = try dataDir.inspect()
         if case let .foreign(reason) = found {
             if let wal = dataDir.dedicatedWALDirectory {
