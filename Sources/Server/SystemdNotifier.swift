@@ -1,5 +1,6 @@
 import CSystemd
 import Dispatch
+import LMDBBackend
 import Storage
 import Synchronization
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import LMDBBackend
 import Raft
 
 /// Errors of ``DurableRaftStorage`` beyond those of the WAL (`WALError`) and snapshot files

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LMDBBackend
 
 /// Tuning of a `WAL`.
 public struct WALOptions: Sendable {

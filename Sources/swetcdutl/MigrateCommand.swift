@@ -3,6 +3,7 @@ import BoltFormat
 import Crypto
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import MVCC
 import Storage
 

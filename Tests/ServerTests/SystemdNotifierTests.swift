@@ -1,4 +1,5 @@
 import Foundation
+import LMDBBackend
 import Storage
 import Synchronization
 import Testing

@@ -1,4 +1,5 @@
 import Foundation
+import LMDBBackend
 import Raft
 import Testing
 @testable import Storage

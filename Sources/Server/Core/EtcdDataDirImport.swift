@@ -2,8 +2,10 @@ import BoltFormat
 import EtcdConfig
 import EtcdSnapshot
 import Foundation
+import LMDBBackend
 import Logging
 import MVCC
+import ServerFormat
 import Storage
 
 #if canImport(Glibc)
@@ -114,7 +116,7 @@ enum EtcdDataDirImport {
         var summary: Summary
         do {
             let raft = try DurableRaftStorage.open(staging, newMember: WALMetadata(memberID: restored.memberID, clusterID: restored.clusterID))
-            try EtcdServer.bootstrapLog(raft, members: members)
+            try BootstrapLog.write(raft, members: members)
             try raft.close()
             var options = Backend.Options()
             options.sync = false
