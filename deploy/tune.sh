@@ -102,10 +102,16 @@ if [ -z "$pids" ]; then
 else
   for pid in $pids; do
     # Every thread: the WAL fsyncs run on swetcd's Raft thread, not the main one, and an I/O
-    # priority belongs to a thread. A pid without /proc/PID/task (gone) gets one line.
+    # priority belongs to a thread. A pid without /proc/PID/task (gone) gets one line. Worker
+    # threads come and go: one that ended after the listing is skipped, any other failure stops.
     tids=$(ls "/proc/$pid/task" 2>/dev/null || true)
     for tid in ${tids:-$pid}; do
-      run ionice -c2 -n0 -p "$tid"
+      if ! out=$(run ionice -c2 -n0 -p "$tid" 2>&1); then
+        if [ -n "$tids" ] && [ ! -d "/proc/$pid/task/$tid" ]; then continue; fi
+        echo "$out" >&2
+        exit 1
+      fi
+      [ -z "$out" ] || echo "$out"
     done
   done
 fi
