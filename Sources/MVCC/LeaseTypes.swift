@@ -159,15 +159,9 @@ public struct PersistedLease: Equatable, Hashable, Sendable {
     public func encoded() -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(24)
-        for (field, value) in [(UInt8(1), id), (2, ttl), (3, remainingTTL)] where value != 0 {
-            out.append(field << 3)  // wire type 0: varint
-            var bits = UInt64(bitPattern: value)
-            while bits >= 0x80 {
-                out.append(UInt8(truncatingIfNeeded: bits) | 0x80)
-                bits >>= 7
-            }
-            out.append(UInt8(bits))
-        }
+        ProtobufFields.appendInt(1, id, to: &out)
+        ProtobufFields.appendInt(2, ttl, to: &out)
+        ProtobufFields.appendInt(3, remainingTTL, to: &out)
         return out
     }
 

@@ -82,31 +82,12 @@ public struct KeyValue: Equatable, Hashable, Sendable {
     public func etcdEncoded() -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(key.count + value.count + 40)
-        func varint(_ v: UInt64) {
-            var bits = v
-            while bits >= 0x80 {
-                out.append(UInt8(truncatingIfNeeded: bits) | 0x80)
-                bits >>= 7
-            }
-            out.append(UInt8(bits))
-        }
-        func bytes(_ field: UInt64, _ b: [UInt8]) {
-            guard !b.isEmpty else { return }
-            varint(field << 3 | 2)
-            varint(UInt64(b.count))
-            out += b
-        }
-        func int(_ field: UInt64, _ v: Int64) {
-            guard v != 0 else { return }
-            varint(field << 3)
-            varint(UInt64(bitPattern: v))
-        }
-        bytes(1, key)
-        int(2, createRevision)
-        int(3, modRevision)
-        int(4, version)
-        bytes(5, value)
-        int(6, lease)
+        ProtobufFields.appendBytes(1, key, to: &out)
+        ProtobufFields.appendInt(2, createRevision, to: &out)
+        ProtobufFields.appendInt(3, modRevision, to: &out)
+        ProtobufFields.appendInt(4, version, to: &out)
+        ProtobufFields.appendBytes(5, value, to: &out)
+        ProtobufFields.appendInt(6, lease, to: &out)
         return out
     }
 

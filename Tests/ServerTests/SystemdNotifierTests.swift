@@ -62,22 +62,9 @@ final class FakeNotifySocket {
         return try await body()
     }
 
-    private func withEnvironment<T>(_ values: [String: String?], _ body: () throws -> T) rethrows -> T {
-        let saved = values.keys.map { ($0, getenv($0).map { String(cString: $0) }) }
-        for (key, value) in values {
-            if let value { setenv(key, value, 1) } else { unsetenv(key) }
-        }
-        defer {
-            for (key, value) in saved {
-                if let value { setenv(key, value, 1) } else { unsetenv(key) }
-            }
-        }
-        return try body()
-    }
-
-    @Test func sendsEachMessageToTheNotifySocket() throws {
+    @Test func sendsEachMessageToTheNotifySocket() async throws {
         let socket = try FakeNotifySocket()
-        withEnvironment(["NOTIFY_SOCKET": socket.path]) {
+        await withEnvironment(["NOTIFY_SOCKET": socket.path]) {
             let notifier = SystemdNotifier()
             #expect(notifier.isEnabled)
             #expect(notifier.ready(status: "serving"))
@@ -146,9 +133,9 @@ final class FakeNotifySocket {
         }
     }
 
-    @Test func noOpWithoutNotifySocket() throws {
+    @Test func noOpWithoutNotifySocket() async throws {
         let socket = try FakeNotifySocket()
-        withEnvironment(["NOTIFY_SOCKET": nil]) {
+        await withEnvironment(["NOTIFY_SOCKET": nil]) {
             let notifier = SystemdNotifier()
             #expect(!notifier.isEnabled)
             #expect(!notifier.ready())
@@ -157,15 +144,15 @@ final class FakeNotifySocket {
         #expect(socket.receive(timeoutMs: 50) == nil)
     }
 
-    @Test func watchdogIntervalFromEnvironment() {
-        withEnvironment(["WATCHDOG_USEC": "3000000", "WATCHDOG_PID": String(getpid())]) {
+    @Test func watchdogIntervalFromEnvironment() async {
+        await withEnvironment(["WATCHDOG_USEC": "3000000", "WATCHDOG_PID": String(getpid())]) {
             #expect(SystemdNotifier().watchdogInterval == .seconds(3))
         }
-        withEnvironment(["WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"]) {
+        await withEnvironment(["WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"]) {
             // Meant for another process.
             #expect(SystemdNotifier().watchdogInterval == nil)
         }
-        withEnvironment(["WATCHDOG_USEC": nil, "WATCHDOG_PID": nil]) {
+        await withEnvironment(["WATCHDOG_USEC": nil, "WATCHDOG_PID": nil]) {
             #expect(SystemdNotifier().watchdogInterval == nil)
         }
     }
