@@ -327,9 +327,14 @@ public final class Backend: @unchecked Sendable {
     // MARK: size, hash, copy
 
     /// Size of the db file in bytes (free pages included), as etcd's Status `dbSize`.
+    /// One stat(2): the quota check calls it for every write request (FileManager's attribute
+    /// lookup also resolves owner names, reading /etc/passwd each time).
     public func fileSize() throws -> Int64 {
-        let attrs = try FileManager.default.attributesOfItem(atPath: path)
-        return (attrs[.size] as? NSNumber)?.int64Value ?? 0
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw BackendError(message: "stat \(path): \(String(cString: strerror(errno)))")
+        }
+        return Int64(st.st_size)
     }
 
     /// Bytes of the db file holding live data: pages up to LMDB's last used page minus the

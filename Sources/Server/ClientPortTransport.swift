@@ -69,6 +69,8 @@ public struct ClientPortConfiguration: Sendable {
     public var httpMaxHeaderBytes: Int
     /// The HTTP/1.1 routes.
     public var router: HTTPRouter
+    /// Unary gRPC calls served by ``FastUnaryHandler`` instead of grpc-swift (nil: none).
+    var fastUnary: (any FastUnaryService)?
 
     /// etcd's defaults: 1.5 MiB + 512 KiB receive limit, 5 s minimum client ping interval,
     /// 2 h server keepalive, 20 s keepalive timeout; `/version` is routed.
@@ -132,9 +134,14 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
         // bounds what a compressed message may inflate to.
         config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes
         let guardLimit = configuration.maxReceiveMessageBytes
+        let fastUnary = configuration.fastUnary
         config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
             stream.eventLoop.makeCompletedFuture {
-                try stream.pipeline.syncOperations.addHandler(OversizeMessageGuard(limit: guardLimit), position: .first)
+                let sync = stream.pipeline.syncOperations
+                if let fastUnary {
+                    try sync.addHandler(FastUnaryHandler(service: fastUnary, limit: guardLimit), position: .first)
+                }
+                try sync.addHandler(OversizeMessageGuard(limit: guardLimit), position: .first)
             }
         }
         // Without this setting NIO HTTP/2 enforces 100 streams per connection without telling

@@ -25,6 +25,39 @@ struct CoreUnitTests {
         #expect(w.count == 0)
     }
 
+    @Test func timeoutsNeedNoTaskPerWaiterAndTheSweepStops() async throws {
+        let w = Waiters<Int>(sweepInterval: .milliseconds(5))
+        // Many waiters with different deadlines: each ends with its own error, none early,
+        // and once nobody waits no sweep stays scheduled.
+        try await withThrowingTaskGroup(of: (Int, Bool).self) { group in
+            for i in 0..<200 {
+                w.register(UInt64(i))
+                group.addTask {
+                    let start = ContinuousClock.now
+                    let timeout = Duration.milliseconds(10 + i % 5 * 10)
+                    do {
+                        _ = try await w.wait(UInt64(i), timeout: timeout, timeoutError: EtcdError.timeout)
+                        return (i, false)
+                    } catch let e as EtcdError where e == .timeout {
+                        return (i, ContinuousClock.now - start >= timeout)
+                    }
+                }
+            }
+            // One of them gets its result instead.
+            w.trigger(0, .success(7))
+            var ended = 0
+            for try await (i, late) in group {
+                ended += 1
+                if i != 0 { #expect(late, "waiter \(i) timed out before its deadline") }
+            }
+            #expect(ended == 200)
+        }
+        #expect(w.count == 0)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while w.isSweeping, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(!w.isSweeping)
+    }
+
     @Test func failAllResumesSuspendedWaiters() async throws {
         let w = Waiters<Int>()
         w.register(3)

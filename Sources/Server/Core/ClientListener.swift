@@ -55,6 +55,7 @@ public final class ClientListener: Sendable {
             port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
             port.maxConcurrentStreams = Int(clamping: cfg.maxConcurrentStreams)
             port.maxConnections = Int(clamping: max(1, cfg.maxClientConnections))
+            if kind == "client", ProcessInfo.processInfo.environment["SWETCD_NO_FAST_UNARY"] == nil { port.fastUnary = FastKV(server: server) }
             let transport = ClientPortTransport(configuration: port)
             list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [],
                                                 interceptors: [TokenInterceptor()])))

@@ -24,41 +24,61 @@ public final class RequestIDGenerator: Sendable {
 
 /// Waiters for apply results keyed by request ID: a request registers before it is proposed,
 /// the apply loop triggers the ID with the result, and each waiter resumes at most once.
+///
+/// Timeouts cost no task or timer per request: a waiter stores its deadline in its slot, and
+/// one sweep, scheduled every ``sweepInterval`` only while some waiter is suspended, fails the
+/// overdue ones (a wait ends at most one interval after its deadline).
 final class Waiters<Value: Sendable>: Sendable {
     private enum Slot {
-        case waiting(CheckedContinuation<Value, any Error>)
+        case waiting(CheckedContinuation<Value, any Error>, deadline: ContinuousClock.Instant, timeoutError: any Error)
         /// Triggered (or failed) before the waiter suspended.
         case done(Result<Value, any Error>)
         /// Registered but not yet suspended.
         case registered
     }
-    private let slots = Mutex<[UInt64: Slot]>([:])
+    private struct State {
+        var slots: [UInt64: Slot] = [:]
+        /// Suspended waiters (those with a deadline).
+        var suspended = 0
+        /// Whether a sweep is scheduled.
+        var sweeping = false
+    }
+    private let state = Mutex(State())
+    let sweepInterval: Duration
+
+    init(sweepInterval: Duration = .milliseconds(20)) {
+        self.sweepInterval = sweepInterval
+    }
 
     /// Reserves `id`; call before proposing so a fast apply finds it.
     func register(_ id: UInt64) {
-        slots.withLock { $0[id] = .registered }
+        state.withLock { $0.slots[id] = .registered }
     }
 
     /// Whether `id` is registered (the apply loop skips building results nobody waits for).
-    func isRegistered(_ id: UInt64) -> Bool { slots.withLock { $0[id] != nil } }
+    func isRegistered(_ id: UInt64) -> Bool { state.withLock { $0.slots[id] != nil } }
 
     /// Whether a waiter for `id` is suspended (tests).
     func isSuspended(_ id: UInt64) -> Bool {
-        slots.withLock { if case .waiting? = $0[id] { return true } else { return false } }
+        state.withLock { if case .waiting? = $0.slots[id] { return true } else { return false } }
     }
 
     /// Number of pending waiters.
-    var count: Int { slots.withLock { $0.count } }
+    var count: Int { state.withLock { $0.slots.count } }
+
+    /// Whether a timeout sweep is scheduled (tests: none once nobody waits).
+    var isSweeping: Bool { state.withLock { $0.sweeping } }
 
     /// Delivers the result for `id` (no-op if nobody waits).
     func trigger(_ id: UInt64, _ result: Result<Value, any Error>) {
-        let cont: CheckedContinuation<Value, any Error>? = slots.withLock { s in
-            switch s[id] {
-            case .waiting(let c)?:
-                s[id] = nil
+        let cont: CheckedContinuation<Value, any Error>? = state.withLock { s in
+            switch s.slots[id] {
+            case .waiting(let c, _, _)?:
+                s.slots[id] = nil
+                s.suspended -= 1
                 return c
             case .registered?:
-                s[id] = .done(result)
+                s.slots[id] = .done(result)
                 return nil
             default:
                 return nil
@@ -69,43 +89,73 @@ final class Waiters<Value: Sendable>: Sendable {
 
     /// Fails every pending waiter with `error` (server stop).
     func failAll(_ error: any Error) {
-        let all: [(UInt64, Slot)] = slots.withLock { s in
-            let a = Array(s)
-            s.removeAll()
+        let all: [Slot] = state.withLock { s in
+            let a = Array(s.slots.values)
+            s.slots.removeAll()
+            s.suspended = 0
             return a
         }
-        for (_, slot) in all {
-            if case .waiting(let c) = slot { c.resume(throwing: error) }
+        for slot in all {
+            if case .waiting(let c, _, _) = slot { c.resume(throwing: error) }
         }
     }
 
     /// Waits for the result of `id` at most `timeout`; then throws `timeoutError` and forgets
     /// the ID (a late apply result is dropped).
     func wait(_ id: UInt64, timeout: Duration, timeoutError: any Error) async throws -> Value {
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
-            if !Task.isCancelled { self.trigger(id, .failure(timeoutError)) }
-        }
-        defer { timer.cancel() }
+        let deadline = ContinuousClock.now + timeout
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Value, any Error>) in
-                let early: Result<Value, any Error>? = slots.withLock { s in
-                    switch s[id] {
+                let (early, startSweep): (Result<Value, any Error>?, Bool) = state.withLock { s in
+                    switch s.slots[id] {
                     case .done(let r)?:
-                        s[id] = nil
-                        return r
+                        s.slots[id] = nil
+                        return (r, false)
                     case .registered?:
-                        s[id] = .waiting(c)
-                        return nil
+                        s.slots[id] = .waiting(c, deadline: deadline, timeoutError: timeoutError)
+                        s.suspended += 1
+                        let start = !s.sweeping
+                        s.sweeping = true
+                        return (nil, start)
                     default:
-                        return .failure(timeoutError)
+                        return (.failure(timeoutError), false)
                     }
                 }
                 if let early { c.resume(with: early) }
+                if startSweep { scheduleSweep() }
             }
         } onCancel: {
             self.trigger(id, .failure(CancellationError()))
         }
+    }
+
+    private func scheduleSweep() {
+        let nanos = sweepInterval.components.seconds * 1_000_000_000
+            + sweepInterval.components.attoseconds / 1_000_000_000
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(nanos))) { [self] in sweep() }
+    }
+
+    /// Fails the overdue waiters; schedules the next sweep while any waiter is suspended.
+    private func sweep() {
+        let now = ContinuousClock.now
+        let (overdue, again): ([(CheckedContinuation<Value, any Error>, any Error)], Bool) = state.withLock { s in
+            var overdue: [(CheckedContinuation<Value, any Error>, any Error)] = []
+            var ids: [UInt64] = []
+            if s.suspended > 0 {
+                for (id, slot) in s.slots {
+                    if case .waiting(let c, let deadline, let error) = slot, deadline <= now {
+                        overdue.append((c, error))
+                        ids.append(id)
+                    }
+                }
+                for id in ids { s.slots[id] = nil }
+                s.suspended -= overdue.count
+            }
+            s.sweeping = s.suspended > 0
+            return (overdue, s.sweeping)
+        }
+        for (c, error) in overdue { c.resume(throwing: error) }
+        if again { scheduleSweep() }
     }
 }
 

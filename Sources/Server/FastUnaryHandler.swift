@@ -1,0 +1,188 @@
+import GRPCCore
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// Unary calls the client port answers without grpc-swift's per-call machinery (see
+/// ``FastUnaryHandler``): gets the request message, returns the serialized response message
+/// or the error to send as the call's status.
+protocol FastUnaryService: Sendable {
+    /// Whether calls to `path` (`/package.Service/Method`) are served here.
+    func serves(_ path: String) -> Bool
+    /// Serves one call. `token` is the call's `token` metadata; `commonName` the verified
+    /// client certificate's common name of its connection, if any.
+    func call(path: String, message: [UInt8], token: String?, commonName: String?) async -> Result<[UInt8], RPCError>
+}
+
+/// Sits on each HTTP/2 stream of the client port, behind ``OversizeMessageGuard``. A stream
+/// whose request headers name a method of the ``FastUnaryService`` (a plain, uncompressed gRPC
+/// POST) is served here: its single request message is collected, the service called, and the
+/// response written as gRPC frames (headers, message, trailers). Any other stream is handed on
+/// untouched to grpc-swift's handler behind this one, which then serves it as usual.
+///
+/// Why: for the hot unary calls (Range, Put, Txn, DeleteRange) grpc-swift's per-call work (an
+/// async channel bridge, a request and a response async sequence, interceptors, a task per
+/// call and several hops between the event loop and the task pool) cost more CPU than the
+/// call itself (docs/BENCHMARKS.md). Here one task runs the call and one event-loop hop writes
+/// the answer. grpc-swift's task for such a stream sees it close without request headers and
+/// ends.
+final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private enum State {
+        /// Before the request headers.
+        case idle
+        /// Serving: collecting the request body of a call to `path`.
+        case collecting(path: String, token: String?)
+        /// The request is complete and the call runs (or has answered).
+        case running
+        /// The stream went away.
+        case closed
+    }
+
+    private let service: any FastUnaryService
+    private let limit: Int
+    private var state = State.idle
+    private var body: ByteBuffer?
+
+    init(service: any FastUnaryService, limit: Int) {
+        self.service = service
+        self.limit = limit
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let payload = unwrapInboundIn(data)
+        switch state {
+        case .idle:
+            guard case .headers(let h) = payload, let path = Self.servedPath(h.headers, service) else {
+                handOn(context: context, data)
+                return
+            }
+            state = .collecting(path: path, token: h.headers.first(name: "token"))
+            if h.endStream { finish(context: context) }
+        case .collecting:
+            switch payload {
+            case .data(let d):
+                guard case .byteBuffer(var bytes) = d.data else { return }
+                if body == nil {
+                    body = bytes
+                } else {
+                    body!.writeBuffer(&bytes)
+                }
+                if body!.readableBytes > limit + 5 {
+                    // The guard in front ends oversize messages first; this bounds the rest.
+                    answer(context: context, .failure(RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(body!.readableBytes - 5) vs. \(limit))")))
+                    return
+                }
+                if d.endStream { finish(context: context) }
+            case .headers(let h):
+                // Request trailers end the request.
+                if h.endStream { finish(context: context) }
+            default:
+                break
+            }
+        case .running, .closed:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .closed
+        context.fireChannelInactive()
+    }
+
+    /// Not ours: this frame and everything after it go to grpc-swift.
+    private func handOn(context: ChannelHandlerContext, _ data: NIOAny) {
+        context.fireChannelRead(data)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// The path of a request this handler serves, or nil.
+    private static func servedPath(_ headers: HPACKHeaders, _ service: any FastUnaryService) -> String? {
+        guard let path = headers.first(name: ":path"), service.serves(path),
+              headers.first(name: ":method") == "POST",
+              let type = headers.first(name: "content-type"), type.hasPrefix("application/grpc"),
+              !type.hasPrefix("application/grpc+") || type == "application/grpc+proto" else { return nil }
+        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" { return nil }
+        return path
+    }
+
+    /// The request is complete: checks its framing and runs the call.
+    private func finish(context: ChannelHandlerContext) {
+        guard case .collecting(let path, let token) = state else { return }
+        state = .running
+        var bytes = body ?? ByteBuffer()
+        body = nil
+        guard let flag = bytes.readInteger(as: UInt8.self), let length = bytes.readInteger(as: UInt32.self) else {
+            answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: the request has no message")))
+            return
+        }
+        guard flag == 0 else {
+            answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: compressed flag set with identity or empty encoding")))
+            return
+        }
+        guard Int(length) == bytes.readableBytes, let message = bytes.readBytes(length: Int(length)) else {
+            answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: a unary request must carry exactly one message")))
+            return
+        }
+        let commonName = ClientCertificateNames.shared.name(for: ClientCertificateNames.key(
+            remote: ClientCertificateNames.describe(context.channel.remoteAddress, fallback: context.channel.localAddress),
+            local: ClientCertificateNames.describe(context.channel.localAddress, fallback: context.channel.remoteAddress)))
+        let service = self.service
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        Task {
+            let result = await service.call(path: path, message: message, token: token, commonName: commonName)
+            loop.execute {
+                let (handler, context) = bound.value
+                handler.answer(context: context, result)
+            }
+        }
+    }
+
+    /// Writes the call's answer and ends the stream (nothing if the stream is gone).
+    private func answer(context: ChannelHandlerContext, _ result: Result<[UInt8], RPCError>) {
+        if case .closed = state { return }
+        state = .closed
+        var headers = HPACKHeaders()
+        headers.add(name: ":status", value: "200")
+        headers.add(name: "content-type", value: "application/grpc")
+        switch result {
+        case .success(let message):
+            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+            var buffer = context.channel.allocator.buffer(capacity: message.count + 5)
+            buffer.writeInteger(UInt8(0))
+            buffer.writeInteger(UInt32(message.count))
+            buffer.writeBytes(message)
+            context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer)))), promise: nil)
+            var trailers = HPACKHeaders()
+            trailers.add(name: "grpc-status", value: "0")
+            context.write(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
+        case .failure(let error):
+            // Trailers-only response.
+            headers.add(name: "grpc-status", value: String(error.code.rawValue))
+            if !error.message.isEmpty { headers.add(name: "grpc-message", value: Self.percentEncoded(error.message)) }
+            context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+        }
+        context.flush()
+    }
+
+    /// gRPC's grpc-message encoding: bytes outside printable ASCII, and '%', as %XX.
+    static func percentEncoded(_ message: String) -> String {
+        var out = ""
+        out.reserveCapacity(message.utf8.count)
+        for byte in message.utf8 {
+            if byte >= 0x20 && byte <= 0x7E && byte != UInt8(ascii: "%") {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                let hex = Array("0123456789ABCDEF".utf8)
+                out.unicodeScalars.append(Unicode.Scalar(UInt8(ascii: "%")))
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 0xF)]))
+            }
+        }
+        return out
+    }
+}
