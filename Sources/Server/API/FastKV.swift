@@ -1,12 +1,17 @@
 import EtcdProto
 import GRPCCore
 import SwiftProtobuf
+import Synchronization
 
 /// etcd's unary KV calls (Range, Put, DeleteRange, Txn) for ``FastUnaryHandler``: the same
 /// ``EtcdServer`` methods, credentials and errors as ``KVService`` behind grpc-swift, without
 /// grpc-swift's per-call work. Compact stays on grpc-swift (rare, admin-only).
-struct FastKV: FastUnaryService {
+final class FastKV: FastUnaryService {
     let server: EtcdServer
+    /// Calls served (answered or refused) since start.
+    let served = Atomic<Int>(0)
+
+    init(server: EtcdServer) { self.server = server }
 
     static let range = "/etcdserverpb.KV/Range"
     static let put = "/etcdserverpb.KV/Put"
@@ -18,6 +23,7 @@ struct FastKV: FastUnaryService {
     }
 
     func call(path: String, message: [UInt8], token: String?, commonName: String?) async -> Result<[UInt8], RPCError> {
+        served.wrappingAdd(1, ordering: .relaxed)
         do {
             let reply: [UInt8] = try await RequestCredentials.$token.withValue(token) {
                 try await RequestCredentials.$certificateCommonName.withValue(commonName) {

@@ -10,6 +10,10 @@ import Logging
 public final class ClientListener: Sendable {
     private let servers: [(url: EndpointURL, kind: String, grpc: GRPCServer<ClientPortTransport>)]
     private let logger: Logger
+    /// The unary KV calls served without grpc-swift (``FastUnaryHandler``); nil when
+    /// `SWETCD_NO_FAST_UNARY` is set (every call then goes through grpc-swift: for A/B
+    /// benchmarks, docs/BENCHMARKS.md).
+    let fastKV: FastKV?
 
     /// Prepares one gRPC server per client URL with the etcd services (KV, Watch, Lease,
     /// Maintenance, Cluster, Auth, Lock, Election) and, on the same port, the HTTP routes:
@@ -18,6 +22,8 @@ public final class ClientListener: Sendable {
     /// with only `/metrics`, `/health`, `/livez`, `/readyz` and `/version` (no gRPC services).
     public init(server: EtcdServer, logger: Logger) throws {
         let cfg = server.config
+        let fastKV = ProcessInfo.processInfo.environment["SWETCD_NO_FAST_UNARY"] == nil ? FastKV(server: server) : nil
+        self.fastKV = fastKV
         let services: [any RegistrableRPCService] = [
             KVService(server: server), WatchService(server: server), LeaseService(server: server),
         ] + server.coordinationServices()
@@ -55,7 +61,7 @@ public final class ClientListener: Sendable {
             port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
             port.maxConcurrentStreams = Int(clamping: cfg.maxConcurrentStreams)
             port.maxConnections = Int(clamping: max(1, cfg.maxClientConnections))
-            if kind == "client", ProcessInfo.processInfo.environment["SWETCD_NO_FAST_UNARY"] == nil { port.fastUnary = FastKV(server: server) }
+            if kind == "client" { port.fastUnary = fastKV }
             let transport = ClientPortTransport(configuration: port)
             list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [],
                                                 interceptors: [TokenInterceptor()])))
