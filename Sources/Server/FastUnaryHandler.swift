@@ -12,6 +12,13 @@ protocol FastUnaryService: Sendable {
     /// Serves one call. `token` is the call's `token` metadata; `commonName` the verified
     /// client certificate's common name of its connection, if any.
     func call(path: String, message: [UInt8], token: String?, commonName: String?) async -> Result<[UInt8], RPCError>
+    /// Starts the call without a task where it can (on the event loop): returns true once
+    /// `done` is taken, which then runs exactly once, on any thread; `onLoop` runs work on the
+    /// call's event loop. Returns false (without calling `done`) when the call must run as a
+    /// task through ``call(path:message:token:commonName:)``.
+    func start(path: String, message: [UInt8], token: String?, commonName: String?,
+               onLoop: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
+               done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) -> Bool
 }
 
 /// Sits on each HTTP/2 stream of the client port, behind ``OversizeMessageGuard``. A stream
@@ -23,9 +30,11 @@ protocol FastUnaryService: Sendable {
 /// Why: for the hot unary calls (Range, Put, Txn, DeleteRange) grpc-swift's per-call work (an
 /// async channel bridge, a request and a response async sequence, interceptors, a task per
 /// call and several hops between the event loop and the task pool) cost more CPU than the
-/// call itself (docs/BENCHMARKS.md). Here one task runs the call and one event-loop hop writes
-/// the answer. grpc-swift's task for such a stream sees it close without request headers and
-/// ends.
+/// call itself (docs/BENCHMARKS.md). Here a write is proposed from the event loop and answered
+/// from the Raft loop's apply with one hop back (a read the same way after its barrier, or at
+/// once when serializable); only a call that must wait (no leader yet, a refused quota, a
+/// large range) runs as a task. grpc-swift's task for such a stream sees it close without
+/// request headers and ends.
 final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = HTTP2Frame.FramePayload
@@ -133,12 +142,23 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         let service = self.service
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
-        Task {
-            let result = await service.call(path: path, message: message, token: token, commonName: commonName)
-            loop.execute {
+        let reply: @Sendable (Result<[UInt8], RPCError>) -> Void = { result in
+            if loop.inEventLoop {
                 let (handler, context) = bound.value
                 handler.answer(context: context, result)
+            } else {
+                loop.execute {
+                    let (handler, context) = bound.value
+                    handler.answer(context: context, result)
+                }
             }
+        }
+        if service.start(path: path, message: message, token: token, commonName: commonName,
+                         onLoop: { work in loop.execute(work) }, done: reply) {
+            return
+        }
+        Task {
+            reply(await service.call(path: path, message: message, token: token, commonName: commonName))
         }
     }
 

@@ -38,6 +38,84 @@ final class FastKV: FastUnaryService {
         }
     }
 
+    func start(path: String, message: [UInt8], token: String?, commonName: String?,
+               onLoop: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
+               done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) -> Bool {
+        do {
+            return try RequestCredentials.$token.withValue(token) {
+                try RequestCredentials.$certificateCommonName.withValue(commonName) {
+                    try startNow(path, message, onLoop: onLoop, done: done)
+                }
+            }
+        } catch {
+            served.wrappingAdd(1, ordering: .relaxed)
+            done(.failure(Self.status(of: error)))
+            return true
+        }
+    }
+
+    /// The task-free paths; false where the call needs ``call(path:message:token:commonName:)``.
+    private func startNow(_ path: String, _ message: [UInt8],
+                          onLoop: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
+                          done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) throws -> Bool {
+        let server = self.server
+        /// Answers a write from its apply result.
+        func propose<R: SwiftProtobuf.Message>(_ req: Swetcd_Internal_InternalRequest,
+                                               _ extract: @escaping @Sendable (ApplyResult) -> R?) throws -> Bool {
+            try server.proposeNow(req) { result in
+                done(Result {
+                    guard let resp = extract(try result.get()) else { throw EtcdError.internal("unexpected apply result") }
+                    return try resp.serializedBytes()
+                }.mapError(Self.status(of:)))
+            }
+        }
+        /// Answers a read on the event loop once this member may serve it.
+        func read(linearizable: Bool, _ body: @escaping @Sendable () throws -> [UInt8]) throws -> Bool {
+            let run: @Sendable () -> Void = { done(Result { try body() }.mapError(Self.status(of:))) }
+            guard linearizable else {
+                run()
+                return true
+            }
+            return try server.linearizableBarrierNow { result in
+                switch result {
+                case .success: onLoop(run)
+                case .failure(let e): done(.failure(Self.status(of: e)))
+                }
+            }
+        }
+        let started: Bool
+        switch path {
+        case Self.put:
+            let req = try server.putRequest(try Self.decode(message))
+            started = try propose(req) { if case .put(let r) = $0 { r } else { nil } }
+        case Self.deleteRange:
+            let req = try server.deleteRangeRequest(try Self.decode(message))
+            started = try propose(req) { if case .deleteRange(let r) = $0 { r } else { nil } }
+        case Self.txn:
+            let t: Etcdserverpb_TxnRequest = try Self.decode(message)
+            if let req = try server.txnRequest(t) {
+                started = try propose(req) { if case .txn(let r) = $0 { r } else { nil } }
+            } else {
+                started = try read(linearizable: true) { try server.readOnlyTxnNow(t).serializedBytes() }
+            }
+        case Self.range:
+            let r: Etcdserverpb_RangeRequest = try Self.decode(message)
+            try server.checkRange(r)
+            if EtcdServer.isLargeRange(r) { return false }
+            started = try read(linearizable: !r.serializable) { try server.rangeNow(r).serializedBytes() }
+        default:
+            return false
+        }
+        if started { served.wrappingAdd(1, ordering: .relaxed) }
+        return started
+    }
+
+    /// The gRPC status a call's error is sent as.
+    private static func status(of error: any Error) -> RPCError {
+        if let e = error as? RPCError { return e }
+        return EtcdError.from(error).rpcError
+    }
+
     private func serve(_ path: String, _ message: [UInt8]) async throws -> [UInt8] {
         switch path {
         case Self.put:

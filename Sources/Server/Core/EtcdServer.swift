@@ -416,6 +416,45 @@ public final class EtcdServer: Sendable {
         }
     }
 
+    /// Proposes `request` without a task (the client port's fast path): `done` gets the apply
+    /// result on the Raft loop thread, or the timeout from the waiters' sweep. Returns false,
+    /// having done nothing, when the request needs ``propose(_:internalFromLearner:)``: no leader
+    /// known yet (that waits for one) or the quota refuses it (that raises the alarm). Throws
+    /// what ``propose(_:internalFromLearner:)`` would throw at once.
+    func proposeNow(_ request: Swetcd_Internal_InternalRequest,
+                    done: @escaping @Sendable (Result<ApplyResult, any Error>) -> Void) throws -> Bool {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try refuseOnLearner()
+        guard leaderID != 0, quotaAdmits(request) else { return false }
+        var req = request
+        let id = ids.next()
+        req.header.id = id
+        let data: [UInt8] = try req.serializedBytes()
+        if data.count > Int(clamping: config.maxRequestBytes) { throw EtcdError.requestTooLarge }
+        let metrics = self.metrics
+        waiters.register(id, timeout: requestTimeout, timeoutError: EtcdError.timeout) { result in
+            if case .failure(let e as EtcdError) = result, e == .timeout || e == .noLeader || e == .stopped {
+                metrics.proposalFailed()
+            }
+            done(result)
+        }
+        inbox.send(.propose(data))
+        return true
+    }
+
+    /// ``linearizableBarrier()`` without a task: `done` runs on the Raft loop thread once this
+    /// member has applied what the leader confirmed (keep it short). Returns false when the
+    /// barrier needs the async path (no leader known yet).
+    func linearizableBarrierNow(done: @escaping @Sendable (Result<Void, any Error>) -> Void) throws -> Bool {
+        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        try refuseOnLearner()
+        guard leaderID != 0 else { return false }
+        let id = ids.next()
+        readWaiters.register(id, timeout: requestTimeout, timeoutError: EtcdError.timeout, callback: done)
+        inbox.send(.read(id))
+        return true
+    }
+
     /// Proposes without waiting (lease expiry, checkpoints); from the loop thread or anywhere.
     func proposeDetached(_ request: Swetcd_Internal_InternalRequest) {
         guard let data: [UInt8] = try? request.serializedBytes() else { return }

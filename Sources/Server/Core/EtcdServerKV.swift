@@ -12,17 +12,28 @@ extension EtcdServer {
     static let largeRangeLimit: Int64 = 1000
 
     public func range(_ r: Etcdserverpb_RangeRequest) async throws -> Etcdserverpb_RangeResponse {
+        try checkRange(r)
+        if !r.serializable { try await linearizableBarrier() }
+        return Self.isLargeRange(r) ? try await HeavyWorkPool.shared.run { try self.rangeNow(r) } : try rangeNow(r)
+    }
+
+    /// Range's checks: a key, and the caller may read it.
+    func checkRange(_ r: Etcdserverpb_RangeRequest) throws {
         if r.key.isEmpty { throw EtcdError.keyNotProvided }
         try authorize(key: r.key, rangeEnd: r.rangeEnd, write: false, try authInfo())
-        if !r.serializable { try await linearizableBarrier() }
+    }
+
+    /// A range that may read many keys (no limit, or one above `largeRangeLimit`): it runs on
+    /// the heavy-work threads, so a few of them cannot hold up every other call on Swift's
+    /// shared pool; a single key or a small page runs where the call is.
+    static func isLargeRange(_ r: Etcdserverpb_RangeRequest) -> Bool {
+        !r.rangeEnd.isEmpty && (r.limit <= 0 || r.limit > largeRangeLimit) && !r.countOnly
+    }
+
+    /// Reads the range from this member's keyspace now (checks and barrier done by the caller).
+    func rangeNow(_ r: Etcdserverpb_RangeRequest) throws -> Etcdserverpb_RangeResponse {
         do {
-            let request = RangeRequest(r)
-            let store = self.store
-            // A range that may read many keys (no limit, or one above `largeRangeLimit`) runs on
-            // the heavy-work threads, so a few of them cannot hold up every other call on
-            // Swift's shared pool; a single key or a small page stays inline.
-            let large = !r.rangeEnd.isEmpty && (r.limit <= 0 || r.limit > Self.largeRangeLimit) && !r.countOnly
-            let res = large ? try await HeavyWorkPool.shared.run { try store.range(request) } : try store.range(request)
+            let res = try store.range(RangeRequest(r))
             var resp = Etcdserverpb_RangeResponse(res)
             resp.header = header(revision: res.revision)
             return resp
@@ -33,6 +44,12 @@ extension EtcdServer {
 
     /// Put through the log.
     public func put(_ p: Etcdserverpb_PutRequest) async throws -> Etcdserverpb_PutResponse {
+        guard case .put(let resp) = try await propose(try putRequest(p)) else { throw EtcdError.internal("unexpected apply result") }
+        return resp
+    }
+
+    /// Put's checks, and the log entry it proposes.
+    func putRequest(_ p: Etcdserverpb_PutRequest) throws -> Swetcd_Internal_InternalRequest {
         if p.key.isEmpty { throw EtcdError.keyNotProvided }
         if p.ignoreValue && !p.value.isEmpty { throw EtcdError.valueProvided }
         if p.ignoreLease && p.lease != 0 { throw EtcdError.leaseProvided }
@@ -42,12 +59,17 @@ extension EtcdServer {
         var req = Swetcd_Internal_InternalRequest()
         stamp(&req, info)
         req.put = p
-        guard case .put(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
-        return resp
+        return req
     }
 
     /// DeleteRange through the log.
     public func deleteRange(_ d: Etcdserverpb_DeleteRangeRequest) async throws -> Etcdserverpb_DeleteRangeResponse {
+        guard case .deleteRange(let resp) = try await propose(try deleteRangeRequest(d)) else { throw EtcdError.internal("unexpected apply result") }
+        return resp
+    }
+
+    /// DeleteRange's checks, and the log entry it proposes.
+    func deleteRangeRequest(_ d: Etcdserverpb_DeleteRangeRequest) throws -> Swetcd_Internal_InternalRequest {
         if d.key.isEmpty { throw EtcdError.keyNotProvided }
         let info = try authInfo()
         try authorize(key: d.key, rangeEnd: d.rangeEnd, write: true, info)
@@ -55,30 +77,40 @@ extension EtcdServer {
         var req = Swetcd_Internal_InternalRequest()
         stamp(&req, info)
         req.deleteRange = d
-        guard case .deleteRange(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
-        return resp
+        return req
     }
 
     /// Txn: a txn without writes is served locally after a read barrier (as etcd does);
     /// anything else goes through the log.
     public func txn(_ t: Etcdserverpb_TxnRequest) async throws -> Etcdserverpb_TxnResponse {
+        guard let req = try txnRequest(t) else {
+            try await linearizableBarrier()
+            return try readOnlyTxnNow(t)
+        }
+        guard case .txn(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
+        return resp
+    }
+
+    /// Txn's checks, and the log entry it proposes; nil for a txn without writes.
+    func txnRequest(_ t: Etcdserverpb_TxnRequest) throws -> Swetcd_Internal_InternalRequest? {
         try checkTxn(t, maxOps: Int(clamping: config.maxTxnOps))
         let info = try authInfo()
         try authorize(txn: t, info)
-        if Self.isReadOnly(t) {
-            try await linearizableBarrier()
-            do {
-                let r = try store.txn(TxnRequest(t))
-                return Etcdserverpb_TxnResponse(r, header: header(revision: r.revision))
-            } catch {
-                throw EtcdError.from(error)
-            }
-        }
+        if Self.isReadOnly(t) { return nil }
         var req = Swetcd_Internal_InternalRequest()
         stamp(&req, info)
         req.txn = t
-        guard case .txn(let resp) = try await propose(req) else { throw EtcdError.internal("unexpected apply result") }
-        return resp
+        return req
+    }
+
+    /// Serves a txn without writes from this member's keyspace now (after the read barrier).
+    func readOnlyTxnNow(_ t: Etcdserverpb_TxnRequest) throws -> Etcdserverpb_TxnResponse {
+        do {
+            let r = try store.txn(TxnRequest(t))
+            return Etcdserverpb_TxnResponse(r, header: header(revision: r.revision))
+        } catch {
+            throw EtcdError.from(error)
+        }
     }
 
     /// Compact through the log; with `physical` it returns once the entries are gone.

@@ -75,11 +75,10 @@ extension EtcdServer {
     /// NOSPACE for this member through the log (unless it is already raised) and fail with
     /// "etcdserver: mvcc: database space exceeded", as etcd's quota check does.
     func checkQuota(_ request: Swetcd_Internal_InternalRequest) async throws {
+        if quotaAdmits(request) { return }
         let cost = BackendQuota.cost(request.request)
-        let quota = self.quota
-        guard cost > 0, let limit = quota.limit else { return }
+        let limit = quota.limit ?? 0
         let size = (try? backend.fileSize()) ?? 0
-        if quota.admits(cost: cost, size: size) { return }
         if !alarms.isActive(memberID: memberID, type: .nospace) {
             logger.warning("backend quota exceeded; raising NOSPACE", metadata: [
                 "quota-size-bytes": "\(limit)", "current-db-size-bytes": "\(size)", "request-cost": "\(cost)",
@@ -94,6 +93,15 @@ extension EtcdServer {
             _ = try? await propose(req)
         }
         throw EtcdError.noSpace
+    }
+
+    /// Whether the quota lets `request` in as things stand (no side effect: a refusal raises
+    /// the NOSPACE alarm in ``checkQuota(_:)``).
+    func quotaAdmits(_ request: Swetcd_Internal_InternalRequest) -> Bool {
+        let cost = BackendQuota.cost(request.request)
+        let quota = self.quota
+        guard cost > 0, quota.limit != nil else { return true }
+        return quota.admits(cost: cost, size: (try? backend.fileSize()) ?? 0)
     }
 
     /// Logs the quota in force (once, at start), as etcd does.

@@ -31,10 +31,21 @@ public final class RequestIDGenerator: Sendable {
 final class Waiters<Value: Sendable>: Sendable {
     private enum Slot {
         case waiting(CheckedContinuation<Value, any Error>, deadline: ContinuousClock.Instant, timeoutError: any Error)
+        /// A waiter without a task: `callback` gets the result (on the triggering thread).
+        case callback(@Sendable (Result<Value, any Error>) -> Void, deadline: ContinuousClock.Instant, timeoutError: any Error)
         /// Triggered (or failed) before the waiter suspended.
         case done(Result<Value, any Error>)
         /// Registered but not yet suspended.
         case registered
+
+        /// Hands `result` to a suspended waiter (nothing for the other states).
+        func deliver(_ result: Result<Value, any Error>) {
+            switch self {
+            case .waiting(let c, _, _): c.resume(with: result)
+            case .callback(let f, _, _): f(result)
+            default: break
+            }
+        }
     }
     private struct State {
         var slots: [UInt64: Slot] = [:]
@@ -55,6 +66,22 @@ final class Waiters<Value: Sendable>: Sendable {
         state.withLock { $0.slots[id] = .registered }
     }
 
+    /// Reserves `id` for a waiter without a task: `callback` runs once with the result, or with
+    /// `timeoutError` after `timeout`, on the thread that triggers it (the Raft loop: keep it
+    /// short, hand real work to another thread).
+    func register(_ id: UInt64, timeout: Duration, timeoutError: any Error,
+                  callback: @escaping @Sendable (Result<Value, any Error>) -> Void) {
+        let deadline = ContinuousClock.now + timeout
+        let startSweep = state.withLock { s -> Bool in
+            s.slots[id] = .callback(callback, deadline: deadline, timeoutError: timeoutError)
+            s.suspended += 1
+            let start = !s.sweeping
+            s.sweeping = true
+            return start
+        }
+        if startSweep { scheduleSweep() }
+    }
+
     /// Whether `id` is registered (the apply loop skips building results nobody waits for).
     func isRegistered(_ id: UInt64) -> Bool { state.withLock { $0.slots[id] != nil } }
 
@@ -71,12 +98,11 @@ final class Waiters<Value: Sendable>: Sendable {
 
     /// Delivers the result for `id` (no-op if nobody waits).
     func trigger(_ id: UInt64, _ result: Result<Value, any Error>) {
-        let cont: CheckedContinuation<Value, any Error>? = state.withLock { s in
+        let taken: Slot? = state.withLock { s in
             switch s.slots[id] {
-            case .waiting(let c, _, _)?:
-                s.slots[id] = nil
+            case .waiting?, .callback?:
                 s.suspended -= 1
-                return c
+                return s.slots.removeValue(forKey: id)
             case .registered?:
                 s.slots[id] = .done(result)
                 return nil
@@ -84,7 +110,7 @@ final class Waiters<Value: Sendable>: Sendable {
                 return nil
             }
         }
-        cont?.resume(with: result)
+        taken?.deliver(result)
     }
 
     /// Fails every pending waiter with `error` (server stop).
@@ -95,9 +121,7 @@ final class Waiters<Value: Sendable>: Sendable {
             s.suspended = 0
             return a
         }
-        for slot in all {
-            if case .waiting(let c, _, _) = slot { c.resume(throwing: error) }
-        }
+        for slot in all { slot.deliver(.failure(error)) }
     }
 
     /// Waits for the result of `id` at most `timeout`; then throws `timeoutError` and forgets
@@ -138,14 +162,19 @@ final class Waiters<Value: Sendable>: Sendable {
     /// Fails the overdue waiters; schedules the next sweep while any waiter is suspended.
     private func sweep() {
         let now = ContinuousClock.now
-        let (overdue, again): ([(CheckedContinuation<Value, any Error>, any Error)], Bool) = state.withLock { s in
-            var overdue: [(CheckedContinuation<Value, any Error>, any Error)] = []
+        let (overdue, again): ([(Slot, any Error)], Bool) = state.withLock { s in
+            var overdue: [(Slot, any Error)] = []
             var ids: [UInt64] = []
             if s.suspended > 0 {
                 for (id, slot) in s.slots {
-                    if case .waiting(let c, let deadline, let error) = slot, deadline <= now {
-                        overdue.append((c, error))
-                        ids.append(id)
+                    switch slot {
+                    case .waiting(_, let deadline, let error), .callback(_, let deadline, let error):
+                        if deadline <= now {
+                            overdue.append((slot, error))
+                            ids.append(id)
+                        }
+                    default:
+                        break
                     }
                 }
                 for id in ids { s.slots[id] = nil }
@@ -154,7 +183,7 @@ final class Waiters<Value: Sendable>: Sendable {
             s.sweeping = s.suspended > 0
             return (overdue, s.sweeping)
         }
-        for (c, error) in overdue { c.resume(throwing: error) }
+        for (slot, error) in overdue { slot.deliver(.failure(error)) }
         if again { scheduleSweep() }
     }
 }
