@@ -59,14 +59,17 @@ final class FastKV: FastUnaryService {
                           onLoop: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
                           done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) throws -> Bool {
         let server = self.server
-        /// Answers a write from its apply result.
+        /// Answers a write from its apply result (handed from the Raft loop to the event loop
+        /// before anything is encoded).
         func propose<R: SwiftProtobuf.Message>(_ req: Swetcd_Internal_InternalRequest,
                                                _ extract: @escaping @Sendable (ApplyResult) -> R?) throws -> Bool {
             try server.proposeNow(req) { result in
-                done(Result {
-                    guard let resp = extract(try result.get()) else { throw EtcdError.internal("unexpected apply result") }
-                    return try resp.serializedBytes()
-                }.mapError(Self.status(of:)))
+                onLoop {
+                    done(Result {
+                        guard let resp = extract(try result.get()) else { throw EtcdError.internal("unexpected apply result") }
+                        return try resp.serializedBytes()
+                    }.mapError(Self.status(of:)))
+                }
             }
         }
         /// Answers a read on the event loop once this member may serve it.
