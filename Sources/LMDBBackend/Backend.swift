@@ -442,8 +442,14 @@ public final class Backend: @unchecked Sendable {
             }
             waitForScopes()
             try commitLocked()
-            let fresh = try LMDBEnv(path: file, mapSize: max(options.initialMapSize, old.mapSize, 1 << 20),
+            let fresh: LMDBEnv
+            do {
+                fresh = try LMDBEnv(path: file, mapSize: max(options.initialMapSize, old.mapSize, 1 << 20),
                                     names: BackendBucket.allCases.map(\.name), sync: options.sync)
+            } catch {
+                unlink(file + "-lock")
+                throw error
+            }
             guard rename(file, path) == 0 else {
                 let error = BackendError(errno, "replace: rename \(file) to \(path)")
                 unlink(file + "-lock")

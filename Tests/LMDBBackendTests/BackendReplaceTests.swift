@@ -65,6 +65,7 @@ private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
         let be = try Backend(path: dir.db, options: Self.options())
         try be.put(.key, key: b("old"), value: b("1"))
         #expect(throws: BackendError.self) { try be.replace(withFileAt: dir.path + "/missing.snap.db") }
+        #expect(!FileManager.default.fileExists(atPath: dir.path + "/missing.snap.db"))
         let truncated = dir.path + "/bad.snap.db"
         try Self.makeFile(truncated, key: "new", value: "2", index: 5)
         let fh = try #require(FileHandle(forWritingAtPath: truncated))
@@ -72,6 +73,7 @@ private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
         try fh.close()
         #expect(throws: BackendError.self) { try be.replace(withFileAt: truncated) }
         #expect(FileManager.default.fileExists(atPath: truncated))
+        #expect(!FileManager.default.fileExists(atPath: truncated + "-lock"))
         #expect(try be.read { try $0.get(.key, key: b("old")) } == b("1"))
         try be.close()
     }
