@@ -124,7 +124,8 @@ extension Backend {
         // 2. Catch-up rounds outside the lock, until one finds little to do.
         var replayed = 0
         for _ in 0..<16 {
-            let batches: [[[[UInt8]: Pending]]] = lock.withLock {
+            let batches: [[[[UInt8]: Pending]]] = try lock.withLock {
+                guard lmdb === old else { throw BackendError(message: "backend closed or replaced during defragmentation") }
                 defer { defragLog = [] }
                 return defragLog ?? []
             }
@@ -139,7 +140,7 @@ extension Backend {
         let pause: Duration = try lock.withLock {
             waitForScopes()
             let pauseStart = ContinuousClock.now
-            guard lmdb === old else { throw BackendError(message: "backend closed during defragmentation") }
+            guard lmdb === old else { throw BackendError(message: "backend closed or replaced during defragmentation") }
             let rest = defragLog ?? []
             replayed += rest.count
             if !rest.isEmpty {
@@ -181,13 +182,13 @@ extension Backend {
     }
 }
 
-/// fsync of the directory itself, so the rename of the copy over the db survives a crash.
-private func syncDirectory(_ path: String) throws {
+/// fsync of the directory itself, so the rename of a new file over the db survives a crash.
+func syncDirectory(_ path: String) throws {
     var fd: Int32
     repeat { fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } while fd < 0 && errno == EINTR
-    guard fd >= 0 else { throw BackendError(errno, "defragment: open \(path)") }
+    guard fd >= 0 else { throw BackendError(errno, "open directory \(path)") }
     defer { close(fd) }
     var r: Int32
     repeat { r = fsync(fd) } while r != 0 && errno == EINTR
-    guard r == 0 else { throw BackendError(errno, "defragment: fsync \(path)") }
+    guard r == 0 else { throw BackendError(errno, "fsync directory \(path)") }
 }

@@ -425,6 +425,52 @@ public final class Backend: @unchecked Sendable {
         }
     }
 
+    /// Replaces the db file, in place, with the complete backend file at `file` (a leader's
+    /// snapshot): the staged batch is committed to the old file, `file` is opened, renamed over
+    /// ``path`` and the directory synced, and from then on every read and write uses it. The
+    /// object stays the same, so everything holding it keeps working; its caller reloads what
+    /// it derived from the old contents. Views and copies opened before keep reading the old
+    /// file until released (as after a defragmentation, which this aborts). A failure before the
+    /// rename leaves the old file in use and `file` in place; after it, the backend uses the new
+    /// file and the error is the directory sync's.
+    ///
+    /// The new env keeps the lock file it was opened with (`<file>-lock`, whose name is then
+    /// removed) so that it never shares LMDB's lock file with an old env still open in this
+    /// process.
+    public func replace(withFileAt file: String) throws {
+        try lock.withLock {
+            let old = try env()
+            // LMDB would create a missing file: an empty db must never replace the data.
+            var st = stat()
+            guard stat(file, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size > 0 else {
+                throw BackendError(message: "replace: \(file) is not a backend file")
+            }
+            waitForScopes()
+            try commitLocked()
+            let fresh: LMDBEnv
+            do {
+                fresh = try LMDBEnv(path: file, mapSize: max(options.initialMapSize, old.mapSize, 1 << 20),
+                                    names: BackendBucket.allCases.map(\.name), sync: options.sync)
+            } catch {
+                unlink(file + "-lock")
+                throw error
+            }
+            guard rename(file, path) == 0 else {
+                let error = BackendError(errno, "replace: rename \(file) to \(path)")
+                unlink(file + "-lock")
+                throw error
+            }
+            lmdb = fresh
+            readers.removeAll()
+            // A defragmentation running now copied the old file: its final pause sees the env
+            // changed and gives up.
+            defragLog = nil
+            unlink(file + "-lock")
+            let dir = (path as NSString).deletingLastPathComponent
+            try syncDirectory(dir.isEmpty ? "." : dir)
+        }
+    }
+
     /// Closes WITHOUT committing the batch, as a crash would (for crash tests).
     public func abandon() {
         lock.withLock {

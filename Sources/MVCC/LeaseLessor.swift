@@ -5,7 +5,8 @@ import Synchronization
 ///
 /// Two paths use it concurrently:
 /// - the apply loop, in log order on every member: ``grant(id:ttl:)``, ``revoke(id:)``,
-///   ``attach(keys:to:)``, ``detach(keys:from:)``, ``applyCheckpoints(_:)``, ``reload()``;
+///   ``attach(keys:to:)``, ``detach(keys:from:)``, ``applyCheckpoints(_:)``, ``reload()``,
+///   ``restore(attaching:)``;
 /// - the leader's RPC and timer paths: ``renew(id:)``, ``timeToLive(id:includeKeys:)``,
 ///   ``leases()``, ``expiredLeases(limit:)``, ``dueCheckpoints(limit:)``.
 ///
@@ -157,6 +158,17 @@ public final class Lessor: Sendable {
     /// lessor restarts every lease's expiry clock from its checkpointed or full TTL.
     /// - Throws: what `persistence.loadLeases()` throws (the current state is then kept).
     public func reload() throws {
+        try restore(attaching: [])
+    }
+
+    /// Restores in place after the persistence's contents were replaced (a backend snapshot
+    /// from the leader): replaces all leases with the persisted ones and attaches `keys` (each
+    /// live key with a lease, from the keyspace) in one step, so no caller sees the leases
+    /// without their keys. The object stays, so everything holding it keeps working. Keys of a
+    /// lease that is not persisted are skipped. A primary lessor restarts every lease's expiry
+    /// clock from its checkpointed or full TTL.
+    /// - Throws: what `persistence.loadLeases()` throws (the current state is then kept).
+    public func restore(attaching keys: [(key: [UInt8], lease: Int64)]) throws {
         let records = try persistence.loadLeases()
         let now = nowNanos()
         state.withLock { state in
@@ -168,6 +180,11 @@ public final class Lessor: Sendable {
                 var lease = LeaseRecord(ttl: max(record.ttl, config.minTTL))
                 lease.remainingTTL = max(0, record.remainingTTL)
                 state.leases[record.id] = lease
+            }
+            for (key, id) in keys where state.leases[id] != nil {
+                if let previous = state.keyOwner[key], previous != id { state.leases[previous]?.keys.remove(key) }
+                state.keyOwner[key] = id
+                state.leases[id]?.keys.insert(key)
             }
             if state.isPrimary { restartClocks(extension: 0, now: now, in: &state) }
         }

@@ -56,6 +56,8 @@ public final class MVCCStore: @unchecked Sendable {
     var failure: String?
     /// Watch state (see Watch*.swift), guarded by `lock`.
     var watch = WatchGroups()
+    /// Bumped by `restore`: compaction jobs of older contents stop.
+    var generation = 0
 
     static let scheduledCompactKey = Array("scheduledCompactRev".utf8)
     static let finishedCompactKey = Array("finishedCompactRev".utf8)
@@ -66,7 +68,8 @@ public final class MVCCStore: @unchecked Sendable {
     public init(backend: Backend, options: Options = Options()) throws {
         self.backend = backend
         self.options = options
-        let (scheduled, finished) = try restore()
+        options.progress?.begin("rebuilding the key index", unit: "revisions")
+        let (scheduled, finished) = try lock.withLock { try loadLocked(progress: options.progress) }
         if scheduled > finished { try physicallyCompact(scheduled) }
     }
 
@@ -94,41 +97,75 @@ public final class MVCCStore: @unchecked Sendable {
         }
     }
 
-    // MARK: restore
+    // MARK: load and restore
 
-    private func restore() throws -> (scheduled: Int64, finished: Int64) {
+    /// Rebuilds the index, the current and the compact revision from the backend (lock held;
+    /// the index must be empty). Returns the scheduled and finished compaction revisions.
+    private func loadLocked(progress: StartupProgress?) throws -> (scheduled: Int64, finished: Int64) {
         func metaInt(_ r: BackendReader, _ k: [UInt8], missing: Int64 = 0) throws -> Int64 {
             guard let v = try r.get(.meta, key: k) else { return missing }
             guard let n = BigEndian.uint64(v) else { throw MVCCError.corrupt("meta \(String(decoding: k, as: UTF8.self))") }
             return Int64(bitPattern: n)
         }
-        let progress = options.progress
-        progress?.begin("rebuilding the key index", unit: "revisions")
-        return try lock.withLock {
-            try backend.read { r in
-                try r.scan(.key, from: [], to: nil) { k, v in
-                    progress?.advance()
-                    guard let (rev, tomb) = Revision.fromBucketKey(k) else {
-                        throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
-                    }
-                    let kv = try KeyValue.decodeHeader(v)
-                    if tomb {
-                        index.get(kv.key)?.tombstone(rev)
-                    } else {
-                        index.getOrInsert(kv.key).put(rev, version: kv.version, created: Revision(main: kv.create))
-                    }
-                    currentRev = max(currentRev, rev.main)
-                    return true
+        return try backend.read { r in
+            try r.scan(.key, from: [], to: nil) { k, v in
+                progress?.advance()
+                guard let (rev, tomb) = Revision.fromBucketKey(k) else {
+                    throw MVCCError.corrupt("key-bucket key of \(k.count) bytes")
                 }
-                // -1 when absent: never compacted (a compaction to 0 is recorded as 0).
-                let scheduled = try metaInt(r, MVCCStore.scheduledCompactKey, missing: -1)
-                let finished = try metaInt(r, MVCCStore.finishedCompactKey, missing: -1)
-                currentRev = max(currentRev, try metaInt(r, MVCCStore.currentRevKey), scheduled)
-                compactMainRev = max(scheduled, finished)
-                if compactMainRev > 0 { compactIndexLocked(compactMainRev) }
-                return (scheduled, finished)
+                let kv = try KeyValue.decodeHeader(v)
+                if tomb {
+                    index.get(kv.key)?.tombstone(rev)
+                } else {
+                    index.getOrInsert(kv.key).put(rev, version: kv.version, created: Revision(main: kv.create))
+                }
+                currentRev = max(currentRev, rev.main)
+                return true
+            }
+            // -1 when absent: never compacted (a compaction to 0 is recorded as 0).
+            let scheduled = try metaInt(r, MVCCStore.scheduledCompactKey, missing: -1)
+            let finished = try metaInt(r, MVCCStore.finishedCompactKey, missing: -1)
+            currentRev = max(currentRev, try metaInt(r, MVCCStore.currentRevKey), scheduled)
+            compactMainRev = max(scheduled, finished)
+            if compactMainRev > 0 { compactIndexLocked(compactMainRev) }
+            return (scheduled, finished)
+        }
+    }
+
+    /// Reloads the keyspace in place after its backend's contents were replaced (a snapshot
+    /// from the leader, as etcd's watchable store `Restore`). `replaceBackend` (say,
+    /// `backend.replace(withFileAt:)`) runs under the store's write lock with the index, so no
+    /// read, write, hash or watch step sees the new contents with the old index, or the reverse.
+    ///
+    /// Watchers are kept, with their IDs, streams and the revision each needs next: every one
+    /// that was synced and needs a revision the new keyspace has becomes unsynced, so the
+    /// ordinary catch-up delivers from that revision out of the new backend; one behind the
+    /// new compact revision gets the compacted response (compact revision set, then cancelled)
+    /// exactly as a new watch from there would; parked (victim) watchers keep their parked
+    /// response. Nothing is delivered twice or skipped, given the new history extends what the
+    /// watchers saw (Raft's guarantee). A compaction job running on the old contents stops at
+    /// its next step; one the new backend records as unfinished is finished here.
+    ///
+    /// On error the keyspace stops (`MVCCError.stopped`): its index may no longer match the
+    /// backend.
+    public func restore(replacingBackend replaceBackend: () throws -> Void) throws {
+        let (scheduled, finished): (Int64, Int64) = try lock.withLock {
+            do {
+                try replaceBackend()
+                index = OrderedKeyMap()
+                currentRev = 1
+                compactMainRev = -1
+                generation += 1
+                let loaded = try loadLocked(progress: nil)
+                failure = nil
+                watch.restore(currentRevision: currentRev)
+                return loaded
+            } catch {
+                failure = "restoring from a new backend failed: \(error)"
+                throw error
             }
         }
+        if scheduled > finished { try physicallyCompact(scheduled) }
     }
 
     // MARK: reads

@@ -15,8 +15,11 @@ extension MVCCStore {
         let store: MVCCStore
         let revision: Int64
         let keep: Set<Revision>
-        /// Removes the entries in bounded steps; a no-op if a later compaction superseded it.
-        public func run() throws { try store.physicallyCompact(revision, keep: keep) }
+        /// The store's `generation` when scheduled.
+        let generation: Int
+        /// Removes the entries in bounded steps; a no-op if a later compaction superseded it or
+        /// the store was restored from another backend meanwhile.
+        public func run() throws { try store.physicallyCompact(revision, keep: (keep, generation)) }
     }
 
     /// The logical half of `compact`: checks, records the compaction in `meta` and compacts
@@ -28,7 +31,7 @@ extension MVCCStore {
             if revision > currentRev { throw MVCCError.futureRevision }
             compactMainRev = revision
             try backend.put(.meta, key: MVCCStore.scheduledCompactKey, value: BigEndian.bytes(UInt64(revision)))
-            return CompactionJob(store: self, revision: revision, keep: compactIndexLocked(revision))
+            return CompactionJob(store: self, revision: revision, keep: compactIndexLocked(revision), generation: generation)
         }
     }
 
@@ -56,17 +59,19 @@ extension MVCCStore {
         return keep
     }
 
-    /// Removes the backend entries at or below `rev` that the index no longer holds.
-    func physicallyCompact(_ rev: Int64, keep known: Set<Revision>? = nil) throws {
+    /// Removes the backend entries at or below `rev` that the index no longer holds (`known`:
+    /// the keep set and the store generation it was computed in).
+    func physicallyCompact(_ rev: Int64, keep known: (Set<Revision>, Int)? = nil) throws {
         compactionLock.lock()
         defer { compactionLock.unlock() }
-        let keep = known ?? lock.withLock { keepSetLocked(rev) }
+        let (keep, gen) = known ?? lock.withLock { (keepSetLocked(rev), generation) }
         let end = Revision(main: rev + 1).bucketKey()
         var from: [UInt8] = []
         while true {
             let done: Bool = try lock.withLock {
-                // A later compaction supersedes this one (and will cover its range).
-                if compactMainRev != rev { return true }
+                // A later compaction supersedes this one (and will cover its range), or the
+                // contents were replaced (a restore finishes the new backend's own compaction).
+                if compactMainRev != rev || generation != gen { return true }
                 var victims: [[UInt8]] = []
                 var last: [UInt8]?
                 var scanned = 0

@@ -122,6 +122,16 @@ struct WatchGroups {
     }
 
     var syncedCount: Int { syncedRanges.count + syncedKeys.values.reduce(0) { $0 + $1.count } }
+
+    /// After the store was restored from another backend (``MVCCStore/restore(replacingBackend:)``):
+    /// every synced or unsynced watcher that needs a revision up to `currentRevision` catches
+    /// up from the backend (unsynced, as etcd marks them); one that needs a later revision
+    /// waits synced for it. Victims keep their parked response and are retried as usual.
+    mutating func restore(currentRevision: Int64) {
+        var all = Array(syncedRanges.values) + Array(unsynced.values)
+        for ws in syncedKeys.values { all += ws.values }
+        for w in all { add(w, as: w.minRev > currentRevision ? .synced : .unsynced) }
+    }
 }
 
 extension MVCCStore {

@@ -120,6 +120,85 @@ struct E2ESnapshotTests {
         }
     }
 
+    /// A watch opened on a follower before it falls behind (stopped with SIGSTOP while the
+    /// others write past the leader's retained log) stays open across the snapshot install
+    /// that brings it back, and delivers every event of its range exactly once, in order:
+    /// those applied before, those that came in the snapshot, and those after. The keyspace
+    /// restores in place and keeps its watchers, so the same gRPC stream goes on (etcdctl's
+    /// keepalive is stretched so the client does not drop the connection of the stopped member
+    /// and resume on a new one).
+    @Test func aFollowerWatchSpansTheSnapshotInstallWithoutGapOrRepeat() async throws {
+        try await Member.withCluster(3, extraArgs: ["--snapshot-count", "100"]) { ms in
+            try await E2E.waitUntil("a leader accepting writes", limit: .seconds(20)) {
+                try await ms[0].ctl("put", "warm", "up").status == 0
+            }
+            let lead = try await Member.agreedLeader(of: ms)
+            let follower = try #require(ms.first { $0 !== lead })
+            let others = ms.filter { $0 !== follower }
+            // From the next revision, so no write below is missed however late the stream opens.
+            let header = try await lead.ctl("get", "warm", "-w", "json").stdout
+            let revision = try #require(header.range(of: "\"revision\":").flatMap { r in
+                Int(header[r.upperBound...].prefix { $0.isNumber })
+            }, "\(header)")
+            let watch = try follower.watch(["--keepalive-time=1000s", "--keepalive-timeout=1000s", "--prefix", "w/",
+                                            "--rev=\(revision + 1)"], limit: 240)
+            defer { watch.signal(SIGTERM) }
+            var written: [String] = []
+            func put(_ n: Int) async throws {
+                let key = "w/\(String(format: "%03d", n))"
+                let r = try await lead.ctl("put", key, "v\(n)")
+                #expect(r.status == 0, "\(r)")
+                written.append(key)
+            }
+            try await put(0)
+            try await E2E.waitUntil("the watch on the follower sees a write", limit: .seconds(20)) {
+                if let status = watch.exitStatus { throw E2EError("etcdctl watch exited with \(status): \(watch.stderr)") }
+                return watch.stdout.contains("w/000")
+            }
+            for n in 1...10 { try await put(n) }
+            try await E2E.waitUntil("the watch sees w/010") { watch.stdout.contains("w/010") }
+            #expect(!follower.stderrText.contains("\"installed snapshot from the leader\""))
+
+            // The follower stops; the others go far past what the leader keeps for it.
+            let child = try #require(follower.child)
+            child.signal(SIGSTOP)
+            var resumed = false
+            defer { if !resumed { child.signal(SIGCONT) } }
+            for n in 11...20 { try await put(n) }
+            let bench = try await E2E.runBench([
+                "put", "--endpoints", others.map(\.endpoint).joined(separator: ","), "--clients", "16", "--conns", "2",
+                "--total", "\(Self.writes)", "--key-space-size", "\(Self.writes)", "--sequential-keys",
+                "--key-prefix", "snap/", "--key-size", "12",
+            ])
+            #expect(bench.status == 0, "\(bench.stdout)\(bench.stderr)")
+            for n in 21...30 { try await put(n) }
+            child.signal(SIGCONT)
+            resumed = true
+            try await E2E.waitUntil("the follower installs a snapshot", limit: .seconds(90)) {
+                follower.stderrText.contains("\"installed snapshot from the leader\"")
+            }
+            for n in 31...40 { try await put(n) }
+            do {
+                try await E2E.waitUntil("the watch sees w/040", limit: .seconds(30)) { watch.stdout.contains("w/040") }
+            } catch {
+                Issue.record("watch output: \(watch.stdout) \(watch.stderr)")
+                throw error
+            }
+            #expect(watch.exitStatus == nil, "etcdctl watch ended: \(watch.stderr)")
+            // Every key once, in order: etcdctl prints each event as PUT, key, value.
+            let lines = watch.stdout.split(separator: "\n").map(String.init)
+            var seen: [String] = []
+            var i = 0
+            while i + 2 < lines.count {
+                #expect(lines[i] == "PUT", "line \(i): \(lines[i])")
+                seen.append(lines[i + 1])
+                i += 3
+            }
+            #expect(i == lines.count, "a partial event at the end: \(lines.suffix(3))")
+            #expect(seen == written, "watched \(seen.count) events, wrote \(written.count)")
+        }
+    }
+
     /// The number of `snap/` keys on `member` (-1 if unreadable).
     private func count(on member: Member, serializable: Bool) async throws -> Int {
         let out = try await member.ctl(["get", "snap/", "--prefix", "--keys-only", "--limit=1", "-w", "json",

@@ -7,8 +7,8 @@ import ServerFormat
 import Storage
 import Testing
 
-/// The pieces of a snapshot install that can be checked in one process: watch streams moving to
-/// a new keyspace, the start-up recovery of an interrupted swap, and member attributes in the
+/// The pieces of a snapshot install that can be checked in one process: the state machine's
+/// in-place restore, the start-up recovery of an interrupted swap, and member attributes in the
 /// backend.
 @Suite("Snapshot install")
 struct SnapshotInstallTests {
@@ -23,7 +23,7 @@ struct SnapshotInstallTests {
     }
 
     /// Waits (bounded) for the next response of `stream`.
-    private static func next(_ stream: ServerWatchStream) async throws -> WatchResponse {
+    private static func next(_ stream: WatchStream) async throws -> WatchResponse {
         try await withThrowingTaskGroup(of: WatchResponse?.self) { group in
             group.addTask { await stream.next() }
             group.addTask {
@@ -35,58 +35,43 @@ struct SnapshotInstallTests {
         }
     }
 
-    @Test func watchesContinueOnTheNewKeyspaceFromTheirNextRevision() async throws {
+    /// The state machine restores in place from a leader's backend file: the same objects, a
+    /// watch opened before catches up with what it missed and keeps going, and the lessor's
+    /// leases come back with their keys, wired to the restored keyspace.
+    @Test func stateMachineRestoresInPlaceKeepingWatchesAndLeases() async throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let oldStore = try MVCCStore(backend: try Backend(path: dir + "/a"))
-        let newStore = try MVCCStore(backend: try Backend(path: dir + "/b"))
-        // Both keyspaces share a history; the new one has more (what the leader applied).
-        for store in [oldStore, newStore] {
-            _ = try Self.put(store, "k/1", "a")
-            _ = try Self.put(store, "other", "x")
+        var options = Backend.Options()
+        options.sync = false
+        func open(_ path: String) throws -> StateMachine {
+            try StateMachine.open(try Backend(path: path, options: options), lessor: LessorConfig(), store: MVCCStore.Options())
         }
-        let registry = WatchStreamRegistry()
-        let stream = ServerWatchStream(store: oldStore, registry: registry)
-        registry.add(stream)
+        let machine = try open(dir + "/db")
+        let leader = try open(dir + "/leader.db")
+        for m in [machine, leader] { _ = try Self.put(m.store, "k/1", "a") }
+        let (store, lessor) = (machine.store, machine.lessor)
+        let stream = machine.store.makeWatchStream()
+        defer { stream.close() }
         let id = try stream.watch(key: Array("k/".utf8), rangeEnd: Array("k0".utf8))
-        let rev = try Self.put(oldStore, "k/2", "b")
-        _ = try Self.put(newStore, "k/2", "b")
-        let first = try await Self.next(stream)
-        #expect(first.watchID == id && first.events.map(\.kv.modRevision) == [rev])
-        let missed = try Self.put(newStore, "k/3", "c")
-        _ = try Self.put(newStore, "other", "y")
+        // What the follower misses: a lease and a key attached to it.
+        try leader.lessor.grant(id: 7, ttl: 60)
+        let leased = try leader.store.put(PutRequest(key: Array("k/2".utf8), value: Array("b".utf8), lease: 7)).revision
+        let file = SnapshotInstaller.backendFile(in: dir, index: 100)
+        try leader.backend.copy(toPath: file)
 
-        for s in registry.all { s.rebind(to: newStore) }
-        _ = try newStore.syncWatchers()   // what the keyspace's watch loop does
-        // The event the old keyspace never had, then new writes; nothing twice.
+        try machine.restore(fromFileAt: file)
+        #expect(machine.store === store && machine.lessor === lessor)
+        #expect(!FileManager.default.fileExists(atPath: file))
+        #expect(try machine.lessor.keys(of: 7) == [Array("k/2".utf8)])
+        machine.startWatchLoop()
+        defer { machine.stopWatchLoop() }
         let caughtUp = try await Self.next(stream)
-        #expect(caughtUp.watchID == id && caughtUp.events.map(\.kv.modRevision) == [missed])
-        let later = try Self.put(newStore, "k/4", "d")
-        let live = try await Self.next(stream)
-        #expect(live.events.map(\.kv.modRevision) == [later])
-        // Writes to the old keyspace no longer reach the stream.
-        _ = try Self.put(oldStore, "k/9", "z")
-        #expect(oldStore.watcherCounts.synced + oldStore.watcherCounts.unsynced == 0)
-        stream.close()
-        #expect(registry.all.isEmpty)
-        #expect(await stream.next() == nil)
-    }
-
-    @Test func aWatchWhoseNextRevisionIsCompactedIsCancelledWithTheCompactRevision() async throws {
-        let dir = try Self.tempDir()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let oldStore = try MVCCStore(backend: try Backend(path: dir + "/a"))
-        let newStore = try MVCCStore(backend: try Backend(path: dir + "/b"))
-        let registry = WatchStreamRegistry()
-        let stream = ServerWatchStream(store: oldStore, registry: registry)
-        let id = try stream.watch(key: Array("k".utf8))
-        var last: Int64 = 0
-        for i in 0..<5 { last = try Self.put(newStore, "k", "\(i)") }
-        try newStore.compact(last)
-        stream.rebind(to: newStore)
-        let r = try await Self.next(stream)
-        #expect(r.watchID == id && r.canceled && r.compactRevision == last)
-        stream.close()
+        #expect(caughtUp.watchID == id && caughtUp.events.map(\.kv.modRevision) == [leased])
+        // Revoking the lease deletes its key through the bridge, in the restored keyspace.
+        try machine.lessor.revoke(id: 7)
+        let deleted = try await Self.next(stream)
+        #expect(deleted.events.map(\.type) == [.delete] && deleted.events.first?.kv.key == Array("k/2".utf8))
+        #expect(try machine.store.range(RangeRequest(key: Array("k/".utf8), rangeEnd: Array("k0".utf8))).kvs.count == 1)
     }
 
     @Test func startUpFinishesAnInterruptedSwap() throws {

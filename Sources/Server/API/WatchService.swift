@@ -89,7 +89,7 @@ public struct WatchService: Etcdserverpb_Watch.StreamingServiceProtocol {
 
     private static func handleRequests(
         _ request: RPCAsyncSequence<Etcdserverpb_WatchRequest, any Error>,
-        stream: ServerWatchStream, emit: WatchEmitter, server: EtcdServer
+        stream: WatchStream, emit: WatchEmitter, server: EtcdServer
     ) async {
         do {
             for try await req in request {

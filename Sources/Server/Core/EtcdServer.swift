@@ -49,11 +49,11 @@ public final class EtcdServer: Sendable {
     public let config: ServerConfig
 
     let logger: Logger
-    /// Backend, keyspace and lessor; replaced when a leader's snapshot is installed.
-    let machine: StateMachineHolder
-    var store: MVCCStore { machine.value.store }
-    var lessor: Lessor { machine.value.lessor }
-    var backend: Backend { machine.value.backend }
+    /// Backend, keyspace and lessor; a leader's snapshot is installed into them in place.
+    let machine: StateMachine
+    var store: MVCCStore { machine.store }
+    var lessor: Lessor { machine.lessor }
+    var backend: Backend { machine.backend }
     let inbox: LoopInbox
     /// The peer transport and its listener (nil only in a failed start).
     let peers: PeerTransport
@@ -101,7 +101,7 @@ public final class EtcdServer: Sendable {
     nonisolated(unsafe) let loop: RaftLoopState
 
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
-                 machine: StateMachineHolder, loop: RaftLoopState,
+                 machine: StateMachine, loop: RaftLoopState,
                  membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
                  peerServer: PeerServer, metrics: ServerMetrics, jwt: JWTTokens?) {
         self.metrics = metrics
@@ -236,11 +236,8 @@ public final class EtcdServer: Sendable {
         let lessorConfig = LessorConfig(minTTL: LessorConfig.minimumTTL(electionTicks: electionTicks, heartbeat: heartbeat))
         var storeOptions = MVCCStore.Options()
         storeOptions.compactionBatchLimit = Int(max(1, cfg.compactionBatchLimit))
-        let parts = ServerConfigParts(backend: backendOptions, lessor: lessorConfig, store: storeOptions)
-        // Only this first open reports its index rebuild (not a later swap to a snapshot).
-        var firstOpen = parts
-        firstOpen.store.progress = progress
-        let machine = StateMachineHolder(try StateMachine.open(backend, config: firstOpen), parts: parts)
+        storeOptions.progress = progress
+        let machine = try StateMachine.open(backend, lessor: lessorConfig, store: storeOptions)
         progress?.begin("starting the Raft loop")
 
         let consistent = try backend.consistentIndex()
@@ -271,7 +268,7 @@ public final class EtcdServer: Sendable {
             try MembershipStore.save(members, in: backend)
         }
         let inbox = LoopInbox()
-        let transportBridge = TransportBridge(inbox: inbox, machine: machine, snapDirectory: dataDir.snapDirectory, logger: logger)
+        let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
                                       delegate: transportBridge, snapshots: transportBridge, logger: logger,
                                       tls: peerTLS, refusals: peerRefusals)
@@ -297,7 +294,7 @@ public final class EtcdServer: Sendable {
             try await peerServer.start(urls: cfg.listenPeerURLs, services: [
                 transport.makeService(), ClusterService(backend: server, peerFacing: true),
                 transport.makeLeaseService(),
-                PeerCorruptCheckService(transport: transport, currentStore: { [machine] in machine.value.store }),
+                PeerCorruptCheckService(transport: transport, currentStore: { [machine] in machine.store }),
             ])
         } catch {
             try? backend.close()
@@ -329,7 +326,7 @@ public final class EtcdServer: Sendable {
             throw error
         }
         server.startLoopThread()
-        machine.restartWatchLoop()
+        machine.startWatchLoop()
         server.startAutoCompaction(loaded.autoCompaction)
         server.startCorruptionMonitor(every: cfg.corruptCheckTime)
         // Watches created with progress_notify get an empty response every interval (etcd:
@@ -339,7 +336,7 @@ public final class EtcdServer: Sendable {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
                 if Task.isCancelled { break }
-                machine.value.store.notifyProgress()
+                machine.store.notifyProgress()
             }
         }
         let publishTask = Task { [weak server] in

@@ -282,9 +282,8 @@ extension EtcdServer {
     // MARK: Watch
 
     /// A new watch stream on the keyspace (the Watch service drives it).
-    public func makeWatchStream() -> ServerWatchStream {
-        let stream = ServerWatchStream(store: store, registry: machine.watchStreams)
-        machine.watchStreams.add(stream)
-        return stream
+    /// It lives through snapshot installs: the keyspace restores in place and keeps its watchers.
+    public func makeWatchStream() -> WatchStream {
+        store.makeWatchStream()
     }
 }

@@ -9,13 +9,13 @@ import EtcdConfig
 /// outgoing snapshots read a consistent backend copy.
 final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
     let inbox: LoopInbox
-    let machine: StateMachineHolder
+    let backend: Backend
     let snapDirectory: String
     let logger: Logger
 
-    init(inbox: LoopInbox, machine: StateMachineHolder, snapDirectory: String, logger: Logger) {
+    init(inbox: LoopInbox, backend: Backend, snapDirectory: String, logger: Logger) {
         self.inbox = inbox
-        self.machine = machine
+        self.backend = backend
         self.snapDirectory = snapDirectory
         self.logger = logger
     }
@@ -55,7 +55,7 @@ final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
 
     func openBackendSnapshot() throws -> any BackendSnapshotReader {
         let path = snapDirectory + "/outgoing-\(UUID().uuidString).tmp"
-        try machine.value.backend.copy(toPath: path)
+        try backend.copy(toPath: path)
         return try FileBackendSnapshotReader(path: path, removeOnClose: true)
     }
 }

@@ -17,9 +17,10 @@ import Glibc
 /// `member/snap/<index:016x>.snap.db` before Raft sees the snapshot message. When the Ready
 /// carrying the snapshot is handled on the Raft loop thread, the Raft snapshot is persisted
 /// first (snapshot file and WAL marker, `DurableRaftStorage.persist`), then the backend file is
-/// renamed over `member/snap/db` and the directory synced, and the state machine reopened on
-/// it. A crash at any point leaves a usable data directory: before the rename the old backend
-/// and the `.snap.db` file are both there, and start-up finishes the swap when the backend's
+/// renamed over `member/snap/db` and the directory synced, and the backend reopened on it in
+/// place (`Backend.replace(withFileAt:)`), the keyspace and lessor restored from it. A crash
+/// at any point leaves a usable data directory: before the rename the old backend and the
+/// `.snap.db` file are both there, and start-up finishes the swap when the backend's
 /// consistent index is behind the Raft snapshot; after it, the new backend is in place with a
 /// consistent index at or beyond the snapshot's (the leader copies its backend after taking the
 /// snapshot), and the entries after that index come from the log.
@@ -100,10 +101,10 @@ enum SnapshotInstaller {
 }
 
 extension EtcdServer {
-    /// Swaps in the leader's backend for the Raft snapshot `snap`, just persisted, and reopens
-    /// the keyspace, lessor and membership on it; watch streams continue on the new keyspace
-    /// (Raft loop thread). An error stops the loop: the data directory stays usable (see
-    /// ``SnapshotInstaller``).
+    /// Swaps in the leader's backend for the Raft snapshot `snap`, just persisted, and restores
+    /// the keyspace, lessor and membership from it in place; watch streams stay open and catch
+    /// up from the new keyspace (Raft loop thread). An error stops the loop: the data directory
+    /// stays usable (see ``SnapshotInstaller``).
     func installSnapshot(_ snap: Snapshot) throws {
         let index = snap.metadata.index
         let dataDir = loop.storage.dataDir
@@ -111,8 +112,7 @@ extension EtcdServer {
         guard FileManager.default.fileExists(atPath: file) else {
             throw EtcdError.internal("no backend file \(file) for the snapshot at index \(index)")
         }
-        let parts = machine.parts
-        let fresh = try SnapshotInstaller.consistentIndex(ofBackendAt: file, options: parts.backend)
+        let fresh = try SnapshotInstaller.consistentIndex(ofBackendAt: file, options: backend.options)
         guard fresh >= index else {
             throw EtcdError.internal("the leader's backend \(file) has consistent index \(fresh), older than its snapshot at \(index)")
         }
@@ -120,20 +120,12 @@ extension EtcdServer {
             "snapshot-index": "\(index)", "snapshot-term": "\(snap.metadata.term)", "consistent-index": "\(fresh)",
             "applied-index": "\(loop.appliedIndex)",
         ])
-        // Quiesce and close the old state machine; nothing is applied meanwhile (this thread).
-        let old = machine.value
-        machine.stopWatchLoop()
-        old.lessor.demote()
-        try old.backend.commit()
-        try old.backend.close()
-
-        try SnapshotInstaller.swapIn(file, as: dataDir.backendPath)
-        let backend = try Backend(path: dataDir.backendPath, options: parts.backend)
-        let replacement = try StateMachine.open(backend, config: parts)
-        _ = machine.replace(with: replacement)
-        machine.restartWatchLoop()
-        for stream in machine.watchStreams.all { stream.rebind(to: replacement.store) }
-        if status.withLock({ $0.isLeader }) { replacement.lessor.promote(extension: electionTimeout) }
+        // Nothing is applied meanwhile (this thread). The backend renames the file over the db,
+        // syncs the directory and reopens (the order SnapshotInstaller relies on); the keyspace
+        // reloads under its lock and keeps its watchers; the lessor reloads with its keys.
+        lessor.demote()
+        try machine.restore(fromFileAt: file)
+        if status.withLock({ $0.isLeader }) { lessor.promote(extension: electionTimeout) }
         try adoptMembership(from: backend)
         try alarms.load(from: backend)
         try auth.load(from: backend)
@@ -145,7 +137,7 @@ extension EtcdServer {
         SnapshotInstaller.removeReceivedFiles(in: dataDir.snapDirectory, upTo: index)
         snapshotsInstalled.add(1, ordering: .relaxed)
         logger.info("installed snapshot from the leader", metadata: [
-            "snapshot-index": "\(index)", "consistent-index": "\(fresh)", "revision": "\(replacement.store.currentRevision)",
+            "snapshot-index": "\(index)", "consistent-index": "\(fresh)", "revision": "\(store.currentRevision)",
         ])
     }
 

@@ -5,17 +5,28 @@ import MVCC
 import Synchronization
 
 /// The state machine's storage objects: backend, keyspace, lessor and the bridge between the
-/// last two. They are replaced together when a snapshot from the leader is installed.
-struct StateMachine: Sendable {
+/// last two. They live as long as the server: a snapshot from the leader is installed in place
+/// (``restore(fromFileAt:)``), so API code, watch streams and everything else holding them
+/// keep working across it.
+final class StateMachine: Sendable {
     let backend: Backend
     let store: MVCCStore
     let lessor: Lessor
     let bridge: LeaseBridge
+    /// The keyspace's watch delivery task (catch-up and victim retries).
+    private let watchLoop = Mutex<Task<Void, Never>?>(nil)
+
+    private init(backend: Backend, store: MVCCStore, lessor: Lessor, bridge: LeaseBridge) {
+        self.backend = backend
+        self.store = store
+        self.lessor = lessor
+        self.bridge = bridge
+    }
 
     /// Opens the keyspace and lessor on `backend` and wires them together.
-    static func open(_ backend: Backend, config: ServerConfigParts) throws -> StateMachine {
-        let lessor = try Lessor(config: config.lessor, persistence: BackendLeasePersistence(backend))
-        let store = try MVCCStore(backend: backend, options: config.store)
+    static func open(_ backend: Backend, lessor lessorConfig: LessorConfig, store storeOptions: MVCCStore.Options) throws -> StateMachine {
+        let lessor = try Lessor(config: lessorConfig, persistence: BackendLeasePersistence(backend))
+        let store = try MVCCStore(backend: backend, options: storeOptions)
         let bridge = LeaseBridge(lessor: lessor)
         bridge.store = store
         store.setLeaseHooks(bridge)
@@ -23,51 +34,25 @@ struct StateMachine: Sendable {
         try bridge.reattach()
         return StateMachine(backend: backend, store: store, lessor: lessor, bridge: bridge)
     }
-}
 
-/// What is needed to (re)open the state machine on a backend file.
-struct ServerConfigParts: Sendable {
-    var backend: Backend.Options
-    var lessor: LessorConfig
-    var store: MVCCStore.Options
-}
-
-/// The server's current state machine, swappable while API requests run: API code reads the
-/// current parts through it (a request that already holds the old parts finishes on them, or
-/// fails with a storage error once they are closed).
-final class StateMachineHolder: Sendable {
-    private let current: Mutex<StateMachine>
-    /// Every open server watch stream, re-bound to the new keyspace after a swap.
-    let watchStreams = WatchStreamRegistry()
-    /// The keyspace's watch delivery task.
-    let watchLoop = Mutex<Task<Void, Never>?>(nil)
-    let parts: ServerConfigParts
-
-    init(_ machine: StateMachine, parts: ServerConfigParts) {
-        current = Mutex(machine)
-        self.parts = parts
+    /// Installs the complete backend file at `file` in place of the current one (Raft loop
+    /// thread, nothing applied meanwhile): the backend swaps its file (rename over the db,
+    /// directory sync, reopen), the keyspace reloads its index under its lock and keeps its
+    /// watchers (they catch up from the revision each needs next), then the lessor reloads its
+    /// leases with their keys. A request running meanwhile sees the old state or the new one;
+    /// after a failure the keyspace answers with a "stopped" error.
+    func restore(fromFileAt file: String) throws {
+        try store.restore(replacingBackend: { try backend.replace(withFileAt: file) })
+        try lessor.restore(attaching: try store.leasedKeys())
     }
 
-    var value: StateMachine { current.withLock { $0 } }
-
-    /// Makes `machine` current and returns the one it replaces.
-    func replace(with machine: StateMachine) -> StateMachine {
-        current.withLock { cur in
-            let old = cur
-            cur = machine
-            return old
-        }
-    }
-
-    /// Starts the watch delivery task of the current keyspace, cancelling the previous one.
-    func restartWatchLoop() {
-        let task = value.store.runWatchLoop()
-        let old = watchLoop.withLock { slot in
-            let old = slot
+    /// Starts the watch delivery task (once; a second call replaces the first).
+    func startWatchLoop() {
+        let task = store.runWatchLoop()
+        watchLoop.withLock { slot in
+            slot?.cancel()
             slot = task
-            return old
         }
-        old?.cancel()
     }
 
     func stopWatchLoop() {
