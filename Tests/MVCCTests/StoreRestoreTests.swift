@@ -203,10 +203,13 @@ private final class FollowerAndLeader {
         final class Shared: Sendable {
             let stop = Atomic<Bool>(false)
             let reads = Atomic<Int>(0)
+            let bad = Mutex<[String]>([])
+            let done = DispatchSemaphore(value: 0)
         }
         let shared = Shared()
-        let reader = Task.detached { [follower, shared] () -> [String] in
-            var bad: [String] = []
+        // A thread of its own: the reads block while a restore holds the keyspace, and a busy
+        // loop on Swift's shared pool would starve the tests running beside this one.
+        let reader = Thread { [follower, shared] in
             while !shared.stop.load(ordering: .acquiring) {
                 do {
                     let r = try follower.range(RangeRequest(key: b("k")))
@@ -214,20 +217,21 @@ private final class FollowerAndLeader {
                     if let kv = r.kvs.first, Int64(s(kv.value)).map({ $0 + 2 }) == kv.modRevision, r.revision >= kv.modRevision {
                         shared.reads.add(1, ordering: .releasing)
                     } else {
-                        bad.append("\(r)")
+                        shared.bad.withLock { $0.append("\(r)") }
                     }
                 } catch {
-                    bad.append("\(error)")
+                    shared.bad.withLock { $0.append("\(error)") }
                 }
             }
-            return bad
+            shared.done.signal()
         }
+        reader.start()
         /// Waits (bounded) until the reader has made progress since `count`.
         func readerMoved(since count: Int) async throws {
             let deadline = ContinuousClock.now + .seconds(20)
             while shared.reads.load(ordering: .acquiring) <= count {
                 try #require(ContinuousClock.now < deadline, "the reader made no progress")
-                await Task.yield()
+                try await Task.sleep(for: .milliseconds(1))
             }
         }
         for i in 1...15 {
@@ -238,7 +242,8 @@ private final class FollowerAndLeader {
         }
         try await readerMoved(since: shared.reads.load(ordering: .acquiring))
         shared.stop.store(true, ordering: .releasing)
-        let bad = await reader.value
+        #expect(shared.done.wait(timeout: .now() + 20) == .success, "the reader did not stop")
+        let bad = shared.bad.withLock { $0 }
         #expect(bad.isEmpty, "\(bad.prefix(3))")
     }
 }
