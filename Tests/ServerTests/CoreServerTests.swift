@@ -1,6 +1,7 @@
 import EtcdProto
 import Foundation
 import MVCC
+import Synchronization
 import Testing
 @testable import Server
 
@@ -56,6 +57,34 @@ struct CoreUnitTests {
         let deadline = ContinuousClock.now + .seconds(5)
         while w.isSweeping, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
         #expect(!w.isSweeping)
+    }
+
+    @Test func callbackWaitersGetTheirResultTheirTimeoutOrTheStopOnce() async throws {
+        let w = Waiters<Int>(sweepInterval: .milliseconds(5))
+        final class Seen: Sendable {
+            let results = Mutex<[UInt64: [Result<Int, any Error>]]>([:])
+            func add(_ id: UInt64, _ r: Result<Int, any Error>) { results.withLock { $0[id, default: []].append(r) } }
+            func count(_ id: UInt64) -> Int { results.withLock { $0[id]?.count ?? 0 } }
+        }
+        let seen = Seen()
+        w.register(1, timeout: .seconds(30), timeoutError: EtcdError.timeout) { seen.add(1, $0) }
+        w.register(2, timeout: .milliseconds(20), timeoutError: EtcdError.timeout) { seen.add(2, $0) }
+        w.register(3, timeout: .seconds(30), timeoutError: EtcdError.timeout) { seen.add(3, $0) }
+        #expect(w.isRegistered(1))
+        w.trigger(1, .success(11))
+        w.trigger(1, .success(12))  // a second result for the same ID is dropped
+        let deadline = ContinuousClock.now + .seconds(5)
+        while seen.count(2) == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        w.failAll(EtcdError.stopped)
+        w.trigger(2, .success(22))  // too late: already timed out
+        let r = seen.results.withLock { $0 }
+        #expect(r[1]?.count == 1)
+        #expect((try? r[1]?.first?.get()) == 11)
+        #expect(r[2]?.count == 1)
+        #expect((r[2]?.first).map { if case .failure(let e as EtcdError) = $0 { e == .timeout } else { false } } == true)
+        #expect(r[3]?.count == 1)
+        #expect((r[3]?.first).map { if case .failure(let e as EtcdError) = $0 { e == .stopped } else { false } } == true)
+        #expect(w.count == 0)
     }
 
     @Test func failAllResumesSuspendedWaiters() async throws {
