@@ -39,7 +39,11 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
         }
         reader.cancel()
         if server.closing.isFired { throw EtcdError.stopped.rpcError }
-        if let error = failure.withLock({ $0 }) { throw EtcdError.from(error).rpcError }
+        if let error = failure.withLock({ $0 }) {
+            // A stream the client reset ends with grpc-swift's own status: nothing to translate.
+            if let e = error as? RPCError { throw e }
+            throw EtcdError.from(error).rpcError
+        }
     }
 
     private func keepAlive(
