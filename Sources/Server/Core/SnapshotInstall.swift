@@ -103,10 +103,9 @@ extension EtcdServer {
     /// Swaps in the leader's backend for the Raft snapshot `snap`, just persisted, and reopens
     /// the keyspace, lessor and membership on it; watch streams continue on the new keyspace
     /// (Raft loop thread). An error stops the loop: the data directory stays usable (see
-    /// ``SnapshotInstaller``).
-    func installSnapshot(_ snap: Snapshot) throws {
+    /// ``SnapshotInstaller``). Returns the new backend's consistent index.
+    func installSnapshot(_ snap: Snapshot, dataDir: DataDir, appliedIndex: UInt64) throws -> UInt64 {
         let index = snap.metadata.index
-        let dataDir = loop.storage.dataDir
         let file = SnapshotInstaller.backendFile(in: dataDir.snapDirectory, index: index)
         guard FileManager.default.fileExists(atPath: file) else {
             throw EtcdError.internal("no backend file \(file) for the snapshot at index \(index)")
@@ -118,7 +117,7 @@ extension EtcdServer {
         }
         logger.info("installing snapshot from the leader", metadata: [
             "snapshot-index": "\(index)", "snapshot-term": "\(snap.metadata.term)", "consistent-index": "\(fresh)",
-            "applied-index": "\(loop.appliedIndex)",
+            "applied-index": "\(appliedIndex)",
         ])
         // Quiesce and close the old state machine; nothing is applied meanwhile (this thread).
         let old = machine.value
@@ -133,20 +132,19 @@ extension EtcdServer {
         _ = machine.replace(with: replacement)
         machine.restartWatchLoop()
         for stream in machine.watchStreams.all { stream.rebind(to: replacement.store) }
-        if status.withLock({ $0.isLeader }) { replacement.lessor.promote(extension: electionTimeout) }
+        if isLeader { replacement.lessor.promote(extension: electionTimeout) }
         try adoptMembership(from: backend)
         try alarms.load(from: backend)
         try auth.load(from: backend)
         tokens.invalidateAll()
         jwt?.cache.removeAll()
-        loop.consistentIndex = fresh
-        loop.snapshotIndex = max(loop.snapshotIndex, index)
         // Older received files are of no use now.
         SnapshotInstaller.removeReceivedFiles(in: dataDir.snapDirectory, upTo: index)
         snapshotsInstalled.add(1, ordering: .relaxed)
         logger.info("installed snapshot from the leader", metadata: [
             "snapshot-index": "\(index)", "consistent-index": "\(fresh)", "revision": "\(replacement.store.currentRevision)",
         ])
+        return fresh
     }
 
     /// Makes the member list and the peer transport match the membership recorded in a newly
