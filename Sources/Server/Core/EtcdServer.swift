@@ -34,10 +34,11 @@ enum ApplyResult: Sendable {
     case none
 }
 
-/// One swetcd member: the Raft loop on its own thread, the durable Raft log, and the state
-/// machine (MVCC keyspace and lessor on the LMDB backend) that committed entries are applied to
-/// in log order. The API services call the async methods; each change is proposed as an
-/// `InternalRequest` and answered with its own apply result.
+/// One swetcd member: the async façade over its `RaftLoop` (which alone owns the Raft node and
+/// the durable log, on its own thread) and the applied state (MVCC keyspace, lessor,
+/// membership, alarms on the LMDB backend) that the loop applies committed entries to in log
+/// order, through `AppliedStateMachine`. The API services call the async methods; each change
+/// is proposed as an `InternalRequest` and answered with its own apply result.
 public final class EtcdServer: Sendable {
     /// This member's ID.
     public let memberID: UInt64
