@@ -179,8 +179,8 @@ extension EtcdServer {
     /// exited. A healthy loop passes at least once per heartbeat interval, busy or idle; a pass
     /// stuck in a WAL fsync, a backend commit or an apply makes this grow.
     public var raftLoopQuietTime: Duration? {
-        if loopExited.load(ordering: .acquiring) { return nil }
-        let last = loopPassNanos.load(ordering: .relaxed)
+        if raftLoop.hasExited { return nil }
+        let last = raftLoop.lastPassNanos
         guard last > 0 else { return nil }
         let now = DispatchTime.now().uptimeNanoseconds
         return .nanoseconds(Int64(clamping: now > last ? now - last : 0))

@@ -21,8 +21,8 @@ struct RaftInputRejectionTests {
         #expect(Self.count(s, .misaddressed) == 0)
         #expect(Self.count(s, .beyondLog) == 0)
         let me = s.memberID
-        let term = s.status.withLock { $0.term }
-        s.inbox.send(.messages([
+        let term = s.term
+        s.raftLoop.send(.messages([
             Raft.Message(type: .heartbeat, to: me &+ 1, from: 0xBAD, term: term),
             Raft.Message(type: .heartbeat, to: me, from: 0xBAD, term: term + 5, commit: 1 << 40),
             Raft.Message(type: .append, to: me, from: 0xBAD, term: term + 5, logTerm: 1, index: 1,
@@ -36,7 +36,7 @@ struct RaftInputRejectionTests {
         #expect(Self.count(s, .beyondLog) == 1)
         #expect(Self.count(s, .malformedEntries) == 1)
         // Nothing changed: same term, still the leader, still serving writes.
-        #expect(s.status.withLock { $0.term } == term)
+        #expect(s.term == term)
         #expect(s.isLeader)
         _ = try await s.put(putRequest("k2", "v2"))
         #expect(try await s.range(rangeRequest("k2")).kvs.count == 1)

@@ -7,48 +7,32 @@ import Raft
 import SwiftProtobuf
 
 extension EtcdServer {
-    /// Applies one committed entry (Raft loop thread). Normal entries at or below the backend's
-    /// consistent index were applied before a restart and are skipped; each applied entry
-    /// stores its index in the same backend batch as its changes.
-    func apply(_ entry: Entry) throws {
-        defer { loop.appliedIndex = max(loop.appliedIndex, entry.index) }
-        switch entry.type {
-        case .confChange:
-            try applyConfChangeEntry(try ConfChange(decoding: entry.data), entry: entry)
-        case .confChangeV2:
-            let cc = try ConfChangeV2(decoding: entry.data)
-            loop.confState = try loop.node.applyConfChange(cc)
+    /// Applies one committed normal entry above the backend's consistent index (Raft loop
+    /// thread): its changes and its index go into one backend batch, and its proposer (if it
+    /// waits) gets the result.
+    func apply(normal entry: Entry) throws {
+        let req: Swetcd_Internal_InternalRequest
+        do {
+            req = try Swetcd_Internal_InternalRequest(serializedBytes: entry.data)
+        } catch {
+            logger.error("skipping an undecodable log entry", metadata: ["index": "\(entry.index)", "error": "\(error)"])
             try markApplied(entry)
-        case .normal:
-            if entry.index <= loop.consistentIndex { return }
-            if entry.data.isEmpty {
-                try markApplied(entry)
-                return
-            }
-            let req: Swetcd_Internal_InternalRequest
-            do {
-                req = try Swetcd_Internal_InternalRequest(serializedBytes: entry.data)
-            } catch {
-                logger.error("skipping an undecodable log entry", metadata: ["index": "\(entry.index)", "error": "\(error)"])
-                try markApplied(entry)
-                return
-            }
-            let id = req.header.id
-            var outcome: Result<ApplyResult, any Error> = .success(.none)
-            try backend.batch {
-                do {
-                    outcome = .success(try applyRequest(req, waited: id != 0 && waiters.isRegistered(id)))
-                } catch let e where Self.isRequestError(e) {
-                    outcome = .failure(EtcdError.from(e))
-                }
-                try backend.setConsistentIndex(entry.index, term: entry.term)
-            }
-            if id != 0 { waiters.trigger(id, outcome) }
+            return
         }
+        let id = req.header.id
+        var outcome: Result<ApplyResult, any Error> = .success(.none)
+        try backend.batch {
+            do {
+                outcome = .success(try applyRequest(req, waited: id != 0 && waiters.isRegistered(id)))
+            } catch let e where Self.isRequestError(e) {
+                outcome = .failure(EtcdError.from(e))
+            }
+            try backend.setConsistentIndex(entry.index, term: entry.term)
+        }
+        if id != 0 { waiters.trigger(id, outcome) }
     }
 
-    private func markApplied(_ entry: Entry) throws {
-        if entry.index <= loop.consistentIndex { return }
+    func markApplied(_ entry: Entry) throws {
         try backend.batch { try backend.setConsistentIndex(entry.index, term: entry.term) }
     }
 

@@ -256,7 +256,7 @@ extension EtcdServer {
         closing.fire()
         await peers.stop()
         await peerServer.stop()
-        do { try loop.storage.close() } catch {
+        do { try raftLoop.abandon() } catch {
             logger.error("closing the WAL failed", metadata: ["error": "\(error)"])
         }
         do { try backend.close() } catch {

@@ -92,7 +92,7 @@ extension EtcdServer: MaintenanceBackend {
     /// swap (see `Backend.defragment()`). The blocking work runs on its own thread.
     public func defragment() async throws {
         try requireRoot()
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        if raftLoop.hasExited { throw EtcdError.stopped }
         let backend = self.backend
         let logger = self.logger
         logger.info("defragmenting", metadata: ["path": "\(backend.path)"])

@@ -34,10 +34,11 @@ enum ApplyResult: Sendable {
     case none
 }
 
-/// One swetcd member: the Raft loop on its own thread, the durable Raft log, and the state
-/// machine (MVCC keyspace and lessor on the LMDB backend) that committed entries are applied to
-/// in log order. The API services call the async methods; each change is proposed as an
-/// `InternalRequest` and answered with its own apply result.
+/// One swetcd member: the async façade over its `RaftLoop` (which alone owns the Raft node and
+/// the durable log, on its own thread) and the applied state (MVCC keyspace, lessor,
+/// membership, alarms on the LMDB backend) that the loop applies committed entries to in log
+/// order, through `AppliedStateMachine`. The API services call the async methods; each change
+/// is proposed as an `InternalRequest` and answered with its own apply result.
 public final class EtcdServer: Sendable {
     /// This member's ID.
     public let memberID: UInt64
@@ -54,23 +55,17 @@ public final class EtcdServer: Sendable {
     var store: MVCCStore { machine.store }
     var lessor: Lessor { machine.lessor }
     var backend: Backend { machine.backend }
-    let inbox: LoopInbox
     /// The peer transport and its listener (nil only in a failed start).
     let peers: PeerTransport
     let peerServer: PeerServer
-    let status = Mutex(LoopStatus())
     let waiters = Waiters<ApplyResult>()
     let readWaiters = Waiters<Void>()
     let ids: RequestIDGenerator
     let leaseIDs: LeaseIDGenerator
     let requestTimeout: Duration
     let electionTimeout: Duration
-    let loopDone = Mutex<CheckedContinuation<Void, Never>?>(nil)
-    let loopExited = Atomic<Bool>(false)
     /// Snapshots from the leader installed since start.
     let snapshotsInstalled = Atomic<UInt64>(0)
-    /// Uptime (DispatchTime nanoseconds) at the end of the Raft loop's last pass: its liveness.
-    let loopPassNanos = Atomic<UInt64>(0)
     let backgroundTasks = Mutex<[Task<Void, Never>]>([])
     /// Raised alarms (NOSPACE, CORRUPT), loaded from the backend at start.
     let alarms = AlarmStore()
@@ -97,15 +92,14 @@ public final class EtcdServer: Sendable {
     /// The error that fired ``fatal``.
     public var fatalReason: String? { fatalReasonSlot.withLock { $0 } }
     let fatalReasonSlot = Mutex<String?>(nil)
-    /// Owned by the Raft loop thread only.
-    nonisolated(unsafe) let loop: RaftLoopState
+    /// The Raft loop: its thread alone owns the Raft node and the durable log.
+    let raftLoop: RaftLoop
 
     private init(memberID: UInt64, clusterID: UInt64, config: ServerConfig, logger: Logger,
-                 machine: StateMachine, loop: RaftLoopState,
-                 membership: ClusterMembership, inbox: LoopInbox, peers: PeerTransport,
+                 machine: StateMachine, raftLoop: RaftLoop,
+                 membership: ClusterMembership, peers: PeerTransport,
                  peerServer: PeerServer, metrics: ServerMetrics, jwt: JWTTokens?) {
         self.metrics = metrics
-        self.inbox = inbox
         self.peers = peers
         self.peerServer = peerServer
         self.memberID = memberID
@@ -114,7 +108,7 @@ public final class EtcdServer: Sendable {
         self.config = config
         self.logger = logger
         self.machine = machine
-        self.loop = loop
+        self.raftLoop = raftLoop
         self.membership = membership
         ids = RequestIDGenerator(memberID: memberID)
         leaseIDs = LeaseIDGenerator(memberID: memberID, startMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
@@ -252,9 +246,16 @@ public final class EtcdServer: Sendable {
         // when above the backend's consistent index.
         raftConfig.applied = snapIndex
         let node = try RaftNode(config: raftConfig, storage: raftStorage.raftStorage)
-        let loop = RaftLoopState(node: node, storage: raftStorage, heartbeat: heartbeat,
-                                 snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
-                                 snapshotIndex: snapIndex, consistentIndex: consistent)
+        var initialStatus = LoopStatus()
+        initialStatus.applied = raftConfig.applied
+        initialStatus.committed = hs.commit
+        initialStatus.term = hs.term
+        // A joining learner is one from the start (etcd: it has the remote membership).
+        initialStatus.isLearner = joined?.members.first(where: { m in m.id == memberID })?.isLearner ?? false
+        let raftLoop = RaftLoop(node: node, storage: raftStorage, memberID: memberID, heartbeat: heartbeat,
+                                snapshotCount: max(1, cfg.snapshotCount), appliedIndex: raftConfig.applied,
+                                snapshotIndex: snapIndex, consistentIndex: consistent, status: initialStatus,
+                                logger: logger, metrics: metrics)
         // Membership: recorded at bootstrap, read back on restart (--initial-* are ignored then).
         var members = try MembershipStore.load(from: backend)
         let removed = try MembershipStore.loadRemoved(from: backend)
@@ -267,19 +268,17 @@ public final class EtcdServer: Sendable {
             members = joined?.members ?? loaded.initialCluster.members.map(MemberRecord.init)
             try MembershipStore.save(members, in: backend)
         }
-        let inbox = LoopInbox()
-        let transportBridge = TransportBridge(inbox: inbox, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
+        let transportBridge = TransportBridge(loop: raftLoop, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
                                       delegate: transportBridge, snapshots: transportBridge, logger: logger,
                                       tls: peerTLS, refusals: peerRefusals)
         for m in members where m.id != memberID {
             transport.addPeer(m.id, urls: m.endpoints)
         }
-        loop.transport = transport
         let peerServer = PeerServer(logger: logger, tls: peerTLS, refusals: peerRefusals)
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
-                                machine: machine, loop: loop,
-                                membership: ClusterMembership(members: members, removed: removed), inbox: inbox,
+                                machine: machine, raftLoop: raftLoop,
+                                membership: ClusterMembership(members: members, removed: removed),
                                 peers: transport, peerServer: peerServer, metrics: metrics, jwt: jwt)
         transportBridge.raftStatus.withLock { [weak server] status in
             status = { [weak server] in server.map { ($0.leaderID, $0.committedIndex) } ?? (0, 0) }
@@ -303,14 +302,6 @@ public final class EtcdServer: Sendable {
         }
         await transport.start()
         transport.setLeaseHandler(server)
-        let joinedAsLearner = joined?.members.first(where: { m in m.id == memberID })?.isLearner ?? false
-        server.status.withLock {
-            $0.applied = raftConfig.applied
-            $0.committed = hs.commit
-            $0.term = hs.term
-            // A joining learner is one from the start (etcd: it has the remote membership).
-            $0.isLearner = joinedAsLearner
-        }
         logger.info("starting member", metadata: [
             "member-id": "\(MemberIdentity.hex(memberID))", "cluster-id": "\(MemberIdentity.hex(clusterID))",
             "data-dir": "\(dataDir.path)", "new": "\(isNew)", "consistent-index": "\(consistent)",
@@ -325,7 +316,7 @@ public final class EtcdServer: Sendable {
             await server.abandonBeforeLoop()
             throw error
         }
-        server.startLoopThread()
+        raftLoop.start(transport: transport, machine: server, requests: server)
         machine.startWatchLoop()
         server.startAutoCompaction(loaded.autoCompaction)
         server.startCorruptionMonitor(every: cfg.corruptCheckTime)
@@ -346,24 +337,24 @@ public final class EtcdServer: Sendable {
         server.backgroundTasks.withLock { $0.append(contentsOf: [progressTask, server.publishNameWhenJoined(), publishTask]) }
         // A single voter campaigns at once instead of waiting out an election timeout (once
         // its configuration is applied).
-        if joined == nil { server.inbox.send(.campaign) }
+        if joined == nil { raftLoop.send(.campaign) }
         return server
     }
 
     // MARK: State seen by the API
 
     /// The current leader (0 when none is known).
-    public var leaderID: UInt64 { status.withLock { $0.leader } }
+    public var leaderID: UInt64 { raftLoop.withStatus { $0.leader } }
     /// The current Raft term.
-    public var term: UInt64 { status.withLock { $0.term } }
+    public var term: UInt64 { raftLoop.withStatus { $0.term } }
     /// The index of the last applied entry.
-    public var appliedIndex: UInt64 { status.withLock { $0.applied } }
+    public var appliedIndex: UInt64 { raftLoop.withStatus { $0.applied } }
     /// The index of the last committed entry known to this member.
-    public var committedIndex: UInt64 { status.withLock { $0.committed } }
+    public var committedIndex: UInt64 { raftLoop.withStatus { $0.committed } }
     /// Whether this member is the leader.
-    public var isLeader: Bool { status.withLock { $0.isLeader } }
+    public var isLeader: Bool { raftLoop.withStatus { $0.isLeader } }
     /// Whether this member is a learner.
-    public var isLearner: Bool { status.withLock { $0.isLearner } }
+    public var isLearner: Bool { raftLoop.withStatus { $0.isLearner } }
     /// The keyspace's current revision.
     public var currentRevision: Int64 { store.currentRevision }
 
@@ -384,7 +375,7 @@ public final class EtcdServer: Sendable {
     func waitForLeader() async throws {
         let deadline = ContinuousClock.now + electionTimeout * 2
         while leaderID == 0 {
-            if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+            if raftLoop.hasExited { throw EtcdError.stopped }
             if ContinuousClock.now >= deadline { throw EtcdError.noLeader }
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -394,7 +385,7 @@ public final class EtcdServer: Sendable {
     /// `internalFromLearner` lets its own internal requests (its attribute publish) through:
     /// Raft forwards them to the leader like any follower's.
     func propose(_ request: Swetcd_Internal_InternalRequest, internalFromLearner: Bool = false) async throws -> ApplyResult {
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        if raftLoop.hasExited { throw EtcdError.stopped }
         if !internalFromLearner { try refuseOnLearner() }
         try await waitForLeader()
         var req = request
@@ -404,7 +395,7 @@ public final class EtcdServer: Sendable {
         if data.count > Int(clamping: config.maxRequestBytes) { throw EtcdError.requestTooLarge }
         try await checkQuota(req)
         waiters.register(id)
-        inbox.send(.propose(data))
+        raftLoop.send(.propose(data))
         do {
             return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
         } catch let e as EtcdError where e == .timeout || e == .noLeader || e == .stopped {
@@ -420,7 +411,7 @@ public final class EtcdServer: Sendable {
     /// what ``propose(_:internalFromLearner:)`` would throw at once.
     func proposeNow(_ request: Swetcd_Internal_InternalRequest,
                     done: @escaping @Sendable (Result<ApplyResult, any Error>) -> Void) throws -> Bool {
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        if raftLoop.hasExited { throw EtcdError.stopped }
         try refuseOnLearner()
         guard leaderID != 0, quotaAdmits(request) else { return false }
         var req = request
@@ -435,7 +426,7 @@ public final class EtcdServer: Sendable {
             }
             done(result)
         }
-        inbox.send(.propose(data))
+        raftLoop.send(.propose(data))
         return true
     }
 
@@ -443,19 +434,19 @@ public final class EtcdServer: Sendable {
     /// member has applied what the leader confirmed (keep it short). Returns false when the
     /// barrier needs the async path (no leader known yet).
     func linearizableBarrierNow(done: @escaping @Sendable (Result<Void, any Error>) -> Void) throws -> Bool {
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        if raftLoop.hasExited { throw EtcdError.stopped }
         try refuseOnLearner()
         guard leaderID != 0 else { return false }
         let id = ids.next()
         readWaiters.register(id, timeout: requestTimeout, timeoutError: EtcdError.timeout, callback: done)
-        inbox.send(.read(id))
+        raftLoop.send(.read(id))
         return true
     }
 
     /// Proposes without waiting (lease expiry, checkpoints); from the loop thread or anywhere.
     func proposeDetached(_ request: Swetcd_Internal_InternalRequest) {
         guard let data: [UInt8] = try? request.serializedBytes() else { return }
-        inbox.send(.propose(data))
+        raftLoop.send(.propose(data))
     }
 
     /// Waits until this member has applied everything committed when the call began, as
@@ -468,7 +459,7 @@ public final class EtcdServer: Sendable {
 
     /// Asks the Raft loop to hand leadership to `transferee` (returns at once).
     func requestLeadershipTransfer(to transferee: UInt64) {
-        inbox.send(.transferLeadership(transferee))
+        raftLoop.send(.transferLeadership(transferee))
     }
 
     // MARK: Stop
@@ -478,7 +469,7 @@ public final class EtcdServer: Sendable {
     /// closed and the WAL synced and closed.
     public func stop() async {
         closing.fire()
-        if isLeader, status.withLock({ $0.voters }) > 1 {
+        if isLeader, raftLoop.withStatus({ $0.voters }) > 1 {
             // 0: the loop picks the most up-to-date voter.
             requestLeadershipTransfer(to: 0)
             let deadline = ContinuousClock.now + electionTimeout * 2
@@ -486,15 +477,7 @@ public final class EtcdServer: Sendable {
                 try? await Task.sleep(for: .milliseconds(10))
             }
         }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let exited = loopDone.withLock { slot -> Bool in
-                if loopExited.load(ordering: .acquiring) { return true }
-                slot = c
-                return false
-            }
-            inbox.requestStop()
-            if exited { c.resume() }
-        }
+        await raftLoop.stop()
         for t in backgroundTasks.withLock({ $0 }) { t.cancel() }
         machine.stopWatchLoop()
         await peers.stop()

@@ -259,7 +259,7 @@ extension EtcdServer {
             } catch let e as EtcdError where e == .stopped {
                 throw e
             } catch {
-                if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+                if raftLoop.hasExited { throw EtcdError.stopped }
             }
             if ContinuousClock.now >= deadline { throw EtcdError.timeout }
             try await Task.sleep(for: .milliseconds(50))

@@ -103,7 +103,7 @@ extension EtcdServer: ClusterBackend {
                 throw MembershipRules.notEnoughStarted
             }
         }
-        let (match, progress) = status.withLock { ($0.lastIndex, $0.progress) }
+        let (match, progress) = raftLoop.withStatus { ($0.lastIndex, $0.progress) }
         guard let learnerMatch = progress[id],
               MembershipRules.learnerInSync(learnerMatch: learnerMatch, leaderMatch: match) else {
             throw MembershipRules.learnerNotReady
@@ -159,17 +159,17 @@ extension EtcdServer: ClusterBackend {
 
     /// A read barrier a learner may use too (MemberList with `linearizable`).
     func readBarrier() async throws {
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        if raftLoop.hasExited { throw EtcdError.stopped }
         try await waitForLeader()
         let id = ids.next()
         readWaiters.register(id)
-        inbox.send(.read(id))
+        raftLoop.send(.read(id))
         try await readWaiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
     }
 
     /// Proposes a membership change and waits until this member has applied it.
     func proposeMembership(_ change: MembershipChange) async throws {
-        if loopExited.load(ordering: .acquiring) { throw EtcdError.stopped }
+        if raftLoop.hasExited { throw EtcdError.stopped }
         try await waitForLeader()
         // Raft takes one membership change at a time, and a new leader takes none until it has
         // applied the changes in its log (right after a cluster starts, its bootstrap entries):
@@ -182,7 +182,7 @@ extension EtcdServer: ClusterBackend {
         while true {
             let id = ids.next()
             waiters.register(id)
-            inbox.send(.proposeConfChange(change.confChange(requestID: id)))
+            raftLoop.send(.proposeConfChange(change.confChange(requestID: id)))
             let attempt = isLeader ? deadline - ContinuousClock.now
                 : min(deadline - ContinuousClock.now, electionTimeout * 2)
             do {
@@ -252,10 +252,9 @@ extension EtcdServer: ClusterBackend {
 
     // MARK: Apply (Raft loop thread)
 
-    /// Applies a committed conf change: Raft's configuration always; the member list, the
+    /// Applies a committed conf change (Raft has taken it already): the member list, the
     /// backend and the transport only for entries the backend has not applied yet.
-    func applyConfChangeEntry(_ cc: ConfChange, entry: Entry) throws {
-        loop.confState = try loop.node.applyConfChange(cc)
+    func apply(confChange cc: ConfChange, entry: Entry, inBackend: Bool) throws {
         let change: MembershipChange?
         if cc.context.isEmpty {
             change = nil
@@ -265,7 +264,7 @@ extension EtcdServer: ClusterBackend {
                 change = nil
             }
         }
-        guard entry.index > loop.consistentIndex else { return }
+        guard !inBackend else { return }
         var result: MemberRecord?
         if let change { result = membership.apply(change) }
         try backend.batch {
@@ -283,7 +282,7 @@ extension EtcdServer: ClusterBackend {
 
     /// A peer that applied this member's removal refuses it (the removal's commit never
     /// reached it, e.g. it was cut off): record the removal and stop, as etcd does.
-    func noteRemovedByPeer(_ peer: UInt64) throws {
+    func removedByPeer(_ peer: UInt64) throws {
         guard !removal.isFired else { return }
         logger.critical("the member has been permanently removed from the cluster; stopping", metadata: [
             "member-id": "\(MemberIdentity.hex(memberID))", "refused-by": "\(MemberIdentity.hex(peer))",
@@ -314,11 +313,9 @@ extension EtcdServer: ClusterBackend {
         }
     }
 
-    /// On the leader with --auto-promote-learners: proposes the promotion of a learner that
-    /// is in sync (one at a time; Raft refuses a second pending change).
-    func autoPromoteLearners() throws {
-        guard config.autoPromoteLearners, status.withLock({ $0.isLeader }) else { return }
-        let st = loop.node.status
+    /// On the leader with --auto-promote-learners: the promotion of the first learner in sync
+    /// with the leader (`st`), one at a time (Raft refuses a second pending change).
+    func learnerPromotion(_ st: RaftStatus) -> ConfChange? {
         let last = st.lastIndex
         for m in membership.members where m.isLearner {
             guard let p = st.progress[m.id], MembershipRules.learnerInSync(learnerMatch: p.match, leaderMatch: last) else {
@@ -330,17 +327,9 @@ extension EtcdServer: ClusterBackend {
             }
             var promoted = m
             promoted.isLearner = false
-            let cc = MembershipChange(operation: .promote, member: promoted).confChange(requestID: 0)
-            // Refused while another change is pending or the configuration does not allow it
-            // (tried again at the next round); any other error is a Raft invariant violation.
-            do {
-                try loop.node.proposeConfChange(cc)
-                logger.info("auto-promoting learner", metadata: ["member-id": "\(MemberIdentity.hex(m.id))"])
-            } catch RaftError.proposalDropped {
-            } catch RaftError.invalidConfChange {
-            }
-            return
+            return MembershipChange(operation: .promote, member: promoted).confChange(requestID: 0)
         }
+        return nil
     }
 }
 

@@ -5,22 +5,22 @@ import Raft
 import Synchronization
 import EtcdConfig
 
-/// What the peer transport calls: received messages and reports go to the Raft loop's inbox;
+/// What the peer transport calls: received messages and reports go to the Raft loop;
 /// outgoing snapshots read a consistent backend copy.
 final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
-    let inbox: LoopInbox
+    let loop: RaftLoop
     let backend: Backend
     let snapDirectory: String
     let logger: Logger
 
-    init(inbox: LoopInbox, backend: Backend, snapDirectory: String, logger: Logger) {
-        self.inbox = inbox
+    init(loop: RaftLoop, backend: Backend, snapDirectory: String, logger: Logger) {
+        self.loop = loop
         self.backend = backend
         self.snapDirectory = snapDirectory
         self.logger = logger
     }
 
-    func transportReceived(_ messages: [Message]) { inbox.send(.messages(messages)) }
+    func transportReceived(_ messages: [Message]) { loop.send(.messages(messages)) }
 
     /// This member's (leader, commit index) as last reported by its Raft loop; set by the
     /// server once it exists.
@@ -44,14 +44,14 @@ final class TransportBridge: RaftTransportDelegate, BackendSnapshotSource {
     /// (SnapshotInstall.swift). If Raft does not take the snapshot (stale, unasked for, from a
     /// sender that is not the leader), the loop deletes the file at once.
     func transportReceivedSnapshot(_ message: Message, backendFile: String) {
-        inbox.send(.snapshot(message, file: backendFile))
+        loop.send(.snapshot(message, file: backendFile))
     }
 
-    func transportReportUnreachable(_ peer: UInt64) { inbox.send(.reportUnreachable(peer)) }
+    func transportReportUnreachable(_ peer: UInt64) { loop.send(.reportUnreachable(peer)) }
 
-    func transportReportSnapshot(_ peer: UInt64, success: Bool) { inbox.send(.reportSnapshot(peer, success)) }
+    func transportReportSnapshot(_ peer: UInt64, success: Bool) { loop.send(.reportSnapshot(peer, success)) }
 
-    func transportRefusedAsRemoved(by peer: UInt64) { inbox.send(.removedByPeer(peer)) }
+    func transportRefusedAsRemoved(by peer: UInt64) { loop.send(.removedByPeer(peer)) }
 
     func openBackendSnapshot() throws -> any BackendSnapshotReader {
         let path = snapDirectory + "/outgoing-\(UUID().uuidString).tmp"

@@ -104,10 +104,9 @@ extension EtcdServer {
     /// Swaps in the leader's backend for the Raft snapshot `snap`, just persisted, and restores
     /// the keyspace, lessor and membership from it in place; watch streams stay open and catch
     /// up from the new keyspace (Raft loop thread). An error stops the loop: the data directory
-    /// stays usable (see ``SnapshotInstaller``).
-    func installSnapshot(_ snap: Snapshot) throws {
+    /// stays usable (see ``SnapshotInstaller``). Returns the new backend's consistent index.
+    func installSnapshot(_ snap: Snapshot, dataDir: DataDir, appliedIndex: UInt64) throws -> UInt64 {
         let index = snap.metadata.index
-        let dataDir = loop.storage.dataDir
         let file = SnapshotInstaller.backendFile(in: dataDir.snapDirectory, index: index)
         guard FileManager.default.fileExists(atPath: file) else {
             throw EtcdError.internal("no backend file \(file) for the snapshot at index \(index)")
@@ -118,27 +117,26 @@ extension EtcdServer {
         }
         logger.info("installing snapshot from the leader", metadata: [
             "snapshot-index": "\(index)", "snapshot-term": "\(snap.metadata.term)", "consistent-index": "\(fresh)",
-            "applied-index": "\(loop.appliedIndex)",
+            "applied-index": "\(appliedIndex)",
         ])
         // Nothing is applied meanwhile (this thread). The backend renames the file over the db,
         // syncs the directory and reopens (the order SnapshotInstaller relies on); the keyspace
         // reloads under its lock and keeps its watchers; the lessor reloads with its keys.
         lessor.demote()
         try machine.restore(fromFileAt: file)
-        if status.withLock({ $0.isLeader }) { lessor.promote(extension: electionTimeout) }
+        if isLeader { lessor.promote(extension: electionTimeout) }
         try adoptMembership(from: backend)
         try alarms.load(from: backend)
         try auth.load(from: backend)
         tokens.invalidateAll()
         jwt?.cache.removeAll()
-        loop.consistentIndex = fresh
-        loop.snapshotIndex = max(loop.snapshotIndex, index)
         // Older received files are of no use now.
         SnapshotInstaller.removeReceivedFiles(in: dataDir.snapDirectory, upTo: index)
         snapshotsInstalled.add(1, ordering: .relaxed)
         logger.info("installed snapshot from the leader", metadata: [
             "snapshot-index": "\(index)", "consistent-index": "\(fresh)", "revision": "\(store.currentRevision)",
         ])
+        return fresh
     }
 
     /// Makes the member list and the peer transport match the membership recorded in a newly
