@@ -71,6 +71,8 @@ public struct ClientPortConfiguration: Sendable {
     public var router: HTTPRouter
     /// Unary gRPC calls served by ``FastUnaryHandler`` instead of grpc-swift (nil: none).
     var fastUnary: (any FastUnaryService)?
+    /// LeaseKeepAlive streams served by ``FastKeepAliveHandler`` (needs ``fastUnary``).
+    var fastKeepAlive: (any FastKeepAliveService)?
 
     /// etcd's defaults: 1.5 MiB + 512 KiB receive limit, 5 s minimum client ping interval,
     /// 2 h server keepalive, 20 s keepalive timeout; `/version` is routed.
@@ -135,11 +137,12 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
         config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes
         let guardLimit = configuration.maxReceiveMessageBytes
         let fastUnary = configuration.fastUnary
+        let fastKeepAlive = configuration.fastKeepAlive
         config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
                 if let fastUnary {
-                    try sync.addHandler(FastUnaryHandler(service: fastUnary, limit: guardLimit), position: .first)
+                    try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: guardLimit), position: .first)
                 }
                 try sync.addHandler(OversizeMessageGuard(limit: guardLimit), position: .first)
             }

@@ -51,13 +51,17 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         case closed
     }
 
+    static let keepAlivePath = "/etcdserverpb.Lease/LeaseKeepAlive"
+
     private let service: any FastUnaryService
+    private let keepAlive: (any FastKeepAliveService)?
     private let limit: Int
     private var state = State.idle
     private var body: ByteBuffer?
 
-    init(service: any FastUnaryService, limit: Int) {
+    init(service: any FastUnaryService, keepAlive: (any FastKeepAliveService)? = nil, limit: Int) {
         self.service = service
+        self.keepAlive = keepAlive
         self.limit = limit
     }
 
@@ -65,6 +69,20 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         let payload = unwrapInboundIn(data)
         switch state {
         case .idle:
+            if case .headers(let h) = payload, let keepAlive, Self.isPlainGRPC(h.headers, path: Self.keepAlivePath) {
+                // A keep-alive stream: its own handler takes over from here.
+                state = .closed
+                let sync = context.pipeline.syncOperations
+                do {
+                    try sync.addHandler(FastKeepAliveHandler(service: keepAlive, limit: limit), position: .after(self))
+                } catch {
+                    handOn(context: context, data)
+                    return
+                }
+                context.fireChannelRead(data)
+                sync.removeHandler(context: context, promise: nil)
+                return
+            }
             guard case .headers(let h) = payload, let path = Self.servedPath(h.headers, service) else {
                 handOn(context: context, data)
                 return
@@ -110,12 +128,17 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The path of a request this handler serves, or nil.
     private static func servedPath(_ headers: HPACKHeaders, _ service: any FastUnaryService) -> String? {
-        guard let path = headers.first(name: ":path"), service.serves(path),
-              headers.first(name: ":method") == "POST",
-              let type = headers.first(name: "content-type"), type.hasPrefix("application/grpc"),
-              !type.hasPrefix("application/grpc+") || type == "application/grpc+proto" else { return nil }
-        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" { return nil }
+        guard let path = headers.first(name: ":path"), service.serves(path), isPlainGRPC(headers, path: path) else { return nil }
         return path
+    }
+
+    /// Whether `headers` open an uncompressed protobuf gRPC call to `path`.
+    private static func isPlainGRPC(_ headers: HPACKHeaders, path: String) -> Bool {
+        guard headers.first(name: ":path") == path, headers.first(name: ":method") == "POST",
+              let type = headers.first(name: "content-type"), type.hasPrefix("application/grpc"),
+              !type.hasPrefix("application/grpc+") || type == "application/grpc+proto" else { return false }
+        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" { return false }
+        return true
     }
 
     /// The request is complete: checks its framing and runs the call.

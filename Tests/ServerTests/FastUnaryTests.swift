@@ -103,6 +103,85 @@ struct FastUnaryTests {
         #expect(!s.fatal.isFired)
     }
 
+    @Test func keepAliveStreamsRenewInOrderAndEndAtTheServersStop() async throws {
+        let f = CoreFixture(extraArgs: ["--listen-client-urls", "http://127.0.0.1:0",
+                                        "--advertise-client-urls", "http://127.0.0.1:2379"])
+        defer { f.remove() }
+        var logger = Logger(label: "fast")
+        logger.logLevel = .critical
+        let s = try await f.start()
+        let listener = try ClientListener(server: s, logger: logger)
+        let serving = Task { try await listener.serve() }
+        defer { serving.cancel() }
+        let address = try #require(try await listener.boundAddresses().first)
+        let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
+        let fast = try #require(listener.fastLease)
+        let transport = try HTTP2ClientTransport.Posix(
+            target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+        try await withGRPCClient(transport: transport) { client in
+            var grant = Etcdserverpb_LeaseGrantRequest()
+            grant.id = 77
+            grant.ttl = 60
+            _ = try await client.unary(
+                request: ClientRequest(message: try grant.serializedBytes()),
+                descriptor: MethodDescriptor(fullyQualifiedService: "etcdserverpb.Lease", method: "LeaseGrant"),
+                serializer: RawBytesCodec(), deserializer: RawBytesCodec(), options: .defaults
+            ) { try $0.message }
+            @Sendable func keepAlive(_ id: Int64) throws -> [UInt8] {
+                var r = Etcdserverpb_LeaseKeepAliveRequest()
+                r.id = id
+                return try r.serializedBytes()
+            }
+            let descriptor = MethodDescriptor(fullyQualifiedService: "etcdserverpb.Lease", method: "LeaseKeepAlive")
+            // Three requests, one for an unknown lease: answered in order, then status OK.
+            let requests = [try keepAlive(77), try keepAlive(78), try keepAlive(77)]
+            let answers = try await client.bidirectionalStreaming(
+                request: StreamingClientRequest(of: [UInt8].self) { writer in
+                    for m in requests { try await writer.write(m) }
+                },
+                descriptor: descriptor, serializer: RawBytesCodec(), deserializer: RawBytesCodec(), options: .defaults
+            ) { response in
+                var out: [Etcdserverpb_LeaseKeepAliveResponse] = []
+                for try await m in response.messages { out.append(try Etcdserverpb_LeaseKeepAliveResponse(serializedBytes: m)) }
+                return out
+            }
+            #expect(answers.map(\.id) == [77, 78, 77])
+            #expect(answers.map(\.ttl) == [60, 0, 60])
+            #expect(answers.allSatisfy { $0.header.memberID == s.memberID })
+            #expect(fast.served.load(ordering: .relaxed) == 3)
+
+            // A stream left open ends with etcd's "server stopped" when the member stops.
+            let outcome = Task { () -> String in
+                do {
+                    try await client.bidirectionalStreaming(
+                        request: StreamingClientRequest(of: [UInt8].self) { writer in
+                            try await writer.write(try keepAlive(77))
+                            try await Task.sleep(for: .seconds(60))
+                        },
+                        descriptor: descriptor, serializer: RawBytesCodec(), deserializer: RawBytesCodec(), options: .defaults
+                    ) { response in
+                        for try await _ in response.messages {}
+                    }
+                    return "ended with OK"
+                } catch let e as RPCError {
+                    return e.message
+                }
+            }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while fast.served.load(ordering: .relaxed) < 4, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(fast.served.load(ordering: .relaxed) == 4)
+            await s.stop()
+            let ended = try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask { try await outcome.value }
+                group.addTask { try await Task.sleep(for: .seconds(10)); return nil }
+                defer { group.cancelAll() }
+                return try await group.next() ?? nil
+            }
+            #expect(ended == "etcdserver: server stopped")
+            outcome.cancel()
+        }
+    }
+
     @Test func grpcMessagesArePercentEncoded() {
         #expect(FastUnaryHandler.percentEncoded("plain text: ok") == "plain text: ok")
         #expect(FastUnaryHandler.percentEncoded("100% é\n") == "100%25 %C3%A9%0A")

@@ -14,6 +14,8 @@ public final class ClientListener: Sendable {
     /// `SWETCD_NO_FAST_UNARY` is set (every call then goes through grpc-swift: for A/B
     /// benchmarks, docs/BENCHMARKS.md).
     let fastKV: FastKV?
+    /// LeaseKeepAlive streams served without grpc-swift (nil with `SWETCD_NO_FAST_UNARY`).
+    let fastLease: FastLease?
 
     /// Prepares one gRPC server per client URL with the etcd services (KV, Watch, Lease,
     /// Maintenance, Cluster, Auth, Lock, Election) and, on the same port, the HTTP routes:
@@ -24,6 +26,8 @@ public final class ClientListener: Sendable {
         let cfg = server.config
         let fastKV = ProcessInfo.processInfo.environment["SWETCD_NO_FAST_UNARY"] == nil ? FastKV(server: server) : nil
         self.fastKV = fastKV
+        let fastLease = fastKV == nil ? nil : FastLease(server: server)
+        self.fastLease = fastLease
         let services: [any RegistrableRPCService] = [
             KVService(server: server), WatchService(server: server), LeaseService(server: server),
         ] + server.coordinationServices()
@@ -61,7 +65,10 @@ public final class ClientListener: Sendable {
             port.keepaliveTimeout = cfg.grpcKeepaliveTimeout
             port.maxConcurrentStreams = Int(clamping: cfg.maxConcurrentStreams)
             port.maxConnections = Int(clamping: max(1, cfg.maxClientConnections))
-            if kind == "client" { port.fastUnary = fastKV }
+            if kind == "client" {
+                port.fastUnary = fastKV
+                port.fastKeepAlive = fastLease
+            }
             let transport = ClientPortTransport(configuration: port)
             list.append((url, kind, GRPCServer(transport: transport, services: kind == "client" ? services : [],
                                                 interceptors: [TokenInterceptor()])))

@@ -194,6 +194,7 @@ public final class ShutdownSignal: Sendable {
     private struct State {
         var fired = false
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var callbacks: [UInt64: @Sendable () -> Void] = [:]
         var next: UInt64 = 0
     }
     private let state = Mutex(State())
@@ -205,12 +206,32 @@ public final class ShutdownSignal: Sendable {
 
     /// Wakes every current and future waiter.
     public func fire() {
-        let all = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let (all, callbacks) = state.withLock { s -> ([CheckedContinuation<Void, Never>], [@Sendable () -> Void]) in
             s.fired = true
-            defer { s.waiters.removeAll() }
-            return Array(s.waiters.values)
+            defer {
+                s.waiters.removeAll()
+                s.callbacks.removeAll()
+            }
+            return (Array(s.waiters.values), Array(s.callbacks.values))
         }
         for c in all { c.resume() }
+        for body in callbacks { body() }
+    }
+
+    /// Runs `body` once when fired (on the firing thread; keep it short) unless removed first;
+    /// nil, and `body` is not kept, when already fired.
+    func onFire(_ body: @escaping @Sendable () -> Void) -> UInt64? {
+        state.withLock { s -> UInt64? in
+            if s.fired { return nil }
+            s.next += 1
+            s.callbacks[s.next] = body
+            return s.next
+        }
+    }
+
+    /// Forgets a callback of ``onFire(_:)``.
+    func removeCallback(_ id: UInt64) {
+        _ = state.withLock { $0.callbacks.removeValue(forKey: id) }
     }
 
     /// Returns once fired, or when the calling task is cancelled.
