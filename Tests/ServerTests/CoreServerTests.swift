@@ -67,9 +67,9 @@ struct CoreUnitTests {
             func count(_ id: UInt64) -> Int { results.withLock { $0[id]?.count ?? 0 } }
         }
         let seen = Seen()
-        w.register(1, timeout: .seconds(30), timeoutError: EtcdError.timeout) { seen.add(1, $0) }
+        w.register(1, timeout: .seconds(600), timeoutError: EtcdError.timeout) { seen.add(1, $0) }
         w.register(2, timeout: .milliseconds(20), timeoutError: EtcdError.timeout) { seen.add(2, $0) }
-        w.register(3, timeout: .seconds(30), timeoutError: EtcdError.timeout) { seen.add(3, $0) }
+        w.register(3, timeout: .seconds(600), timeoutError: EtcdError.timeout) { seen.add(3, $0) }
         #expect(w.isRegistered(1))
         w.trigger(1, .success(11))
         w.trigger(1, .success(12))  // a second result for the same ID is dropped
