@@ -154,13 +154,8 @@ extension Backend {
             if hook(.renamed) { throw BackendError(message: "defragmentation stopped at renamed (test)") }
             // From the rename on, commits must go to the new file: swap before anything else
             // can fail.
-            lmdb = fresh
-            readers.removeAll()
-            defragLog = nil
             // The new env keeps its lock file open; its name is free for the next copy.
-            unlink(temp + "-lock")
-            let dir = (path as NSString).deletingLastPathComponent
-            try syncDirectory(dir.isEmpty ? "." : dir)
+            try adopt(fresh, renamedFrom: temp)
             return ContinuousClock.now - pauseStart
         }
         return DefragmentResult(sizeBefore: sizeBefore, sizeAfter: (try? fileSize()) ?? 0,

@@ -460,15 +460,22 @@ public final class Backend: @unchecked Sendable {
                 unlink(file + "-lock")
                 throw error
             }
-            lmdb = fresh
-            readers.removeAll()
             // A defragmentation running now copied the old file: its final pause sees the env
             // changed and gives up.
-            defragLog = nil
-            unlink(file + "-lock")
-            let dir = (path as NSString).deletingLastPathComponent
-            try syncDirectory(dir.isEmpty ? "." : dir)
+            try adopt(fresh, renamedFrom: file)
         }
+    }
+
+    /// Makes `fresh`, just renamed from `file` over the db, the environment commits go to
+    /// (with the lock held): old readers stay on the old one, a running defragmentation's
+    /// catch-up log is dropped, `file`'s lock file name freed and the directory synced.
+    func adopt(_ fresh: LMDBEnv, renamedFrom file: String) throws {
+        lmdb = fresh
+        readers.removeAll()
+        defragLog = nil
+        unlink(file + "-lock")
+        let dir = (path as NSString).deletingLastPathComponent
+        try syncDirectory(dir.isEmpty ? "." : dir)
     }
 
     /// Closes WITHOUT committing the batch, as a crash would (for crash tests).

@@ -146,10 +146,7 @@ final class FastKeepAliveHandler: ChannelInboundHandler {
                 headers.add(name: "content-type", value: "application/grpc")
                 context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
             }
-            var out = context.channel.allocator.buffer(capacity: message.count + 5)
-            out.writeInteger(UInt8(0))
-            out.writeInteger(UInt32(message.count))
-            out.writeBytes(message)
+            let out = FastUnaryHandler.framed(message, context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(out)))), promise: nil)
             pump()
         case .failure(let error):

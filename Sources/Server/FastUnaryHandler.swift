@@ -195,11 +195,7 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch result {
         case .success(let message):
             context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
-            var buffer = context.channel.allocator.buffer(capacity: message.count + 5)
-            buffer.writeInteger(UInt8(0))
-            buffer.writeInteger(UInt32(message.count))
-            buffer.writeBytes(message)
-            context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer)))), promise: nil)
+            context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(Self.framed(message, context.channel.allocator))))), promise: nil)
             var trailers = HPACKHeaders()
             trailers.add(name: "grpc-status", value: "0")
             context.write(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
@@ -210,6 +206,15 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
         }
         context.flush()
+    }
+
+    /// `message` as one gRPC length-prefixed message (uncompressed).
+    static func framed(_ message: [UInt8], _ allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: message.count + 5)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(message.count))
+        buffer.writeBytes(message)
+        return buffer
     }
 
     /// gRPC's grpc-message encoding: bytes outside printable ASCII, and '%', as %XX.

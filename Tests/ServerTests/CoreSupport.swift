@@ -1,3 +1,6 @@
+import Testing
+import GRPCNIOTransportHTTP2
+import GRPCCore
 import EtcdConfig
 import EtcdProto
 import Foundation
@@ -48,4 +51,26 @@ func rangeRequest(_ key: String, end: String = "", revision: Int64 = 0, serializ
     r.revision = revision
     r.serializable = serializable
     return r
+}
+
+/// A started in-process member serving its client port (`ClientListener`) on a free loopback
+/// port, and a plaintext gRPC client on it: `body` gets the member, the listener and the client.
+func withServingMember<T: Sendable>(
+    _ body: (EtcdServer, ClientListener, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T
+) async throws -> T {
+    let f = CoreFixture(extraArgs: ["--listen-client-urls", "http://127.0.0.1:0",
+                                    "--advertise-client-urls", "http://127.0.0.1:2379"])
+    defer { f.remove() }
+    var logger = Logger(label: "serving-member")
+    logger.logLevel = .critical
+    let s = try await f.start()
+    let listener = try ClientListener(server: s, logger: logger)
+    let serving = Task { try await listener.serve() }
+    defer { serving.cancel() }
+    // Port 0: the listener reports the port it bound once it listens.
+    let address = try #require(try await listener.boundAddresses().first)
+    let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
+    let transport = try HTTP2ClientTransport.Posix(
+        target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+    return try await withGRPCClient(transport: transport) { client in try await body(s, listener, client) }
 }

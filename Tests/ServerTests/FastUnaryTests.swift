@@ -12,20 +12,7 @@ import Testing
 @Suite("Client port: unary KV fast path", .serialized)
 struct FastUnaryTests {
     @Test func kvCallsAnswerOnTheFastPathWithEtcdsErrors() async throws {
-        let f = CoreFixture(extraArgs: ["--listen-client-urls", "http://127.0.0.1:0",
-                                        "--advertise-client-urls", "http://127.0.0.1:2379"])
-        defer { f.remove() }
-        var logger = Logger(label: "fast")
-        logger.logLevel = .critical
-        let s = try await f.start()
-        let listener = try ClientListener(server: s, logger: logger)
-        let serving = Task { try await listener.serve() }
-        defer { serving.cancel() }
-        let address = try #require(try await listener.boundAddresses().first)
-        let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
-        let transport = try HTTP2ClientTransport.Posix(
-            target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
-        try await withGRPCClient(transport: transport) { client in
+        try await withServingMember { s, listener, client in
             func call(_ method: String, _ bytes: [UInt8], service: String = "etcdserverpb.KV") async throws -> [UInt8] {
                 try await client.unary(
                     request: ClientRequest(message: bytes),
@@ -99,26 +86,13 @@ struct FastUnaryTests {
             compact.revision = 2
             _ = try await call("Compact", try compact.serializedBytes())
             #expect(fast.served.load(ordering: .relaxed) == 8)
+            #expect(!s.fatal.isFired)
         }
-        #expect(!s.fatal.isFired)
     }
 
     @Test func keepAliveStreamsRenewInOrderAndEndAtTheServersStop() async throws {
-        let f = CoreFixture(extraArgs: ["--listen-client-urls", "http://127.0.0.1:0",
-                                        "--advertise-client-urls", "http://127.0.0.1:2379"])
-        defer { f.remove() }
-        var logger = Logger(label: "fast")
-        logger.logLevel = .critical
-        let s = try await f.start()
-        let listener = try ClientListener(server: s, logger: logger)
-        let serving = Task { try await listener.serve() }
-        defer { serving.cancel() }
-        let address = try #require(try await listener.boundAddresses().first)
-        let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
-        let fast = try #require(listener.fastLease)
-        let transport = try HTTP2ClientTransport.Posix(
-            target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
-        try await withGRPCClient(transport: transport) { client in
+        try await withServingMember { s, listener, client in
+            let fast = try #require(listener.fastLease)
             var grant = Etcdserverpb_LeaseGrantRequest()
             grant.id = 77
             grant.ttl = 60
