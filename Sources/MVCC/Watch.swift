@@ -295,20 +295,14 @@ extension MVCCStore {
     }
 
     func retryVictimsLocked() {
-        var behind = false
         for (_, w) in watch.victims {
             guard let stream = w.stream else { watch.remove(w); continue }
             if let resp = w.parked {
                 if !stream.push(resp) { continue }
                 w.parked = nil
             }
-            let synced = w.minRev > currentRev
-            behind = behind || !synced
-            watch.add(w, as: synced ? .synced : .unsynced)
+            watch.add(w, as: w.minRev > currentRev ? .synced : .unsynced)
         }
-        // A watcher that missed writes while parked catches up now, not at the next pass of
-        // the watch loop (up to 100 ms later: the maximum of the watch-latency benchmark).
-        if behind { try? syncWatchersLocked() }
         answerProgressLocked()
     }
 
