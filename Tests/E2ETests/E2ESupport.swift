@@ -37,15 +37,27 @@ enum E2E {
     /// members restart on their ports, and an outgoing connection (whose local port comes from
     /// the ephemeral range) could otherwise hold a stopped member's port ("address already in
     /// use" at its restart).
+    /// A port is never handed out twice by one test process: two random picks for one cluster
+    /// once came out equal ("has duplicate url"), since a picked port stays free until its
+    /// member binds it.
     static func freePort() throws -> Int {
         let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
             .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) } ?? []
         let low = range.first ?? 32768
         for _ in 0..<200 where low > 12000 {
-            if let port = try? bindable(Int.random(in: 10000..<(low - 1))) { return port }
+            let pick = Int.random(in: 10000..<(low - 1))
+            guard handedOut.withLock({ $0.insert(pick).inserted }) else { continue }
+            if let port = try? bindable(pick) { return port }
         }
-        return try bindable(0)
+        for _ in 0..<200 {
+            let port = try bindable(0)
+            if handedOut.withLock({ $0.insert(port).inserted }) { return port }
+        }
+        throw E2EError("no free port not handed out before")
     }
+
+    /// Ports `freePort()` returned (or tried) in this process.
+    private static let handedOut = Mutex<Set<Int>>([])
 
     /// Binds `port` (0: any) on 127.0.0.1 and releases it; returns the port, or throws if taken.
     static func bindable(_ port: Int) throws -> Int {
