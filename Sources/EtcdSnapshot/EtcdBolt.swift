@@ -103,8 +103,8 @@ public enum EtcdBolt {
                             }
                             let type = UInt64(k[8]) << 24 | UInt64(k[9]) << 16 | UInt64(k[10]) << 8 | UInt64(k[11])
                             var m: [UInt8] = []
-                            ProtoWire.appendInt(1, Int64(bitPattern: id), to: &m)
-                            ProtoWire.appendInt(2, Int64(type), to: &m)
+                            ProtobufFields.appendInt(1, Int64(bitPattern: id), to: &m)
+                            ProtobufFields.appendInt(2, Int64(type), to: &m)
                             entries.append(m)
                             return true
                         }

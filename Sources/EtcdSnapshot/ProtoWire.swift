@@ -1,30 +1,7 @@
-/// Just enough of the protobuf wire format for the few messages etcd stores in its backend
-/// (mvccpb.KeyValue, etcdserverpb.AlarmMember): varints and length-delimited bytes.
+/// Just enough of the protobuf wire format to read the few messages etcd stores in its backend
+/// (mvccpb.KeyValue, etcdserverpb.AlarmMember): varints and length-delimited bytes. Writing
+/// uses MVCC's ``ProtobufFields``.
 enum ProtoWire {
-    static func appendVarint(_ v: UInt64, to out: inout [UInt8]) {
-        var bits = v
-        while bits >= 0x80 {
-            out.append(UInt8(truncatingIfNeeded: bits) | 0x80)
-            bits >>= 7
-        }
-        out.append(UInt8(bits))
-    }
-
-    /// A varint field; zero is omitted, as proto3 encoders do.
-    static func appendInt(_ field: UInt64, _ v: Int64, to out: inout [UInt8]) {
-        guard v != 0 else { return }
-        appendVarint(field << 3, to: &out)
-        appendVarint(UInt64(bitPattern: v), to: &out)
-    }
-
-    /// A bytes field; empty is omitted.
-    static func appendBytes(_ field: UInt64, _ v: [UInt8], to out: inout [UInt8]) {
-        guard !v.isEmpty else { return }
-        appendVarint(field << 3 | 2, to: &out)
-        appendVarint(UInt64(v.count), to: &out)
-        out += v
-    }
-
     enum Value {
         case varint(UInt64)
         case bytes(Range<Int>)

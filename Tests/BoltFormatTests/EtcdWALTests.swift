@@ -1,5 +1,6 @@
 @testable import EtcdSnapshot
 import Foundation
+import MVCC
 import Raft
 import Testing
 
@@ -9,9 +10,9 @@ private struct WALBuilder {
 
     mutating func record(type: Int64, data: [UInt8]) {
         var rec: [UInt8] = []
-        ProtoWire.appendInt(1, type, to: &rec)
-        ProtoWire.appendInt(2, 12345, to: &rec)
-        ProtoWire.appendBytes(3, data, to: &rec)
+        ProtobufFields.appendInt(1, type, to: &rec)
+        ProtobufFields.appendInt(2, 12345, to: &rec)
+        ProtobufFields.appendBytes(3, data, to: &rec)
         let padding = (8 - rec.count % 8) % 8
         var word = UInt64(rec.count)
         if padding > 0 { word |= (0x80 | UInt64(padding)) << 56 }
@@ -21,25 +22,25 @@ private struct WALBuilder {
 
     mutating func metadata(node: UInt64, cluster: UInt64) {
         var m: [UInt8] = []
-        ProtoWire.appendInt(1, Int64(bitPattern: node), to: &m)
-        ProtoWire.appendInt(2, Int64(bitPattern: cluster), to: &m)
+        ProtobufFields.appendInt(1, Int64(bitPattern: node), to: &m)
+        ProtobufFields.appendInt(2, Int64(bitPattern: cluster), to: &m)
         record(type: 1, data: m)
     }
 
     mutating func entry(index: Int64, type: Int64, data: [UInt8]) {
         var e: [UInt8] = []
-        ProtoWire.appendInt(1, type, to: &e)
-        ProtoWire.appendInt(2, 1, to: &e)
-        ProtoWire.appendInt(3, index, to: &e)
-        ProtoWire.appendBytes(4, data, to: &e)
+        ProtobufFields.appendInt(1, type, to: &e)
+        ProtobufFields.appendInt(2, 1, to: &e)
+        ProtobufFields.appendInt(3, index, to: &e)
+        ProtobufFields.appendBytes(4, data, to: &e)
         record(type: 2, data: e)
     }
 
     mutating func addMember(index: Int64, id: UInt64, name: String, url: String) {
         var cc: [UInt8] = []
-        ProtoWire.appendInt(2, 0, to: &cc)
-        ProtoWire.appendInt(3, Int64(bitPattern: id), to: &cc)
-        ProtoWire.appendBytes(4, Array("{\"id\":\(id),\"peerURLs\":[\"\(url)\"],\"name\":\"\(name)\"}".utf8), to: &cc)
+        ProtobufFields.appendInt(2, 0, to: &cc)
+        ProtobufFields.appendInt(3, Int64(bitPattern: id), to: &cc)
+        ProtobufFields.appendBytes(4, Array("{\"id\":\(id),\"peerURLs\":[\"\(url)\"],\"name\":\"\(name)\"}".utf8), to: &cc)
         entry(index: index, type: 1, data: cc)
     }
 
