@@ -141,10 +141,7 @@ final class FastKeepAliveHandler: ChannelInboundHandler {
         case .success(let message):
             if !sentHeaders {
                 sentHeaders = true
-                var headers = HPACKHeaders()
-                headers.add(name: ":status", value: "200")
-                headers.add(name: "content-type", value: "application/grpc")
-                context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+                context.write(wrapOutboundOut(.headers(.init(headers: FastUnaryHandler.responseHeaders()))), promise: nil)
             }
             let out = FastUnaryHandler.framed(message, context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(out)))), promise: nil)
@@ -159,16 +156,8 @@ final class FastKeepAliveHandler: ChannelInboundHandler {
         guard !closed, let context else { return }
         closed = true
         release()
-        var headers = HPACKHeaders()
-        if !sentHeaders {
-            headers.add(name: ":status", value: "200")
-            headers.add(name: "content-type", value: "application/grpc")
-        }
-        headers.add(name: "grpc-status", value: String(error?.code.rawValue ?? 0))
-        if let error, !error.message.isEmpty {
-            headers.add(name: "grpc-message", value: FastUnaryHandler.percentEncoded(error.message))
-        }
-        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+        let trailers = FastUnaryHandler.trailers(error, headersSent: sentHeaders)
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
         // The client may still be sending: closing resets its side once our side has ended.
         if !requestEnded || error != nil { context.close(promise: nil) }
     }

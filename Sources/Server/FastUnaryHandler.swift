@@ -2,6 +2,7 @@ import GRPCCore
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import SwiftProtobuf
 
 /// Unary calls the client port answers without grpc-swift's per-call machinery (see
 /// ``FastUnaryHandler``): gets the request message, returns the serialized response message
@@ -19,6 +20,22 @@ protocol FastUnaryService: Sendable {
     func start(path: String, message: [UInt8], token: String?, commonName: String?,
                onLoop: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
                done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) -> Bool
+}
+
+/// The gRPC status a fast-path call's error is sent as: a gRPC status as it is, anything else
+/// as etcd's error (``EtcdError/from(_:)``), as the grpc-swift services send it.
+func grpcStatus(of error: any Error) -> RPCError {
+    if let e = error as? RPCError { return e }
+    return EtcdError.from(error).rpcError
+}
+
+/// A fast-path request message; one that does not parse gets grpc-go's status and text.
+func decodeRequest<M: SwiftProtobuf.Message>(_ bytes: [UInt8]) throws -> M {
+    do {
+        return try M(serializedBytes: bytes)
+    } catch {
+        throw RPCError(code: .internalError, message: "grpc: error unmarshalling request: \(error)")
+    }
 }
 
 /// Sits on each HTTP/2 stream of the client port, behind ``OversizeMessageGuard``. A stream
@@ -189,23 +206,32 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func answer(context: ChannelHandlerContext, _ result: Result<[UInt8], RPCError>) {
         if case .closed = state { return }
         state = .closed
-        var headers = HPACKHeaders()
-        headers.add(name: ":status", value: "200")
-        headers.add(name: "content-type", value: "application/grpc")
         switch result {
         case .success(let message):
-            context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.headers(.init(headers: Self.responseHeaders()))), promise: nil)
             context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(Self.framed(message, context.channel.allocator))))), promise: nil)
-            var trailers = HPACKHeaders()
-            trailers.add(name: "grpc-status", value: "0")
-            context.write(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
+            context.write(wrapOutboundOut(.headers(.init(headers: Self.trailers(nil, headersSent: true), endStream: true))), promise: nil)
         case .failure(let error):
             // Trailers-only response.
-            headers.add(name: "grpc-status", value: String(error.code.rawValue))
-            if !error.message.isEmpty { headers.add(name: "grpc-message", value: Self.percentEncoded(error.message)) }
-            context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+            context.write(wrapOutboundOut(.headers(.init(headers: Self.trailers(error, headersSent: false), endStream: true))), promise: nil)
         }
         context.flush()
+    }
+
+    /// The response headers of a gRPC call.
+    static func responseHeaders() -> HPACKHeaders {
+        [":status": "200", "content-type": "application/grpc"]
+    }
+
+    /// The trailers ending a call with `error`'s status (nil: OK); before any response headers
+    /// (`headersSent` false) they carry those too, as a trailers-only response.
+    static func trailers(_ error: RPCError?, headersSent: Bool) -> HPACKHeaders {
+        var headers = headersSent ? HPACKHeaders() : responseHeaders()
+        headers.add(name: "grpc-status", value: String(error?.code.rawValue ?? 0))
+        if let error, !error.message.isEmpty {
+            headers.add(name: "grpc-message", value: percentEncoded(error.message))
+        }
+        return headers
     }
 
     /// `message` as one gRPC length-prefixed message (uncompressed).

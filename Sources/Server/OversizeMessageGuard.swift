@@ -1,3 +1,4 @@
+import GRPCCore
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
@@ -70,14 +71,8 @@ final class OversizeMessageGuard: ChannelDuplexHandler {
     private func reject(context: ChannelHandlerContext, declared: Int) {
         rejected = true
         if !sentEnd {
-            var headers = HPACKHeaders()
-            if !sentHeaders {
-                headers.add(name: ":status", value: "200")
-                headers.add(name: "content-type", value: "application/grpc")
-            }
-            headers.add(name: "grpc-status", value: "8")
-            // Only printable ASCII without '%': no percent-encoding needed.
-            headers.add(name: "grpc-message", value: "grpc: received message larger than max (\(declared) vs. \(limit))")
+            let status = RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(declared) vs. \(limit))")
+            let headers = FastUnaryHandler.trailers(status, headersSent: sentHeaders)
             sentEnd = true
             context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
             context.flush()

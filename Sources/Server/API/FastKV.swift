@@ -31,10 +31,8 @@ final class FastKV: FastUnaryService {
                 }
             }
             return .success(reply)
-        } catch let e as RPCError {
-            return .failure(e)
         } catch {
-            return .failure(EtcdError.from(error).rpcError)
+            return .failure(grpcStatus(of: error))
         }
     }
 
@@ -49,7 +47,7 @@ final class FastKV: FastUnaryService {
             }
         } catch {
             served.wrappingAdd(1, ordering: .relaxed)
-            done(.failure(Self.status(of: error)))
+            done(.failure(grpcStatus(of: error)))
             return true
         }
     }
@@ -68,13 +66,13 @@ final class FastKV: FastUnaryService {
                     done(Result {
                         guard let resp = extract(try result.get()) else { throw EtcdError.internal("unexpected apply result") }
                         return try resp.serializedBytes()
-                    }.mapError(Self.status(of:)))
+                    }.mapError(grpcStatus(of:)))
                 }
             }
         }
         /// Answers a read on the event loop once this member may serve it.
         func read(linearizable: Bool, _ body: @escaping @Sendable () throws -> [UInt8]) throws -> Bool {
-            let run: @Sendable () -> Void = { done(Result { try body() }.mapError(Self.status(of:))) }
+            let run: @Sendable () -> Void = { done(Result { try body() }.mapError(grpcStatus(of:))) }
             guard linearizable else {
                 run()
                 return true
@@ -82,27 +80,27 @@ final class FastKV: FastUnaryService {
             return try server.linearizableBarrierNow { result in
                 switch result {
                 case .success: onLoop(run)
-                case .failure(let e): done(.failure(Self.status(of: e)))
+                case .failure(let e): done(.failure(grpcStatus(of: e)))
                 }
             }
         }
         let started: Bool
         switch path {
         case Self.put:
-            let req = try server.putRequest(try Self.decode(message))
+            let req = try server.putRequest(try decodeRequest(message))
             started = try propose(req) { if case .put(let r) = $0 { r } else { nil } }
         case Self.deleteRange:
-            let req = try server.deleteRangeRequest(try Self.decode(message))
+            let req = try server.deleteRangeRequest(try decodeRequest(message))
             started = try propose(req) { if case .deleteRange(let r) = $0 { r } else { nil } }
         case Self.txn:
-            let t: Etcdserverpb_TxnRequest = try Self.decode(message)
+            let t: Etcdserverpb_TxnRequest = try decodeRequest(message)
             if let req = try server.txnRequest(t) {
                 started = try propose(req) { if case .txn(let r) = $0 { r } else { nil } }
             } else {
                 started = try read(linearizable: true) { try server.readOnlyTxnNow(t).serializedBytes() }
             }
         case Self.range:
-            let r: Etcdserverpb_RangeRequest = try Self.decode(message)
+            let r: Etcdserverpb_RangeRequest = try decodeRequest(message)
             try server.checkRange(r)
             if EtcdServer.isLargeRange(r) { return false }
             started = try read(linearizable: !r.serializable) { try server.rangeNow(r).serializedBytes() }
@@ -113,37 +111,22 @@ final class FastKV: FastUnaryService {
         return started
     }
 
-    /// The gRPC status a call's error is sent as.
-    private static func status(of error: any Error) -> RPCError {
-        if let e = error as? RPCError { return e }
-        return EtcdError.from(error).rpcError
-    }
-
     private func serve(_ path: String, _ message: [UInt8]) async throws -> [UInt8] {
         switch path {
         case Self.put:
-            let r: Etcdserverpb_PutRequest = try Self.decode(message)
-            return try await etcdRPC { try await server.put(r) }.serializedBytes()
+            let r: Etcdserverpb_PutRequest = try decodeRequest(message)
+            return try await server.put(r).serializedBytes()
         case Self.range:
-            let r: Etcdserverpb_RangeRequest = try Self.decode(message)
-            return try await etcdRPC { try await server.range(r) }.serializedBytes()
+            let r: Etcdserverpb_RangeRequest = try decodeRequest(message)
+            return try await server.range(r).serializedBytes()
         case Self.txn:
-            let r: Etcdserverpb_TxnRequest = try Self.decode(message)
-            return try await etcdRPC { try await server.txn(r) }.serializedBytes()
+            let r: Etcdserverpb_TxnRequest = try decodeRequest(message)
+            return try await server.txn(r).serializedBytes()
         case Self.deleteRange:
-            let r: Etcdserverpb_DeleteRangeRequest = try Self.decode(message)
-            return try await etcdRPC { try await server.deleteRange(r) }.serializedBytes()
+            let r: Etcdserverpb_DeleteRangeRequest = try decodeRequest(message)
+            return try await server.deleteRange(r).serializedBytes()
         default:
             throw RPCError(code: .unimplemented, message: "unknown method \(path)")
-        }
-    }
-
-    /// grpc-go's answer to a request that does not parse.
-    private static func decode<M: SwiftProtobuf.Message>(_ bytes: [UInt8]) throws -> M {
-        do {
-            return try M(serializedBytes: bytes)
-        } catch {
-            throw RPCError(code: .internalError, message: "grpc: error unmarshalling request: \(error)")
         }
     }
 }

@@ -16,55 +16,24 @@ final class FastLease: FastKeepAliveService {
 
     func renew(message: [UInt8], done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) {
         served.wrappingAdd(1, ordering: .relaxed)
+        let server = self.server
         let id: Int64
         do {
-            id = try Etcdserverpb_LeaseKeepAliveRequest(serializedBytes: message).id
-        } catch {
-            done(.failure(RPCError(code: .internalError, message: "grpc: error unmarshalling request: \(error)")))
-            return
-        }
-        let server = self.server
-        if server.isLeader {
-            do {
-                try server.refuseOnLearner()
-                done(Self.answer(id, .success(try server.renewLocally(id)), server))
-                return
-            } catch let e as EtcdError where e == .notLeader {
-                // Leadership moved just now: the task below finds the new leader.
-            } catch {
-                done(Self.answer(id, .failure(error), server))
+            id = try (decodeRequest(message) as Etcdserverpb_LeaseKeepAliveRequest).id
+            if let resp = try server.leaseKeepAliveNow(id) {
+                done(.success(try resp.serializedBytes()))
                 return
             }
+        } catch {
+            done(.failure(grpcStatus(of: error)))
+            return
         }
         Task {
             do {
-                done(.success(try await server.leaseRenew(id).serializedBytes()))
+                done(.success(try await server.leaseKeepAlive(id).serializedBytes()))
             } catch {
-                done(Self.answer(id, .failure(error), server))
+                done(.failure(grpcStatus(of: error)))
             }
-        }
-    }
-
-    /// The response for a renewal's outcome: its TTL, TTL 0 for an unknown lease (as etcd), or
-    /// the status that ends the stream.
-    private static func answer(_ id: Int64, _ outcome: Result<Int64, any Error>, _ server: EtcdServer) -> Result<[UInt8], RPCError> {
-        var resp = Etcdserverpb_LeaseKeepAliveResponse()
-        resp.id = id
-        switch outcome {
-        case .success(let ttl):
-            resp.ttl = ttl
-        case .failure(let e as EtcdError) where e == .leaseNotFound:
-            resp.ttl = 0
-        case .failure(let e as RPCError):
-            return .failure(e)
-        case .failure(let e):
-            return .failure(EtcdError.from(e).rpcError)
-        }
-        resp.header = server.header()
-        do {
-            return .success(try resp.serializedBytes())
-        } catch {
-            return .failure(EtcdError.from(error).rpcError)
         }
     }
 

@@ -51,16 +51,7 @@ public struct LeaseService: Etcdserverpb_Lease.SimpleServiceProtocol {
         _ response: RPCWriter<Etcdserverpb_LeaseKeepAliveResponse>
     ) async throws {
         for try await req in request {
-            var resp: Etcdserverpb_LeaseKeepAliveResponse
-            do {
-                resp = try await server.leaseRenew(req.id)
-            } catch let e as EtcdError where e == .leaseNotFound {
-                resp = Etcdserverpb_LeaseKeepAliveResponse()
-                resp.header = server.header()
-                resp.id = req.id
-                resp.ttl = 0
-            }
-            try await response.write(resp)
+            try await response.write(try await server.leaseKeepAlive(req.id))
         }
     }
 

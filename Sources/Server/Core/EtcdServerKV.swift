@@ -188,6 +188,34 @@ extension EtcdServer {
         let ttl = try await onLeader(
             local: { try renewLocally(id) },
             forward: { leader, timeout in try await peers.forwardLeaseRenew(id, to: leader, timeout: timeout) })
+        return keepAliveResponse(id: id, ttl: ttl)
+    }
+
+    /// One LeaseKeepAlive request's answer: the renewed TTL, or TTL 0 for an unknown lease (as
+    /// etcd answers on the stream instead of ending it).
+    public func leaseKeepAlive(_ id: Int64) async throws -> Etcdserverpb_LeaseKeepAliveResponse {
+        do {
+            return try await leaseRenew(id)
+        } catch let e as EtcdError where e == .leaseNotFound {
+            return keepAliveResponse(id: id, ttl: 0)
+        }
+    }
+
+    /// ``leaseKeepAlive(_:)`` answered now, without a task, when this member leads; nil when the
+    /// leader is elsewhere (or leadership moved just now): then the async call finds it.
+    func leaseKeepAliveNow(_ id: Int64) throws -> Etcdserverpb_LeaseKeepAliveResponse? {
+        guard isLeader else { return nil }
+        try refuseOnLearner()
+        do {
+            return keepAliveResponse(id: id, ttl: try renewLocally(id))
+        } catch let e as EtcdError where e == .notLeader {
+            return nil
+        } catch let e as EtcdError where e == .leaseNotFound {
+            return keepAliveResponse(id: id, ttl: 0)
+        }
+    }
+
+    private func keepAliveResponse(id: Int64, ttl: Int64) -> Etcdserverpb_LeaseKeepAliveResponse {
         var resp = Etcdserverpb_LeaseKeepAliveResponse()
         resp.header = header()
         resp.id = id
