@@ -54,9 +54,10 @@ func rangeRequest(_ key: String, end: String = "", revision: Int64 = 0, serializ
 }
 
 /// A started in-process member serving its client port (`ClientListener`) on a free loopback
-/// port, and a plaintext gRPC client on it: `body` gets the member, the listener and the client.
+/// port, and a plaintext gRPC client on it: `body` gets the member, the listener, the client and
+/// the port (for other protocols on it).
 func withServingMember<T: Sendable>(
-    _ body: (EtcdServer, ClientListener, GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T
+    _ body: (EtcdServer, ClientListener, GRPCClient<HTTP2ClientTransport.Posix>, Int) async throws -> T
 ) async throws -> T {
     let f = CoreFixture(extraArgs: ["--listen-client-urls", "http://127.0.0.1:0",
                                     "--advertise-client-urls", "http://127.0.0.1:2379"])
@@ -72,5 +73,5 @@ func withServingMember<T: Sendable>(
     let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
     let transport = try HTTP2ClientTransport.Posix(
         target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
-    return try await withGRPCClient(transport: transport) { client in try await body(s, listener, client) }
+    return try await withGRPCClient(transport: transport) { client in try await body(s, listener, client, port) }
 }

@@ -12,7 +12,7 @@ import Testing
 @Suite("Client port: unary KV fast path", .serialized)
 struct FastUnaryTests {
     @Test func kvCallsAnswerOnTheFastPathWithEtcdsErrors() async throws {
-        try await withServingMember { s, listener, client in
+        try await withServingMember { s, listener, client, _ in
             func call(_ method: String, _ bytes: [UInt8], service: String = "etcdserverpb.KV") async throws -> [UInt8] {
                 try await client.unary(
                     request: ClientRequest(message: bytes),
@@ -91,7 +91,7 @@ struct FastUnaryTests {
     }
 
     @Test func keepAliveStreamsRenewInOrderAndEndAtTheServersStop() async throws {
-        try await withServingMember { s, listener, client in
+        try await withServingMember { s, listener, client, _ in
             let fast = try #require(listener.fastLease)
             var grant = Etcdserverpb_LeaseGrantRequest()
             grant.id = 77

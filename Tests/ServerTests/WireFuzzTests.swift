@@ -70,25 +70,10 @@ struct WireFuzzTests {
     }
 
     @Test func mutatedRequestsOnEveryMethod() async throws {
-        let f = CoreFixture(extraArgs: ["--listen-client-urls", "http://127.0.0.1:0",
-                                        "--advertise-client-urls", "http://127.0.0.1:2379"])
-        defer { f.remove() }
-        var logger = Logger(label: "fuzz")
-        logger.logLevel = .critical
-        let s = try await f.start()
-        let listener = try ClientListener(server: s, logger: logger)
-        let serving = Task { try await listener.serve() }
-        defer { serving.cancel() }
-        // Port 0: the listener reports the port it bound once it listens.
-        let address = try #require(try await listener.boundAddresses().first)
-        let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
-
-        var gen = FuzzGen(seed: Self.seed)
-        let transport = try HTTP2ClientTransport.Posix(
-            target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
-        var answered = 0
-        var codes: [String: Int] = [:]
-        try await withGRPCClient(transport: transport) { client in
+        try await withServingMember { s, listener, client, port in
+            var gen = FuzzGen(seed: Self.seed)
+            var answered = 0
+            var codes: [String: Int] = [:]
             var options = CallOptions.defaults
             options.timeout = .seconds(2)
             for call in 0..<Self.calls {
@@ -138,36 +123,35 @@ struct WireFuzzTests {
                     #expect(!s.fatal.isFired)
                 }
             }
-        }
-        #expect(answered > Self.calls / 2, "most calls were answered (\(answered) of \(Self.calls))")
-        // Most damaged requests still decode: the handlers, not only the decoder, are exercised.
-        #expect(codes["ok", default: 0] > Self.calls / 10, "answers by code: \(codes)")
-        if ProcessInfo.processInfo.environment["WIRE_FUZZ_VERBOSE"] != nil { print("wire fuzz answers by code: \(codes)") }
+            #expect(answered > Self.calls / 2, "most calls were answered (\(answered) of \(Self.calls))")
+            // Most damaged requests still decode: the handlers, not only the decoder, are exercised.
+            #expect(codes["ok", default: 0] > Self.calls / 10, "answers by code: \(codes)")
+            if ProcessInfo.processInfo.environment["WIRE_FUZZ_VERBOSE"] != nil { print("wire fuzz answers by code: \(codes)") }
 
-        // The JSON gateway with damaged bodies.
-        let paths = ["/v3/kv/range", "/v3/kv/put", "/v3/kv/deleterange", "/v3/kv/txn", "/v3/kv/compaction",
-                     "/v3/lease/grant", "/v3/lease/revoke", "/v3/lease/timetolive", "/v3/maintenance/hashkv",
-                     "/v3/watch", "/v3/lease/keepalive", "/v3/lock/lock", "/v3/election/leader"]
-        let bodies = [#"{"key":"YQ==","range_end":"AA==","limit":"9223372036854775807"}"#,
-                      #"{"key":"YQ==","value":"Yg==","lease":"-1"}"#,
-                      #"{"success":[{"request_range":{"key":"YQ==","limit":"-9223372036854775808"}}]}"#,
-                      #"{"create_request":{"key":"YQ==","start_revision":"9223372036854775807"}}"#,
-                      #"{"ID":"9223372036854775807","TTL":"9223372036854775807"}"#, "{}", "[]", ""]
-        for i in 0..<60 {
-            let path = paths[gen.int(paths.count)]
-            let body = String(decoding: gen.mutate(Array(bodies[gen.int(bodies.count)].utf8), text: true), as: UTF8.self)
-            let c = try await RawClient.connect(port: port, timeoutSeconds: 3)
-            try await c.send("POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
-            _ = try? await c.readToEnd()
-            #expect(!s.fatal.isFired, "gateway request \(i) \(path) \(body)")
-        }
+            // The JSON gateway with damaged bodies.
+            let paths = ["/v3/kv/range", "/v3/kv/put", "/v3/kv/deleterange", "/v3/kv/txn", "/v3/kv/compaction",
+                         "/v3/lease/grant", "/v3/lease/revoke", "/v3/lease/timetolive", "/v3/maintenance/hashkv",
+                         "/v3/watch", "/v3/lease/keepalive", "/v3/lock/lock", "/v3/election/leader"]
+            let bodies = [#"{"key":"YQ==","range_end":"AA==","limit":"9223372036854775807"}"#,
+                          #"{"key":"YQ==","value":"Yg==","lease":"-1"}"#,
+                          #"{"success":[{"request_range":{"key":"YQ==","limit":"-9223372036854775808"}}]}"#,
+                          #"{"create_request":{"key":"YQ==","start_revision":"9223372036854775807"}}"#,
+                          #"{"ID":"9223372036854775807","TTL":"9223372036854775807"}"#, "{}", "[]", ""]
+            for i in 0..<60 {
+                let path = paths[gen.int(paths.count)]
+                let body = String(decoding: gen.mutate(Array(bodies[gen.int(bodies.count)].utf8), text: true), as: UTF8.self)
+                let c = try await RawClient.connect(port: port, timeoutSeconds: 3)
+                try await c.send("POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+                _ = try? await c.readToEnd()
+                #expect(!s.fatal.isFired, "gateway request \(i) \(path) \(body)")
+            }
 
-        // Still serving.
-        _ = try await s.put(putRequest("after-fuzz", "ok"))
-        #expect(try await s.range(rangeRequest("after-fuzz")).kvs.count == 1)
-        listener.stop()
-        _ = try? await serving.value
-        await s.stop()
+            // Still serving.
+            _ = try await s.put(putRequest("after-fuzz", "ok"))
+            #expect(try await s.range(rangeRequest("after-fuzz")).kvs.count == 1)
+            listener.stop()
+            await s.stop()
+        }
     }
 }
 
