@@ -388,20 +388,32 @@ public final class EtcdServer: Sendable {
         if raftLoop.hasExited { throw EtcdError.stopped }
         if !internalFromLearner { try refuseOnLearner() }
         try await waitForLeader()
+        let (id, data) = try logEntry(for: request)
+        try await checkQuota(request)
+        waiters.register(id)
+        raftLoop.send(.propose(data))
+        do {
+            return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
+        } catch let e as EtcdError where Self.countsAsFailedProposal(e) {
+            metrics.proposalFailed()
+            throw e
+        }
+    }
+
+    /// `request` as a log entry under a fresh proposal ID; refused when larger than
+    /// `--max-request-bytes`.
+    private func logEntry(for request: Swetcd_Internal_InternalRequest) throws -> (id: UInt64, data: [UInt8]) {
         var req = request
         let id = ids.next()
         req.header.id = id
         let data: [UInt8] = try req.serializedBytes()
         if data.count > Int(clamping: config.maxRequestBytes) { throw EtcdError.requestTooLarge }
-        try await checkQuota(req)
-        waiters.register(id)
-        raftLoop.send(.propose(data))
-        do {
-            return try await waiters.wait(id, timeout: requestTimeout, timeoutError: EtcdError.timeout)
-        } catch let e as EtcdError where e == .timeout || e == .noLeader || e == .stopped {
-            metrics.proposalFailed()
-            throw e
-        }
+        return (id, data)
+    }
+
+    /// The outcomes counted as failed proposals (etcd_server_proposals_failed_total).
+    private static func countsAsFailedProposal(_ e: EtcdError) -> Bool {
+        e == .timeout || e == .noLeader || e == .stopped
     }
 
     /// Proposes `request` without a task (the client port's fast path): `done` gets the apply
@@ -414,14 +426,10 @@ public final class EtcdServer: Sendable {
         if raftLoop.hasExited { throw EtcdError.stopped }
         try refuseOnLearner()
         guard leaderID != 0, quotaAdmits(request) else { return false }
-        var req = request
-        let id = ids.next()
-        req.header.id = id
-        let data: [UInt8] = try req.serializedBytes()
-        if data.count > Int(clamping: config.maxRequestBytes) { throw EtcdError.requestTooLarge }
+        let (id, data) = try logEntry(for: request)
         let metrics = self.metrics
         waiters.register(id, timeout: requestTimeout, timeoutError: EtcdError.timeout) { result in
-            if case .failure(let e as EtcdError) = result, e == .timeout || e == .noLeader || e == .stopped {
+            if case .failure(let e as EtcdError) = result, Self.countsAsFailedProposal(e) {
                 metrics.proposalFailed()
             }
             done(result)
