@@ -5,6 +5,7 @@ import Crypto
 import EtcdConfig
 import EtcdProto
 import Foundation
+import GRPCCore
 import Logging
 import MVCC
 import Raft
@@ -301,6 +302,9 @@ final class PeerTestCluster: @unchecked Sendable {
     var servers: [UInt64: PeerServer] = [:]
     var urls: [UInt64: EndpointURL] = [:]
     let backends: [UInt64: FakeBackend]
+    /// Members whose lease service answers `LeaseRenewBatch` UNIMPLEMENTED, as a member from
+    /// before that call did (set before starting them).
+    var withoutRenewBatch: Set<UInt64> = []
     let logs = Watched<[CapturedLog.Record]>([])
     let directory: String
 
@@ -329,7 +333,9 @@ final class PeerTestCluster: @unchecked Sendable {
                                       snapshots: backend, logger: logger)
         let server = PeerServer(logger: logger)
         let url = urls[id] ?? EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)
-        try await server.start(urls: [url], services: [transport.makeService(), transport.makeLeaseService()])
+        let leaseService: any RegistrableRPCService = withoutRenewBatch.contains(id)
+            ? LeaseServiceWithoutBatch(base: PeerLeaseService(transport: transport)) : transport.makeLeaseService()
+        try await server.start(urls: [url], services: [transport.makeService(), leaseService])
         urls[id] = server.boundAddresses.first
         transports[id] = transport
         servers[id] = server
@@ -470,9 +476,19 @@ final class RecordingDelegate: RaftTransportDelegate {
 }
 
 /// Answers forwarded lease calls: lease 7 renews to TTL 42, any other is etcd's not-found.
+/// Counts renewals and calls (a batch is one call).
 final class FixedLeaseHandler: PeerLeaseHandler {
     let renewals = Mutex(0)
+    let calls = Mutex(0)
     func peerLeaseRenew(_ id: Int64) async throws -> Int64 {
+        calls.withLock { $0 += 1 }
+        return try renew(id)
+    }
+    func peerLeaseRenewBatch(_ ids: [Int64]) async throws -> [Result<Int64, EtcdError>] {
+        calls.withLock { $0 += 1 }
+        return ids.map { id in Result { try renew(id) }.mapError { EtcdError.from($0) } }
+    }
+    private func renew(_ id: Int64) throws -> Int64 {
         renewals.withLock { $0 += 1 }
         guard id == 7 else { throw EtcdError.from(LeaseError.leaseNotFound(id)) }
         return 42
@@ -482,5 +498,19 @@ final class FixedLeaseHandler: PeerLeaseHandler {
         resp.id = request.id
         resp.ttl = 42
         return resp
+    }
+}
+
+/// The `PeerLease` service of a member from before `LeaseRenewBatch`: that call is UNIMPLEMENTED.
+struct LeaseServiceWithoutBatch: Swetcd_Peer_PeerLease.SimpleServiceProtocol {
+    let base: PeerLeaseService
+    func leaseRenew(request: Swetcd_Peer_LeaseRenewForward, context: ServerContext) async throws -> Swetcd_Peer_LeaseRenewForwardReply {
+        try await base.leaseRenew(request: request, context: context)
+    }
+    func leaseRenewBatch(request: Swetcd_Peer_LeaseRenewBatchForward, context: ServerContext) async throws -> Swetcd_Peer_LeaseRenewBatchReply {
+        throw RPCError(code: .unimplemented, message: "unknown method")
+    }
+    func leaseTimeToLive(request: Swetcd_Peer_LeaseTimeToLiveForward, context: ServerContext) async throws -> Etcdserverpb_LeaseTimeToLiveResponse {
+        try await base.leaseTimeToLive(request: request, context: context)
     }
 }

@@ -82,6 +82,34 @@ struct PeerTransportTests {
         await cluster.shutdown()
     }
 
+    @Test("Forwarded renewals in one batch get their own answers; a leader without LeaseRenewBatch gets one call each")
+    func batchedRenewalsAndOlderLeader() async throws {
+        let cluster = try PeerTestCluster()
+        cluster.withoutRenewBatch = [cluster.ids[2]]
+        try await cluster.start()
+        let handler = FixedLeaseHandler()
+        for id in cluster.ids { cluster.transports[id]?.setLeaseHandler(handler) }
+        let sender = try #require(cluster.transports[cluster.ids[0]])
+        for to in [cluster.ids[1], cluster.ids[2]] {
+            try await waitUntil { sender.isActive(to) }
+            // Known and unknown leases mixed, many at once: each renewal gets its own answer.
+            try await withThrowingTaskGroup(of: (Int64, Int64?).self) { group in
+                for i in 0..<100 {
+                    let id: Int64 = i % 4 == 0 ? 8 : 7
+                    group.addTask {
+                        do {
+                            return (id, try await sender.forwardLeaseRenew(id, to: to, timeout: .seconds(10)))
+                        } catch let e as EtcdError where e == EtcdError.from(LeaseError.leaseNotFound(8)) {
+                            return (id, nil)
+                        }
+                    }
+                }
+                for try await (id, ttl) in group { #expect(ttl == (id == 7 ? 42 : nil), "lease \(id)") }
+            }
+        }
+        await cluster.shutdown()
+    }
+
     @Test("A stopped transport: the others elect a leader; the member catches up after a restart")
     func stopAndRestart() async throws {
         let cluster = try PeerTestCluster()

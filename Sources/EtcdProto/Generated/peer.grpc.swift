@@ -840,6 +840,19 @@ public enum Swetcd_Peer_PeerLease: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "LeaseRenewBatch" metadata.
+        public enum LeaseRenewBatch: Sendable {
+            /// Request type for "LeaseRenewBatch".
+            public typealias Input = Swetcd_Peer_LeaseRenewBatchForward
+            /// Response type for "LeaseRenewBatch".
+            public typealias Output = Swetcd_Peer_LeaseRenewBatchReply
+            /// Descriptor for "LeaseRenewBatch".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "swetcd.peer.PeerLease"),
+                method: "LeaseRenewBatch",
+                type: .unary
+            )
+        }
         /// Namespace for "LeaseTimeToLive" metadata.
         public enum LeaseTimeToLive: Sendable {
             /// Request type for "LeaseTimeToLive".
@@ -856,6 +869,7 @@ public enum Swetcd_Peer_PeerLease: Sendable {
         /// Descriptors for all methods in the "swetcd.peer.PeerLease" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             LeaseRenew.descriptor,
+            LeaseRenewBatch.descriptor,
             LeaseTimeToLive.descriptor
         ]
     }
@@ -910,6 +924,26 @@ extension Swetcd_Peer_PeerLease {
             request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseRenewForward>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_LeaseRenewForwardReply>
+
+        /// Handle the "LeaseRenewBatch" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+        /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+        /// > is not the leader fails the whole call as LeaseRenew does.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Swetcd_Peer_LeaseRenewBatchForward` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Swetcd_Peer_LeaseRenewBatchReply` messages.
+        func leaseRenewBatch(
+            request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_LeaseRenewBatchReply>
 
         /// Handle the "LeaseTimeToLive" method.
         ///
@@ -966,6 +1000,26 @@ extension Swetcd_Peer_PeerLease {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewForwardReply>
 
+        /// Handle the "LeaseRenewBatch" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+        /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+        /// > is not the leader fails the whole call as LeaseRenew does.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewBatchForward` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Swetcd_Peer_LeaseRenewBatchReply` message.
+        func leaseRenewBatch(
+            request: GRPCCore.ServerRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewBatchReply>
+
         /// Handle the "LeaseTimeToLive" method.
         ///
         /// > Source IDL Documentation:
@@ -1019,6 +1073,26 @@ extension Swetcd_Peer_PeerLease {
             context: GRPCCore.ServerContext
         ) async throws -> Swetcd_Peer_LeaseRenewForwardReply
 
+        /// Handle the "LeaseRenewBatch" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+        /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+        /// > is not the leader fails the whole call as LeaseRenew does.
+        ///
+        /// - Parameters:
+        ///   - request: A `Swetcd_Peer_LeaseRenewBatchForward` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Swetcd_Peer_LeaseRenewBatchReply` to respond with.
+        func leaseRenewBatch(
+            request: Swetcd_Peer_LeaseRenewBatchForward,
+            context: GRPCCore.ServerContext
+        ) async throws -> Swetcd_Peer_LeaseRenewBatchReply
+
         /// Handle the "LeaseTimeToLive" method.
         ///
         /// > Source IDL Documentation:
@@ -1055,6 +1129,17 @@ extension Swetcd_Peer_PeerLease.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Swetcd_Peer_PeerLease.Method.LeaseRenewBatch.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_LeaseRenewBatchForward>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_LeaseRenewBatchReply>(),
+            handler: { request, context in
+                try await self.leaseRenewBatch(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Swetcd_Peer_PeerLease.Method.LeaseTimeToLive.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_LeaseTimeToLiveForward>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Etcdserverpb_LeaseTimeToLiveResponse>(),
@@ -1082,6 +1167,17 @@ extension Swetcd_Peer_PeerLease.ServiceProtocol {
         return GRPCCore.StreamingServerResponse(single: response)
     }
 
+    public func leaseRenewBatch(
+        request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Swetcd_Peer_LeaseRenewBatchReply> {
+        let response = try await self.leaseRenewBatch(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
     public func leaseTimeToLive(
         request: GRPCCore.StreamingServerRequest<Swetcd_Peer_LeaseTimeToLiveForward>,
         context: GRPCCore.ServerContext
@@ -1103,6 +1199,19 @@ extension Swetcd_Peer_PeerLease.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewForwardReply> {
         return GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewForwardReply>(
             message: try await self.leaseRenew(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func leaseRenewBatch(
+        request: GRPCCore.ServerRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewBatchReply> {
+        return GRPCCore.ServerResponse<Swetcd_Peer_LeaseRenewBatchReply>(
+            message: try await self.leaseRenewBatch(
                 request: request.message,
                 context: context
             ),
@@ -1164,6 +1273,31 @@ extension Swetcd_Peer_PeerLease {
             deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_LeaseRenewForwardReply>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewForwardReply>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "LeaseRenewBatch" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+        /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+        /// > is not the leader fails the whole call as LeaseRenew does.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewBatchForward` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_LeaseRenewBatchForward` messages.
+        ///   - deserializer: A deserializer for `Swetcd_Peer_LeaseRenewBatchReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func leaseRenewBatch<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_LeaseRenewBatchForward>,
+            deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_LeaseRenewBatchReply>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewBatchReply>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "LeaseTimeToLive" method.
@@ -1250,6 +1384,42 @@ extension Swetcd_Peer_PeerLease {
             )
         }
 
+        /// Call the "LeaseRenewBatch" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+        /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+        /// > is not the leader fails the whole call as LeaseRenew does.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewBatchForward` message.
+        ///   - serializer: A serializer for `Swetcd_Peer_LeaseRenewBatchForward` messages.
+        ///   - deserializer: A deserializer for `Swetcd_Peer_LeaseRenewBatchReply` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func leaseRenewBatch<Result>(
+            request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+            serializer: some GRPCCore.MessageSerializer<Swetcd_Peer_LeaseRenewBatchForward>,
+            deserializer: some GRPCCore.MessageDeserializer<Swetcd_Peer_LeaseRenewBatchReply>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewBatchReply>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Swetcd_Peer_PeerLease.Method.LeaseRenewBatch.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "LeaseTimeToLive" method.
         ///
         /// > Source IDL Documentation:
@@ -1318,6 +1488,37 @@ extension Swetcd_Peer_PeerLease.ClientProtocol {
         )
     }
 
+    /// Call the "LeaseRenewBatch" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+    /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+    /// > is not the leader fails the whole call as LeaseRenew does.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Swetcd_Peer_LeaseRenewBatchForward` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func leaseRenewBatch<Result>(
+        request: GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewBatchForward>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewBatchReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.leaseRenewBatch(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Swetcd_Peer_LeaseRenewBatchForward>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Swetcd_Peer_LeaseRenewBatchReply>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "LeaseTimeToLive" method.
     ///
     /// > Source IDL Documentation:
@@ -1378,6 +1579,41 @@ extension Swetcd_Peer_PeerLease.ClientProtocol {
             metadata: metadata
         )
         return try await self.leaseRenew(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "LeaseRenewBatch" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Renews several leases at once: a follower sends the keep-alives that arrived while its
+    /// > previous call was in flight in one call. One result per ID, in order; a receiver that
+    /// > is not the leader fails the whole call as LeaseRenew does.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func leaseRenewBatch<Result>(
+        _ message: Swetcd_Peer_LeaseRenewBatchForward,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Swetcd_Peer_LeaseRenewBatchReply>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Swetcd_Peer_LeaseRenewBatchForward>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.leaseRenewBatch(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -12,6 +12,7 @@ import Synchronization
 /// `EtcdError.notLeader` when this member is not the leader, and etcd's lease errors.
 protocol PeerLeaseHandler: AnyObject, Sendable {
     func peerLeaseRenew(_ id: Int64) async throws -> Int64
+    func peerLeaseRenewBatch(_ ids: [Int64]) async throws -> [Result<Int64, EtcdError>]
     func peerLeaseTimeToLive(_ request: Etcdserverpb_LeaseTimeToLiveRequest) async throws -> Etcdserverpb_LeaseTimeToLiveResponse
 }
 
@@ -31,8 +32,48 @@ extension PeerTransport {
     func makeLeaseService() -> some Swetcd_Peer_PeerLease.ServiceProtocol { PeerLeaseService(transport: self) }
 
     /// Renews lease `id` on member `leader`; returns the TTL. etcd's lease errors come back as
-    /// `EtcdError`; an unreachable leader as a transport error.
+    /// `EtcdError`; an unreachable leader as a transport error. Renewals that arrive while a
+    /// call to the leader is in flight go out together in the next one (``LeaseRenewBatcher``).
     func forwardLeaseRenew(_ id: Int64, to leader: UInt64, timeout: Duration) async throws -> Int64 {
+        try await renewBatcher.renew(id, leader: leader, timeout: timeout) { leader, ids, timeout in
+            try await self.forwardLeaseRenewBatch(ids, to: leader, timeout: timeout)
+        }
+    }
+
+    /// Renews `ids` on member `leader` in one call; one outcome per ID. A leader without
+    /// `LeaseRenewBatch` (an older member) gets one `LeaseRenew` call per ID instead.
+    func forwardLeaseRenewBatch(_ ids: [Int64], to leader: UInt64, timeout: Duration) async throws -> [LeaseRenewBatcher.Outcome] {
+        var req = Swetcd_Peer_LeaseRenewBatchForward()
+        req.clusterID = clusterID
+        req.from = localID
+        req.to = leader
+        req.leaseIds = ids
+        let message = req
+        do {
+            let reply = try await callPeer(leader, timeout: timeout) { client, options in
+                try await Swetcd_Peer_PeerLease.Client(wrapping: client)
+                    .leaseRenewBatch(request: ClientRequest(message: message), options: options)
+            }
+            return reply.results.map { result in
+                guard !result.error.isEmpty else { return .success(result.ttl) }
+                let code = Status.Code(rawValue: Int(result.code)).flatMap { RPCError.Code($0) } ?? .unknown
+                return .failure(EtcdError(result.error, code: code))
+            }
+        } catch let error as RPCError where error.code == .unimplemented {
+            var outcomes: [LeaseRenewBatcher.Outcome] = []
+            for id in ids {
+                do {
+                    outcomes.append(.success(try await forwardOneLeaseRenew(id, to: leader, timeout: timeout)))
+                } catch let e as EtcdError where e != .notLeader {
+                    outcomes.append(.failure(e))
+                }
+            }
+            return outcomes
+        }
+    }
+
+    /// One `LeaseRenew` call for lease `id`.
+    private func forwardOneLeaseRenew(_ id: Int64, to leader: UInt64, timeout: Duration) async throws -> Int64 {
         var req = Swetcd_Peer_LeaseRenewForward()
         req.clusterID = clusterID
         req.from = localID
@@ -126,6 +167,33 @@ struct PeerLeaseService: Swetcd_Peer_PeerLease.SimpleServiceProtocol {
         do {
             var reply = Swetcd_Peer_LeaseRenewForwardReply()
             reply.ttl = try await h.peerLeaseRenew(request.leaseID)
+            return reply
+        } catch {
+            throw EtcdError.from(error).rpcError
+        }
+    }
+
+    /// The most IDs one batch may carry (a sender sends at most ``LeaseRenewBatcher/maxBatch``).
+    static let maxBatchIDs = 10_000
+
+    func leaseRenewBatch(request: Swetcd_Peer_LeaseRenewBatchForward, context: ServerContext) async throws -> Swetcd_Peer_LeaseRenewBatchReply {
+        let h = try handler(cluster: request.clusterID, from: request.from, to: request.to, context: context)
+        guard request.leaseIds.count <= Self.maxBatchIDs else {
+            throw RPCError(code: .invalidArgument, message: "a renew batch carries at most \(Self.maxBatchIDs) leases")
+        }
+        do {
+            var reply = Swetcd_Peer_LeaseRenewBatchReply()
+            reply.results = try await h.peerLeaseRenewBatch(request.leaseIds).map { outcome in
+                var result = Swetcd_Peer_LeaseRenewBatchReply.Result()
+                switch outcome {
+                case .success(let ttl):
+                    result.ttl = ttl
+                case .failure(let error):
+                    result.error = error.message
+                    result.code = Int32(error.code.rawValue)
+                }
+                return result
+            }
             return reply
         } catch {
             throw EtcdError.from(error).rpcError

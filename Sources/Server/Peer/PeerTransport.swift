@@ -74,6 +74,8 @@ public final class PeerTransport: Sendable {
     let stopSignal = StopSignal()
     /// Answers lease calls forwarded by followers (see PeerLease.swift).
     let leaseHandler = LeaseHandlerSlot()
+    /// Coalesces forwarded keep-alives per leader.
+    let renewBatcher = LeaseRenewBatcher()
 
     /// Creates a transport for member `localID` of cluster `clusterID`. Received snapshot
     /// bodies are stored in `snapshotDirectory` (created if missing).
