@@ -303,6 +303,9 @@ final class PeerTestCluster: @unchecked Sendable {
     let backends: [UInt64: FakeBackend]
     let logs = Watched<[CapturedLog.Record]>([])
     let directory: String
+    /// Members that receive Raft messages through grpc-swift (as with `SWETCD_NO_FAST_PEER=1`)
+    /// instead of the frame-level receiver.
+    var grpcPath: Set<UInt64> = []
 
     init(ids: [UInt64] = [1, 2, 3], backendSize: Int = 64 << 10, badHashes: Int = 0) throws {
         self.ids = ids
@@ -326,14 +329,19 @@ final class PeerTestCluster: @unchecked Sendable {
         let logger = CapturedLog.logger("peer-\(id)", into: logs)
         let transport = PeerTransport(localID: id, clusterID: clusterID ?? self.clusterID,
                                       snapshotDirectory: snapshotDirectory(id), delegate: member,
-                                      snapshots: backend, logger: logger)
-        let server = PeerServer(logger: logger)
+                                      snapshots: backend, logger: logger, options: options(id))
+        let server = PeerServer(logger: logger, fastMessages: !grpcPath.contains(id))
         let url = urls[id] ?? EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)
         try await server.start(urls: [url], services: [transport.makeService(), transport.makeLeaseService()])
         urls[id] = server.boundAddresses.first
         transports[id] = transport
         servers[id] = server
         member.transport = transport
+    }
+
+    func options(_ id: UInt64) -> PeerTransport.Options {
+        var options = PeerTransport.Options()
+        return options
     }
 
     /// Connects every started transport to every other member and starts them.
