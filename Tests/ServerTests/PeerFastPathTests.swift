@@ -3,16 +3,85 @@ import EtcdProto
 import Foundation
 import GRPCCore
 import Logging
+import NIOCore
+import NIOPosix
 import Raft
 @testable import Server
 import Synchronization
 import Testing
 
-/// The peer fast path: the frame-level `Messages` receiver (``PeerMessagesHandler``), alone and
-/// beside grpc-swift's receiver of the same protocol (`SWETCD_NO_FAST_PEER=1`).
+/// The peer fast paths: the frame-level `Messages` receiver (``PeerMessagesHandler``) and the
+/// raw HTTP/2 sender (``PeerRawStream``), against each other and against grpc-swift's side of
+/// the same protocol (`SWETCD_NO_FAST_PEER=1`).
 @Suite("Peer fast path", .serialized)
 struct PeerFastPathTests {
     typealias Service = PeerServiceTests
+
+    /// A transport for member `Service.remote` (the senders here), never started.
+    static func sender(cluster: UInt64 = Service.cluster, queueCapacity: Int = 4096) throws -> (PeerTransport, RecordingDelegate, String) {
+        let directory = NSTemporaryDirectory() + "peer-sender-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let delegate = RecordingDelegate()
+        var options = PeerTransport.Options()
+        options.queueCapacity = queueCapacity
+        let transport = PeerTransport(localID: Service.remote, clusterID: cluster, snapshotDirectory: directory + "/snap",
+                                      delegate: delegate, snapshots: try FakeBackend(directory: directory, size: 16),
+                                      logger: Logger(label: "sender", factory: { _ in SwiftLogNoOpLogHandler() }),
+                                      options: options)
+        return (transport, delegate, directory)
+    }
+
+    static func heartbeats(_ terms: ClosedRange<UInt64>) -> [Raft.Message] {
+        terms.map { Raft.Message(type: .heartbeat, to: Service.local, from: Service.remote, term: $0) }
+    }
+
+    @Test("The raw sender delivers every message in order to both receivers (frame-level and grpc-swift)",
+          arguments: [true, false])
+    func rawSenderDelivers(fastMessages: Bool) async throws {
+        try await Service.withReceiver(fastMessages: fastMessages) { r in
+            let (transport, _, directory) = try Self.sender()
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let raw = try await PeerRawStream.open(r.url, peer: Service.local, transport: transport)
+            defer { raw.close() }
+            for start in stride(from: UInt64(1), through: 1000, by: 50) {
+                #expect(raw.send(Self.heartbeats(start...(start + 49))) == 0)
+            }
+            #expect(await r.delegate.events.wait { $0.received.count >= 1000 })
+            #expect(r.delegate.events.current.received.map(\.term) == Array(1...1000))
+            #expect((r.transport.frameLevelStreams.load(ordering: .relaxed) == 1) == fastMessages)
+        }
+    }
+
+    @Test("The raw sender reports the receiver's refusal status (another cluster: FAILED_PRECONDITION)",
+          arguments: [true, false])
+    func rawSenderSeesRefusal(fastMessages: Bool) async throws {
+        try await Service.withReceiver(fastMessages: fastMessages) { r in
+            let (transport, _, directory) = try Self.sender(cluster: 0xbad)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let raw = try await PeerRawStream.open(r.url, peer: Service.local, transport: transport)
+            #expect(raw.send(Self.heartbeats(1...1)) == 0)
+            let error = await raw.closed()
+            #expect((error as? RPCError)?.code == .failedPrecondition, "\(error)")
+            #expect("\(error)".contains("cluster ID mismatch"))
+            #expect(raw.send(Self.heartbeats(2...2)) == 1, "a closed stream drops what it is given")
+            #expect(r.delegate.events.current.received.isEmpty)
+        }
+    }
+
+    @Test("The frame-level receiver: undecodable batch bytes end the stream INVALID_ARGUMENT, nothing delivered")
+    func garbageBatch() async throws {
+        try await Service.withReceiver { r in
+            let (transport, _, directory) = try Self.sender()
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let raw = try await PeerRawStream.open(r.url, peer: Service.local, transport: transport)
+            // A field with wire type 7 does not exist: not a MessageBatch.
+            raw.write([0x0f, 0xff, 0xff, 0x00], messages: 0)
+            let error = await raw.closed()
+            #expect((error as? RPCError)?.code == .invalidArgument, "\(error)")
+            #expect(r.delegate.events.current.received.isEmpty)
+            #expect(r.transport.frameLevelStreams.load(ordering: .relaxed) == 1)
+        }
+    }
 
     @Test("The frame-level receiver: a batch in another member's name ends the stream FAILED_PRECONDITION")
     func senderChanged() async throws {
@@ -62,7 +131,32 @@ struct PeerFastPathTests {
         }
     }
 
-    @Test("A member on grpc-swift's path (SWETCD_NO_FAST_PEER) and two on the fast path elect, commit and stay connected")
+    @Test("The raw sender holds at most queueCapacity unwritten messages; more are dropped")
+    func rawSenderBound() async throws {
+        // A peer that accepts the connection and never reads: HTTP/2 flow control (64 KiB
+        // before the peer's first window update) stops the writes.
+        let silent = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
+            .childChannelOption(.autoRead, value: false)
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { silent.close(promise: nil) }
+        let port = try #require(silent.localAddress?.port)
+        let (transport, _, directory) = try Self.sender(queueCapacity: 3)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let raw = try await PeerRawStream.open(EndpointURL(scheme: "http", host: "127.0.0.1", port: port),
+                                               peer: Service.local, transport: transport)
+        defer { raw.close() }
+        func big(_ term: UInt64) -> [Raft.Message] {
+            [Raft.Message(type: .append, to: Service.local, from: Service.remote, term: term,
+                          entries: [Entry(term: term, index: 1, data: [UInt8](repeating: 2, count: 100_000))])]
+        }
+        // The first message alone is over the window, so no write completes.
+        #expect(raw.send(big(1)) == 0)
+        #expect(raw.send(big(2) + big(3)) == 0)
+        #expect(raw.send(big(4)) == 1)
+        #expect(raw.send(big(5) + big(6)) == 2)
+    }
+
+    @Test("A member on grpc-swift's path (SWETCD_NO_FAST_PEER) and two on the fast paths elect, commit and stay connected")
     func mixedCluster() async throws {
         let cluster = try PeerTestCluster()
         cluster.grpcPath = [3]

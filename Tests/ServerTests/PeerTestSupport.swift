@@ -303,8 +303,8 @@ final class PeerTestCluster: @unchecked Sendable {
     let backends: [UInt64: FakeBackend]
     let logs = Watched<[CapturedLog.Record]>([])
     let directory: String
-    /// Members that receive Raft messages through grpc-swift (as with `SWETCD_NO_FAST_PEER=1`)
-    /// instead of the frame-level receiver.
+    /// Members that send and receive Raft messages through grpc-swift (as with
+    /// `SWETCD_NO_FAST_PEER=1`) instead of the raw stream and the frame-level receiver.
     var grpcPath: Set<UInt64> = []
 
     init(ids: [UInt64] = [1, 2, 3], backendSize: Int = 64 << 10, badHashes: Int = 0) throws {
@@ -341,6 +341,7 @@ final class PeerTestCluster: @unchecked Sendable {
 
     func options(_ id: UInt64) -> PeerTransport.Options {
         var options = PeerTransport.Options()
+        options.fastSend = !grpcPath.contains(id)
         return options
     }
 

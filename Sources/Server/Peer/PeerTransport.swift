@@ -43,14 +43,17 @@ public final class PeerTransport: Sendable {
         public var maxSnapshotBytes: UInt64?
         /// Free space that must remain after an incoming snapshot body is stored.
         public var snapshotDiskMargin: UInt64 = 64 << 20
+        /// Send Raft messages on a raw HTTP/2 `Messages` stream written from ``send(_:)``
+        /// (``PeerRawStream``) rather than through grpc-swift's client and a writer task.
+        public var fastSend = PeerTransport.fastPeerDefault
 
         /// The defaults.
         public init() {}
     }
 
-    /// Whether Raft messages take the fast path (the frame-level `Messages` receiver): true
-    /// unless the environment sets `SWETCD_NO_FAST_PEER=1`, which restores grpc-swift (for A/B
-    /// measurements). The wire protocol is the same.
+    /// Whether Raft messages take the fast paths (the frame-level `Messages` receiver, and the
+    /// raw HTTP/2 sender): true unless the environment sets `SWETCD_NO_FAST_PEER=1`, which
+    /// restores grpc-swift on both sides (for A/B measurements). The wire protocol is the same.
     public static let fastPeerDefault = ProcessInfo.processInfo.environment["SWETCD_NO_FAST_PEER"] != "1"
 
     let localID: UInt64
@@ -168,7 +171,7 @@ public final class PeerTransport: Sendable {
                 logger.debug("dropped messages to unknown peer", metadata: ["remote-peer-id": "\(hexID(peer))"])
                 continue
             }
-            if link.queue.push(batch) > 0 {
+            if link.push(batch) > 0 {
                 delegate.transportReportUnreachable(peer)
             }
         }
