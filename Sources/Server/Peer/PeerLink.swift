@@ -21,8 +21,9 @@ final class PeerLink: Sendable {
         var urls: [EndpointURL]
         var next = 0
         var connectedURL: EndpointURL?
-        /// The client of the active `Messages` stream's connection, for one-off calls to this
-        /// peer (``sharedClient``) while the stream is up.
+        /// The client of the handshake's connection (which also carries the `Messages` stream
+        /// on grpc-swift's path), for one-off calls to this peer (``sharedClient``) while the
+        /// stream is up.
         var connectedClient: GRPCClient<HTTP2ClientTransport.Posix>?
         var activeSince: ContinuousClock.Instant?
         /// The raw `Messages` stream while it is up (with `Options.fastSend`).
@@ -54,9 +55,9 @@ final class PeerLink: Sendable {
         }
     }
 
-    /// The connection the `Messages` stream runs on, while it is active: one-off calls (forwarded
-    /// lease keep-alives) ride it as extra HTTP/2 streams instead of opening a connection (and a
-    /// TLS handshake) each. nil when no stream is up.
+    /// The handshake's connection, while the `Messages` stream is active: one-off calls
+    /// (forwarded lease keep-alives) ride it as extra HTTP/2 streams instead of opening a
+    /// connection (and a TLS handshake) each. nil when no stream is up.
     var sharedClient: (url: EndpointURL, client: GRPCClient<HTTP2ClientTransport.Posix>)? {
         state.withLock { s in
             guard let url = s.connectedURL, let client = s.connectedClient else { return nil }

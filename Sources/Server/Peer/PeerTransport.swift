@@ -366,6 +366,9 @@ public final class PeerTransport: Sendable {
         config.connection.keepalive = .init(time: options.keepaliveInterval, timeout: options.keepaliveTimeout,
                                             allowWithoutCalls: true)
         config.backoff = .init(initial: .milliseconds(50), max: options.maxBackoff, multiplier: 2, jitter: 0.2)
+        // With the raw Messages stream on its own connection this one may carry no call for
+        // long: keep it for the forwarded lease calls instead of closing it when idle.
+        if options.fastSend { config.connection.maxIdleTime = nil }
         return try Self.clientTransport(url, tls: tls, config: config)
     }
 
