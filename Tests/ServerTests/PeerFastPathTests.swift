@@ -18,12 +18,15 @@ struct PeerFastPathTests {
     typealias Service = PeerServiceTests
 
     /// A transport for member `Service.remote` (the senders here), never started.
-    static func sender(cluster: UInt64 = Service.cluster, queueCapacity: Int = 4096) throws -> (PeerTransport, RecordingDelegate, String) {
+    static func sender(cluster: UInt64 = Service.cluster, queueCapacity: Int = 4096,
+                       keepalive: Duration = .seconds(10)) throws -> (PeerTransport, RecordingDelegate, String) {
         let directory = NSTemporaryDirectory() + "peer-sender-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let delegate = RecordingDelegate()
         var options = PeerTransport.Options()
         options.queueCapacity = queueCapacity
+        options.keepaliveInterval = keepalive
+        options.keepaliveTimeout = keepalive
         let transport = PeerTransport(localID: Service.remote, clusterID: cluster, snapshotDirectory: directory + "/snap",
                                       delegate: delegate, snapshots: try FakeBackend(directory: directory, size: 16),
                                       logger: Logger(label: "sender", factory: { _ in SwiftLogNoOpLogHandler() }),
@@ -61,8 +64,8 @@ struct PeerFastPathTests {
             let raw = try await PeerRawStream.open(r.url, peer: Service.local, transport: transport)
             #expect(raw.send(Self.heartbeats(1...1)) == 0)
             let error = await raw.closed()
-            #expect((error as? RPCError)?.code == .failedPrecondition, "\(error)")
-            #expect("\(error)".contains("cluster ID mismatch"))
+            #expect((error as? RPCError)?.code == .failedPrecondition, "\(String(describing: error))")
+            #expect(String(describing: error).contains("cluster ID mismatch"))
             #expect(raw.send(Self.heartbeats(2...2)) == 1, "a closed stream drops what it is given")
             #expect(r.delegate.events.current.received.isEmpty)
         }
@@ -77,7 +80,7 @@ struct PeerFastPathTests {
             // A field with wire type 7 does not exist: not a MessageBatch.
             raw.write([0x0f, 0xff, 0xff, 0x00], messages: 0)
             let error = await raw.closed()
-            #expect((error as? RPCError)?.code == .invalidArgument, "\(error)")
+            #expect((error as? RPCError)?.code == .invalidArgument, "\(String(describing: error))")
             #expect(r.delegate.events.current.received.isEmpty)
             #expect(r.transport.frameLevelStreams.load(ordering: .relaxed) == 1)
         }
@@ -154,6 +157,25 @@ struct PeerFastPathTests {
         #expect(raw.send(big(2) + big(3)) == 0)
         #expect(raw.send(big(4)) == 1)
         #expect(raw.send(big(5) + big(6)) == 2)
+    }
+
+    @Test("The raw sender closes its connection when its pings go unanswered; close() ends it without an error")
+    func rawSenderPings() async throws {
+        let silent = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
+            .childChannelOption(.autoRead, value: false)
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { silent.close(promise: nil) }
+        let url = EndpointURL(scheme: "http", host: "127.0.0.1", port: try #require(silent.localAddress?.port))
+        let (transport, _, directory) = try Self.sender(keepalive: .milliseconds(100))
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let unanswered = try await PeerRawStream.open(url, peer: Service.local, transport: transport)
+        try await waitUntil { !unanswered.isOpen }
+        let error = await unanswered.closed()
+        #expect((error as? RPCError)?.code == .unavailable, "\(String(describing: error))")
+
+        let closed = try await PeerRawStream.open(url, peer: Service.local, transport: transport)
+        closed.close()
+        #expect(await closed.closed() == nil)
     }
 
     @Test("A member on grpc-swift's path (SWETCD_NO_FAST_PEER) and two on the fast paths elect, commit and stay connected")

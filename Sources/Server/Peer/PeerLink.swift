@@ -209,7 +209,7 @@ final class PeerLink: Sendable {
         }
         state.withLock { $0.raw = nil }
         raw.close()
-        if !Task.isCancelled { throw error }
+        if let error, !Task.isCancelled { throw error }
     }
 
     private func handshake(_ peer: Swetcd_Peer_Peer.Client<HTTP2ClientTransport.Posix>) async throws {

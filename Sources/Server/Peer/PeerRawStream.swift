@@ -28,6 +28,8 @@ final class PeerRawStream: Sendable {
     private let capacity: Int
     /// Messages written whose write has not completed yet.
     private let pending = Atomic<Int>(0)
+    /// Set by ``close()``: the stream was ended on purpose here.
+    private let closedHere = Atomic<Bool>(false)
 
     private init(connection: any Channel, stream: any Channel, watcher: NIOLoopBound<PeerRawStreamWatcher>,
                  transport: PeerTransport, peer: UInt64) {
@@ -143,17 +145,23 @@ final class PeerRawStream: Sendable {
         stream.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(frame))), promise: promise)
     }
 
+    /// Whether the stream is still open.
+    var isOpen: Bool { stream.isActive }
+
     /// Waits until the stream ends; returns what ended it: the peer's status when it sent
-    /// one other than OK, otherwise an UNAVAILABLE "closed" error.
-    func closed() async -> any Error {
+    /// one other than OK, nil when ``close()`` ended it, otherwise an UNAVAILABLE error (the
+    /// connection broke, or its pings went unanswered).
+    func closed() async -> (any Error)? {
         try? await stream.closeFuture.get()
         let status = try? await stream.eventLoop.submit { self.watcher.value.status }.get()
         if let status { return status }
+        if closedHere.load(ordering: .acquiring) { return nil }
         return RPCError(code: .unavailable, message: "the stream to the peer was closed")
     }
 
     /// Closes the stream and its connection (from any thread).
     func close() {
+        closedHere.store(true, ordering: .releasing)
         connection.close(promise: nil)
     }
 }
