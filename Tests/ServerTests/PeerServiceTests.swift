@@ -27,6 +27,7 @@ struct PeerServiceTests {
     }
 
     static func withReceiver(options: PeerTransport.Options = PeerTransport.Options(), maxConnections: Int = 4096,
+                             maxRequestBytes: Int = 64 << 20, fastMessages: Bool = true,
                              _ body: (Receiver) async throws -> Void) async throws {
         let directory = NSTemporaryDirectory() + "peer-service-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -39,7 +40,8 @@ struct PeerServiceTests {
                                       logger: logger, options: options)
         // The sender is a member (never dialled: the transport is not started).
         transport.addPeer(remote, urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 1)])
-        let server = PeerServer(logger: logger, maxConnections: maxConnections)
+        let server = PeerServer(logger: logger, maxRequestBytes: maxRequestBytes, maxConnections: maxConnections,
+                                fastMessages: fastMessages)
         try await server.start(urls: [EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)],
                                services: [transport.makeService()])
         let url = try #require(server.boundAddresses.first)

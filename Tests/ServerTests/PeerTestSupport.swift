@@ -307,6 +307,9 @@ final class PeerTestCluster: @unchecked Sendable {
     var withoutRenewBatch: Set<UInt64> = []
     let logs = Watched<[CapturedLog.Record]>([])
     let directory: String
+    /// Members that send and receive Raft messages through grpc-swift (as with
+    /// `SWETCD_NO_FAST_PEER=1`) instead of the raw stream and the frame-level receiver.
+    var grpcPath: Set<UInt64> = []
 
     init(ids: [UInt64] = [1, 2, 3], backendSize: Int = 64 << 10, badHashes: Int = 0) throws {
         self.ids = ids
@@ -330,8 +333,8 @@ final class PeerTestCluster: @unchecked Sendable {
         let logger = CapturedLog.logger("peer-\(id)", into: logs)
         let transport = PeerTransport(localID: id, clusterID: clusterID ?? self.clusterID,
                                       snapshotDirectory: snapshotDirectory(id), delegate: member,
-                                      snapshots: backend, logger: logger)
-        let server = PeerServer(logger: logger)
+                                      snapshots: backend, logger: logger, options: options(id))
+        let server = PeerServer(logger: logger, fastMessages: !grpcPath.contains(id))
         let url = urls[id] ?? EndpointURL(scheme: "http", host: "127.0.0.1", port: 0)
         let leaseService: any RegistrableRPCService = withoutRenewBatch.contains(id)
             ? LeaseServiceWithoutBatch(base: PeerLeaseService(transport: transport)) : transport.makeLeaseService()
@@ -340,6 +343,12 @@ final class PeerTestCluster: @unchecked Sendable {
         transports[id] = transport
         servers[id] = server
         member.transport = transport
+    }
+
+    func options(_ id: UInt64) -> PeerTransport.Options {
+        var options = PeerTransport.Options()
+        options.fastSend = !grpcPath.contains(id)
+        return options
     }
 
     /// Connects every started transport to every other member and starts them.

@@ -52,8 +52,14 @@ struct PeerTransportTests {
         let (from, to) = (cluster.ids[0], cluster.ids[1])
         let sender = try #require(cluster.transports[from])
         let receiver = try #require(cluster.servers[to])
-        // Wait for the stream (the Raft traffic of the election brings it up).
-        try await waitUntil { sender.isActive(to) }
+        // Wait for the streams (the Raft traffic of the election brings them up): every
+        // member's, so that no member's connection is still arriving while counting.
+        let transports = cluster.ids.filter { $0 != to }.compactMap { cluster.transports[$0] }
+        try await waitUntil { transports.allSatisfy { $0.isActive(to) } }
+        // ... and admitted by the receiver: a link holds the handshake's connection and, on
+        // the fast path, the raw stream's own (the dialler may see it up before it is accepted).
+        let perLink = sender.options.fastSend ? 2 : 1
+        try await waitUntil { receiver.admittedConnections == transports.count * perLink }
         let before = receiver.admittedConnections
 
         // 200 renewals, 50 at a time: every answer right, no new connection admitted.

@@ -21,10 +21,13 @@ final class PeerLink: Sendable {
         var urls: [EndpointURL]
         var next = 0
         var connectedURL: EndpointURL?
-        /// The client of the active `Messages` stream's connection, for one-off calls to this
-        /// peer (``sharedClient``) while the stream is up.
+        /// The client of the handshake's connection (which also carries the `Messages` stream
+        /// on grpc-swift's path), for one-off calls to this peer (``sharedClient``) while the
+        /// stream is up.
         var connectedClient: GRPCClient<HTTP2ClientTransport.Posix>?
         var activeSince: ContinuousClock.Instant?
+        /// The raw `Messages` stream while it is up (with `Options.fastSend`).
+        var raw: PeerRawStream?
         var task: Task<Void, Never>?
         var snapshotTask: Task<Void, Never>?
         var cancelled = false
@@ -52,9 +55,9 @@ final class PeerLink: Sendable {
         }
     }
 
-    /// The connection the `Messages` stream runs on, while it is active: one-off calls (forwarded
-    /// lease keep-alives) ride it as extra HTTP/2 streams instead of opening a connection (and a
-    /// TLS handshake) each. nil when no stream is up.
+    /// The handshake's connection, while the `Messages` stream is active: one-off calls
+    /// (forwarded lease keep-alives) ride it as extra HTTP/2 streams instead of opening a
+    /// connection (and a TLS handshake) each. nil when no stream is up.
     var sharedClient: (url: EndpointURL, client: GRPCClient<HTTP2ClientTransport.Posix>)? {
         state.withLock { s in
             guard let url = s.connectedURL, let client = s.connectedClient else { return nil }
@@ -77,7 +80,20 @@ final class PeerLink: Sendable {
             return false
         }
         // Ends the current stream; the run loop re-dials with the new URLs.
-        if stale { dropQueued(queue.close()) }
+        if stale { endStream() }
+    }
+
+    /// Sends `messages` on the stream (from the Raft loop, without blocking); returns how
+    /// many were dropped (the stream is down, or the bound of queued messages is reached).
+    func push(_ messages: [Raft.Message]) -> Int {
+        if let raw = state.withLock({ $0.raw }) { return raw.send(messages) }
+        return queue.push(messages)
+    }
+
+    /// Ends the current stream (its session then returns and the run loop re-dials).
+    private func endStream() {
+        dropQueued(queue.close())
+        state.withLock { $0.raw }?.close()
     }
 
     func cancel() {
@@ -87,6 +103,7 @@ final class PeerLink: Sendable {
         }
         for task in tasks { task.cancel() }
         _ = queue.close()
+        state.withLock { $0.raw }?.close()
     }
 
     func finished() async {
@@ -143,6 +160,10 @@ final class PeerLink: Sendable {
             try await withGRPCClient(transport: clientTransport) { client in
                 let peer = Swetcd_Peer_Peer.Client(wrapping: client)
                 try await handshake(peer)
+                if transport.options.fastSend {
+                    try await rawSession(url, client: client)
+                    return
+                }
                 var options = CallOptions.defaults
                 options.waitForReady = false
                 try await peer.messages(
@@ -165,6 +186,30 @@ final class PeerLink: Sendable {
         } catch {
             return Task.isCancelled ? nil : error
         }
+    }
+
+    /// The `Messages` stream as a ``PeerRawStream`` on its own connection, while `client`
+    /// (the handshake's connection) stays open for one-off calls. Returns when the stream
+    /// ends; throws what ended it unless it was closed here.
+    private func rawSession(_ url: EndpointURL, client: GRPCClient<HTTP2ClientTransport.Posix>) async throws {
+        let raw = try await PeerRawStream.open(url, peer: id, transport: transport)
+        let error = await withTaskCancellationHandler {
+            let cancelled = state.withLock { s -> Bool in
+                if !s.cancelled { s.raw = raw }
+                return s.cancelled
+            }
+            if cancelled {
+                raw.close()
+            } else {
+                markActive(url, client: client)
+            }
+            return await raw.closed()
+        } onCancel: {
+            raw.close()
+        }
+        state.withLock { $0.raw = nil }
+        raw.close()
+        if let error, !Task.isCancelled { throw error }
     }
 
     private func handshake(_ peer: Swetcd_Peer_Peer.Client<HTTP2ClientTransport.Posix>) async throws {
@@ -191,7 +236,8 @@ final class PeerLink: Sendable {
     }
 
     private func markActive(_ url: EndpointURL, client: GRPCClient<HTTP2ClientTransport.Posix>) {
-        queue.open()
+        // The raw stream takes messages itself; the queue feeds grpc-swift's stream.
+        if !transport.options.fastSend { queue.open() }
         state.withLock { s in
             s.connectedURL = url
             s.connectedClient = client
@@ -207,6 +253,7 @@ final class PeerLink: Sendable {
                 s.activeSince = nil
                 s.connectedURL = nil
                 s.connectedClient = nil
+                s.raw = nil
             }
             return s.activeSince != nil
         }

@@ -86,11 +86,13 @@ final class PeerQueue: Sendable {
     }
 }
 
-/// A one-way "stopped" flag that tasks can await (cancellable).
+/// A one-way "stopped" flag that tasks can await (cancellable) and event-loop code can
+/// subscribe to (``onStop(_:)``).
 final class StopSignal: Sendable {
     private struct State {
         var stopped = false
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var callbacks: [Int: @Sendable () -> Void] = [:]
         var nextKey = 0
     }
 
@@ -99,12 +101,31 @@ final class StopSignal: Sendable {
     var isStopped: Bool { state.withLock { $0.stopped } }
 
     func stop() {
-        let waiters = state.withLock { s in
+        let (waiters, callbacks) = state.withLock { s in
             s.stopped = true
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
+            defer {
+                s.waiters = [:]
+                s.callbacks = [:]
+            }
+            return (Array(s.waiters.values), Array(s.callbacks.values))
         }
         for waiter in waiters { waiter.resume() }
+        for callback in callbacks { callback() }
+    }
+
+    /// Runs `body` once when stopped (on the stopping thread); returns a key for
+    /// ``cancelOnStop(_:)``, or nil (and does not run `body`) if already stopped.
+    func onStop(_ body: @escaping @Sendable () -> Void) -> Int? {
+        state.withLock { s -> Int? in
+            guard !s.stopped else { return nil }
+            defer { s.nextKey += 1 }
+            s.callbacks[s.nextKey] = body
+            return s.nextKey
+        }
+    }
+
+    func cancelOnStop(_ key: Int) {
+        _ = state.withLock { $0.callbacks.removeValue(forKey: key) }
     }
 
     /// Returns once stopped, or when the calling task is cancelled.

@@ -22,6 +22,7 @@ public final class PeerServer: Sendable {
     private let maxRequestBytes: Int
     private let admission: ConnectionAdmission
     private let refusals: PeerRefusals?
+    private let fastMessages: Bool
 
     /// A server not yet listening. `https://` URLs are served with `tls` (required for them);
     /// `maxRequestBytes` bounds one received message (a batch or a snapshot chunk);
@@ -34,8 +35,13 @@ public final class PeerServer: Sendable {
     /// Connections this server has admitted since it started (over all its URLs).
     public var admittedConnections: Int { admission.admittedTotal }
 
+    /// With `fastMessages` (the default unless `SWETCD_NO_FAST_PEER=1`), `Messages` calls to a
+    /// ``PeerTransport/makeService()`` among the served services are answered at the HTTP/2
+    /// frame level by ``PeerMessagesHandler`` instead of grpc-swift (same checks and statuses).
     public init(logger: Logger, tls: PeerTLS? = nil, maxRequestBytes: Int = 64 << 20,
-                maxConnections: Int = 4096, refusals: PeerRefusals? = nil) {
+                maxConnections: Int = 4096, refusals: PeerRefusals? = nil,
+                fastMessages: Bool = PeerTransport.fastPeerDefault) {
+        self.fastMessages = fastMessages
         self.logger = logger
         self.tls = tls
         self.admission = ConnectionAdmission(limit: maxConnections)
@@ -46,6 +52,8 @@ public final class PeerServer: Sendable {
     /// Listens on every URL (port 0 picks a free port) and serves `services`. Throws if a
     /// URL is unusable or cannot be bound; listeners already started are stopped then.
     public func start(urls: [EndpointURL], services: [any RegistrableRPCService]) async throws {
+        // The transport whose Messages calls are served at the frame level, if any.
+        let fast = fastMessages ? services.lazy.compactMap { ($0 as? PeerService)?.transport }.first : nil
         do {
             for url in urls {
                 let address = try Self.bindAddress(url, tls: tls != nil)
@@ -58,6 +66,15 @@ public final class PeerServer: Sendable {
                 // would also end its Messages stream on the same connection (forwarded lease
                 // keep-alives share that connection).
                 config.http2.maxConcurrentStreams = Self.maxConcurrentStreams
+                if let fast {
+                    let limit = maxRequestBytes
+                    config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
+                        stream.eventLoop.makeCompletedFuture {
+                            try stream.pipeline.syncOperations.addHandler(
+                                PeerMessagesHandler(transport: fast, limit: limit), position: .first)
+                        }
+                    }
+                }
                 let server = GRPCServer(
                     transport: HTTP2ServerTransport.Custom(
                         listenerFactory: PeerListener(address: address, tls: url.scheme == "https" ? tls : nil,

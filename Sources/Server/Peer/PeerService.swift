@@ -65,44 +65,10 @@ struct PeerService: Swetcd_Peer_Peer.SimpleServiceProtocol {
 
     private func receive(_ request: RPCAsyncSequence<Swetcd_Peer_MessageBatch, any Error>,
                          context: ServerContext, removal: StopSignal) async throws {
-        var sender: UInt64?
-        defer { if let sender { transport.unregisterInbound(sender, removal) } }
+        let inbound = PeerInboundStream(transport: transport, removal: removal)
+        defer { inbound.close() }
         for try await batch in request {
-            if let reason = transport.callRefusal(cluster: batch.clusterID, from: batch.from, to: batch.to,
-                                                  context: context, call: "messages") {
-                throw RPCError(code: .failedPrecondition, message: reason)
-            }
-            if sender == nil {
-                guard transport.registerInbound(batch.from, removal) else {
-                    throw RPCError(code: .failedPrecondition, message: PeerTransport.removedReason(batch.from))
-                }
-                sender = batch.from
-            } else if sender != batch.from {
-                transport.refusals.count("sender_changed")
-                throw RPCError(code: .failedPrecondition, message: "one stream carries messages of one member (\(hexID(sender!)), not \(hexID(batch.from)))")
-            }
-            guard !transport.isStopped else { throw RPCError(code: .unavailable, message: "member is stopping") }
-            var delivered: [Raft.Message] = []
-            delivered.reserveCapacity(batch.messages.count)
-            for bytes in batch.messages {
-                let message: Raft.Message
-                do {
-                    message = try Raft.Message(decoding: [UInt8](bytes))
-                } catch {
-                    throw RPCError(code: .invalidArgument, message: "undecodable Raft message from \(hexID(batch.from)): \(error)")
-                }
-                // Only what a peer may send, and only in its own name.
-                guard message.to == transport.localID, message.from == batch.from,
-                      !message.type.isLocal, message.type != .snapshot else {
-                    transport.logger.warning("dropped unexpected Raft message", metadata: [
-                        "remote-peer-id": "\(hexID(batch.from))", "type": "\(message.type)",
-                        "from": "\(hexID(message.from))", "to": "\(hexID(message.to))",
-                    ])
-                    continue
-                }
-                delivered.append(message)
-            }
-            if !delivered.isEmpty { transport.delegate.transportReceived(delivered) }
+            try inbound.receive(batch, remote: context.remotePeer, local: context.localPeer)
         }
     }
 

@@ -43,10 +43,18 @@ public final class PeerTransport: Sendable {
         public var maxSnapshotBytes: UInt64?
         /// Free space that must remain after an incoming snapshot body is stored.
         public var snapshotDiskMargin: UInt64 = 64 << 20
+        /// Send Raft messages on a raw HTTP/2 `Messages` stream written from ``send(_:)``
+        /// (``PeerRawStream``) rather than through grpc-swift's client and a writer task.
+        public var fastSend = PeerTransport.fastPeerDefault
 
         /// The defaults.
         public init() {}
     }
+
+    /// Whether Raft messages take the fast paths (the frame-level `Messages` receiver, and the
+    /// raw HTTP/2 sender): true unless the environment sets `SWETCD_NO_FAST_PEER=1`, which
+    /// restores grpc-swift on both sides (for A/B measurements). The wire protocol is the same.
+    public static let fastPeerDefault = ProcessInfo.processInfo.environment["SWETCD_NO_FAST_PEER"] != "1"
 
     let localID: UInt64
     let clusterID: UInt64
@@ -165,7 +173,7 @@ public final class PeerTransport: Sendable {
                 logger.debug("dropped messages to unknown peer", metadata: ["remote-peer-id": "\(hexID(peer))"])
                 continue
             }
-            if link.queue.push(batch) > 0 {
+            if link.push(batch) > 0 {
                 delegate.transportReportUnreachable(peer)
             }
         }
@@ -232,6 +240,9 @@ public final class PeerTransport: Sendable {
 
     var isStopped: Bool { state.withLock { $0.stopped } }
 
+    /// Inbound `Messages` streams served at the frame level (``PeerMessagesHandler``) so far.
+    let frameLevelStreams = Atomic<Int>(0)
+
     /// The link to `peer`, if it is known.
     func link(_ peer: UInt64) -> PeerLink? { state.withLock { $0.links[peer] } }
 
@@ -262,9 +273,9 @@ public final class PeerTransport: Sendable {
     /// metric, and the reason), or nil. With peer TLS and client-cert-auth the connection's
     /// verified certificate must name, as a DNS or IP subject alternative name, the host of
     /// one of `from`'s peer URLs (unless --experimental-peer-skip-client-san-verification).
-    func identityRefusal(from: UInt64, context: ServerContext) -> (code: String, reason: String)? {
+    func identityRefusal(from: UInt64, remote: String, local: String) -> (code: String, reason: String)? {
         guard let tls, tls.bindsMembers else { return nil }
-        guard let identity = tls.identities.identity(remote: context.remotePeer, local: context.localPeer) else {
+        guard let identity = tls.identities.identity(remote: remote, local: local) else {
             return ("no_certificate", "the connection has no verified peer certificate")
         }
         guard let urls = state.withLock({ $0.links[from] })?.callURLs else {
@@ -294,8 +305,15 @@ public final class PeerTransport: Sendable {
     /// Both checks for a call claiming to come from `from`: the protocol check (cluster,
     /// receiver, current member) and the identity check. Logs and counts a refusal.
     func callRefusal(cluster: UInt64, from: UInt64, to: UInt64, context: ServerContext, call: String) -> String? {
+        callRefusal(cluster: cluster, from: from, to: to, remote: context.remotePeer, local: context.localPeer, call: call)
+    }
+
+    /// ``callRefusal(cluster:from:to:context:call:)`` for a connection named by gRPC's spelling
+    /// of its remote and local addresses (`ServerContext.remotePeer` / `localPeer`, or
+    /// ``ClientCertificateNames/describe(_:fallback:)`` of a channel's addresses).
+    func callRefusal(cluster: UInt64, from: UInt64, to: UInt64, remote: String, local: String, call: String) -> String? {
         var found: (code: String, reason: String)?
-        if let tls, tls.bindsMembers, tls.identities.identity(remote: context.remotePeer, local: context.localPeer) == nil {
+        if let tls, tls.bindsMembers, tls.identities.identity(remote: remote, local: local) == nil {
             // Nothing about this cluster for a caller without a verified certificate.
             found = ("no_certificate", "the connection has no verified peer certificate")
         } else if let reason = refusal(cluster: cluster, from: from, to: to) {
@@ -303,13 +321,13 @@ public final class PeerTransport: Sendable {
                 : reason == Self.removedReason(from) ? "removed" : "not_member"
             found = (code, reason)
         } else {
-            found = identityRefusal(from: from, context: context)
+            found = identityRefusal(from: from, remote: remote, local: local)
         }
         guard let refusal = found else { return nil }
         refusals.count(refusal.code)
         logger.error("refused peer call", metadata: [
             "call": "\(call)", "remote-peer-id": "\(hexID(from))", "remote-cluster-id": "\(hexID(cluster))",
-            "remote-addr": "\(context.remotePeer)", "reason": "\(refusal.reason)",
+            "remote-addr": "\(remote)", "reason": "\(refusal.reason)",
         ])
         return refusal.reason
     }
@@ -350,6 +368,9 @@ public final class PeerTransport: Sendable {
         config.connection.keepalive = .init(time: options.keepaliveInterval, timeout: options.keepaliveTimeout,
                                             allowWithoutCalls: true)
         config.backoff = .init(initial: .milliseconds(50), max: options.maxBackoff, multiplier: 2, jitter: 0.2)
+        // With the raw Messages stream on its own connection this one may carry no call for
+        // long: keep it for the forwarded lease calls instead of closing it when idle.
+        if options.fastSend { config.connection.maxIdleTime = nil }
         return try Self.clientTransport(url, tls: tls, config: config)
     }
 
