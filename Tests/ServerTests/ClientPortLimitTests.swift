@@ -1,4 +1,5 @@
 import Foundation
+import GRPCCore
 import NIOCore
 import NIOHPACK
 import Testing
@@ -48,15 +49,24 @@ private final class RawHTTP2: @unchecked Sendable {
                 UInt8(stream >> 24 & 0x7F), UInt8(stream >> 16 & 0xFF), UInt8(stream >> 8 & 0xFF), UInt8(stream & 0xFF)] + payload
     }
 
-    /// Sends the request HEADERS of a gRPC call to Maintenance.Status on `stream`.
-    func startCall(stream: UInt32) async throws {
-        let headers: HPACKHeaders = [
-            ":method": "POST", ":scheme": "http", ":path": "/etcdserverpb.Maintenance/Status",
-            ":authority": "localhost", "content-type": "application/grpc", "te": "trailers",
+    /// Sends the request HEADERS of a gRPC call to Maintenance.Status on `stream`; `changes`
+    /// replace (or with nil remove) headers or add more, `end` ends the request with them.
+    func startCall(stream: UInt32, _ changes: KeyValuePairs<String, String?> = [:], end: Bool = false) async throws {
+        var list: [(String, String)] = [
+            (":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.Maintenance/Status"),
+            (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
         ]
+        for (name, value) in changes {
+            // In place: pseudo-headers must stay in front.
+            if let i = list.firstIndex(where: { $0.0 == name }) {
+                if let value { list[i].1 = value } else { list.remove(at: i) }
+            } else if let value {
+                list.append((name, value))
+            }
+        }
         var block = ByteBufferAllocator().buffer(capacity: 256)
-        try encoder.encode(headers: headers, to: &block)
-        try await client.send(Self.frame(type: 0x1, flags: 0x4, stream: stream, Array(buffer: block)))
+        try encoder.encode(headers: HPACKHeaders(list), to: &block)
+        try await client.send(Self.frame(type: 0x1, flags: end ? 0x5 : 0x4, stream: stream, Array(buffer: block)))
     }
 
     func sendData(stream: UInt32, _ bytes: [UInt8], end: Bool) async throws {
@@ -206,7 +216,138 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
             let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY")
             let code = goAway.payload[4...7].reduce(0) { $0 << 8 | UInt32($1) }
             #expect(code == 0xB, "ENHANCE_YOUR_CALM")
+            #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
             #expect(try await h2.client.readToEnd().closed)
+        }
+    }
+
+    /// With a call open, pings at the enforced minimum interval are fine and faster ones are
+    /// strikes: two are forgiven, the third gets too_many_pings (grpc-go's count).
+    @Test func pingStrikesWithAnOpenCall() async throws {
+        try await withClientPort(configure: { $0.keepaliveMinClientPingInterval = .seconds(60) }) { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1)
+            // The first ping is accepted, the next two are strikes: each is still answered.
+            for i in 0..<3 {
+                try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: UInt8(i), count: 8)))
+                let ack = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 != 0 }, "ping \(i) not answered")
+                #expect(ack.payload == Array(repeating: UInt8(i), count: 8))
+            }
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: 9, count: 8)))
+            let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY at the third strike")
+            #expect(goAway.payload[0...3].reduce(0) { $0 << 8 | UInt32($1) } == 1, "names the open call")
+            #expect(goAway.payload[4...7].reduce(0) { $0 << 8 | UInt32($1) } == 0xB)
+            #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
+            #expect(try await h2.client.readToEnd().closed)
+        }
+    }
+
+    /// The server pings a connection that has been quiet for the keepalive time; unanswered
+    /// within the keepalive timeout, the connection is closed. An answered ping keeps it.
+    @Test func unansweredKeepalivePingClosesTheConnection() async throws {
+        try await withClientPort(configure: {
+            $0.keepaliveTime = .milliseconds(200)
+            $0.keepaliveTimeout = .milliseconds(300)
+        }) { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            let first = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no keepalive ping")
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0x1, stream: 0, first.payload))
+            // Answered: the connection stays, and the next quiet spell brings another ping.
+            _ = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no second keepalive ping")
+            // This one goes unanswered.
+            let (_, closed) = try await h2.client.readToEnd()
+            #expect(closed, "an unanswered keepalive ping must close the connection")
+        }
+    }
+
+    /// A request compressed with an encoding etcd cannot read gets grpc-go's UNIMPLEMENTED
+    /// answer, and the connection goes on.
+    @Test func compressedRequestIsUnimplemented() async throws {
+        try await withClientPort { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1, ["grpc-encoding": "gzip"])
+            try await h2.sendData(stream: 1, [1, 0, 0, 0, 0], end: true)
+            let refused = try #require(try await h2.next(type: 0x1) { $0.stream == 1 }, "no answer")
+            #expect(refused.flags & 0x1 != 0)
+            let headers = try h2.decode(refused)
+            #expect(headers["grpc-status"] == "12")
+            #expect(headers["grpc-message"] == "grpc: Decompressor is not installed for grpc-encoding \"gzip\"")
+
+            // identity is no compression: served.
+            try await h2.startCall(stream: 3, ["grpc-encoding": "identity"])
+            try await h2.sendData(stream: 3, grpcMessage([]), end: true)
+            let served = try #require(try await h2.next(type: 0x1) { $0.stream == 3 && $0.flags & 0x1 != 0 })
+            #expect(try h2.decode(served)["grpc-status"] == "0")
+        }
+    }
+
+    /// Requests that are not gRPC calls are answered as grpc-swift answered them: a wrong
+    /// content type with HTTP 415, a method other than POST or a missing scheme with
+    /// INVALID_ARGUMENT, an unknown method with UNIMPLEMENTED; none ends the connection.
+    @Test func malformedCallsAreRefused() async throws {
+        try await withClientPort { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1, ["content-type": "text/plain"], end: true)
+            let media = try #require(try await h2.next(type: 0x1) { $0.stream == 1 })
+            #expect(try h2.decode(media)[":status"] == "415")
+
+            try await h2.startCall(stream: 3, [":method": "PUT"], end: true)
+            let method = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 3 }))
+            #expect(method["grpc-status"] == "3")
+            #expect(method["grpc-message"] == ":method header is expected to be present and have a value of \"POST\".")
+
+            try await h2.startCall(stream: 5, [":path": "/etcdserverpb.Nope/Missing"])
+            try await h2.sendData(stream: 5, grpcMessage([]), end: true)
+            let unknown = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 5 && $0.flags & 0x1 != 0 }))
+            #expect(unknown["grpc-status"] == "12")
+
+            try await h2.startCall(stream: 7)
+            try await h2.sendData(stream: 7, grpcMessage([]), end: true)
+            let fine = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 7 && $0.flags & 0x1 != 0 }))
+            #expect(fine["grpc-status"] == "0")
+        }
+    }
+
+    /// `grpc-timeout` reaches the server as metadata: `GRPCServer` cancels the call's handle at
+    /// the deadline (as with grpc-swift's transport, the handler decides what to answer).
+    @Test func grpcTimeoutCancelsTheCallAtItsDeadline() async throws {
+        let transport = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: 0)))
+        let server = GRPCServer(transport: transport, services: [DeadlineService()])
+        let serving = Task { try await server.serve() }
+        do {
+            let port = try await transport.listeningAddress.ipv4?.port ?? 0
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            // The request never ends: only the deadline ends the call.
+            try await h2.startCall(stream: 1, [":path": "/test.Deadline/Wait", "grpc-timeout": "200m"])
+            let ended = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 },
+                                                   "no status at the deadline"))
+            #expect(ended["grpc-status"] == "4")
+            #expect(ended["grpc-message"] == "cancelled at the deadline")
+        } catch {
+            serving.cancel()
+            throw error
+        }
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
+    /// Graceful stop with a call running and no new ones: the running call finishes, the
+    /// second GOAWAY names it, and the connection then closes.
+    @Test func gracefulStopLetsARunningCallFinish() async throws {
+        try await withClientPortHarness { harness in
+            let (h2, _) = try await RawHTTP2.connect(port: harness.port)
+            try await h2.startCall(stream: 1)
+            let stopping = Task { try await harness.stop() }
+            _ = try #require(try await h2.next(type: 0x7), "no GOAWAY")
+            let ping = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no PING after the GOAWAY")
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0x1, stream: 0, ping.payload))
+            let second = try #require(try await h2.next(type: 0x7), "no second GOAWAY")
+            #expect(second.payload[0...3].reduce(0) { $0 << 8 | UInt32($1) } == 1)
+            try await h2.sendData(stream: 1, grpcMessage([]), end: true)
+            let done = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 }))
+            #expect(done["grpc-status"] == "0")
+            #expect(try await h2.client.readToEnd().closed)
+            try await stopping.value
         }
     }
 
@@ -326,5 +467,19 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
         c.keepaliveMinClientPingInterval = .seconds(1)
         let set = ClientPortTransport.effectiveKeepalive(c)
         #expect(set.time == .seconds(30) && set.timeout == .seconds(3) && set.minClientPingInterval == .seconds(1))
+    }
+}
+
+/// Answers DEADLINE_EXCEEDED once gRPC cancels the call (its `grpc-timeout` passed).
+private struct DeadlineService: RegistrableRPCService {
+    func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        router.registerHandler(
+            forMethod: MethodDescriptor(fullyQualifiedService: "test.Deadline", method: "Wait"),
+            deserializer: RawBytesCodec(),
+            serializer: RawBytesCodec()
+        ) { (_: StreamingServerRequest<[UInt8]>, context: ServerContext) -> StreamingServerResponse<[UInt8]> in
+            try await context.cancellation.cancelled
+            throw RPCError(code: .deadlineExceeded, message: "cancelled at the deadline")
+        }
     }
 }
