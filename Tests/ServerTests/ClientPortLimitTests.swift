@@ -242,6 +242,33 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
         }
     }
 
+    /// As in grpc-go, a response written forgives the strikes: grpc-go clients send
+    /// flow-control (BDP) pings while a large response arrives, which must not count as abuse
+    /// (a 1 MB range through the fast path was answered with too_many_pings).
+    @Test func responsesForgivePingStrikes() async throws {
+        try await withClientPort(configure: { $0.keepaliveMinClientPingInterval = .seconds(60) }) { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            var sent: UInt8 = 0
+            func ping() async throws {
+                try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: sent, count: 8)))
+                let ack = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 != 0 }, "ping \(sent) not answered")
+                #expect(ack.payload == Array(repeating: sent, count: 8))
+                sent += 1
+            }
+            // One accepted ping and two strikes.
+            for _ in 0..<3 { try await ping() }
+            // A call answered: the server wrote HEADERS and DATA.
+            try await h2.startCall(stream: 1)
+            try await h2.sendData(stream: 1, grpcMessage([]), end: true)
+            _ = try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 })
+            // Forgiven: again one accepted ping and two strikes, no GOAWAY.
+            for _ in 0..<3 { try await ping() }
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: 99, count: 8)))
+            let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY at the third strike")
+            #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
+        }
+    }
+
     /// The server pings a connection that has been quiet for the keepalive time; unanswered
     /// within the keepalive timeout, the connection is closed. An answered ping keeps it.
     @Test func unansweredKeepalivePingClosesTheConnection() async throws {

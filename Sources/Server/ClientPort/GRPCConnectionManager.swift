@@ -12,7 +12,9 @@ import NIOHTTP2
 /// - Client pings: a ping sooner than `minPingInterval` after the last accepted one (or, without
 ///   open streams, sooner than 2 h: pings without calls are not allowed) is a strike; the third
 ///   strike is answered GOAWAY ENHANCE_YOUR_CALM with "too_many_pings" and the connection closes.
-///   Strikes are forgiven when a stream opens or closes (the server has written to it).
+///   As in grpc-go, once the server has written response HEADERS or DATA (told by each stream's
+///   ``OversizeMessageGuard``), the next ping is accepted and the strikes start over: a client's
+///   flow-control (BDP) pings during a large response are not abuse.
 /// - Graceful shutdown (on `ChannelShouldQuiesceEvent`, or idle): GOAWAY with the largest stream
 ///   ID and a PING; the PING's answer proves the client has seen it, so a second GOAWAY names
 ///   the last stream opened; the connection closes once no stream is open. The first GOAWAY
@@ -48,6 +50,8 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
     private var openStreams = 0
     private var lastStreamID = HTTP2StreamID.rootStream
     private var pingStrikes = 0
+    /// A stream wrote response HEADERS or DATA since the last client ping.
+    private var wroteSinceLastPing = false
     private var lastValidPing: NIODeadline?
     private var idleTimer: Scheduled<Void>?
     /// The keepalive timer, or while a keepalive ping is out, its timeout.
@@ -123,12 +127,10 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
         if id > lastStreamID { lastStreamID = id }
         idleTimer?.cancel()
         idleTimer = nil
-        forgiveStrikes()
     }
 
     private func streamClosed(_ id: HTTP2StreamID) {
         openStreams -= 1
-        forgiveStrikes()
         guard openStreams == 0 else { return }
         switch phase {
         case .active:
@@ -143,9 +145,9 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
         }
     }
 
-    private func forgiveStrikes() {
-        pingStrikes = 0
-        lastValidPing = nil
+    /// A stream of this connection wrote response HEADERS or DATA (on the event loop).
+    func streamWroteHeadersOrData() {
+        wroteSinceLastPing = true
     }
 
     // MARK: Reads
@@ -173,6 +175,12 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
             break
         }
         let now = NIODeadline.now()
+        if wroteSinceLastPing {
+            wroteSinceLastPing = false
+            pingStrikes = 0
+            lastValidPing = now
+            return
+        }
         let interval = openStreams > 0 ? configuration.minPingInterval : Self.pingIntervalWithoutCalls
         if let last = lastValidPing, last + interval > now {
             pingStrikes += 1

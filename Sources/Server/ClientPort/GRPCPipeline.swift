@@ -60,6 +60,8 @@ struct GRPCPipeline: Sendable {
         let limit = self.limit
         let fastUnary = self.fastUnary
         let fastKeepAlive = self.fastKeepAlive
+        // The stream initializer runs on this connection's event loop, where the manager lives.
+        let loopBoundManager = NIOLoopBound(manager, eventLoop: channel.eventLoop)
         try sync.addHandler(FlushCoalescer())
         _ = try sync.configureHTTP2Pipeline(
             mode: .server,
@@ -69,7 +71,7 @@ struct GRPCPipeline: Sendable {
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
-                try sync.addHandler(OversizeMessageGuard(limit: limit))
+                try sync.addHandler(OversizeMessageGuard(limit: limit, connection: loopBoundManager.value))
                 if let fastUnary {
                     try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: limit))
                 }
