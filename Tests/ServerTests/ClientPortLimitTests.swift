@@ -273,8 +273,9 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
     /// within the keepalive timeout, the connection is closed. An answered ping keeps it.
     @Test func unansweredKeepalivePingClosesTheConnection() async throws {
         try await withClientPort(configure: {
-            $0.keepaliveTime = .milliseconds(200)
-            $0.keepaliveTimeout = .milliseconds(300)
+            // A generous timeout: under a loaded machine the test itself may take a while to answer.
+            $0.keepaliveTime = .milliseconds(300)
+            $0.keepaliveTimeout = .seconds(3)
         }) { port in
             let (h2, _) = try await RawHTTP2.connect(port: port)
             let first = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no keepalive ping")
