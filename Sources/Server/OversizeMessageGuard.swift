@@ -3,8 +3,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
-/// The first handler of each gRPC stream on the client port (it also tells the connection's
-/// ``GRPCConnectionManager`` of each response frame written): reads the 5-byte prefix of every
+/// The first handler of each gRPC stream on the client port: reads the 5-byte prefix of every
 /// request message (compression flag, big-endian length) as the bytes arrive and, when a
 /// message declares more than `limit` bytes, ends the call at once with etcd's (grpc-go's)
 /// status, ResourceExhausted "grpc: received message larger than max (N vs. M)", without
@@ -19,8 +18,6 @@ final class OversizeMessageGuard: ChannelDuplexHandler {
     typealias OutboundOut = HTTP2Frame.FramePayload
 
     private let limit: Int
-    /// Told of every response HEADERS or DATA frame (it forgives client ping strikes then).
-    private let connection: GRPCConnectionManager?
     /// Prefix bytes of the next message seen so far (0...4).
     private var prefix: [UInt8] = []
     /// Bytes of the current message body still to come.
@@ -31,9 +28,8 @@ final class OversizeMessageGuard: ChannelDuplexHandler {
     private var sentEnd = false
     private var rejected = false
 
-    init(limit: Int, connection: GRPCConnectionManager? = nil) {
+    init(limit: Int) {
         self.limit = limit
-        self.connection = connection
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -94,10 +90,8 @@ final class OversizeMessageGuard: ChannelDuplexHandler {
         case .headers(let headers):
             sentHeaders = true
             if headers.endStream { sentEnd = true }
-            connection?.streamWroteHeadersOrData()
         case .data(let data):
             if data.endStream { sentEnd = true }
-            connection?.streamWroteHeadersOrData()
         default:
             break
         }

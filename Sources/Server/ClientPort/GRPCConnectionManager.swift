@@ -12,9 +12,9 @@ import NIOHTTP2
 /// - Client pings: a ping sooner than `minPingInterval` after the last accepted one (or, without
 ///   open streams, sooner than 2 h: pings without calls are not allowed) is a strike; the third
 ///   strike is answered GOAWAY ENHANCE_YOUR_CALM with "too_many_pings" and the connection closes.
-///   As in grpc-go, once the server has written response HEADERS or DATA (told by each stream's
-///   ``OversizeMessageGuard``), the next ping is accepted and the strikes start over: a client's
-///   flow-control (BDP) pings during a large response are not abuse.
+///   As in grpc-go, once a HEADERS or DATA frame has gone out (told by ``GRPCConnectionWriter``),
+///   the next ping is accepted and the strikes start over: a client's flow-control (BDP) pings
+///   during a large response are not abuse.
 /// - Graceful shutdown (on `ChannelShouldQuiesceEvent`, or idle): GOAWAY with the largest stream
 ///   ID and a PING; the PING's answer proves the client has seen it, so a second GOAWAY names
 ///   the last stream opened; the connection closes once no stream is open. The first GOAWAY
@@ -145,8 +145,8 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
         }
     }
 
-    /// A stream of this connection wrote response HEADERS or DATA (on the event loop).
-    func streamWroteHeadersOrData() {
+    /// A HEADERS or DATA frame went out on this connection (on the event loop).
+    func wroteHeadersOrData() {
         wroteSinceLastPing = true
     }
 

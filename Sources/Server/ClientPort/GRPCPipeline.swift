@@ -2,7 +2,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
-/// The pipeline of a gRPC connection on the client port: ``FlushCoalescer``, NIO's HTTP/2
+/// The pipeline of a gRPC connection on the client port: ``GRPCConnectionWriter``, NIO's HTTP/2
 /// handler with an inline (non-async) stream multiplexer, ``GRPCConnectionManager`` behind it, and per stream
 /// ``OversizeMessageGuard``, the fast paths and ``GRPCStreamBridge``.
 ///
@@ -60,9 +60,7 @@ struct GRPCPipeline: Sendable {
         let limit = self.limit
         let fastUnary = self.fastUnary
         let fastKeepAlive = self.fastKeepAlive
-        // The stream initializer runs on this connection's event loop, where the manager lives.
-        let loopBoundManager = NIOLoopBound(manager, eventLoop: channel.eventLoop)
-        try sync.addHandler(FlushCoalescer())
+        try sync.addHandler(GRPCConnectionWriter(manager: manager))
         _ = try sync.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: connection,
@@ -71,7 +69,7 @@ struct GRPCPipeline: Sendable {
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
-                try sync.addHandler(OversizeMessageGuard(limit: limit, connection: loopBoundManager.value))
+                try sync.addHandler(OversizeMessageGuard(limit: limit))
                 if let fastUnary {
                     try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: limit))
                 }
