@@ -80,6 +80,11 @@ private final class RawHTTP2: @unchecked Sendable {
     /// The next frame of `type` matching `accept` (others are skipped; header blocks are
     /// decoded in order to keep HPACK state). Nil when the connection ends or times out.
     func next(type: UInt8, _ accept: (Frame) -> Bool = { _ in true }) async throws -> Frame? {
+        try await next { $0.type == type && accept($0) }
+    }
+
+    /// The next frame matching `accept`, as ``next(type:_:)``.
+    func next(where accept: (Frame) -> Bool) async throws -> Frame? {
         while true {
             while buffered.count >= 9 {
                 let length = Int(buffered[0]) << 16 | Int(buffered[1]) << 8 | Int(buffered[2])
@@ -87,7 +92,7 @@ private final class RawHTTP2: @unchecked Sendable {
                 let stream = (UInt32(buffered[5]) << 24 | UInt32(buffered[6]) << 16 | UInt32(buffered[7]) << 8 | UInt32(buffered[8])) & 0x7FFF_FFFF
                 let frame = Frame(type: buffered[3], flags: buffered[4], stream: stream, payload: Array(buffered[9..<(9 + length)]))
                 buffered.removeFirst(9 + length)
-                if frame.type == type, accept(frame) { return frame }
+                if accept(frame) { return frame }
                 if frame.type == 0x1 { _ = try decode(frame) }
             }
             let more = try await client.read(atLeast: 1)
@@ -267,6 +272,62 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
             let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY at the third strike")
             #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
         }
+    }
+
+    /// A grpc-go client sends a flow-control (BDP) ping per round trip while a large response
+    /// arrives (a new one at data received once the last is answered). DATA frames go out
+    /// between them, so none is a strike: a 1 MB `etcdctl get --prefix` was once answered
+    /// too_many_pings ("transport is closing").
+    @Test func pingsDuringALargeResponseAreNotStrikes() async throws {
+        let transport = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: 0)))
+        let server = GRPCServer(transport: transport, services: [BigResponseService()])
+        let serving = Task { try await server.serve() }
+        do {
+            let port = try await transport.listeningAddress.ipv4?.port ?? 0
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1, [":path": "/test.Big/Get"])
+            try await h2.sendData(stream: 1, grpcMessage([]), end: true)
+            var received = 0
+            var pings: UInt8 = 0
+            var pingOut = false
+            var status: String?
+            while status == nil {
+                let frame = try #require(try await h2.next { [0x0, 0x1, 0x6, 0x7].contains($0.type) },
+                                         "connection ended after \(received) bytes and \(pings) pings")
+                switch frame.type {
+                case 0x7:
+                    Issue.record("GOAWAY after \(received) bytes and \(pings) pings: \(String(decoding: frame.payload.dropFirst(8), as: UTF8.self))")
+                    status = "GOAWAY"
+                case 0x6:
+                    if frame.flags & 0x1 != 0 { pingOut = false }
+                case 0x1:
+                    let headers = try h2.decode(frame)
+                    if frame.flags & 0x1 != 0 { status = headers["grpc-status"] }
+                default:
+                    received += frame.payload.count
+                    guard !frame.payload.isEmpty else { continue }
+                    // Give the window back (stream and connection); like grpc-go's BDP
+                    // estimator, ping at data received while no ping is unanswered.
+                    let n = UInt32(frame.payload.count)
+                    let increment = [UInt8(n >> 24 & 0x7F), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+                    var out = RawHTTP2.frame(type: 0x8, flags: 0, stream: 1, increment) + RawHTTP2.frame(type: 0x8, flags: 0, stream: 0, increment)
+                    if !pingOut {
+                        out += RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: pings, count: 8))
+                        pingOut = true
+                        pings &+= 1
+                    }
+                    try await h2.send(out)
+                }
+            }
+            #expect(status == "0")
+            #expect(received >= BigResponseService.size)
+            #expect(pings > 3, "enough pings to have been a GOAWAY if they were strikes")
+        } catch {
+            serving.cancel()
+            throw error
+        }
+        server.beginGracefulShutdown()
+        try await serving.value
     }
 
     /// The server pings a connection that has been quiet for the keepalive time; unanswered
@@ -508,6 +569,22 @@ private struct DeadlineService: RegistrableRPCService {
         ) { (_: StreamingServerRequest<[UInt8]>, context: ServerContext) -> StreamingServerResponse<[UInt8]> in
             try await context.cancellation.cancelled
             throw RPCError(code: .deadlineExceeded, message: "cancelled at the deadline")
+        }
+    }
+}
+
+/// Answers one 1 MB message (many 64 KiB windows: many DATA frames and round trips).
+private struct BigResponseService: RegistrableRPCService {
+    static let size = 1_000_000
+
+    func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        router.registerHandler(
+            forMethod: MethodDescriptor(fullyQualifiedService: "test.Big", method: "Get"),
+            deserializer: RawBytesCodec(),
+            serializer: RawBytesCodec()
+        ) { (request: StreamingServerRequest<[UInt8]>, _: ServerContext) -> StreamingServerResponse<[UInt8]> in
+            for try await _ in request.messages {}
+            return StreamingServerResponse(single: ServerResponse(message: [UInt8](repeating: 7, count: Self.size)))
         }
     }
 }
