@@ -162,7 +162,7 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     /// - Throws: ``ClientPortError/notListening`` if binding failed or the transport stopped.
     public var listeningAddress: GRPCNIOTransportHTTP2.SocketAddress {
         get async throws {
-            guard let address = try await shared.address.get() else {
+            guard let address = try await shared.address.get(), !shared.isStopped else {
                 throw ClientPortError.notListening
             }
             return address
@@ -191,6 +191,9 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
         }
         shared.setAddress(server.localAddress.flatMap(Self.grpcAddress))
         shared.listening(server: server, connections: connections) { queue.finish() }
+        // However the listener ends, the connections are asked to finish.
+        let shared = self.shared
+        server.closeFuture.whenComplete { _ in shared.beginGracefulShutdown() }
         await withTaskCancellationHandler {
             await withDiscardingTaskGroup { group in
                 for await call in calls {
@@ -203,6 +206,7 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
             queue.finish()
         }
         server.close(promise: nil)
+        shared.stopped()
     }
 
     public func configure(context: GRPCServerContext) {
@@ -231,6 +235,7 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
             var descriptors: [String: MethodDescriptor] = [:]
             var listening: (server: any Channel, connections: ConnectionRegistry, stopped: @Sendable () -> Void)?
             var shutdownRequested = false
+            var stopped = false
         }
         private let state = Mutex(State())
 
@@ -253,6 +258,13 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
         }
 
         var descriptors: [String: MethodDescriptor] { state.withLock { $0.descriptors } }
+
+        /// `listen` has returned.
+        var isStopped: Bool { state.withLock { $0.stopped } }
+
+        func stopped() {
+            state.withLock { $0.stopped = true }
+        }
 
         func configure(_ methods: [MethodDescriptor]) {
             var byPath: [String: MethodDescriptor] = [:]
@@ -322,11 +334,12 @@ final class ConnectionRegistry: Sendable {
         done?()
     }
 
-    /// Asks every open connection to finish; `then` runs once no gRPC connection is open.
+    /// Asks every open connection to finish, once (NIO's HTTP/1.1 handler must not hear it
+    /// twice); `then` runs once no gRPC connection is open.
     func quiesce(then done: @escaping @Sendable () -> Void) {
         let (open, runNow): ([any Channel], Bool) = state.withLock { state in
+            let open = state.quiescing ? [] : Array(state.open.values)
             state.quiescing = true
-            let open = Array(state.open.values)
             if state.grpc.isEmpty { return (open, true) }
             state.whenDone = done
             return (open, false)
