@@ -107,8 +107,11 @@ public struct ClientPortConfiguration: Sendable {
 /// A gRPC server transport for etcd's client port: gRPC (HTTP/2) and HTTP/1.1 on one socket.
 ///
 /// Each accepted connection is classified by its first bytes (the HTTP/2 client preface means
-/// gRPC) or, with TLS, by ALPN. gRPC connections go to the `GRPCServer` this transport is
-/// given to; HTTP/1.1 connections are answered by the configuration's ``HTTPRouter``.
+/// gRPC) or, with TLS, by ALPN. gRPC connections get NIO's HTTP/2 handler with an inline stream
+/// multiplexer and ``GRPCConnectionManager``; each stream gets ``OversizeMessageGuard``, the
+/// fast paths (``FastUnaryHandler``) and ``GRPCStreamBridge``, which hands the streams the fast
+/// paths did not take to the `GRPCServer` this transport is given to. HTTP/1.1 connections are
+/// answered by the configuration's ``HTTPRouter``.
 ///
 /// ```swift
 /// let transport = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: 0)))
@@ -121,50 +124,18 @@ public struct ClientPortConfiguration: Sendable {
 public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     public typealias Bytes = GRPCNIOTransportBytes
 
-    private let underlying: HTTP2ServerTransport.Custom<ClientPortListener>
-    private let maxReceiveMessageBytes: Int
+    private let configuration: ClientPortConfiguration
+    private let eventLoopGroup: any EventLoopGroup
+    private let shared: SharedState
 
     /// Creates the transport; nothing is bound until the server starts.
     public init(
         configuration: ClientPortConfiguration,
         eventLoopGroup: MultiThreadedEventLoopGroup = .singletonMultiThreadedEventLoopGroup
     ) {
-        var config = HTTP2ServerTransport.Custom<ClientPortListener>.Config.defaults
-        maxReceiveMessageBytes = configuration.maxReceiveMessageBytes
-        // A message over the limit is answered ResourceExhausted from its length prefix by the
-        // guard in front of gRPC's stream handler, never buffered; gRPC's own limit only
-        // bounds what a compressed message may inflate to.
-        config.rpc.maxRequestPayloadSize = configuration.maxReceiveMessageBytes
-        let guardLimit = configuration.maxReceiveMessageBytes
-        let fastUnary = configuration.fastUnary
-        let fastKeepAlive = configuration.fastKeepAlive
-        config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
-            stream.eventLoop.makeCompletedFuture {
-                let sync = stream.pipeline.syncOperations
-                if let fastUnary {
-                    try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: guardLimit), position: .first)
-                }
-                try sync.addHandler(OversizeMessageGuard(limit: guardLimit), position: .first)
-            }
-        }
-        // Without this setting NIO HTTP/2 enforces 100 streams per connection without telling
-        // the client (the HTTP/2 default it sees is "unlimited"): the 101st concurrent call
-        // was a connection error that failed every call in flight, executed or not.
-        config.http2.maxConcurrentStreams = Self.effectiveMaxConcurrentStreams(configuration.maxConcurrentStreams)
-        config.connection.maxIdleTime = configuration.maxConnectionIdle.flatMap { $0 > .zero ? $0 : nil }
-        let keepalive = Self.effectiveKeepalive(configuration)
-        config.connection.keepalive = .init(
-            time: keepalive.time,
-            timeout: keepalive.timeout,
-            clientBehavior: .init(
-                minPingIntervalWithoutCalls: keepalive.minClientPingInterval,
-                allowWithoutCalls: false
-            )
-        )
-        underlying = HTTP2ServerTransport.Custom(
-            listenerFactory: ClientPortListener(configuration: configuration, eventLoopGroup: eventLoopGroup),
-            config: config
-        )
+        self.configuration = configuration
+        self.eventLoopGroup = eventLoopGroup
+        self.shared = SharedState(address: eventLoopGroup.any().makePromise())
     }
 
     /// The SETTINGS_MAX_CONCURRENT_STREAMS value advertised: etcd (grpc-go) treats 0 as
@@ -191,7 +162,7 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
     /// - Throws: ``ClientPortError/notListening`` if binding failed or the transport stopped.
     public var listeningAddress: GRPCNIOTransportHTTP2.SocketAddress {
         get async throws {
-            guard let address = await underlying.listeningAddress else {
+            guard let address = try await shared.address.get(), !shared.isStopped else {
                 throw ClientPortError.notListening
             }
             return address
@@ -204,47 +175,189 @@ public struct ClientPortTransport: ServerTransport, ListeningServerTransport {
             _ context: ServerContext
         ) async -> Void
     ) async throws {
-        let limit = maxReceiveMessageBytes
-        try await underlying.listen { stream, context in
-            let inbound = Inbound(wrapping: SizeLimitedRequestParts(base: stream.inbound, limit: limit))
-            await streamHandler(RPCStream(descriptor: stream.descriptor, inbound: inbound, outbound: stream.outbound), context)
+        let (calls, queue) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
+        let runner = GRPCCallRunner(handler: streamHandler, descriptors: shared.descriptors,
+                                    limit: configuration.maxReceiveMessageBytes, calls: queue)
+        let connections = ConnectionRegistry()
+        let listener = ClientPortListener(configuration: configuration, eventLoopGroup: eventLoopGroup)
+        let server: any Channel
+        do {
+            server = try await listener.bind(grpc: GRPCPipeline(configuration: configuration, runner: runner, connections: connections),
+                                             connections: connections)
+        } catch {
+            queue.finish()
+            shared.setAddress(nil)
+            throw error
         }
+        shared.setAddress(server.localAddress.flatMap(Self.grpcAddress))
+        shared.listening(server: server, connections: connections) { queue.finish() }
+        // However the listener ends, the connections are asked to finish.
+        let shared = self.shared
+        server.closeFuture.whenComplete { _ in shared.beginGracefulShutdown() }
+        await withTaskCancellationHandler {
+            await withDiscardingTaskGroup { group in
+                for await call in calls {
+                    group.addTask { await call() }
+                }
+            }
+        } onCancel: {
+            server.close(promise: nil)
+            connections.closeAll()
+            queue.finish()
+        }
+        server.close(promise: nil)
+        shared.stopped()
     }
 
     public func configure(context: GRPCServerContext) {
-        underlying.configure(context: context)
+        shared.configure(context.methods)
     }
 
+    /// Stops accepting connections and asks each open one to finish: gRPC connections get
+    /// GOAWAY and close once their calls are done; `listen` returns when all have closed.
     public func beginGracefulShutdown() {
-        underlying.beginGracefulShutdown()
+        shared.beginGracefulShutdown()
     }
-}
 
-/// Request parts of one RPC, failing with etcd's (grpc-go's) ResourceExhausted error at the
-/// first message larger than `limit` bytes: "grpc: received message larger than max (N vs. M)".
-struct SizeLimitedRequestParts<Bytes: GRPCContiguousBytes & Sendable>: AsyncSequence, Sendable {
-    typealias Element = RPCRequestPart<Bytes>
-    typealias Failure = any Error
-
-    let base: RPCAsyncSequence<RPCRequestPart<Bytes>, any Error>
-    let limit: Int
-
-    struct AsyncIterator: AsyncIteratorProtocol {
-        var base: RPCAsyncSequence<RPCRequestPart<Bytes>, any Error>.AsyncIterator
-        let limit: Int
-
-        mutating func next() async throws -> RPCRequestPart<Bytes>? {
-            let part = try await base.next()
-            if case .message(let bytes)? = part, bytes.count > limit {
-                throw RPCError(code: .resourceExhausted,
-                               message: "grpc: received message larger than max (\(bytes.count) vs. \(limit))")
-            }
-            return part
+    static func grpcAddress(_ address: NIOCore.SocketAddress) -> GRPCNIOTransportHTTP2.SocketAddress? {
+        switch address {
+        case .v4(let a): return .ipv4(host: a.host, port: address.port ?? 0)
+        case .v6(let a): return .ipv6(host: a.host, port: address.port ?? 0)
+        case .unixDomainSocket: return .unixDomainSocket(path: address.pathname ?? "")
         }
     }
 
-    func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: base.makeAsyncIterator(), limit: limit)
+    /// The transport's state shared by its copies (it is a struct).
+    final class SharedState: Sendable {
+        private let addressPromise: EventLoopPromise<GRPCNIOTransportHTTP2.SocketAddress?>
+        private let addressSet = Atomic<Bool>(false)
+        private struct State {
+            var descriptors: [String: MethodDescriptor] = [:]
+            var listening: (server: any Channel, connections: ConnectionRegistry, stopped: @Sendable () -> Void)?
+            var shutdownRequested = false
+            var stopped = false
+        }
+        private let state = Mutex(State())
+
+        init(address: EventLoopPromise<GRPCNIOTransportHTTP2.SocketAddress?>) {
+            self.addressPromise = address
+        }
+
+        deinit {
+            // Never started: nobody waits forever for the address.
+            setAddress(nil)
+        }
+
+        /// The bound address (nil: binding failed), set once.
+        var address: EventLoopFuture<GRPCNIOTransportHTTP2.SocketAddress?> { addressPromise.futureResult }
+
+        func setAddress(_ address: GRPCNIOTransportHTTP2.SocketAddress?) {
+            if !addressSet.exchange(true, ordering: .acquiringAndReleasing) {
+                addressPromise.succeed(address)
+            }
+        }
+
+        var descriptors: [String: MethodDescriptor] { state.withLock { $0.descriptors } }
+
+        /// `listen` has returned.
+        var isStopped: Bool { state.withLock { $0.stopped } }
+
+        func stopped() {
+            state.withLock { $0.stopped = true }
+        }
+
+        func configure(_ methods: [MethodDescriptor]) {
+            var byPath: [String: MethodDescriptor] = [:]
+            for method in methods { byPath["/" + method.fullyQualifiedMethod] = method }
+            state.withLock { $0.descriptors = byPath }
+        }
+
+        func listening(server: any Channel, connections: ConnectionRegistry, stopped: @escaping @Sendable () -> Void) {
+            let stopNow = state.withLock { state in
+                state.listening = (server, connections, stopped)
+                return state.shutdownRequested
+            }
+            if stopNow { beginGracefulShutdown() }
+        }
+
+        func beginGracefulShutdown() {
+            let listening = state.withLock { state in
+                state.shutdownRequested = true
+                return state.listening
+            }
+            guard let listening else { return }
+            listening.server.close(promise: nil)
+            listening.connections.quiesce(then: listening.stopped)
+        }
+    }
+}
+
+/// The open client connections of a listening transport (any event loop): graceful shutdown
+/// tells each to quiesce and waits until the gRPC ones have closed (HTTP/1.1 connections end
+/// their response, or are closed by their own timeouts).
+final class ConnectionRegistry: Sendable {
+    private struct State {
+        var open: [ObjectIdentifier: any Channel] = [:]
+        var grpc: Set<ObjectIdentifier> = []
+        var quiescing = false
+        var whenDone: (@Sendable () -> Void)?
+    }
+    private let state = Mutex(State())
+
+    /// Tracks `channel` until it closes (told to quiesce at once if shutdown has begun).
+    func add(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        let quiescing = state.withLock { state in
+            state.open[id] = channel
+            return state.quiescing
+        }
+        channel.closeFuture.whenComplete { _ in self.remove(id) }
+        if quiescing { Self.tellToQuiesce(channel) }
+    }
+
+    /// Marks a tracked connection as gRPC: graceful shutdown waits for it to close.
+    func addGRPC(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        state.withLock { state in
+            if state.open[id] != nil { state.grpc.insert(id) }
+        }
+    }
+
+    private func remove(_ id: ObjectIdentifier) {
+        let done: (@Sendable () -> Void)? = state.withLock { state in
+            state.open[id] = nil
+            state.grpc.remove(id)
+            guard state.quiescing, state.grpc.isEmpty, let done = state.whenDone else { return nil }
+            state.whenDone = nil
+            return done
+        }
+        done?()
+    }
+
+    /// Asks every open connection to finish, once (NIO's HTTP/1.1 handler must not hear it
+    /// twice); `then` runs once no gRPC connection is open.
+    func quiesce(then done: @escaping @Sendable () -> Void) {
+        let (open, runNow): ([any Channel], Bool) = state.withLock { state in
+            let open = state.quiescing ? [] : Array(state.open.values)
+            state.quiescing = true
+            if state.grpc.isEmpty { return (open, true) }
+            state.whenDone = done
+            return (open, false)
+        }
+        for channel in open { Self.tellToQuiesce(channel) }
+        if runNow { done() }
+    }
+
+    /// Closes every open connection at once.
+    func closeAll() {
+        let open = state.withLock { Array($0.open.values) }
+        for channel in open { channel.close(promise: nil) }
+    }
+
+    private static func tellToQuiesce(_ channel: any Channel) {
+        channel.eventLoop.execute {
+            channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
     }
 }
 
@@ -261,7 +374,7 @@ public enum ClientPortError: Error, Equatable, CustomStringConvertible {
 }
 
 /// Binds the client port and classifies each accepted connection (see ``ClientPortTransport``).
-struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
+struct ClientPortListener {
     let configuration: ClientPortConfiguration
     let eventLoopGroup: any EventLoopGroup
 
@@ -270,22 +383,17 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
         self.eventLoopGroup = eventLoopGroup
     }
 
-    func makeListeningChannel(
-        listenerConfigurator: HTTP2ServerTransport.ListenerConfigurator,
-        connectionConfigurator: HTTP2ServerTransport.ConnectionConfigurator
-    ) async throws -> NIOAsyncChannel<HTTP2ServerTransport.ConnectionConfigurator.ConnectionChannel, Never> {
-        let inbox = GRPCConnectionInbox()
+    /// Binds the port; accepted connections are tracked in `connections`.
+    func bind(grpc: GRPCPipeline, connections: ConnectionRegistry) async throws -> any Channel {
         let starter = ConnectionStarter(
-            connectionConfigurator: connectionConfigurator,
-            inbox: inbox,
+            grpc: grpc,
             router: configuration.router,
             http: HTTPLimits(
                 maxBodyBytes: configuration.maxHTTPBodyBytes,
                 maxHeaderBytes: configuration.httpMaxHeaderBytes,
                 idleTimeout: TimeAmount(configuration.httpIdleTimeout),
                 readTimeout: TimeAmount(configuration.httpReadTimeout)
-            ),
-            usesTLS: configuration.tls != nil || configuration.tlsProvider != nil
+            )
         )
         let tls: (@Sendable () -> NIOSSLContext)?
         if let provider = configuration.tlsProvider {
@@ -302,9 +410,6 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
 
         let bootstrap = ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelInitializer { channel in
-                listenerConfigurator.configure(channel: channel)
-            }
             // Dead peers of idle HTTP/1.1 connections are found by TCP keepalive (gRPC
             // connections also have HTTP/2 pings); ignored on Unix sockets.
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
@@ -316,32 +421,17 @@ struct ClientPortListener: HTTP2ServerTransport.ListenerFactory {
                         return
                     }
                     child.closeFuture.whenComplete { _ in admission.release() }
+                    connections.add(child)
                     try Self.initialize(child: child, tls: tls?(), certificateHandler: certificateHandler?(), revocation: revocation,
                                         starter: starter, sniffTimeout: sniffTimeout)
                 }
             }
 
-        let server: any Channel
         switch configuration.address {
         case .tcp(let host, let port):
-            server = try await bootstrap.bind(host: host, port: port).get()
+            return try await bootstrap.bind(host: host, port: port).get()
         case .unix(let path):
-            server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-        }
-
-        do {
-            return try await server.eventLoop.submit {
-                let bypass = AcceptedChannelBypass()
-                try server.pipeline.syncOperations.addHandler(GRPCConnectionInboxHandler(inbox: inbox, bypass: bypass))
-                let connections = try NIOAsyncChannel<HTTP2ServerTransport.ConnectionConfigurator.ConnectionChannel, Never>(
-                    wrappingChannelSynchronously: server
-                )
-                try server.pipeline.syncOperations.addHandler(bypass)
-                return connections
-            }.get()
-        } catch {
-            try? await server.close()
-            throw error
+            return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
     }
 

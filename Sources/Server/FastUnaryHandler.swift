@@ -42,7 +42,7 @@ func decodeRequest<M: SwiftProtobuf.Message>(_ bytes: [UInt8]) throws -> M {
 /// whose request headers name a method of the ``FastUnaryService`` (a plain, uncompressed gRPC
 /// POST) is served here: its single request message is collected, the service called, and the
 /// response written as gRPC frames (headers, message, trailers). Any other stream is handed on
-/// untouched to grpc-swift's handler behind this one, which then serves it as usual.
+/// untouched to ``GRPCStreamBridge`` behind this one, which serves it through grpc-swift.
 ///
 /// Why: for the hot unary calls (Range, Put, Txn, DeleteRange) grpc-swift's per-call work (an
 /// async channel bridge, a request and a response async sequence, interceptors, a task per
@@ -50,8 +50,8 @@ func decodeRequest<M: SwiftProtobuf.Message>(_ bytes: [UInt8]) throws -> M {
 /// call itself (docs/BENCHMARKS.md). Here a write is proposed from the event loop and answered
 /// from the Raft loop's apply with one hop back (a read the same way after its barrier, or at
 /// once when serializable); only a call that must wait (no leader yet, a refused quota, a
-/// large range) runs as a task. grpc-swift's task for such a stream sees it close without
-/// request headers and ends.
+/// large range) runs as a task. The bridge behind never sees such a stream's frames, so it
+/// costs no task, async channel or promise there.
 final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = HTTP2Frame.FramePayload
@@ -137,7 +137,7 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    /// Not ours: this frame and everything after it go to grpc-swift.
+    /// Not ours: this frame and everything after it go to the bridge to grpc-swift.
     private func handOn(context: ChannelHandlerContext, _ data: NIOAny) {
         context.fireChannelRead(data)
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)

@@ -9,9 +9,8 @@ import NIOHTTP2
 /// status, ResourceExhausted "grpc: received message larger than max (N vs. M)", without
 /// buffering the message: its bytes are dropped as they come and the stream is closed.
 ///
-/// gRPC's own stream handler behind it would otherwise keep reading the message up to its
-/// payload limit. A compressed message is checked by its compressed length here; what it
-/// inflates to is bounded by gRPC's own payload limit, set to the same value.
+/// The handlers behind it would otherwise keep reading the message up to their own limit
+/// (the same value). Compressed requests are refused by ``GRPCStreamBridge``.
 final class OversizeMessageGuard: ChannelDuplexHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = HTTP2Frame.FramePayload
@@ -77,7 +76,7 @@ final class OversizeMessageGuard: ChannelDuplexHandler {
             context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
             context.flush()
         }
-        // Closing resets the stream: the client stops sending, gRPC's handler behind us sees the
+        // Closing resets the stream: the client stops sending, the bridge behind us sees the
         // stream end and cancels the call.
         context.close(promise: nil)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import GRPCCore
 import NIOCore
 import NIOHPACK
 import Testing
@@ -48,15 +49,24 @@ private final class RawHTTP2: @unchecked Sendable {
                 UInt8(stream >> 24 & 0x7F), UInt8(stream >> 16 & 0xFF), UInt8(stream >> 8 & 0xFF), UInt8(stream & 0xFF)] + payload
     }
 
-    /// Sends the request HEADERS of a gRPC call to Maintenance.Status on `stream`.
-    func startCall(stream: UInt32) async throws {
-        let headers: HPACKHeaders = [
-            ":method": "POST", ":scheme": "http", ":path": "/etcdserverpb.Maintenance/Status",
-            ":authority": "localhost", "content-type": "application/grpc", "te": "trailers",
+    /// Sends the request HEADERS of a gRPC call to Maintenance.Status on `stream`; `changes`
+    /// replace (or with nil remove) headers or add more, `end` ends the request with them.
+    func startCall(stream: UInt32, _ changes: KeyValuePairs<String, String?> = [:], end: Bool = false) async throws {
+        var list: [(String, String)] = [
+            (":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.Maintenance/Status"),
+            (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
         ]
+        for (name, value) in changes {
+            // In place: pseudo-headers must stay in front.
+            if let i = list.firstIndex(where: { $0.0 == name }) {
+                if let value { list[i].1 = value } else { list.remove(at: i) }
+            } else if let value {
+                list.append((name, value))
+            }
+        }
         var block = ByteBufferAllocator().buffer(capacity: 256)
-        try encoder.encode(headers: headers, to: &block)
-        try await client.send(Self.frame(type: 0x1, flags: 0x4, stream: stream, Array(buffer: block)))
+        try encoder.encode(headers: HPACKHeaders(list), to: &block)
+        try await client.send(Self.frame(type: 0x1, flags: end ? 0x5 : 0x4, stream: stream, Array(buffer: block)))
     }
 
     func sendData(stream: UInt32, _ bytes: [UInt8], end: Bool) async throws {
@@ -70,6 +80,11 @@ private final class RawHTTP2: @unchecked Sendable {
     /// The next frame of `type` matching `accept` (others are skipped; header blocks are
     /// decoded in order to keep HPACK state). Nil when the connection ends or times out.
     func next(type: UInt8, _ accept: (Frame) -> Bool = { _ in true }) async throws -> Frame? {
+        try await next { $0.type == type && accept($0) }
+    }
+
+    /// The next frame matching `accept`, as ``next(type:_:)``.
+    func next(where accept: (Frame) -> Bool) async throws -> Frame? {
         while true {
             while buffered.count >= 9 {
                 let length = Int(buffered[0]) << 16 | Int(buffered[1]) << 8 | Int(buffered[2])
@@ -77,7 +92,7 @@ private final class RawHTTP2: @unchecked Sendable {
                 let stream = (UInt32(buffered[5]) << 24 | UInt32(buffered[6]) << 16 | UInt32(buffered[7]) << 8 | UInt32(buffered[8])) & 0x7FFF_FFFF
                 let frame = Frame(type: buffered[3], flags: buffered[4], stream: stream, payload: Array(buffered[9..<(9 + length)]))
                 buffered.removeFirst(9 + length)
-                if frame.type == type, accept(frame) { return frame }
+                if accept(frame) { return frame }
                 if frame.type == 0x1 { _ = try decode(frame) }
             }
             let more = try await client.read(atLeast: 1)
@@ -206,7 +221,222 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
             let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY")
             let code = goAway.payload[4...7].reduce(0) { $0 << 8 | UInt32($1) }
             #expect(code == 0xB, "ENHANCE_YOUR_CALM")
+            #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
             #expect(try await h2.client.readToEnd().closed)
+        }
+    }
+
+    /// With a call open, pings at the enforced minimum interval are fine and faster ones are
+    /// strikes: two are forgiven, the third gets too_many_pings (grpc-go's count).
+    @Test func pingStrikesWithAnOpenCall() async throws {
+        try await withClientPort(configure: { $0.keepaliveMinClientPingInterval = .seconds(60) }) { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1)
+            // The first ping is accepted, the next two are strikes: each is still answered.
+            for i in 0..<3 {
+                try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: UInt8(i), count: 8)))
+                let ack = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 != 0 }, "ping \(i) not answered")
+                #expect(ack.payload == Array(repeating: UInt8(i), count: 8))
+            }
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: 9, count: 8)))
+            let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY at the third strike")
+            #expect(goAway.payload[0...3].reduce(0) { $0 << 8 | UInt32($1) } == 1, "names the open call")
+            #expect(goAway.payload[4...7].reduce(0) { $0 << 8 | UInt32($1) } == 0xB)
+            #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
+            #expect(try await h2.client.readToEnd().closed)
+        }
+    }
+
+    /// As in grpc-go, a response written forgives the strikes: grpc-go clients send
+    /// flow-control (BDP) pings while a large response arrives, which must not count as abuse
+    /// (a 1 MB range through the fast path was answered with too_many_pings).
+    @Test func responsesForgivePingStrikes() async throws {
+        try await withClientPort(configure: { $0.keepaliveMinClientPingInterval = .seconds(60) }) { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            var sent: UInt8 = 0
+            func ping() async throws {
+                try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: sent, count: 8)))
+                let ack = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 != 0 }, "ping \(sent) not answered")
+                #expect(ack.payload == Array(repeating: sent, count: 8))
+                sent += 1
+            }
+            // One accepted ping and two strikes.
+            for _ in 0..<3 { try await ping() }
+            // A call answered: the server wrote HEADERS and DATA.
+            try await h2.startCall(stream: 1)
+            try await h2.sendData(stream: 1, grpcMessage([]), end: true)
+            _ = try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 })
+            // Forgiven: again one accepted ping and two strikes, no GOAWAY.
+            for _ in 0..<3 { try await ping() }
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: 99, count: 8)))
+            let goAway = try #require(try await h2.next(type: 0x7), "no GOAWAY at the third strike")
+            #expect(String(decoding: goAway.payload[8...], as: UTF8.self) == "too_many_pings")
+        }
+    }
+
+    /// A grpc-go client sends a flow-control (BDP) ping per round trip while a large response
+    /// arrives (a new one at data received once the last is answered). DATA frames go out
+    /// between them, so none is a strike: a 1 MB `etcdctl get --prefix` was once answered
+    /// too_many_pings ("transport is closing").
+    @Test func pingsDuringALargeResponseAreNotStrikes() async throws {
+        let transport = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: 0)))
+        let server = GRPCServer(transport: transport, services: [BigResponseService()])
+        let serving = Task { try await server.serve() }
+        do {
+            let port = try await transport.listeningAddress.ipv4?.port ?? 0
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1, [":path": "/test.Big/Get"])
+            try await h2.sendData(stream: 1, grpcMessage([]), end: true)
+            var received = 0
+            var pings: UInt8 = 0
+            var pingOut = false
+            var status: String?
+            while status == nil {
+                let frame = try #require(try await h2.next { [0x0, 0x1, 0x6, 0x7].contains($0.type) },
+                                         "connection ended after \(received) bytes and \(pings) pings")
+                switch frame.type {
+                case 0x7:
+                    Issue.record("GOAWAY after \(received) bytes and \(pings) pings: \(String(decoding: frame.payload.dropFirst(8), as: UTF8.self))")
+                    status = "GOAWAY"
+                case 0x6:
+                    if frame.flags & 0x1 != 0 { pingOut = false }
+                case 0x1:
+                    let headers = try h2.decode(frame)
+                    if frame.flags & 0x1 != 0 { status = headers["grpc-status"] }
+                default:
+                    received += frame.payload.count
+                    guard !frame.payload.isEmpty else { continue }
+                    // Give the window back (stream and connection); like grpc-go's BDP
+                    // estimator, ping at data received while no ping is unanswered.
+                    let n = UInt32(frame.payload.count)
+                    let increment = [UInt8(n >> 24 & 0x7F), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+                    var out = RawHTTP2.frame(type: 0x8, flags: 0, stream: 1, increment) + RawHTTP2.frame(type: 0x8, flags: 0, stream: 0, increment)
+                    if !pingOut {
+                        out += RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, Array(repeating: pings, count: 8))
+                        pingOut = true
+                        pings &+= 1
+                    }
+                    try await h2.send(out)
+                }
+            }
+            #expect(status == "0")
+            #expect(received >= BigResponseService.size)
+            #expect(pings > 3, "enough pings to have been a GOAWAY if they were strikes")
+        } catch {
+            serving.cancel()
+            throw error
+        }
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
+    /// The server pings a connection that has been quiet for the keepalive time; unanswered
+    /// within the keepalive timeout, the connection is closed. An answered ping keeps it.
+    @Test func unansweredKeepalivePingClosesTheConnection() async throws {
+        try await withClientPort(configure: {
+            // A generous timeout: under a loaded machine the test itself may take a while to answer.
+            $0.keepaliveTime = .milliseconds(300)
+            $0.keepaliveTimeout = .seconds(3)
+        }) { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            let first = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no keepalive ping")
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0x1, stream: 0, first.payload))
+            // Answered: the connection stays, and the next quiet spell brings another ping.
+            _ = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no second keepalive ping")
+            // This one goes unanswered.
+            let (_, closed) = try await h2.client.readToEnd()
+            #expect(closed, "an unanswered keepalive ping must close the connection")
+        }
+    }
+
+    /// A request compressed with an encoding etcd cannot read gets grpc-go's UNIMPLEMENTED
+    /// answer, and the connection goes on.
+    @Test func compressedRequestIsUnimplemented() async throws {
+        try await withClientPort { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1, ["grpc-encoding": "gzip"])
+            try await h2.sendData(stream: 1, [1, 0, 0, 0, 0], end: true)
+            let refused = try #require(try await h2.next(type: 0x1) { $0.stream == 1 }, "no answer")
+            #expect(refused.flags & 0x1 != 0)
+            let headers = try h2.decode(refused)
+            #expect(headers["grpc-status"] == "12")
+            #expect(headers["grpc-message"] == "grpc: Decompressor is not installed for grpc-encoding \"gzip\"")
+
+            // identity is no compression: served.
+            try await h2.startCall(stream: 3, ["grpc-encoding": "identity"])
+            try await h2.sendData(stream: 3, grpcMessage([]), end: true)
+            let served = try #require(try await h2.next(type: 0x1) { $0.stream == 3 && $0.flags & 0x1 != 0 })
+            #expect(try h2.decode(served)["grpc-status"] == "0")
+        }
+    }
+
+    /// Requests that are not gRPC calls are answered as grpc-swift answered them: a wrong
+    /// content type with HTTP 415, a method other than POST or a missing scheme with
+    /// INVALID_ARGUMENT, an unknown method with UNIMPLEMENTED; none ends the connection.
+    @Test func malformedCallsAreRefused() async throws {
+        try await withClientPort { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            try await h2.startCall(stream: 1, ["content-type": "text/plain"], end: true)
+            let media = try #require(try await h2.next(type: 0x1) { $0.stream == 1 })
+            #expect(try h2.decode(media)[":status"] == "415")
+
+            try await h2.startCall(stream: 3, [":method": "PUT"], end: true)
+            let method = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 3 }))
+            #expect(method["grpc-status"] == "3")
+            #expect(method["grpc-message"] == ":method header is expected to be present and have a value of \"POST\".")
+
+            try await h2.startCall(stream: 5, [":path": "/etcdserverpb.Nope/Missing"])
+            try await h2.sendData(stream: 5, grpcMessage([]), end: true)
+            let unknown = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 5 && $0.flags & 0x1 != 0 }))
+            #expect(unknown["grpc-status"] == "12")
+
+            try await h2.startCall(stream: 7)
+            try await h2.sendData(stream: 7, grpcMessage([]), end: true)
+            let fine = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 7 && $0.flags & 0x1 != 0 }))
+            #expect(fine["grpc-status"] == "0")
+        }
+    }
+
+    /// `grpc-timeout` reaches the server as metadata: `GRPCServer` cancels the call's handle at
+    /// the deadline (as with grpc-swift's transport, the handler decides what to answer).
+    @Test func grpcTimeoutCancelsTheCallAtItsDeadline() async throws {
+        let transport = ClientPortTransport(configuration: .init(address: .tcp(host: "127.0.0.1", port: 0)))
+        let server = GRPCServer(transport: transport, services: [DeadlineService()])
+        let serving = Task { try await server.serve() }
+        do {
+            let port = try await transport.listeningAddress.ipv4?.port ?? 0
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            // The request never ends: only the deadline ends the call.
+            try await h2.startCall(stream: 1, [":path": "/test.Deadline/Wait", "grpc-timeout": "200m"])
+            let ended = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 },
+                                                   "no status at the deadline"))
+            #expect(ended["grpc-status"] == "4")
+            #expect(ended["grpc-message"] == "cancelled at the deadline")
+        } catch {
+            serving.cancel()
+            throw error
+        }
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
+    /// Graceful stop with a call running and no new ones: the running call finishes, the
+    /// second GOAWAY names it, and the connection then closes.
+    @Test func gracefulStopLetsARunningCallFinish() async throws {
+        try await withClientPortHarness { harness in
+            let (h2, _) = try await RawHTTP2.connect(port: harness.port)
+            try await h2.startCall(stream: 1)
+            let stopping = Task { try await harness.stop() }
+            _ = try #require(try await h2.next(type: 0x7), "no GOAWAY")
+            let ping = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 == 0 }, "no PING after the GOAWAY")
+            try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0x1, stream: 0, ping.payload))
+            let second = try #require(try await h2.next(type: 0x7), "no second GOAWAY")
+            #expect(second.payload[0...3].reduce(0) { $0 << 8 | UInt32($1) } == 1)
+            try await h2.sendData(stream: 1, grpcMessage([]), end: true)
+            let done = try h2.decode(try #require(try await h2.next(type: 0x1) { $0.stream == 1 && $0.flags & 0x1 != 0 }))
+            #expect(done["grpc-status"] == "0")
+            #expect(try await h2.client.readToEnd().closed)
+            try await stopping.value
         }
     }
 
@@ -326,5 +556,35 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
         c.keepaliveMinClientPingInterval = .seconds(1)
         let set = ClientPortTransport.effectiveKeepalive(c)
         #expect(set.time == .seconds(30) && set.timeout == .seconds(3) && set.minClientPingInterval == .seconds(1))
+    }
+}
+
+/// Answers DEADLINE_EXCEEDED once gRPC cancels the call (its `grpc-timeout` passed).
+private struct DeadlineService: RegistrableRPCService {
+    func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        router.registerHandler(
+            forMethod: MethodDescriptor(fullyQualifiedService: "test.Deadline", method: "Wait"),
+            deserializer: RawBytesCodec(),
+            serializer: RawBytesCodec()
+        ) { (_: StreamingServerRequest<[UInt8]>, context: ServerContext) -> StreamingServerResponse<[UInt8]> in
+            try await context.cancellation.cancelled
+            throw RPCError(code: .deadlineExceeded, message: "cancelled at the deadline")
+        }
+    }
+}
+
+/// Answers one 1 MB message (many 64 KiB windows: many DATA frames and round trips).
+private struct BigResponseService: RegistrableRPCService {
+    static let size = 1_000_000
+
+    func registerMethods<Transport: ServerTransport>(with router: inout RPCRouter<Transport>) {
+        router.registerHandler(
+            forMethod: MethodDescriptor(fullyQualifiedService: "test.Big", method: "Get"),
+            deserializer: RawBytesCodec(),
+            serializer: RawBytesCodec()
+        ) { (request: StreamingServerRequest<[UInt8]>, _: ServerContext) -> StreamingServerResponse<[UInt8]> in
+            for try await _ in request.messages {}
+            return StreamingServerResponse(single: ServerResponse(message: [UInt8](repeating: 7, count: Self.size)))
+        }
     }
 }
