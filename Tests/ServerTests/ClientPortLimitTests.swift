@@ -330,6 +330,52 @@ private func grpcMessage(_ payload: [UInt8], declaredLength: Int? = nil) -> [UIn
         try await serving.value
     }
 
+    /// grpc-go clients send a ping (a BDP probe) after most DATA they receive, so a busy
+    /// connection carries a ping per response, hundreds a second. Each follows a response,
+    /// which forgives the strikes, and NIO's own control-frame limit is raised so that they do
+    /// not count as a flood: the connection must stay up. (With NIO's default, 200 control
+    /// frames in 30 s, such connections were closed with ENHANCE_YOUR_CALM every second or two:
+    /// watch events were late by up to 100 ms while the client reconnected.)
+    @Test func aPingAfterEveryResponseKeepsTheConnection() async throws {
+        try await withClientPort { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            for i in 0..<400 {
+                let stream = UInt32(2 * i + 1)
+                try await h2.startCall(stream: stream)
+                try await h2.sendData(stream: stream, grpcMessage([]), end: true)
+                let trailers = try #require(
+                    try await h2.next(type: 0x1) { $0.stream == stream && $0.flags & 0x1 != 0 },
+                    "call \(i) not answered: the connection ended")
+                _ = try h2.decode(trailers)
+                let payload = (0..<8).map { UInt8(truncatingIfNeeded: i >> ($0 % 4)) }
+                try await h2.send(RawHTTP2.frame(type: 0x6, flags: 0, stream: 0, payload))
+                let ack = try #require(try await h2.next(type: 0x6) { $0.flags & 0x1 != 0 }, "ping \(i) not answered")
+                #expect(ack.payload == payload)
+            }
+        }
+    }
+
+    /// Calls the client cancels (RST_STREAM) do not end the connection at a rate a busy client
+    /// reaches: NIO's default, 200 in 30 s, answered the 201st with ENHANCE_YOUR_CALM and
+    /// closed the connection with every call on it; etcd keeps it.
+    @Test func cancelledCallsKeepTheConnection() async throws {
+        try await withClientPort { port in
+            let (h2, _) = try await RawHTTP2.connect(port: port)
+            for i in 0..<300 {
+                let stream = UInt32(2 * i + 1)
+                try await h2.startCall(stream: stream)
+                try await h2.send(RawHTTP2.frame(type: 0x3, flags: 0, stream: stream, [0, 0, 0, 8]))  // CANCEL
+            }
+            let stream = UInt32(601)
+            try await h2.startCall(stream: stream)
+            try await h2.sendData(stream: stream, grpcMessage([]), end: true)
+            let trailers = try #require(
+                try await h2.next(type: 0x1) { $0.stream == stream && $0.flags & 0x1 != 0 },
+                "the connection ended after the cancelled calls")
+            #expect(try h2.decode(trailers)["grpc-status"] == "0")
+        }
+    }
+
     /// The server pings a connection that has been quiet for the keepalive time; unanswered
     /// within the keepalive timeout, the connection is closed. An answered ping keeps it.
     @Test func unansweredKeepalivePingClosesTheConnection() async throws {

@@ -20,6 +20,11 @@ struct GRPCPipeline: Sendable {
 
     static let targetWindowSize = 65535
     static let maxFrameSize = 1 << 14
+    /// PING, SETTINGS and other control frames a client may send in a sliding window (50,000
+    /// a second; NIO keeps one timestamp per frame in the window, so at most 8 KiB each).
+    static let controlFrameLimit = (count: 1000, window: TimeAmount.milliseconds(20))
+    /// RST_STREAM frames, and separately stream errors, a client may cause in a sliding window.
+    static let streamResetLimit = (count: 2000, window: TimeAmount.seconds(10))
 
     init(configuration: ClientPortConfiguration, runner: GRPCCallRunner, connections: ConnectionRegistry) {
         self.runner = runner
@@ -53,8 +58,24 @@ struct GRPCPipeline: Sendable {
             // concurrent call was a connection error that failed every call in flight.
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maxConcurrentStreams),
         ]
+        // NIO's flood defences, loosened to what grpc-go clients do in normal use (grpc-go's
+        // server, etcd's, has no such counters). A grpc-go client sends a PING (its bandwidth
+        // probe) after most DATA it receives, so a busy connection carries hundreds a second;
+        // NIO's default, 200 control frames in 30 s, closed it with ENHANCE_YOUR_CALM every
+        // second or two. Pings without responses between them are still refused by the
+        // strike rule in GRPCConnectionManager.
+        connection.controlFrameRateLimit.maximumCount = Self.controlFrameLimit.count
+        connection.controlFrameRateLimit.windowLength = Self.controlFrameLimit.window
+        // Cancelled calls (RST_STREAM) and stream errors: NIO's default, 200 in 30 s, closes
+        // the connection of a client that cancels 7 calls a second; glitches (stream errors
+        // over the connection's whole life, no decay) would end a long-lived connection.
+        connection.maximumConnectionGlitches = Int(Int32.max)
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.targetWindowSize = Self.targetWindowSize
+        stream.streamResetFrameRateLimit.maximumCount = Self.streamResetLimit.count
+        stream.streamResetFrameRateLimit.windowLength = Self.streamResetLimit.window
+        stream.streamErrorRateLimit.maximumCount = Self.streamResetLimit.count
+        stream.streamErrorRateLimit.windowLength = Self.streamResetLimit.window
 
         let runner = self.runner
         let limit = self.limit
