@@ -3,10 +3,12 @@ import NIOCore
 /// Sits in front of a gRPC connection's HTTP/2 handler (on the plaintext side of TLS) and
 /// does two things with what the connection writes:
 ///
-/// - Merges flushes: a flush is held for at most `maxDelay` (100 µs) so that answers finishing
-///   close together (calls answered from the Raft apply, one by one) leave in one socket write;
-///   `maxBytes` (64 KiB) pending, an unwritable socket, or a close flushes at once.
-///   grpc-swift's transport, which this one replaced, did the same with the same defaults.
+/// - Merges flushes: a flush waits behind the tasks already queued on the event loop, so that
+///   answers handed to the loop together (calls answered from one Raft apply) leave in one
+///   socket write, but never waits for a timer: a lone answer goes out at once. `maxBytes`
+///   (64 KiB) pending, an unwritable socket, or a close flushes at once. (grpc-swift's
+///   transport, which this one replaced, held each flush up to 100 µs: one client's puts were
+///   25-30% slower for it, measured with `etcd benchmark put --conns 1 --clients 1`.)
 /// - Follows the HTTP/2 frame headers in the bytes written and tells ``GRPCConnectionManager``
 ///   when a HEADERS or DATA frame goes out: as in grpc-go (which resets its ping strikes for
 ///   each data frame it writes), the client's next ping is then not a strike. grpc-go clients
@@ -15,13 +17,13 @@ final class GRPCConnectionWriter: ChannelOutboundHandler {
     typealias OutboundIn = IOData
     typealias OutboundOut = IOData
 
-    static let maxDelay = TimeAmount.microseconds(100)
     static let maxBytes = 64 * 1024
 
     private let manager: GRPCConnectionManager?
     private var pendingBytes = 0
     private var flushRequested = false
-    private var timer: Scheduled<Void>?
+    /// A flush is queued on the event loop.
+    private var flushQueued = false
     private var context: ChannelHandlerContext?
 
     // The frame being written: header bytes seen (0..<9), its length and type so far, and the
@@ -40,8 +42,6 @@ final class GRPCConnectionWriter: ChannelOutboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
         self.context = nil
     }
 
@@ -93,11 +93,12 @@ final class GRPCConnectionWriter: ChannelOutboundHandler {
             flushNow(context)
             return
         }
-        guard timer == nil else { return }
+        guard !flushQueued else { return }
+        flushQueued = true
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: Self.maxDelay) {
+        context.eventLoop.execute {
             let writer = bound.value
-            writer.timer = nil
+            writer.flushQueued = false
             if let context = writer.context, writer.flushRequested { writer.flushNow(context) }
         }
     }
@@ -108,8 +109,6 @@ final class GRPCConnectionWriter: ChannelOutboundHandler {
     }
 
     private func flushNow(_ context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
         flushRequested = false
         pendingBytes = 0
         context.flush()
