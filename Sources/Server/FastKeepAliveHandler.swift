@@ -91,19 +91,13 @@ final class FastKeepAliveHandler: ChannelInboundHandler {
 
     /// Moves complete messages from the buffer to the queue; an error ends the stream.
     private func takeMessages() -> RPCError? {
-        while buffer.readableBytes >= 5 {
-            let start = buffer.readerIndex
-            guard let flag = buffer.getInteger(at: start, as: UInt8.self),
-                  let length = buffer.getInteger(at: start + 1, as: UInt32.self) else { break }
-            if flag != 0 {
-                return RPCError(code: .internalError, message: "grpc: compressed flag set with identity or empty encoding")
+        while true {
+            do {
+                guard let message = try GRPCMessageFraming.next(from: &buffer, limit: limit) else { break }
+                pending.append(Array(message.readableBytesView))
+            } catch {
+                return error
             }
-            if Int(length) > limit {
-                return RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(length) vs. \(limit))")
-            }
-            guard buffer.readableBytes >= 5 + Int(length) else { break }
-            buffer.moveReaderIndex(forwardBy: 5)
-            pending.append(buffer.readBytes(length: Int(length)) ?? [])
             if pending.count > Self.maxPending {
                 return RPCError(code: .resourceExhausted, message: "too many keep-alive requests waiting for their answers")
             }

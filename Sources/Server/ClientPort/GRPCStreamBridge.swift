@@ -209,22 +209,14 @@ final class GRPCStreamBridge: ChannelDuplexHandler {
     /// Moves complete request messages on; an oversize or compressed message fails the call.
     private func deframe(context: ChannelHandlerContext) {
         guard var bytes = buffer else { return }
-        while bytes.readableBytes >= 5 {
-            let start = bytes.readerIndex
-            let flag = bytes.getInteger(at: start, as: UInt8.self)!
-            let length = Int(bytes.getInteger(at: start + 1, as: UInt32.self)!)
-            if flag != 0 {
-                fail(context: context, RPCError(code: .internalError, message: "grpc: compressed flag set with identity or empty encoding"))
+        while true {
+            do {
+                guard let message = try GRPCMessageFraming.next(from: &bytes, limit: runner.limit) else { break }
+                context.fireChannelRead(wrapInboundOut(.message(GRPCNIOTransportBytes(message.readableBytesView))))
+            } catch {
+                fail(context: context, error)
                 return
             }
-            if length > runner.limit {
-                fail(context: context, RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(length) vs. \(runner.limit))"))
-                return
-            }
-            guard bytes.readableBytes >= 5 + length else { break }
-            bytes.moveReaderIndex(forwardBy: 5)
-            let message = bytes.readSlice(length: length)!
-            context.fireChannelRead(wrapInboundOut(.message(GRPCNIOTransportBytes(message.readableBytesView))))
         }
         buffer = bytes.readableBytes == 0 ? nil : bytes
     }

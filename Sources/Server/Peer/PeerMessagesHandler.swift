@@ -145,22 +145,17 @@ final class PeerMessagesHandler: ChannelInboundHandler, RemovableChannelHandler 
     /// Checks and delivers every complete batch in the buffer; returns the status that must
     /// end the call, if any.
     private func takeBatches() -> RPCError? {
-        while buffer.readableBytes >= 5 {
-            let start = buffer.readerIndex
-            guard let flag = buffer.getInteger(at: start, as: UInt8.self),
-                  let length = buffer.getInteger(at: start + 1, as: UInt32.self) else { break }
-            if flag != 0 {
-                return RPCError(code: .internalError, message: "a compressed message on a call without compression")
+        while true {
+            let message: ByteBuffer
+            do {
+                guard let next = try GRPCMessageFraming.next(from: &buffer, limit: limit) else { break }
+                message = next
+            } catch {
+                return error
             }
-            if Int(length) > limit {
-                return RPCError(code: .resourceExhausted, message: "Message has exceeded the configured maximum payload size (max: \(limit), actual: \(length))")
-            }
-            guard buffer.readableBytes >= 5 + Int(length) else { break }
-            buffer.moveReaderIndex(forwardBy: 5)
-            let bytes = buffer.readBytes(length: Int(length)) ?? []
             let batch: Swetcd_Peer_MessageBatch
             do {
-                batch = try Swetcd_Peer_MessageBatch(serializedBytes: bytes)
+                batch = try Swetcd_Peer_MessageBatch(serializedBytes: Array(message.readableBytesView))
             } catch {
                 return RPCError(code: .invalidArgument, message: "Can't deserialize to message of type \(Swetcd_Peer_MessageBatch.self).")
             }

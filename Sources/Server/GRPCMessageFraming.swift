@@ -1,0 +1,26 @@
+import GRPCCore
+import NIOCore
+
+/// gRPC's message framing on an uncompressed call: a 1-byte compressed flag and a 4-byte
+/// big-endian length before each message. Shared by the handlers that read request messages
+/// off HTTP/2 streams themselves (fast keep-alives, peer `Messages` streams, the bridge to
+/// grpc-swift).
+enum GRPCMessageFraming {
+    /// Takes the next complete message off `buffer`, or nil while it has not all arrived.
+    /// Throws grpc-go's error for a compressed message, and for one longer than `limit` as
+    /// soon as its prefix shows it (before its bytes are buffered).
+    static func next(from buffer: inout ByteBuffer, limit: Int) throws(RPCError) -> ByteBuffer? {
+        let start = buffer.readerIndex
+        guard let flag = buffer.getInteger(at: start, as: UInt8.self),
+              let length = buffer.getInteger(at: start + 1, as: UInt32.self) else { return nil }
+        if flag != 0 {
+            throw RPCError(code: .internalError, message: "grpc: compressed flag set with identity or empty encoding")
+        }
+        if Int(length) > limit {
+            throw RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(length) vs. \(limit))")
+        }
+        guard buffer.readableBytes >= 5 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 5)
+        return buffer.readSlice(length: Int(length))
+    }
+}
