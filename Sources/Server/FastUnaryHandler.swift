@@ -149,8 +149,9 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         return path
     }
 
-    /// Whether `headers` open an uncompressed protobuf gRPC call to `path`.
-    private static func isPlainGRPC(_ headers: HPACKHeaders, path: String) -> Bool {
+    /// Whether `headers` open an uncompressed protobuf gRPC call to `path` (also asked by the
+    /// peer port's `PeerMessagesHandler`).
+    static func isPlainGRPC(_ headers: HPACKHeaders, path: String) -> Bool {
         guard headers.first(name: ":path") == path, headers.first(name: ":method") == "POST",
               let type = headers.first(name: "content-type"), type.hasPrefix("application/grpc"),
               !type.hasPrefix("application/grpc+") || type == "application/grpc+proto" else { return false }

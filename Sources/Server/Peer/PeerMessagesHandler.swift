@@ -6,7 +6,6 @@ import EtcdProto
 import Foundation
 import GRPCCore
 import NIOCore
-import NIOHPACK
 import NIOHTTP2
 import SwiftProtobuf
 
@@ -73,7 +72,7 @@ final class PeerMessagesHandler: ChannelInboundHandler, RemovableChannelHandler 
         let payload = unwrapInboundIn(data)
         switch state {
         case .idle:
-            guard case .headers(let h) = payload, Self.isPlainMessagesCall(h.headers) else {
+            guard case .headers(let h) = payload, FastUnaryHandler.isPlainGRPC(h.headers, path: Self.path) else {
                 state = .closed
                 context.fireChannelRead(data)
                 context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
@@ -109,15 +108,6 @@ final class PeerMessagesHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 
     static let truncated = RPCError(code: .internalError, message: "the request ended inside a message")
-
-    /// Whether `headers` open an uncompressed protobuf gRPC call to Messages.
-    static func isPlainMessagesCall(_ headers: HPACKHeaders) -> Bool {
-        guard headers.first(name: ":path") == path, headers.first(name: ":method") == "POST",
-              let type = headers.first(name: "content-type"), type.hasPrefix("application/grpc"),
-              !type.hasPrefix("application/grpc+") || type == "application/grpc+proto" else { return false }
-        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" { return false }
-        return true
-    }
 
     /// Takes the call: answers its headers and ends it when the transport stops.
     private func start(context: ChannelHandlerContext) {
