@@ -175,15 +175,20 @@ public struct SystemdStartExtender: Sendable {
 }
 
 extension EtcdServer {
-    /// Time since the Raft loop last finished a pass; nil before its first pass and after it
-    /// exited. A healthy loop passes at least once per heartbeat interval, busy or idle; a pass
-    /// stuck in a WAL fsync, a backend commit or an apply makes this grow.
+    /// Time since the Raft loop last finished a pass, or for which its apply thread has been
+    /// busy with one batch or commit, whichever is longer; nil before the loop's first pass and
+    /// after it exited. A healthy loop passes at least once per heartbeat interval, busy or
+    /// idle; a pass stuck in a WAL fsync, or an apply or backend commit that does not finish,
+    /// makes this grow.
     public var raftLoopQuietTime: Duration? {
         if raftLoop.hasExited { return nil }
         let last = raftLoop.lastPassNanos
         guard last > 0 else { return nil }
         let now = DispatchTime.now().uptimeNanoseconds
-        return .nanoseconds(Int64(clamping: now > last ? now - last : 0))
+        var quiet = now > last ? now - last : 0
+        let busy = raftLoop.applyBusySinceNanos
+        if busy > 0, now > busy { quiet = max(quiet, now - busy) }
+        return .nanoseconds(Int64(clamping: quiet))
     }
 
     /// The heartbeat interval (`--heartbeat-interval`).

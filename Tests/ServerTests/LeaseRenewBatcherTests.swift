@@ -46,9 +46,12 @@ struct LeaseRenewBatcherTests {
         let sender = GatedSend()
         let send: LeaseRenewBatcher.Send = { _, ids, _ in try await sender.send(ids) }
         try await withThrowingTaskGroup(of: (Int64, Result<Int64, EtcdError>).self) { group in
+            // The group waits for its tasks when the body leaves, also on a failed wait: let
+            // the held call go first, so a failure ends the test instead of hanging it.
+            defer { sender.release() }
             @Sendable func renew(_ id: Int64) async -> (Int64, Result<Int64, EtcdError>) {
                 do {
-                    return (id, .success(try await batcher.renew(id, leader: 9, timeout: .seconds(5), send: send)))
+                    return (id, .success(try await batcher.renew(id, leader: 9, timeout: .seconds(60), send: send)))
                 } catch {
                     return (id, .failure(EtcdError.from(error)))
                 }
@@ -93,13 +96,14 @@ struct LeaseRenewBatcherTests {
         let sender = GatedSend()
         let send: LeaseRenewBatcher.Send = { _, ids, _ in try await sender.send(ids) }
         try await withThrowingTaskGroup(of: Int64.self) { group in
-            group.addTask { try await batcher.renew(1, leader: 2, timeout: .seconds(5), send: send) }
+            defer { sender.release() }
+            group.addTask { try await batcher.renew(1, leader: 2, timeout: .seconds(60), send: send) }
             try await waitUntil { sender.isHolding }
-            group.addTask { try await batcher.renew(2, leader: 2, timeout: .seconds(5), send: send) }
-            group.addTask { try await batcher.renew(3, leader: 2, timeout: .seconds(5), send: send) }
+            group.addTask { try await batcher.renew(2, leader: 2, timeout: .seconds(60), send: send) }
+            group.addTask { try await batcher.renew(3, leader: 2, timeout: .seconds(60), send: send) }
             try await waitUntil { batcher.waiting(for: 2) == 2 }
             await #expect(throws: EtcdError.tooManyRequests) {
-                try await batcher.renew(4, leader: 2, timeout: .seconds(5), send: send)
+                try await batcher.renew(4, leader: 2, timeout: .seconds(60), send: send)
             }
             sender.release()
             var ttls: [Int64] = []

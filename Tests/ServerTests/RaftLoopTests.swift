@@ -42,36 +42,39 @@ import Testing
         ])
     }
 
-    /// A recorder of where the loop calls its state machine from.
+    /// A recorder of where the loop calls its state machine from: the methods that change the
+    /// applied state on the apply thread, the others on the loop thread.
     final class Recorder: AppliedStateMachine, RaftLoopRequests, Sendable {
-        let owner: ThreadOwner
-        let calls = Mutex<(onLoop: Int, offLoop: Int, leader: Bool)>((0, 0, false))
-        init(owner: ThreadOwner) { self.owner = owner }
+        let loop = Mutex<RaftLoop?>(nil)
+        let calls = Mutex<(onLoop: Int, onApply: Int, elsewhere: Int, leader: Bool)>((0, 0, 0, false))
 
-        private func note() {
-            let current = owner.isCurrent
-            calls.withLock { if current { $0.onLoop += 1 } else { $0.offLoop += 1 } }
+        private func note(applySide: Bool) {
+            guard let loop = loop.withLock({ $0 }) else { return }
+            let right = applySide ? (loop.applyOwner?.isCurrent ?? false) : loop.owner.isCurrent
+            calls.withLock {
+                if !right { $0.elsewhere += 1 } else if applySide { $0.onApply += 1 } else { $0.onLoop += 1 }
+            }
         }
-        func apply(normal entry: Entry) throws { note() }
-        func apply(confChange: ConfChange, entry: Entry, inBackend: Bool) throws { note() }
-        func markApplied(_ entry: Entry) throws { note() }
+        func apply(normal entry: Entry) throws { note(applySide: true) }
+        func apply(confChange: ConfChange, entry: Entry, inBackend: Bool) throws { note(applySide: true) }
+        func markApplied(_ entry: Entry) throws { note(applySide: true) }
         func installSnapshot(_ snapshot: Snapshot, dataDir: DataDir, appliedIndex: UInt64) throws -> UInt64 {
-            note()
+            note(applySide: true)
             return snapshot.metadata.index
         }
         func snapshotData() throws -> [UInt8] {
-            note()
+            note(applySide: true)
             return []
         }
-        func commitIfDue() throws { note() }
+        func commitIfDue() throws { note(applySide: true) }
         func leadershipChanged(isLeader: Bool) {
-            note()
+            note(applySide: false)
             calls.withLock { $0.leader = isLeader }
         }
         var autoPromotesLearners: Bool { false }
         func learnerPromotion(_ status: RaftStatus) -> ConfChange? { nil }
-        func leaseHousekeeping() { note() }
-        func removedByPeer(_ peer: UInt64) throws { note() }
+        func leaseHousekeeping() { note(applySide: false) }
+        func removedByPeer(_ peer: UInt64) throws { note(applySide: true) }
         func proposalFailed(_ data: [UInt8], _ error: EtcdError) {}
         func confChangeFailed(_ id: UInt64, _ error: EtcdError) {}
         func readsDone(_ readers: [UInt64], _ result: Result<Void, any Error>) {}
@@ -79,8 +82,8 @@ import Testing
     }
 
     /// A real loop on a real one-member log: it claims its thread while it runs (the test's
-    /// thread is not the owner), calls the state machine only from that thread, and gives
-    /// the ownership up when it stops.
+    /// thread is not the owner), its apply thread claims its own, each calls only its part of
+    /// the state machine, and both give the ownership up when they stop.
     @Test func loopOwnsItsThreadWhileRunning() async throws {
         let path = NSTemporaryDirectory() + "swetcd-raftloop-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -95,17 +98,24 @@ import Testing
         let loop = RaftLoop(node: node, storage: storage, memberID: 1, heartbeat: .milliseconds(10),
                             snapshotCount: 10_000, appliedIndex: 0, snapshotIndex: 0, consistentIndex: 0,
                             status: LoopStatus(), logger: logger, metrics: ServerMetrics(memberID: 1))
-        let recorder = Recorder(owner: loop.owner)
+        let recorder = Recorder()
+        recorder.loop.withLock { $0 = loop }
         #expect(!loop.owner.isClaimed)
         loop.start(transport: nil, machine: recorder, requests: recorder)
         loop.send(.campaign)
-        try await waitUntil { loop.withStatus { $0.isLeader } && recorder.calls.withLock { $0.onLoop } > 3 }
+        try await waitUntil {
+            loop.withStatus { $0.isLeader } && recorder.calls.withLock { $0.onLoop >= 2 && $0.onApply > 0 }
+        }
         #expect(loop.owner.isClaimed)
         #expect(!loop.owner.isCurrent)
+        let applyOwner = try #require(loop.applyOwner)
+        #expect(applyOwner.isClaimed)
+        #expect(!applyOwner.isCurrent)
         #expect(recorder.calls.withLock { $0.leader })
         await loop.stop()
         #expect(loop.hasExited)
         #expect(!loop.owner.isClaimed)
-        #expect(recorder.calls.withLock { $0.offLoop } == 0)
+        #expect(!applyOwner.isClaimed)
+        #expect(recorder.calls.withLock { $0.elsewhere } == 0)
     }
 }

@@ -101,7 +101,7 @@ final class AlarmStore: Sendable {
 }
 
 extension EtcdServer {
-    /// Applies an Alarm entry (Raft loop thread, inside the entry's backend batch): GET lists,
+    /// Applies an Alarm entry (apply thread, inside the entry's backend batch): GET lists,
     /// ACTIVATE raises and DEACTIVATE clears one (member, type) alarm, as etcd's applier.
     func applyAlarm(_ r: Etcdserverpb_AlarmRequest) throws -> Etcdserverpb_AlarmResponse {
         var resp = Etcdserverpb_AlarmResponse()

@@ -5,7 +5,7 @@ import Raft
 import Storage
 import SwiftProtobuf
 
-// What the Raft loop calls on the member (loop thread only). Applying entries lives in
+// What the Raft loop and its apply thread call on the member (see `AppliedStateMachine`). Applying entries lives in
 // Apply.swift and MembershipServer.swift, installing a leader's snapshot in SnapshotInstall.swift.
 
 extension EtcdServer: AppliedStateMachine {

@@ -7,7 +7,7 @@ import Raft
 import SwiftProtobuf
 
 extension EtcdServer {
-    /// Applies one committed normal entry above the backend's consistent index (Raft loop
+    /// Applies one committed normal entry above the backend's consistent index (apply
     /// thread): its changes and its index go into one backend batch, and its proposer (if it
     /// waits) gets the result.
     func apply(normal entry: Entry) throws {

@@ -417,7 +417,7 @@ public final class EtcdServer: Sendable {
     }
 
     /// Proposes `request` without a task (the client port's fast path): `done` gets the apply
-    /// result on the Raft loop thread, or the timeout from the waiters' sweep. Returns false,
+    /// result on the apply thread (or the Raft loop's, if Raft drops it), or the timeout from the waiters' sweep. Returns false,
     /// having done nothing, when the request needs ``propose(_:internalFromLearner:)``: no leader
     /// known yet (that waits for one) or the quota refuses it (that raises the alarm). Throws
     /// what ``propose(_:internalFromLearner:)`` would throw at once.
@@ -438,7 +438,7 @@ public final class EtcdServer: Sendable {
         return true
     }
 
-    /// ``linearizableBarrier()`` without a task: `done` runs on the Raft loop thread once this
+    /// ``linearizableBarrier()`` without a task: `done` runs on the apply or Raft loop thread once this
     /// member has applied what the leader confirmed (keep it short). Returns false when the
     /// barrier needs the async path (no leader known yet).
     func linearizableBarrierNow(done: @escaping @Sendable (Result<Void, any Error>) -> Void) throws -> Bool {

@@ -29,7 +29,7 @@ extension EtcdServer {
         }
     }
 
-    /// Applies a member's published attributes (Raft loop thread, inside the entry's batch):
+    /// Applies a member's published attributes (apply thread, inside the entry's batch):
     /// the member's record (memory and the backend's members bucket) gets the name and client
     /// URLs; a member that is not part of the membership is ignored.
     func applyMemberAttributes(_ a: Swetcd_Internal_MemberAttributes) throws {

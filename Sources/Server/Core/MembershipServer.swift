@@ -250,7 +250,7 @@ extension EtcdServer: ClusterBackend {
         }
     }
 
-    // MARK: Apply (Raft loop thread)
+    // MARK: Apply (apply thread)
 
     /// Applies a committed conf change (Raft has taken it already): the member list, the
     /// backend and the transport only for entries the backend has not applied yet.

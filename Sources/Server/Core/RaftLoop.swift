@@ -44,6 +44,9 @@ final class LoopInbox: Sendable {
         }
     }
 
+    /// Wakes the loop without an input.
+    func wake() { wakeup.signal() }
+
     /// Sleeps until an input arrives or `deadline` passes.
     func wait(until deadline: DispatchTime) { _ = wakeup.wait(timeout: deadline) }
 
@@ -74,7 +77,9 @@ struct LoopStatus: Sendable {
 }
 
 /// The member's applied state (keyspace, lessor, membership, alarms on the backend) as the
-/// Raft loop uses it. Every method is called on the loop thread only, in log order.
+/// Raft loop and its apply thread use it. The methods that change the applied state (apply,
+/// markApplied, installSnapshot, snapshotData, commitIfDue, removedByPeer) are called on the
+/// apply thread only (`Applier`), in log order; the others on the loop thread.
 protocol AppliedStateMachine: AnyObject {
     /// Applies a committed normal entry with data that the backend does not hold yet (its
     /// index is above the consistent index), the index stored in the same backend batch.
@@ -104,7 +109,7 @@ protocol AppliedStateMachine: AnyObject {
 }
 
 /// The async façade's side of the loop's answers: proposals it cannot take, readers, and the
-/// end of the loop. Called on the loop thread.
+/// end of the loop. Called on the loop thread (readers also on the apply thread).
 protocol RaftLoopRequests: AnyObject, Sendable {
     /// Raft dropped the proposal `data` (no leader known).
     func proposalFailed(_ data: [UInt8], _ error: EtcdError)
@@ -117,25 +122,24 @@ protocol RaftLoopRequests: AnyObject, Sendable {
 }
 
 /// The Raft loop: one OS thread that alone owns the Raft node, the durable Raft log and the
-/// loop's bookkeeping (applied, snapshot and consistent index, configuration, pending reads,
-/// leader epoch, the transport it sends through). Other threads reach it only through `send`,
-/// the published `status`, `start` and `stop`. Loop-only state is read and written through
-/// `own`, checked against the loop thread in debug builds.
+/// loop's bookkeeping (the index handed to the apply thread, snapshot index, configuration,
+/// pending reads, leader epoch, the transport it sends through). Other threads reach it only
+/// through `send`, the published `status`, `start` and `stop`. Loop-only state is read and
+/// written through `own`, checked against the loop thread in debug builds. Committed entries
+/// are applied on the loop's apply thread (`Applier`).
 final class RaftLoop: @unchecked Sendable {
     /// The loop's own state.
     struct Owned {
+        /// The last entry handed to the apply thread (Raft's applied index).
         var appliedIndex: UInt64
         var snapshotIndex: UInt64
-        /// The backend's consistent index at start-up or after a snapshot install: normal entries
-        /// up to it are already in the backend and are not applied again.
-        var consistentIndex: UInt64
+        /// The backend's consistent index at start-up (the apply thread's from then on).
+        let consistentIndex: UInt64
         var confState: ConfState
         var leader: UInt64 = 0
         var leaderEpoch: UInt64 = 0
         /// ReadIndex requests sent and not yet answered: context → reader IDs.
         var pendingReads: [[UInt8]: [UInt64]] = [:]
-        /// Readers whose read index is known, waiting for the apply loop to reach it.
-        var readsAwaitingApply: [(index: UInt64, readers: [UInt64])] = []
         var readCounter: UInt64 = 0
         /// A single voter campaigns as soon as its configuration is applied.
         var campaignWhenAlone = false
@@ -147,6 +151,7 @@ final class RaftLoop: @unchecked Sendable {
         /// The applied state and the façade (set at start, cleared when the loop ends).
         var machine: (any AppliedStateMachine)?
         var requests: (any RaftLoopRequests)?
+        var applier: Applier?
     }
 
     let memberID: UInt64
@@ -162,6 +167,9 @@ final class RaftLoop: @unchecked Sendable {
     private let lastPass = Atomic<UInt64>(0)
     /// The loop thread, once started.
     let owner = ThreadOwner()
+    /// The apply thread, once started: the applied state's owner.
+    var applyOwner: ThreadOwner? { applierRef.withLock { $0?.owner } }
+    private let applierRef = Mutex<Applier?>(nil)
 
     private let _node: RaftNode
     private let _storage: DurableRaftStorage
@@ -215,18 +223,30 @@ final class RaftLoop: @unchecked Sendable {
     /// Uptime nanoseconds at the end of the loop's last pass (0 before the first).
     var lastPassNanos: UInt64 { lastPass.load(ordering: .relaxed) }
 
+    /// Uptime nanoseconds at which the apply thread began its current work; 0 while it is idle
+    /// (or not started).
+    var applyBusySinceNanos: UInt64 { applierRef.withLock { $0?.busySinceNanos ?? 0 } }
+
     /// Starts the loop thread, which sends through `transport` (nil: nothing to send to) and
     /// applies to `machine`.
     func start(transport: PeerTransport?, machine: any AppliedStateMachine, requests: any RaftLoopRequests) {
         own.transport = transport
         own.machine = machine
         own.requests = requests
+        let applier = Applier(machine: machine, requests: requests, applied: own.appliedIndex,
+                              consistentIndex: own.consistentIndex,
+                              publish: { [weak self] index in self?.published.withLock { $0.applied = index } },
+                              wakeLoop: { [inbox] in inbox.wake() })
+        own.applier = applier
+        applierRef.withLock { $0 = applier }
+        applier.start()
         let thread = Thread { [self] in
             nameCurrentThread("raft-loop")
             owner.claim()
             run()
             own.machine = nil
             own.requests = nil
+            own.applier = nil
             owner.release()
             exited.store(true, ordering: .releasing)
             let c = done.withLock { slot -> CheckedContinuation<Void, Never>? in
@@ -269,6 +289,7 @@ final class RaftLoop: @unchecked Sendable {
             inbox.wait(until: DispatchTime(uptimeNanoseconds: nextTick))
             if inbox.isStopping { break }
             do {
+                try own.applier?.checkFailure()
                 try handleInputs(inbox.drain())
                 let now = DispatchTime.now().uptimeNanoseconds
                 if now >= nextTick {
@@ -279,7 +300,6 @@ final class RaftLoop: @unchecked Sendable {
                 while node.hasReady {
                     try handleReady(try node.ready())
                 }
-                try own.machine?.commitIfDue()
                 lastPass.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
             } catch {
                 logger.critical("raft loop failed; stopping the member", metadata: ["error": "\(error)"])
@@ -289,6 +309,8 @@ final class RaftLoop: @unchecked Sendable {
                 break
             }
         }
+        // What was handed over is committed: the apply thread applies it before it ends.
+        own.applier?.stop()
         // Leave what is durable durable: the WAL syncs on close, the backend commits in stop().
         do { try storage.close() } catch {
             logger.error("closing the WAL failed", metadata: ["error": "\(error)"])
@@ -339,7 +361,7 @@ final class RaftLoop: @unchecked Sendable {
                 own.campaignWhenAlone = true
                 try campaignIfAlone()
             case .removedByPeer(let peer):
-                try own.machine?.removedByPeer(peer)
+                if let applier = own.applier { try applier.call { try applier.removedByPeer(peer) } }
             }
         }
         if !readers.isEmpty {
@@ -400,24 +422,21 @@ final class RaftLoop: @unchecked Sendable {
         if let ss = rd.softState { noteSoftState(ss) }
         if let snap = rd.snapshot, !snap.isEmpty {
             own.confState = snap.metadata.confState
-            if let machine = own.machine {
-                let fresh = try machine.installSnapshot(snap, dataDir: storage.dataDir, appliedIndex: own.appliedIndex)
-                own.consistentIndex = fresh
+            if let applier = own.applier {
+                // After everything handed over is applied, on the apply thread.
+                let dir = storage.dataDir
+                try applier.call { try applier.installSnapshot(snap, dataDir: dir) }
                 own.snapshotIndex = max(own.snapshotIndex, snap.metadata.index)
             }
             own.appliedIndex = max(own.appliedIndex, snap.metadata.index)
         }
-        for entry in rd.committedEntries {
-            try apply(entry)
-        }
+        try handOver(rd.committedEntries)
         for rs in rd.readStates {
             if let readers = own.pendingReads.removeValue(forKey: rs.context) {
-                own.readsAwaitingApply.append((rs.index, readers))
+                own.applier?.releaseReads(at: rs.index, readers)
             }
         }
-        releaseReads()
         let hs = node.hardState
-        let applied = own.appliedIndex
         let cs = own.confState
         let voters = cs.voters.count
         // Not a voter: a learner, a joining member catching up, or a removed member.
@@ -428,7 +447,6 @@ final class RaftLoop: @unchecked Sendable {
         published.withLock {
             $0.term = hs.term
             $0.committed = hs.commit
-            $0.applied = applied
             $0.voters = voters
             $0.isLearner = learner
             $0.lastIndex = raftStatus.lastIndex
@@ -439,29 +457,33 @@ final class RaftLoop: @unchecked Sendable {
         try maybeSnapshot()
     }
 
-    /// Applies one committed entry. Conf changes always reach Raft; normal entries at or below
-    /// the backend's consistent index were applied before a restart (or came with an installed
-    /// snapshot) and are skipped.
-    private func apply(_ entry: Entry) throws {
-        defer { own.appliedIndex = max(own.appliedIndex, entry.index) }
-        guard let machine = own.machine else { return }
-        switch entry.type {
-        case .confChange:
-            let cc = try ConfChange(decoding: entry.data)
-            own.confState = try node.applyConfChange(cc)
-            try machine.apply(confChange: cc, entry: entry, inBackend: entry.index <= own.consistentIndex)
-        case .confChangeV2:
-            let cc = try ConfChangeV2(decoding: entry.data)
-            own.confState = try node.applyConfChange(cc)
-            if entry.index > own.consistentIndex { try machine.markApplied(entry) }
-        case .normal:
-            if entry.index <= own.consistentIndex { return }
-            if entry.data.isEmpty {
-                try machine.markApplied(entry)
-            } else {
-                try machine.apply(normal: entry)
+    /// Hands committed entries to the apply thread in log order without waiting for them,
+    /// except a conf change: Raft takes it on this thread, and its membership part is applied
+    /// (after every entry before it) before the loop goes on, as etcd waits for it.
+    private func handOver(_ entries: [Entry]) throws {
+        guard let last = entries.last else { return }
+        defer { own.appliedIndex = max(own.appliedIndex, last.index) }
+        guard let applier = own.applier else { return }
+        var run: [Entry] = []
+        for entry in entries {
+            switch entry.type {
+            case .normal:
+                run.append(entry)
+            case .confChange:
+                try applier.hand(run)
+                run = []
+                let cc = try ConfChange(decoding: entry.data)
+                own.confState = try node.applyConfChange(cc)
+                try applier.call { try applier.applyConfChange(cc, entry: entry) }
+            case .confChangeV2:
+                try applier.hand(run)
+                run = []
+                let cc = try ConfChangeV2(decoding: entry.data)
+                own.confState = try node.applyConfChange(cc)
+                try applier.call { try applier.applyConfChange(nil, entry: entry) }
             }
         }
+        try applier.hand(run)
     }
 
     /// Campaigns once, if asked to at start-up and this member is the only voter.
@@ -499,20 +521,6 @@ final class RaftLoop: @unchecked Sendable {
         own.pendingReads.removeAll()
     }
 
-    private func releaseReads() {
-        guard !own.readsAwaitingApply.isEmpty else { return }
-        let applied = own.appliedIndex
-        var keep: [(index: UInt64, readers: [UInt64])] = []
-        for w in own.readsAwaitingApply {
-            if w.index <= applied {
-                own.requests?.readsDone(w.readers, .success(()))
-            } else {
-                keep.append(w)
-            }
-        }
-        own.readsAwaitingApply = keep
-    }
-
     /// On the leader, every 500 ms: learner promotions (with `--auto-promote-learners`), then
     /// lease expiry and checkpoints.
     private func leaseHousekeeping() throws {
@@ -535,11 +543,11 @@ final class RaftLoop: @unchecked Sendable {
 
     /// Every `--snapshot-count` applied entries: commit the backend, record a Raft snapshot
     /// (its data is the membership) and drop log entries from memory beyond the 5000 kept for
-    /// slow followers.
+    /// slow followers. The loop waits until the apply thread has applied what it was handed.
     private func maybeSnapshot() throws {
         guard own.appliedIndex > own.snapshotIndex,
-              own.appliedIndex - own.snapshotIndex >= snapshotCount, let machine = own.machine else { return }
-        let data = try machine.snapshotData()
+              own.appliedIndex - own.snapshotIndex >= snapshotCount, let applier = own.applier else { return }
+        let data = try applier.call { try applier.snapshotData() }
         _ = try storage.createSnapshot(index: own.appliedIndex, confState: own.confState, data: data)
         own.snapshotIndex = own.appliedIndex
         _ = try storage.compact(keeping: 5000)

@@ -16,7 +16,8 @@ import Glibc
 /// The peer transport stores the leader's backend copy, size- and hash-checked and synced, at
 /// `member/snap/<index:016x>.snap.db` before Raft sees the snapshot message. When the Ready
 /// carrying the snapshot is handled on the Raft loop thread, the Raft snapshot is persisted
-/// first (snapshot file and WAL marker, `DurableRaftStorage.persist`), then the backend file is
+/// first (snapshot file and WAL marker, `DurableRaftStorage.persist`), then, on the apply thread
+/// once everything handed to it is applied (the loop waits), the backend file is
 /// renamed over `member/snap/db` and the directory synced, and the backend reopened on it in
 /// place (`Backend.replace(withFileAt:)`), the keyspace and lessor restored from it. A crash
 /// at any point leaves a usable data directory: before the rename the old backend and the
@@ -103,7 +104,7 @@ enum SnapshotInstaller {
 extension EtcdServer {
     /// Swaps in the leader's backend for the Raft snapshot `snap`, just persisted, and restores
     /// the keyspace, lessor and membership from it in place; watch streams stay open and catch
-    /// up from the new keyspace (Raft loop thread). An error stops the loop: the data directory
+    /// up from the new keyspace (apply thread, while the Raft loop waits). An error stops the loop: the data directory
     /// stays usable (see ``SnapshotInstaller``). Returns the new backend's consistent index.
     func installSnapshot(_ snap: Snapshot, dataDir: DataDir, appliedIndex: UInt64) throws -> UInt64 {
         let index = snap.metadata.index
