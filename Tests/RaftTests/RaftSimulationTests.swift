@@ -4,10 +4,13 @@ import Testing
 
 /// Seeds and steps come from the environment: `SIM_SEED` replays one seed, `SIM_SEEDS`
 /// (default 1000) and `SIM_STEPS` (default 300) size the run, `SIM_FIRST_SEED` offsets it.
+/// `SIM_APPLY=sync` or `threaded` forces the apply model (default: chosen per seed).
 enum SimEnv {
     static func int(_ name: String) -> Int? {
         ProcessInfo.processInfo.environment[name].flatMap { Int($0) }
     }
+
+    static func string(_ name: String) -> String? { ProcessInfo.processInfo.environment[name] }
 
     static var steps: Int { int("SIM_STEPS") ?? 300 }
     static var seeds: Int { int("SIM_SEEDS") ?? 1000 }
