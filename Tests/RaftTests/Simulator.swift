@@ -105,7 +105,8 @@ final class Simulation {
                  appliesLagged: 0, maxApplyLag: 0, confBarriers: 0, snapshotBarriers: 0, snapshotTakeWaits: 0,
                  queueFullWaits: 0, readsWaited: 0)
 
-    init(seed: UInt64, steps: Int) throws {
+    /// `threadedApply` forces the apply model; nil: `SIM_APPLY`, else chosen per seed.
+    init(seed: UInt64, steps: Int, threadedApply forced: Bool? = nil) throws {
         self.seed = seed
         self.steps = steps
         rng = SplitMix64(seed: seed)
@@ -130,7 +131,7 @@ final class Simulation {
         jointFocus = rng.next() % 3 == 0
         // The apply model has its own generator, so synchronous seeds run as they did before it.
         var applyRng = SplitMix64(seed: seed ^ 0xA991_7A99_1E5E_ED00)
-        switch SimEnv.string("SIM_APPLY") {
+        switch forced.map({ $0 ? "threaded" : "sync" }) ?? SimEnv.string("SIM_APPLY") {
         case "sync": threadedApply = false
         case "threaded": threadedApply = true
         default: threadedApply = applyRng.next() % 3 != 0
