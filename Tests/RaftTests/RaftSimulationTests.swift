@@ -4,10 +4,13 @@ import Testing
 
 /// Seeds and steps come from the environment: `SIM_SEED` replays one seed, `SIM_SEEDS`
 /// (default 1000) and `SIM_STEPS` (default 300) size the run, `SIM_FIRST_SEED` offsets it.
+/// `SIM_APPLY=sync` or `threaded` forces the apply model (default: chosen per seed).
 enum SimEnv {
     static func int(_ name: String) -> Int? {
         ProcessInfo.processInfo.environment[name].flatMap { Int($0) }
     }
+
+    static func string(_ name: String) -> String? { ProcessInfo.processInfo.environment[name] }
 
     static var steps: Int { int("SIM_STEPS") ?? 300 }
     static var seeds: Int { int("SIM_SEEDS") ?? 1000 }
@@ -49,6 +52,27 @@ enum SimEnv {
             }
             seed += SimEnv.chunks
         }
+    }
+
+    /// The apply model is live: with the apply thread, applies lag Raft's applied index, the
+    /// loop waits at conf-change barriers and on a full queue, and reads wait for the applied
+    /// state; the synchronous model does none of this. Sixteen seeds of each.
+    @Test func applyModelsDiffer() throws {
+        var lagged = 0, longest = 0, confBarriers = 0, fullWaits = 0, readsWaited = 0
+        for seed in UInt64(1)...16 {
+            let t = try Simulation(seed: seed, steps: 300, threadedApply: true)
+            try t.run()
+            lagged += t.stats.appliesLagged
+            longest = max(longest, t.stats.maxApplyLag)
+            confBarriers += t.stats.confBarriers
+            fullWaits += t.stats.queueFullWaits
+            readsWaited += t.stats.readsWaited
+            let s = try Simulation(seed: seed, steps: 300, threadedApply: false)
+            try s.run()
+            #expect(s.stats.appliesLagged == 0 && s.stats.maxApplyLag == 0 && s.stats.confBarriers == 0 && s.stats.queueFullWaits == 0)
+        }
+        #expect(lagged > 100 && longest >= 8 && confBarriers > 0 && fullWaits > 0 && readsWaited > 0,
+                "lagged \(lagged) longest \(longest) conf barriers \(confBarriers) full-queue waits \(fullWaits) reads waited \(readsWaited)")
     }
 
     @Test func sameSeedSameRun() throws {

@@ -13,6 +13,9 @@ struct SimFailure: Error, CustomStringConvertible {
 /// does: a leader's appends go out first, then the write (synced when `mustSync`), then the
 /// other messages, apply, advance; a crash may strike between any two of these, and a leader's
 /// write may stay in flight for a few ticks while it keeps stepping (acks race its own write).
+/// In two thirds of the seeds committed entries go to a per-node apply queue that a simulated
+/// apply thread drains at random points, as the server's apply thread does; conf changes,
+/// received snapshots and snapshots taken are barriers, and reads wait for the applied state.
 /// A crash keeps only what was synced, plus a random prefix of the unsynced WAL records (see
 /// ``SimDisk``). Invariants are checked after every event and every step, by counting from the
 /// durable images and the messages sent, never through the core's own quorum code; a liveness
@@ -50,8 +53,29 @@ final class Simulation {
     /// A leader's Ready whose write is still in flight (its early messages are out), and the
     /// step at which the write completes.
     var pendingWrites: [UInt64: (ready: Ready, at: Int)] = [:]
-    var nodes: [UInt64: RaftNode] = [:]
+    var nodes: [UInt64: RaftNode] = [:] {
+        didSet { liveIDs = ids.filter { nodes[$0] != nil } }
+    }
+    /// Live nodes in ID order, kept with `nodes` (computing it at every use was a hot spot).
+    private(set) var liveIDs: [UInt64] = []
+    /// Each node's applied state (what its apply thread has applied).
     var apps: [UInt64: App] = [:]
+    /// Apply model of this seed. Threaded: `finishReady` hands normal committed entries to the
+    /// node's apply queue and goes on; the apply thread applies some of them at random points
+    /// (`runApplyThreads`). A conf change waits until the queue is empty, then is applied by
+    /// the loop; so do a received snapshot and a snapshot taken. Otherwise (synchronous) the
+    /// Ready applies its entries itself.
+    var threadedApply = false
+    /// Threaded: the most entries a queue holds; the loop waits (the queue drains) beyond it.
+    var applyQueueLimit = 0
+    /// Threaded: per mille chance that a node's apply thread runs at a drain point.
+    var applyRunChance: UInt64 = 0
+    /// Threaded: entries handed over and not applied yet, in order (lost in a crash).
+    var applyQueues: [UInt64: [Entry]] = [:]
+    /// Entries in all apply queues.
+    var queuedEntries = 0
+    /// Read answers whose read index is known, waiting for the applied state to reach it.
+    var pendingReads: [UInt64: [(context: [UInt8], index: UInt64)]] = [:]
     var crashedUntil: [UInt64: Int] = [:]
     var inflight: [Pending] = []
     var jointFocus = false
@@ -77,9 +101,12 @@ final class Simulation {
 
     // Statistics.
     var stats = (leaders: 0, commits: UInt64(0), reads: 0, confChanges: 0, crashes: 0, snapshots: 0, oldTermCommits: 0, dangerous: 0,
-                 writesInFlight: 0, commitsDuringWrite: 0, unsyncedLost: 0)
+                 writesInFlight: 0, commitsDuringWrite: 0, unsyncedLost: 0,
+                 appliesLagged: 0, maxApplyLag: 0, confBarriers: 0, snapshotBarriers: 0, snapshotTakeWaits: 0,
+                 queueFullWaits: 0, readsWaited: 0)
 
-    init(seed: UInt64, steps: Int) throws {
+    /// `threadedApply` forces the apply model; nil: `SIM_APPLY`, else chosen per seed.
+    init(seed: UInt64, steps: Int, threadedApply forced: Bool? = nil) throws {
         self.seed = seed
         self.steps = steps
         rng = SplitMix64(seed: seed)
@@ -102,6 +129,15 @@ final class Simulation {
         // A third of the seeds spend much of their time in joint configurations, with elections
         // forced while joint.
         jointFocus = rng.next() % 3 == 0
+        // The apply model has its own generator, so synchronous seeds run as they did before it.
+        var applyRng = SplitMix64(seed: seed ^ 0xA991_7A99_1E5E_ED00)
+        switch forced.map({ $0 ? "threaded" : "sync" }) ?? SimEnv.string("SIM_APPLY") {
+        case "sync": threadedApply = false
+        case "threaded": threadedApply = true
+        default: threadedApply = applyRng.next() % 3 != 0
+        }
+        applyQueueLimit = [2, 16, 128][Int(applyRng.next() % 3)]
+        applyRunChance = [30, 250, 800][Int(applyRng.next() % 3)]
         for id in ids {
             let disk = try SimDisk(Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: cs)))
             let s = disk.live
@@ -119,12 +155,15 @@ final class Simulation {
             configs[id] = c
             nodes[id] = try RaftNode(config: c, storage: s)
             apps[id] = App(index: 0, digest: 0)
+            applyQueues[id] = []
             seenCommit[id] = 0
         }
+        liveIDs = ids // observers do not run in the initializer
     }
 
     var summary: String {
-        "nodes=\(ids.count) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous) writesInFlight=\(stats.writesInFlight) commitsDuringWrite=\(stats.commitsDuringWrite) unsyncedLost=\(stats.unsyncedLost)"
+        "nodes=\(ids.count) ticks=\(now) leaders=\(stats.leaders) commit=\(stats.commits) reads=\(stats.reads) confChanges=\(stats.confChanges) crashes=\(stats.crashes) snapshots=\(stats.snapshots) oldTermCommits=\(stats.oldTermCommits) dangerous=\(stats.dangerous) writesInFlight=\(stats.writesInFlight) commitsDuringWrite=\(stats.commitsDuringWrite) unsyncedLost=\(stats.unsyncedLost)"
+            + " apply=\(threadedApply ? "threaded(limit \(applyQueueLimit), run \(applyRunChance)/1000)" : "sync") appliesLagged=\(stats.appliesLagged) maxApplyLag=\(stats.maxApplyLag) barriers(conf/recvSnap/takeSnap)=\(stats.confBarriers)/\(stats.snapshotBarriers)/\(stats.snapshotTakeWaits) queueFullWaits=\(stats.queueFullWaits) readsWaited=\(stats.readsWaited)"
     }
 
     let tracing = SimEnv.int("SIM_TRACE") != nil
@@ -139,7 +178,6 @@ final class Simulation {
 
     func pick<T>(_ a: [T]) -> T? { a.isEmpty ? nil : a[Int(rng.next() % UInt64(a.count))] }
 
-    var liveIDs: [UInt64] { nodes.keys.sorted() }
 
     var leaders: [RaftNode] { liveIDs.compactMap { nodes[$0] }.filter { $0.role == .leader } }
 
@@ -154,17 +192,20 @@ final class Simulation {
 
     func step() throws {
         now += 1
+        try runApplyThreads()
         if faults { try randomAction() }
         if faults && churn && chance(120) { partition() }
         if faults && churn && chance(300), let l = pick(leaders) { try propose(at: l.id) }
         if faults { try disturbJointLeader() }
         try completeWrites()
         try deliverDue()
+        try runApplyThreads()
         for id in liveIDs {
             guard let n = nodes[id] else { continue }
             if faults && chance(30) { continue } // clock skew: a missed tick
             try event(id) { try n.tick() }
         }
+        try runApplyThreads()
         try checkStep()
     }
 
@@ -286,6 +327,10 @@ final class Simulation {
         try disk.crash(keeping: kept)
         pendingWrites[id] = nil
         nodes[id] = nil
+        // The apply queue and the reads waiting for it are memory: lost.
+        queuedEntries -= applyQueues[id, default: []].count
+        applyQueues[id] = []
+        pendingReads[id] = nil
         crashedUntil[id] = now + 5 + Int(rng.next() % 40)
         stats.crashes += 1
     }
@@ -301,7 +346,9 @@ final class Simulation {
         trace("restart \(id) hs \(s.hardState) last \((try? s.lastIndex()) ?? 0)")
         nodes[id] = n
         apps[id] = App(index: snap.metadata.index, digest: Self.digest(of: snap.data))
-        seenCommit[id] = n.log.committed
+        // The commits it recovered (up to its durable commit index) go to the oracle again: an
+        // entry it applies after the restart must be in the committed map.
+        seenCommit[id] = snap.metadata.index
     }
 
     func partition() {
@@ -328,10 +375,19 @@ final class Simulation {
     }
 
     func snapshot(at id: UInt64) throws {
-        guard let n = nodes[id], let a = apps[id] else { return }
+        guard let n = nodes[id] else { return }
+        // Taken of the applied state: the loop first waits until everything handed is applied.
+        if !applyQueues[id, default: []].isEmpty {
+            stats.snapshotTakeWaits += 1
+            try drainApplyQueue(id, upTo: .max)
+        }
+        guard let a = apps[id] else { return }
         let disk = disks[id]!
         let s = disk.live
         guard a.index > (try s.snapshot()).metadata.index else { return }
+        if let d = digestAt[a.index], d != a.digest {
+            throw fail("node \(id) takes a snapshot at \(a.index) whose state is not the one applied at that index")
+        }
         // As the server's: the snapshot and its WAL marker are synced (and so all before them).
         try disk.sync()
         try s.createSnapshot(index: a.index, confState: n.membership.confState, data: Self.bytes(a.digest))
@@ -501,12 +557,21 @@ final class Simulation {
         }
     }
 
-    /// Persists, sends the rest, applies and advances one Ready; false if the node crashed.
+    /// Persists, sends the rest, applies (or hands to the apply queue) and advances one Ready;
+    /// false if the node crashed.
     func finishReady(_ id: UInt64, _ n: RaftNode, _ rd: Ready) throws -> Bool {
         let disk = disks[id]!
         if let snap = rd.snapshot {
             if let d = digestAt[snap.metadata.index], d != Self.digest(of: snap.data) {
                 throw fail("node \(id) received a snapshot at \(snap.metadata.index) with a foreign state")
+            }
+            // A barrier: the apply thread first applies everything handed to it.
+            if !applyQueues[id, default: []].isEmpty {
+                stats.snapshotBarriers += 1
+                try drainApplyQueue(id, upTo: .max)
+            }
+            if let a = apps[id], a.index >= snap.metadata.index {
+                throw fail("node \(id) installs a snapshot at \(snap.metadata.index) over applied index \(a.index)")
             }
             try disk.write(.snapshot(snap))
             apps[id] = App(index: snap.metadata.index, digest: Self.digest(of: snap.data))
@@ -520,13 +585,20 @@ final class Simulation {
         if rd.mustSync { try disk.sync() }
         if faults && chance(churn ? 2 : 5) { try crash(id); return false } // persisted, nothing else sent or applied
         for m in rd.messagesAfterPersist { try sendChecked(id, m) }
-        for e in rd.committedEntries { try apply(id, e) }
+        for e in rd.committedEntries { try handOver(id, e) }
+        // The apply thread may run while the loop goes on.
+        if threadedApply && chance(applyRunChance / 2) { try runApplyThread(id) }
         for r in rd.readStates {
-            stats.reads += 1
             guard let floor = readFloor[r.context] else { throw fail("unknown read context") }
             if r.index < floor {
-                throw fail("read at node \(id) answered \(r.index) < commit \(floor) at request time")
+                throw fail("read at node \(id) got read index \(r.index) < commit \(floor) at request time")
             }
+            pendingReads[id, default: []].append((r.context, r.index))
+        }
+        if !rd.readStates.isEmpty {
+            try answerReads(id)
+            let applied = apps[id]!.index
+            stats.readsWaited += rd.readStates.filter { $0.index > applied }.count
         }
         guard nodes[id] === n else { return false }
         // The leader's own log counts toward commit from here: check what that commits.
@@ -599,8 +671,87 @@ final class Simulation {
         }
     }
 
+    /// Gives a committed entry to the application: applied at once when synchronous, else
+    /// queued for the apply thread; a conf change is a barrier (applied by the loop once every
+    /// entry before it is).
+    func handOver(_ id: UInt64, _ e: Entry) throws {
+        guard threadedApply else { return try apply(id, e) }
+        let queued = applyQueues[id, default: []].count
+        if e.type != .normal {
+            if queued > 0 {
+                stats.confBarriers += 1
+                try drainApplyQueue(id, upTo: .max)
+            }
+            return try apply(id, e)
+        }
+        if queued >= applyQueueLimit {
+            // The queue is full: the loop waits until the apply thread made room.
+            stats.queueFullWaits += 1
+            try drainApplyQueue(id, upTo: queued - applyQueueLimit + 1)
+        }
+        applyQueues[id, default: []].append(e)
+        queuedEntries += 1
+    }
+
+    /// Each node's apply thread may run now and apply some of its queue: one to four entries,
+    /// or (30%) all of them.
+    func runApplyThreads() throws {
+        guard queuedEntries > 0 else { return }
+        for id in ids where !applyQueues[id, default: []].isEmpty && chance(applyRunChance) { try runApplyThread(id) }
+    }
+
+    func runApplyThread(_ id: UInt64) throws {
+        let queued = applyQueues[id, default: []].count
+        guard queued > 0 else { return }
+        stats.maxApplyLag = max(stats.maxApplyLag, queued)
+        try drainApplyQueue(id, upTo: chance(300) ? queued : 1 + Int(rng.next() % UInt64(min(queued, 4))))
+    }
+
+    /// The apply thread applies up to `count` queued entries in order, then answers the reads
+    /// the applied state now covers.
+    func drainApplyQueue(_ id: UInt64, upTo count: Int) throws {
+        var applied = 0
+        while applied < count, let e = applyQueues[id]?.first {
+            applyQueues[id]!.removeFirst()
+            queuedEntries -= 1
+            // Raft's view (advanced past it) is ahead of the application's.
+            if let n = nodes[id], n.log.applied >= e.index { stats.appliesLagged += 1 }
+            try apply(id, e)
+            applied += 1
+        }
+        try answerReads(id)
+    }
+
+    /// Answers, in order, the reads whose read index the applied state has reached. Checked:
+    /// the applied state covers the read index and the commit index when the read was made.
+    func answerReads(_ id: UInt64) throws {
+        guard let waiting = pendingReads[id], !waiting.isEmpty, let a = apps[id] else { return }
+        var keep: [(context: [UInt8], index: UInt64)] = []
+        for r in waiting {
+            guard a.index >= r.index else {
+                keep.append(r)
+                continue
+            }
+            let floor = readFloor[r.context] ?? .max
+            if a.index < r.index || a.index < floor {
+                throw fail("read at node \(id) answered at applied index \(a.index): read index \(r.index), commit at request \(floor)")
+            }
+            stats.reads += 1
+        }
+        pendingReads[id] = keep
+    }
+
+    /// Applies one committed entry to the node's state (and a conf change to its Raft node).
     func apply(_ id: UInt64, _ e: Entry) throws {
         guard var a = apps[id], let n = nodes[id] else { return }
+        // Only committed entries are applied: the entry is in the oracle's committed map.
+        try noteCommits(id, n)
+        if committedTerm[e.index] != e.term {
+            throw fail("node \(id) applies \(e.index)/\(e.term), not committed (committed term \(String(describing: committedTerm[e.index])))")
+        }
+        if e.type != .normal, !applyQueues[id, default: []].isEmpty {
+            throw fail("node \(id) applies the conf change at \(e.index) with entries before it still queued")
+        }
         if e.index != a.index + 1 { throw fail("node \(id) applies \(e.index) after \(a.index)") }
         a.index = e.index
         a.digest = Self.mix(a.digest, Self.hash(e))
@@ -633,26 +784,37 @@ final class Simulation {
     func checkStep() throws {
         for id in liveIDs {
             let n = nodes[id]!
-            let c = n.log.committed
             if n.role == .leader, let other = leaderOfTerm[n.term], other != id {
                 throw fail("two leaders in term \(n.term)")
             }
-            if c > seenCommit[id, default: 0] {
-                let lo = max(seenCommit[id, default: 0] + 1, try n.log.firstIndex())
-                if lo <= c {
-                    for i in lo...c {
-                        let t = try n.log.term(i)
-                        if let ct = committedTerm[i] {
-                            if ct != t { throw fail("node \(id) committed term \(t) at \(i), others \(ct)") }
-                        } else {
-                            committedTerm[i] = t
-                        }
+            try noteCommits(id, n)
+            // Raft's applied index is what was handed over: the applied state plus the queue.
+            let a = apps[id]!.index
+            if a > n.log.committed || a + UInt64(applyQueues[id, default: []].count) != n.log.applied {
+                throw fail("node \(id) applied \(a) + queued \(applyQueues[id, default: []].count), Raft applied \(n.log.applied) commit \(n.log.committed)")
+            }
+        }
+    }
+
+    /// Records the node's newly committed entries in the oracle, checking they agree with
+    /// every other node's.
+    func noteCommits(_ id: UInt64, _ n: RaftNode) throws {
+        let c = n.log.committed
+        if c > seenCommit[id, default: 0] {
+            let lo = max(seenCommit[id, default: 0] + 1, try n.log.firstIndex())
+            if lo <= c {
+                for i in lo...c {
+                    let t = try n.log.term(i)
+                    if let ct = committedTerm[i] {
+                        if ct != t { throw fail("node \(id) committed term \(t) at \(i), others \(ct)") }
+                    } else {
+                        committedTerm[i] = t
                     }
                 }
-                seenCommit[id] = c
-                maxCommitted = max(maxCommitted, c)
-                stats.commits = maxCommitted
             }
+            seenCommit[id] = c
+            maxCommitted = max(maxCommitted, c)
+            stats.commits = maxCommitted
         }
     }
 
@@ -696,7 +858,7 @@ final class Simulation {
         liveIDs.map { id -> String in
             let n = nodes[id]!
             let m = n.membership
-            return "\(id)\(retired.contains(id) ? "(retired)" : ""): \(n.role) t\(n.term) v\(n.vote) last\((try? n.log.lastIndex()) ?? 0)/\((try? n.log.lastTerm()) ?? 0) c\(n.log.committed) a\(apps[id]!.index) lead\(n.lead) V\(m.voters.sorted()) O\(m.outgoing.sorted()) L\(m.learners.sorted()) LN\(m.learnersNext.sorted()) prevote\(configs[id]!.preVote) cq\(configs[id]!.checkQuorum)"
+            return "\(id)\(retired.contains(id) ? "(retired)" : ""): \(n.role) t\(n.term) v\(n.vote) last\((try? n.log.lastIndex()) ?? 0)/\((try? n.log.lastTerm()) ?? 0) c\(n.log.committed) a\(apps[id]!.index)+q\(applyQueues[id, default: []].count) lead\(n.lead) V\(m.voters.sorted()) O\(m.outgoing.sorted()) L\(m.learners.sorted()) LN\(m.learnersNext.sorted()) prevote\(configs[id]!.preVote) cq\(configs[id]!.checkQuorum)"
         }.joined(separator: "\n  ")
     }
 
