@@ -1,4 +1,5 @@
 import Dispatch
+import EtcdProto
 import Foundation
 import Raft
 import Storage
@@ -18,6 +19,8 @@ import Testing
             var offThread = 0
             var commits = 0
             var reads: [UInt64] = []
+            /// The threads (pthread_self) entries were applied on.
+            var threads: Set<UInt> = []
         }
         let seen = Mutex(Seen())
         /// The applied index the applier published last.
@@ -40,12 +43,18 @@ import Testing
             }
         }
         func apply(normal entry: Entry) throws {
-            if gated { _ = gate.wait(timeout: .now() + 10) }
+            if gated { _ = gate.wait(timeout: .now() + 60) }
             if entry.index == failAt { throw FakeError("broken at \(entry.index)") }
-            note { $0.applied.append(entry.index) }
+            let me = UInt(bitPattern: Int(bitPattern: pthread_self()))
+            note {
+                $0.applied.append(entry.index)
+                $0.threads.insert(me)
+            }
         }
         func apply(confChange: ConfChange, entry: Entry, inBackend: Bool) throws {}
         func markApplied(_ entry: Entry) throws { note { $0.marked.append(entry.index) } }
+        /// Entries whose data starts with 9 are slow: never applied inline.
+        func appliesQuickly(_ entry: Entry) -> Bool { entry.data.first != 9 }
         func installSnapshot(_ snapshot: Snapshot, dataDir: DataDir, appliedIndex: UInt64) throws -> UInt64 { 0 }
         func snapshotData() throws -> [UInt8] { [] }
         func commitIfDue() throws { note { $0.commits += 1 } }
@@ -65,9 +74,9 @@ import Testing
     }
 
     static func make(_ m: Machine, consistentIndex: UInt64 = 0, commitInterval: TimeInterval = 0.1,
-                     woken: DispatchSemaphore? = nil) -> Applier {
+                     inline: Bool = false, woken: DispatchSemaphore? = nil) -> Applier {
         let a = Applier(machine: m, requests: m, applied: consistentIndex, consistentIndex: consistentIndex,
-                        commitInterval: commitInterval,
+                        commitInterval: commitInterval, inline: inline,
                         publish: { index in m.published.withLock { $0 = index } },
                         wakeLoop: { woken?.signal() })
         m.owner = a.owner
@@ -93,6 +102,99 @@ import Testing
         #expect(!a.owner.isCurrent)
         a.stop()
         #expect(!a.owner.isClaimed)
+    }
+
+    /// With the thread idle and nothing queued the caller applies a batch itself (no wake-up),
+    /// holding the token; while the thread holds it (here a call held at a gate, in real use a
+    /// backend commit) a batch is queued instead and the caller does not wait.
+    @Test func theLoopAppliesItselfWhileTheThreadIsIdle() throws {
+        let m = Machine()
+        let a = Self.make(m, commitInterval: 10, inline: true)
+        let me = UInt(bitPattern: Int(bitPattern: pthread_self()))
+        try a.hand(Self.entries(1...3))
+        #expect(m.seen.withLock { $0.applied } == [1, 2, 3], "applied before hand returned")
+        #expect(m.seen.withLock { $0.threads } == [me])
+        #expect(m.seen.withLock { $0.offThread } == 0, "the caller held the token")
+        #expect(a.currentApplied == 3)
+        #expect(!a.owner.isClaimed)
+
+        let gate = DispatchSemaphore(value: 0)
+        let held = DispatchSemaphore(value: 0)
+        let callDone = DispatchSemaphore(value: 0)
+        Thread {
+            try? a.call {
+                held.signal()
+                _ = gate.wait(timeout: .now() + 10)
+            }
+            callDone.signal()
+        }.start()
+        try #require(held.wait(timeout: .now() + 10) == .success)
+        try a.hand(Self.entries(4...5))
+        #expect(m.seen.withLock { $0.applied } == [1, 2, 3], "queued behind the running call")
+        gate.signal()
+        try #require(callDone.wait(timeout: .now() + 10) == .success)
+        try a.call {}
+        let seen = m.seen.withLock { $0 }
+        #expect(seen.applied == [1, 2, 3, 4, 5])
+        #expect(seen.threads.count == 2, "4 and 5 applied on the apply thread")
+        #expect(seen.offThread == 0)
+        a.stop()
+    }
+
+    /// A batch with an entry that may be slow, or more than `maxInlineEntries`, goes to the
+    /// thread even when it is idle.
+    @Test func slowOrLargeBatchesGoToTheThread() throws {
+        let m = Machine()
+        let a = Self.make(m, commitInterval: 10, inline: true)
+        let me = UInt(bitPattern: Int(bitPattern: pthread_self()))
+        try a.hand([Entry(term: 1, index: 1, data: [1]), Entry(term: 1, index: 2, data: [9])])
+        let big = UInt64(Applier.maxInlineEntries) + 3
+        try a.hand(Self.entries(3...big))
+        try a.call {}
+        let seen = m.seen.withLock { $0 }
+        #expect(seen.applied == Array(1...big))
+        #expect(!seen.threads.contains(me))
+        a.stop()
+    }
+
+    /// The server's classification reads the request kind from the encoded entry.
+    @Test func putsLeaseGrantsAndNoopsApplyQuickly() throws {
+        func entry(_ fill: (inout Swetcd_Internal_InternalRequest) -> Void) throws -> Entry {
+            var r = Swetcd_Internal_InternalRequest()
+            r.header.id = 77
+            r.header.username = "root"
+            fill(&r)
+            return Entry(term: 1, index: 1, data: try r.serializedBytes())
+        }
+        var put = Etcdserverpb_PutRequest()
+        put.key = Data("k".utf8)
+        put.value = Data(repeating: 1, count: 300)
+        var grant = Etcdserverpb_LeaseGrantRequest()
+        grant.id = 5
+        grant.ttl = 60
+        var del = Etcdserverpb_DeleteRangeRequest()
+        del.key = Data([0])
+        del.rangeEnd = Data([0])
+        let quick = [try entry { $0.put = put }, try entry { $0.leaseGrant = grant }, try entry { $0.noop = .init() },
+                     Entry(term: 1, index: 1)]
+        let slow = [try entry { $0.deleteRange = del }, try entry { $0.txn = .init() },
+                    try entry { $0.leaseRevoke = .init() }, try entry { $0.compaction = .init() },
+                    Entry(term: 1, index: 1, data: [0x0A, 0x7F])]
+        #expect(quick.allSatisfy { EtcdServer.appliesQuickly($0.data) })
+        #expect(!slow.contains { EtcdServer.appliesQuickly($0.data) })
+        #expect(quick.map { EtcdServer.requestField($0.data) } == [2, 6, 10, nil])
+        #expect(slow.map { EtcdServer.requestField($0.data) } == [3, 4, 7, 5, nil])
+    }
+
+    /// A failure while the caller applies inline is thrown to it and stops the thread too.
+    @Test func anInlineFailureReachesTheCallerAndStopsTheThread() throws {
+        let m = Machine(failAt: 2)
+        let a = Self.make(m, inline: true)
+        #expect(throws: FakeError.self) { try a.hand(Self.entries(1...3)) }
+        #expect(throws: FakeError.self) { try a.checkFailure() }
+        #expect(throws: FakeError.self) { try a.hand(Self.entries(4...4)) }
+        #expect(m.seen.withLock { $0.applied } == [1])
+        a.stop()
     }
 
     @Test func entriesTheBackendHoldsAreSkipped() throws {

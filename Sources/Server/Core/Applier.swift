@@ -9,11 +9,21 @@ import Synchronization
 /// not wait for it, except where Raft needs the applied state to be current: a conf change, a
 /// leader's snapshot to install, a snapshot to take (`call`), and when too much is queued.
 ///
-/// Every `AppliedStateMachine` method that changes the applied state runs on this thread
-/// (`owner`, checked in debug builds). Linearizable readers wait here for the applied index to
-/// reach their read index. A failure stops the thread; the loop finds it at its next `hand`,
-/// `call` or `checkFailure` and takes its fatal path.
+/// The applied state has one owner at a time, the holder of the apply token (`active`):
+/// the apply thread while it applies a queued item or commits the backend, or the loop, which
+/// applies a small batch of quick entries (puts, lease grants, empty entries) itself when the
+/// thread is idle with nothing queued (`inline`). Handing that batch over would cost a thread
+/// wake-up on every write; the loop still never waits for a backend commit (while one runs,
+/// the token is taken and the batch is queued) nor for an apply of unbounded cost. Every
+/// `AppliedStateMachine` method that changes the applied state runs under the token; the
+/// holder claims `owner`, so a debug build stops on any other thread touching it.
+/// Linearizable readers wait here for the applied index to reach their read index. A failure
+/// stops the thread; the loop finds it at its next `hand`, `call` or `checkFailure` and takes
+/// its fatal path.
 final class Applier: @unchecked Sendable {
+    /// The loop applies a batch itself only up to this many entries, each one the machine
+    /// `appliesQuickly`: a slow apply must not delay WAL writes and heartbeats.
+    static let maxInlineEntries = 64
     /// At most this many entries, or this many bytes of entry data, wait to be applied; the
     /// loop waits beyond that (a lone batch larger than the byte bound is still taken).
     static let maxQueuedEntries = 8192
@@ -37,6 +47,10 @@ final class Applier: @unchecked Sendable {
     private var queuedEntries = 0
     private var queuedBytes = 0
     private var stopping = false
+    /// The apply token: someone (the thread, or the loop inline) is applying or committing.
+    private var active = false
+    /// Whether the loop may apply a batch itself when the thread is idle.
+    private let inline: Bool
     private var exited = false
     private var failure: (any Error)?
     private var applied: UInt64
@@ -66,9 +80,10 @@ final class Applier: @unchecked Sendable {
 
     /// `publish` gets the applied index after each batch; `wakeLoop` is called on failure.
     init(machine: any AppliedStateMachine, requests: any RaftLoopRequests, applied: UInt64, consistentIndex: UInt64,
-         commitInterval: TimeInterval = 0.1, publish: @escaping @Sendable (UInt64) -> Void,
+         commitInterval: TimeInterval = 0.1, inline: Bool = true, publish: @escaping @Sendable (UInt64) -> Void,
          wakeLoop: @escaping @Sendable () -> Void) {
         self.machine = machine
+        self.inline = inline
         self.requests = requests
         self.applied = applied
         _consistentIndex = consistentIndex
@@ -80,9 +95,7 @@ final class Applier: @unchecked Sendable {
     func start() {
         let thread = Thread { [self] in
             nameCurrentThread("raft-apply")
-            owner.claim()
             run()
-            owner.release()
             condition.lock()
             exited = true
             condition.broadcast()
@@ -95,12 +108,32 @@ final class Applier: @unchecked Sendable {
 
     // MARK: The Raft loop's side
 
-    /// Queues committed normal entries; waits while the queue is over its bounds.
+    /// Applies committed normal entries on the calling thread when the apply thread is idle
+    /// with nothing queued; otherwise queues them, waiting while the queue is over its bounds.
     func hand(_ entries: [Entry]) throws {
         guard !entries.isEmpty else { return }
         var bytes = 0
         for e in entries { bytes += e.data.count }
+        let quick = inline && entries.count <= Self.maxInlineEntries && entries.allSatisfy { machine.appliesQuickly($0) }
         condition.lock()
+        if quick, !active, head == queue.count, failure == nil, !exited {
+            active = true
+            condition.unlock()
+            owner.claim()
+            do {
+                for e in entries { try apply(e) }
+            } catch {
+                owner.release()
+                fail(error)
+                throw error
+            }
+            owner.release()
+            condition.lock()
+            active = false
+            condition.unlock()
+            setApplied(entries[entries.count - 1].index)
+            return
+        }
         defer { condition.unlock() }
         while failure == nil, !exited, queuedEntries > 0,
               queuedEntries + entries.count > Self.maxQueuedEntries || queuedBytes + bytes > Self.maxQueuedBytes {
@@ -160,45 +193,65 @@ final class Applier: @unchecked Sendable {
     // MARK: The apply thread
 
     private func run() {
+        // The backend's own clock decides when a commit is due; this only sets how often the
+        // idle thread asks it.
+        let checkEvery = max(commitInterval / 4, 0.001)
+        var nextCheck = Date(timeIntervalSinceNow: checkEvery)
         while true {
             condition.lock()
-            while head == queue.count, !stopping {
-                if !condition.wait(until: Date(timeIntervalSinceNow: commitInterval)) { break }
+            var item: Item?
+            while true {
+                if failure != nil {
+                    condition.unlock()
+                    return
+                }
+                if !active, head < queue.count {
+                    item = queue[head]
+                    head += 1
+                    if head == queue.count || head >= 1024 {
+                        queue.removeFirst(head)
+                        head = 0
+                    }
+                    break
+                }
+                if !active, stopping {
+                    condition.unlock()
+                    return
+                }
+                if !active, Date() >= nextCheck { break }
+                _ = condition.wait(until: active ? Date(timeIntervalSinceNow: checkEvery) : nextCheck)
             }
-            if head == queue.count {
-                let stop = stopping
-                condition.unlock()
-                if stop { return }
-                busy.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
-                do { try machine.commitIfDue() } catch { return fail(error) }
-                busy.store(0, ordering: .relaxed)
-                continue
-            }
-            let item = queue[head]
-            head += 1
-            if head == queue.count || head >= 1024 {
-                queue.removeFirst(head)
-                head = 0
-            }
+            active = true
             condition.unlock()
+            owner.claim()
             busy.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
             do {
                 switch item {
-                case .entries(let entries, let bytes):
+                case .entries(let entries, let bytes)?:
                     for e in entries { try apply(e) }
                     finish(entries: entries.count, bytes: bytes, last: entries[entries.count - 1].index)
-                case .call(let c):
+                case .call(let c)?:
                     let r = Result { try c.body() }
                     condition.lock()
                     c.result = r
                     condition.broadcast()
                     condition.unlock()
+                case nil:
+                    break
                 }
                 try machine.commitIfDue()
+                nextCheck = Date(timeIntervalSinceNow: checkEvery)
             } catch {
+                owner.release()
+                busy.store(0, ordering: .relaxed)
                 return fail(error)
             }
+            owner.release()
             busy.store(0, ordering: .relaxed)
+            condition.lock()
+            active = false
+            condition.broadcast()
+            condition.unlock()
         }
     }
 

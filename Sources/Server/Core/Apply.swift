@@ -32,6 +32,41 @@ extension EtcdServer {
         if id != 0 { waiters.trigger(id, outcome) }
     }
 
+    /// A put, a lease grant, a no-op or an empty entry: read from the request's first field
+    /// after its header, without decoding it.
+    func appliesQuickly(_ entry: Entry) -> Bool { Self.appliesQuickly(entry.data) }
+
+    static func appliesQuickly(_ data: [UInt8]) -> Bool {
+        guard let field = requestField(data) else { return data.isEmpty }
+        return field == 2 || field == 6 || field == 10  // put, lease_grant, noop (internal.proto)
+    }
+
+    /// The field number of an encoded `InternalRequest`'s request (its first top-level field
+    /// other than the header, 1), or nil if there is none or the bytes do not parse.
+    static func requestField(_ data: [UInt8]) -> Int? {
+        var i = 0
+        func varint() -> UInt64? {
+            var v: UInt64 = 0
+            var shift: UInt64 = 0
+            while i < data.count, shift < 64 {
+                let b = data[i]
+                i += 1
+                v |= UInt64(b & 0x7F) << shift
+                if b & 0x80 == 0 { return v }
+                shift += 7
+            }
+            return nil
+        }
+        while i < data.count {
+            guard let tag = varint() else { return nil }
+            let field = Int(tag >> 3)
+            if field != 1 { return field }
+            guard tag & 7 == 2, let len = varint(), len <= UInt64(data.count - i) else { return nil }
+            i += Int(len)
+        }
+        return nil
+    }
+
     func markApplied(_ entry: Entry) throws {
         try backend.batch { try backend.setConsistentIndex(entry.index, term: entry.term) }
     }

@@ -89,6 +89,9 @@ protocol AppliedStateMachine: AnyObject {
     func apply(confChange: ConfChange, entry: Entry, inBackend: Bool) throws
     /// Records in the backend that `entry`, which changes nothing else, is applied.
     func markApplied(_ entry: Entry) throws
+    /// Whether applying the normal entry `entry` costs little and a bounded amount (a put, a
+    /// lease grant, an empty entry), so the loop may apply it itself (any thread).
+    func appliesQuickly(_ entry: Entry) -> Bool
     /// Swaps in the leader's backend for `snapshot` (persisted already) and reopens the
     /// applied state on it. Returns the new backend's consistent index.
     func installSnapshot(_ snapshot: Snapshot, dataDir: DataDir, appliedIndex: UInt64) throws -> UInt64
@@ -235,6 +238,7 @@ final class RaftLoop: @unchecked Sendable {
         own.requests = requests
         let applier = Applier(machine: machine, requests: requests, applied: own.appliedIndex,
                               consistentIndex: own.consistentIndex,
+                              inline: ProcessInfo.processInfo.environment["SWETCD_NO_INLINE_APPLY"] == nil,
                               publish: { [weak self] index in self?.published.withLock { $0.applied = index } },
                               wakeLoop: { [inbox] in inbox.wake() })
         own.applier = applier
