@@ -858,7 +858,8 @@ public final class RaftNode {
 
     func leaderPropose(_ m: Message) throws {
         if m.entries.isEmpty { throw RaftError.proposalDropped }
-        if progress[id] == nil || leadTransferee != 0 { throw RaftError.proposalDropped }
+        // A leader outside its configuration still accepts proposals: the voters commit them.
+        if leadTransferee != 0 { throw RaftError.proposalDropped }
         var ents = m.entries
         let li = try log.lastIndex()
         var newPending: UInt64?
@@ -938,11 +939,11 @@ public final class RaftNode {
             }
         }
         guard role == .leader else { return }
-        if !next.allVoters.contains(id) {
-            // Removed or demoted: stop leading; the others elect a new leader.
-            try becomeFollower(term: term, lead: 0)
-            return
-        }
+        // A leader removed or demoted by this configuration keeps leading (etcd's default): it
+        // no longer counts toward commit or quorum, but its appends and heartbeats are what tell
+        // the remaining voters that the change committed. Stepping down here could strand a
+        // joint configuration whose leave entry only this node knew to be committed. It steps
+        // down the usual ways: a higher term, CheckQuorum, or a leadership transfer.
         if leadTransferee != 0 && !next.allVoters.contains(leadTransferee) { leadTransferee = 0 }
         if try maybeCommit() { try broadcastAppend() } else { try broadcastAppend() }
     }

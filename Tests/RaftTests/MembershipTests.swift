@@ -135,14 +135,35 @@ import Testing
         #expect(c[1].progress[3]!.isLearner)
     }
 
-    @Test func removedLeaderStepsDown() throws {
+    /// etcd's default: a leader that applies its own removal keeps leading. It no longer
+    /// counts toward commit or read quorums, but still replicates, heartbeats and serves
+    /// proposals and reads; once stopped, the remaining voters elect one of themselves.
+    @Test func removedLeaderKeepsLeadingUntilStopped() throws {
         let c = try TestCluster(voters: [1, 2, 3])
         try c.elect(1)
         try c[1].proposeConfChange(ConfChange(type: .removeNode, nodeID: 1))
         try c.settle()
+        #expect(c[1].status.confState.voters == [2, 3])
+        #expect(c[1].role == .leader && c[1].progress[1] == nil)
+        // Proposals commit on the remaining voters; the leader's own copy does not count.
+        c.isolate(3)
+        try c[1].propose([5])
+        try c.settle()
+        let commit = c[1].log.committed
+        #expect((try c[1].log.lastIndex()) == commit + 1)
+        c.heal()
+        try c.tickAll(2)
+        #expect(c.appliedData(2).last == [5] && c.appliedData(3).last == [5])
+        // A read is confirmed by the voters' heartbeat answers.
+        try c[1].readIndex(context: [9])
+        try c.settle()
+        #expect(c.readStates[1]?.last?.context == [9])
+        // Stopped (isolated), it steps down by CheckQuorum; 2 and 3 elect a new leader.
+        let term = c[1].term
+        c.isolate(1)
+        try c.tickAll(60)
         #expect(c[1].role == .follower)
-        try c.tickAll(30)
-        #expect(c[2].role == .leader || c[3].role == .leader)
+        #expect([2, 3].contains { c[$0].role == .leader && c[$0].term > term })
     }
 
     @Test(arguments: [

@@ -162,4 +162,50 @@ import Testing
         #expect(!ConfChangeV2(transition: .jointExplicit).leavesJoint)
         #expect(!ConfChangeV2(transition: .jointImplicit).leavesJoint)
     }
+
+    /// Finding 12 (simulator seed 5109): the leader that commits the entry leaving a joint
+    /// configuration without itself must keep leading, or the new voters may never learn that
+    /// the entry committed: they stay joint, and the outgoing half needs votes from nodes that
+    /// no longer campaign. It keeps sending the commit index; stopped, the new voters elect.
+    @Test func removedLeaderTellsNewVotersToLeaveJoint() throws {
+        let c = try TestCluster(voters: [1, 2, 3])
+        try c.elect(1)
+        for id: UInt64 in [4, 5] { try c.add(id, storage: try c.joinerStorage(), config: RaftConfig(id: id)) }
+        try c[1].proposeConfChange(ConfChangeV2(transition: .jointExplicit, changes: [
+            .init(type: .addNode, nodeID: 4), .init(type: .addNode, nodeID: 5),
+            .init(type: .removeNode, nodeID: 1), .init(type: .removeNode, nodeID: 2),
+        ]))
+        try c.settle()
+        try c.tickAll(2)
+        for id: UInt64 in 1...5 {
+            #expect(c[id].status.confState == ConfState(voters: [3, 4, 5], votersOutgoing: [1, 2, 3]))
+        }
+        // 3, 4 and 5 receive the leave entry but no message telling them it committed.
+        let leave = try c[1].log.lastIndex() + 1
+        c.dropIf = { $0.from == 1 && $0.to >= 3 && $0.commit >= leave }
+        try c[1].proposeConfChange(ConfChangeV2())
+        try c.settle()
+        #expect(c[1].log.applied >= leave && c[2].log.applied >= leave)
+        #expect(c[1].status.confState == ConfState(voters: [3, 4, 5]))
+        for id: UInt64 in 3...5 {
+            let last = try c[id].log.lastIndex()
+            #expect(c[id].membership.isJoint && last >= leave)
+        }
+        // Outside its configuration, node 1 still leads: its next messages carry the commit.
+        #expect(c[1].role == .leader)
+        c.dropIf = nil
+        try c.tickAll(3)
+        for id: UInt64 in 3...5 { #expect(c[id].status.confState == ConfState(voters: [3, 4, 5])) }
+        // Once node 1 is gone, the new voters elect one of themselves and commit.
+        let term = c[1].term
+        c.isolate(1)
+        c.isolate(2)
+        try c.tickAll(60)
+        let lead = try #require([UInt64(3), 4, 5].first { c[$0].role == .leader })
+        #expect(c[lead].term > term)
+        try c[lead].propose([6])
+        try c.settle()
+        try c.tickAll(1)
+        for id: UInt64 in 3...5 { #expect(c.appliedData(id).last == [6]) }
+    }
 }

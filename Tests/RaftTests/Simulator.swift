@@ -524,7 +524,9 @@ final class Simulation {
                 throw fail("leader \(n.id) committed \(ci)/\(t) durable on \(has.sorted()) only; voters \(n.membership.allVoters.sorted())")
             }
         }
-        if n.role != .follower && !n.membership.allVoters.contains(n.id) {
+        // A non-voter never campaigns or wins; a leader removed or demoted by a configuration
+        // it applies keeps leading (etcd's default) until a higher term, CheckQuorum or a transfer.
+        if n.role != .follower && !n.membership.allVoters.contains(n.id) && !(n.role == .leader && wasLeader) {
             throw fail("non-voter \(n.id) is \(n.role)")
         }
     }
