@@ -166,6 +166,31 @@ import Testing
         #expect([2, 3].contains { c[$0].role == .leader && c[$0].term > term })
     }
 
+    /// A leader demoted to learner keeps leading: its own progress is a learner's, so its copy
+    /// never counts toward commit; a leadership transfer hands over to a voter.
+    @Test func demotedLeaderKeepsLeadingAndTransfers() throws {
+        let c = try TestCluster(voters: [1, 2, 3])
+        try c.elect(1)
+        try c[1].proposeConfChange(ConfChangeV2(transition: .jointExplicit, changes: [.init(type: .addLearnerNode, nodeID: 1)]))
+        try c.settle()
+        try c.tickAll(2)
+        try c[1].proposeConfChange(ConfChangeV2())
+        try c.settle()
+        try c.tickAll(2)
+        #expect(c[1].status.confState == ConfState(voters: [2, 3], learners: [1]))
+        #expect(c[1].role == .leader && c[1].progress[1]?.isLearner == true)
+        c.isolate(3)
+        try c[1].propose([4])
+        try c.settle()
+        #expect((try c[1].log.lastIndex()) == c[1].log.committed + 1)
+        c.heal()
+        try c.tickAll(2)
+        #expect(c.appliedData(3).last == [4])
+        try c[1].transferLeadership(to: 2)
+        try c.settle()
+        #expect(c[2].role == .leader && c[1].role == .follower && c[1].lead == 2)
+    }
+
     @Test(arguments: [
         (ConfChangeV2(changes: [.init(type: .addNode, nodeID: 4), .init(type: .addNode, nodeID: 5)], ), false),
         (ConfChangeV2(transition: .auto, changes: [.init(type: .removeNode, nodeID: 1)]), false),
