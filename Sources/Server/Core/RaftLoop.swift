@@ -470,22 +470,22 @@ final class RaftLoop: @unchecked Sendable {
         guard let applier = own.applier else { return }
         var run: [Entry] = []
         for entry in entries {
-            switch entry.type {
-            case .normal:
+            if entry.type == .normal {
                 run.append(entry)
-            case .confChange:
-                try applier.hand(run)
-                run = []
+                continue
+            }
+            try applier.hand(run)
+            run = []
+            // Only a V1 change carries a membership change for the machine.
+            var v1: ConfChange?
+            if entry.type == .confChange {
                 let cc = try ConfChange(decoding: entry.data)
                 own.confState = try node.applyConfChange(cc)
-                try applier.call { try applier.applyConfChange(cc, entry: entry) }
-            case .confChangeV2:
-                try applier.hand(run)
-                run = []
-                let cc = try ConfChangeV2(decoding: entry.data)
-                own.confState = try node.applyConfChange(cc)
-                try applier.call { try applier.applyConfChange(nil, entry: entry) }
+                v1 = cc
+            } else {
+                own.confState = try node.applyConfChange(try ConfChangeV2(decoding: entry.data))
             }
+            try applier.call { [v1] in try applier.applyConfChange(v1, entry: entry) }
         }
         try applier.hand(run)
     }
