@@ -37,42 +37,46 @@ enum SimEnv {
     }
 
     @Test(arguments: 0..<SimEnv.chunks)
-    func seeds(chunk: Int) {
-        if let one = SimEnv.int("SIM_SEED") {
-            if chunk == 0, let f = Self.run(seed: UInt64(one), steps: SimEnv.steps) { Issue.record(Comment(rawValue: f)) }
-            return
-        }
-        var failures = 0
-        var seed = SimEnv.firstSeed + chunk
-        while seed < SimEnv.firstSeed + SimEnv.seeds {
-            if let f = Self.run(seed: UInt64(seed), steps: SimEnv.steps) {
-                Issue.record(Comment(rawValue: f))
-                failures += 1
-                if failures >= 3 { return } // enough to diagnose; keep the log short
+    func seeds(chunk: Int) async {
+        await inBackground {
+            if let one = SimEnv.int("SIM_SEED") {
+                if chunk == 0, let f = Self.run(seed: UInt64(one), steps: SimEnv.steps) { Issue.record(Comment(rawValue: f)) }
+                return
             }
-            seed += SimEnv.chunks
+            var failures = 0
+            var seed = SimEnv.firstSeed + chunk
+            while seed < SimEnv.firstSeed + SimEnv.seeds {
+                if let f = Self.run(seed: UInt64(seed), steps: SimEnv.steps) {
+                    Issue.record(Comment(rawValue: f))
+                    failures += 1
+                    if failures >= 3 { return } // enough to diagnose; keep the log short
+                }
+                seed += SimEnv.chunks
+            }
         }
     }
 
     /// The apply model is live: with the apply thread, applies lag Raft's applied index, the
     /// loop waits at conf-change barriers and on a full queue, and reads wait for the applied
     /// state; the synchronous model does none of this. Sixteen seeds of each.
-    @Test func applyModelsDiffer() throws {
-        var lagged = 0, longest = 0, confBarriers = 0, fullWaits = 0, readsWaited = 0
-        for seed in UInt64(1)...16 {
-            let t = try Simulation(seed: seed, steps: 300, threadedApply: true)
-            try t.run()
-            lagged += t.stats.appliesLagged
-            longest = max(longest, t.stats.maxApplyLag)
-            confBarriers += t.stats.confBarriers
-            fullWaits += t.stats.queueFullWaits
-            readsWaited += t.stats.readsWaited
-            let s = try Simulation(seed: seed, steps: 300, threadedApply: false)
-            try s.run()
-            #expect(s.stats.appliesLagged == 0 && s.stats.maxApplyLag == 0 && s.stats.confBarriers == 0 && s.stats.queueFullWaits == 0)
+    @Test func applyModelsDiffer() async throws {
+        try await inBackground {
+            var lagged = 0, longest = 0, confBarriers = 0, fullWaits = 0, readsWaited = 0
+            for seed in UInt64(1)...16 {
+                let t = try Simulation(seed: seed, steps: 300, threadedApply: true)
+                try t.run()
+                lagged += t.stats.appliesLagged
+                longest = max(longest, t.stats.maxApplyLag)
+                confBarriers += t.stats.confBarriers
+                fullWaits += t.stats.queueFullWaits
+                readsWaited += t.stats.readsWaited
+                let s = try Simulation(seed: seed, steps: 300, threadedApply: false)
+                try s.run()
+                #expect(s.stats.appliesLagged == 0 && s.stats.maxApplyLag == 0 && s.stats.confBarriers == 0 && s.stats.queueFullWaits == 0)
+            }
+            #expect(lagged > 100 && longest >= 8 && confBarriers > 0 && fullWaits > 0 && readsWaited > 0,
+                    "lagged \(lagged) longest \(longest) conf barriers \(confBarriers) full-queue waits \(fullWaits) reads waited \(readsWaited)")
         }
-        #expect(lagged > 100 && longest >= 8 && confBarriers > 0 && fullWaits > 0 && readsWaited > 0,
-                "lagged \(lagged) longest \(longest) conf barriers \(confBarriers) full-queue waits \(fullWaits) reads waited \(readsWaited)")
     }
 
     @Test func sameSeedSameRun() throws {

@@ -382,7 +382,7 @@ final class PeerTestCluster: @unchecked Sendable {
     }
 
     /// Waits until the members in `among` agree on one leader among them; returns it (0 on timeout).
-    func leader(among: [UInt64]? = nil, timeout: Duration = .seconds(30)) async -> UInt64 {
+    func leader(among: [UInt64]? = nil, timeout: Duration = .seconds(60)) async -> UInt64 {
         let group = among ?? ids
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
@@ -401,6 +401,17 @@ final class PeerTestCluster: @unchecked Sendable {
             if agreed { return lead }
         }
         return 0
+    }
+
+    /// Each member's view and links, for a failure message: what the members saw when a wait
+    /// ran out.
+    func describe() -> String {
+        ids.map { id in
+            let v = members[id]?.view.current ?? MemberView()
+            let links = ids.filter { $0 != id }.map { "\($0):\(transports[id]?.isActive($0) == true ? "up" : "down")" }
+            return "member \(id): \(v.role) term \(v.term) lead \(v.lead) applied \(v.applied) "
+                + "heard from \(v.receivedFrom.sorted()) links \(links.joined(separator: " "))"
+        }.joined(separator: "; ")
     }
 
     /// Waits until every member in `among` has applied exactly `values` (in order). A value in

@@ -19,7 +19,7 @@ struct PeerTransportTests {
         let cluster = try PeerTestCluster()
         try await cluster.start()
         let lead = await cluster.leader()
-        try #require(lead != 0, "no leader elected")
+        try #require(lead != 0, "no leader elected: \(cluster.describe())")
 
         var values: [String] = []
         var repeated: Set<String> = []
@@ -121,7 +121,7 @@ struct PeerTransportTests {
         let cluster = try PeerTestCluster()
         try await cluster.start()
         let first = await cluster.leader()
-        try #require(first != 0, "no leader elected")
+        try #require(first != 0, "no leader elected: \(cluster.describe())")
         var repeated: Set<String> = []
         try #require(await cluster.propose(["before"], via: first, among: cluster.ids, repeatable: &repeated))
 

@@ -108,7 +108,12 @@ final class PeerRawStream: Sendable {
             try await opened.futureResult.get()
             return PeerRawStream(connection: connection, stream: stream, watcher: watcher, transport: transport, peer: peer)
         } catch {
+            // The connection can end while the stream is set up (its pings went unanswered,
+            // the peer hung up): then the pipeline is torn down and the step that failed says
+            // little, so report what happened, as the stream would once open.
+            let lost = !connection.isActive
             try? await connection.close()
+            if lost { throw RPCError(code: .unavailable, message: "the connection to the peer closed while opening the stream") }
             throw error
         }
     }
