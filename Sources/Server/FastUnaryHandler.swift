@@ -42,7 +42,8 @@ func decodeRequest<M: SwiftProtobuf.Message>(_ bytes: [UInt8]) throws -> M {
 /// whose request headers name a method of the ``FastUnaryService`` (a plain, uncompressed gRPC
 /// POST) is served here: its single request message is collected, the service called, and the
 /// response written as gRPC frames (headers, message, trailers). Any other stream is handed on
-/// untouched to ``GRPCStreamBridge`` behind this one, which serves it through grpc-swift.
+/// untouched to a ``GRPCStreamBridge`` put behind this one then, which serves it through
+/// grpc-swift (a stream served here never gets one: one handler fewer to make per call).
 ///
 /// Why: for the hot unary calls (Range, Put, Txn, DeleteRange) grpc-swift's per-call work (an
 /// async channel bridge, a request and a response async sequence, interceptors, a task per
@@ -73,13 +74,17 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let service: any FastUnaryService
     private let keepAlive: (any FastKeepAliveService)?
     private let limit: Int
+    /// Makes the handler a stream not served here goes to (nil: the next one already there).
+    private let fallback: (() -> any ChannelHandler)?
     private var state = State.idle
     private var body: ByteBuffer?
 
-    init(service: any FastUnaryService, keepAlive: (any FastKeepAliveService)? = nil, limit: Int) {
+    init(service: any FastUnaryService, keepAlive: (any FastKeepAliveService)? = nil, limit: Int,
+         fallback: (() -> any ChannelHandler)? = nil) {
         self.service = service
         self.keepAlive = keepAlive
         self.limit = limit
+        self.fallback = fallback
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -139,8 +144,19 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Not ours: this frame and everything after it go to the bridge to grpc-swift.
     private func handOn(context: ChannelHandlerContext, _ data: NIOAny) {
+        let sync = context.pipeline.syncOperations
+        if let fallback {
+            do {
+                try sync.addHandler(fallback(), position: .after(self))
+            } catch {
+                // Only a pipeline already torn down refuses a handler: the stream is gone.
+                state = .closed
+                context.close(promise: nil)
+                return
+            }
+        }
         context.fireChannelRead(data)
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        sync.removeHandler(context: context, promise: nil)
     }
 
     /// The path of a request this handler serves, or nil.
@@ -177,9 +193,7 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
             answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: a unary request must carry exactly one message")))
             return
         }
-        let commonName = ClientCertificateNames.shared.name(for: ClientCertificateNames.key(
-            remote: ClientCertificateNames.describe(context.channel.remoteAddress, fallback: context.channel.localAddress),
-            local: ClientCertificateNames.describe(context.channel.localAddress, fallback: context.channel.remoteAddress)))
+        let commonName = ClientCertificateNames.shared.name(of: context.channel)
         let service = self.service
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)

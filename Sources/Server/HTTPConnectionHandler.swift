@@ -107,10 +107,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler {
         case (.end, .receiving(let head, let body)):
             state = .responding
             var request = HTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
-            let channel = context.channel
-            request.certificateCommonName = ClientCertificateNames.shared.name(for: ClientCertificateNames.key(
-                remote: ClientCertificateNames.describe(channel.remoteAddress, fallback: channel.localAddress),
-                local: ClientCertificateNames.describe(channel.localAddress, fallback: channel.remoteAddress)))
+            request.certificateCommonName = ClientCertificateNames.shared.name(of: context.channel)
             let ready = request
             respond(context: context, head: head) { router in await router.respond(to: ready) }
         case (.end, .rejecting(let head)):

@@ -4,7 +4,8 @@ import NIOHTTP2
 
 /// The pipeline of a gRPC connection on the client port: ``GRPCConnectionWriter``, NIO's HTTP/2
 /// handler with an inline (non-async) stream multiplexer, ``GRPCConnectionManager`` behind it, and per stream
-/// ``OversizeMessageGuard``, the fast paths and ``GRPCStreamBridge``.
+/// ``OversizeMessageGuard``, the fast paths and (for a stream they do not serve)
+/// ``GRPCStreamBridge``.
 ///
 /// HTTP/2 settings are grpc-swift's server defaults (the transport this replaced): initial and
 /// target window 65535, max frame 16384, NIO's max header list size; max concurrent streams
@@ -92,9 +93,13 @@ struct GRPCPipeline: Sendable {
                 let sync = stream.pipeline.syncOperations
                 try sync.addHandler(OversizeMessageGuard(limit: limit))
                 if let fastUnary {
-                    try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: limit))
+                    // The bridge only for a stream the fast paths do not serve.
+                    try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: limit) {
+                        GRPCStreamBridge(runner: runner)
+                    })
+                } else {
+                    try sync.addHandler(GRPCStreamBridge(runner: runner))
                 }
-                try sync.addHandler(GRPCStreamBridge(runner: runner))
             }
         }
         try sync.addHandler(manager)

@@ -232,6 +232,15 @@ final class ClientCertificateNames: Sendable {
         return names.withLock { $0[key] }
     }
 
+    /// The name recorded for the connection `channel` is on (an HTTP/2 stream answers with its
+    /// connection's addresses). On plaintext ports nothing is recorded, and the addresses are
+    /// not even spelled: this runs once per request.
+    func name(of channel: any Channel) -> String? {
+        guard count.load(ordering: .relaxed) > 0 else { return nil }
+        return name(for: Self.key(remote: Self.describe(channel.remoteAddress, fallback: channel.localAddress),
+                                  local: Self.describe(channel.localAddress, fallback: channel.remoteAddress)))
+    }
+
     /// gRPC's address spelling (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`, `unix:/path`).
     static func describe(_ address: SocketAddress?, fallback: SocketAddress?) -> String {
         switch address {
