@@ -202,14 +202,14 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let (handler, context) = bound.value
                 handler.answer(context: context, result)
             } else {
-                loop.execute {
+                EventLoopHandoff.execute({
                     let (handler, context) = bound.value
                     handler.answer(context: context, result)
-                }
+                }, on: loop)
             }
         }
         if service.start(path: path, message: message, token: token, commonName: commonName,
-                         onLoop: { work in loop.execute(work) }, done: reply) {
+                         onLoop: { work in EventLoopHandoff.execute(work, on: loop) }, done: reply) {
             return
         }
         Task {

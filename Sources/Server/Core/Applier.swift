@@ -120,18 +120,21 @@ final class Applier: @unchecked Sendable {
             active = true
             condition.unlock()
             owner.claim()
-            do {
-                for e in entries { try apply(e) }
-            } catch {
+            // The answers go to the event loops together, one task per loop.
+            try EventLoopHandoff.batching {
+                do {
+                    for e in entries { try apply(e) }
+                } catch {
+                    owner.release()
+                    fail(error)
+                    throw error
+                }
                 owner.release()
-                fail(error)
-                throw error
+                condition.lock()
+                active = false
+                condition.unlock()
+                setApplied(entries[entries.count - 1].index)
             }
-            owner.release()
-            condition.lock()
-            active = false
-            condition.unlock()
-            setApplied(entries[entries.count - 1].index)
             return
         }
         defer { condition.unlock() }
@@ -228,8 +231,10 @@ final class Applier: @unchecked Sendable {
             do {
                 switch item {
                 case .entries(let entries, let bytes)?:
-                    for e in entries { try apply(e) }
-                    finish(entries: entries.count, bytes: bytes, last: entries[entries.count - 1].index)
+                    try EventLoopHandoff.batching {
+                        for e in entries { try apply(e) }
+                        finish(entries: entries.count, bytes: bytes, last: entries[entries.count - 1].index)
+                    }
                 case .call(let c)?:
                     let r = Result { try c.body() }
                     condition.lock()

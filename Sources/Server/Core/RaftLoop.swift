@@ -435,9 +435,11 @@ final class RaftLoop: @unchecked Sendable {
             own.appliedIndex = max(own.appliedIndex, snap.metadata.index)
         }
         try handOver(rd.committedEntries)
-        for rs in rd.readStates {
-            if let readers = own.pendingReads.removeValue(forKey: rs.context) {
-                own.applier?.releaseReads(at: rs.index, readers)
+        EventLoopHandoff.batching {
+            for rs in rd.readStates {
+                if let readers = own.pendingReads.removeValue(forKey: rs.context) {
+                    own.applier?.releaseReads(at: rs.index, readers)
+                }
             }
         }
         let hs = node.hardState
