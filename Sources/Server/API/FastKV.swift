@@ -40,6 +40,12 @@ final class FastKV: FastUnaryService {
                onLoop: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void,
                done: @escaping @Sendable (Result<[UInt8], RPCError>) -> Void) -> Bool {
         do {
+            // Binding a task-local value allocates; a call without credentials (auth off, the
+            // usual case) on a thread where none are bound needs no binding.
+            if token == nil, commonName == nil, RequestCredentials.token == nil,
+               RequestCredentials.certificateCommonName == nil {
+                return try startNow(path, message, onLoop: onLoop, done: done)
+            }
             return try RequestCredentials.$token.withValue(token) {
                 try RequestCredentials.$certificateCommonName.withValue(commonName) {
                     try startNow(path, message, onLoop: onLoop, done: done)
