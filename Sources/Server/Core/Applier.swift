@@ -55,6 +55,8 @@ final class Applier: @unchecked Sendable {
     private var failure: (any Error)?
     private var applied: UInt64
     private var readers: [(index: UInt64, ids: [UInt64])] = []
+    /// The loop waits in `hand` for the queue to shrink.
+    private var waitingForRoom = false
 
     /// The apply thread, once started.
     let owner = ThreadOwner()
@@ -140,7 +142,9 @@ final class Applier: @unchecked Sendable {
         defer { condition.unlock() }
         while failure == nil, !exited, queuedEntries > 0,
               queuedEntries + entries.count > Self.maxQueuedEntries || queuedBytes + bytes > Self.maxQueuedBytes {
+            waitingForRoom = true
             condition.wait()
+            waitingForRoom = false
         }
         if let failure { throw failure }
         if exited { throw EtcdError.stopped }
@@ -315,7 +319,8 @@ final class Applier: @unchecked Sendable {
     }
 
     /// Moves the applied index, wakes a loop waiting for room, publishes the index and answers
-    /// the readers it covers.
+    /// the readers it covers. Nobody else waits on the condition for the applied index: after
+    /// an inline batch the wake-up would only rouse the idle apply thread, once per write.
     private func setApplied(_ index: UInt64) {
         condition.lock()
         applied = max(applied, index)
@@ -328,7 +333,7 @@ final class Applier: @unchecked Sendable {
             }
             readers = keep
         }
-        condition.broadcast()
+        if waitingForRoom { condition.broadcast() }
         condition.unlock()
         publish(now)
         if !due.isEmpty { requests.readsDone(due, .success(())) }
