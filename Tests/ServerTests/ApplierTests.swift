@@ -1,6 +1,8 @@
 import Dispatch
 import EtcdProto
 import Foundation
+import NIOCore
+import NIOPosix
 import Raft
 import Storage
 import Synchronization
@@ -29,6 +31,10 @@ import Testing
         let gated: Bool
         let failAt: UInt64?
         var owner: ThreadOwner?
+        /// Holds the apply thread at this index (with `gate`) when set.
+        var gateAt: UInt64?
+        /// Runs for each applied entry on the applying thread (set before handing entries).
+        var onApply: ((UInt64) -> Void)?
 
         init(gated: Bool = false, failAt: UInt64? = nil) {
             self.gated = gated
@@ -43,8 +49,9 @@ import Testing
             }
         }
         func apply(normal entry: Entry) throws {
-            if gated { _ = gate.wait(timeout: .now() + 60) }
+            if gated || entry.index == gateAt { _ = gate.wait(timeout: .now() + 60) }
             if entry.index == failAt { throw FakeError("broken at \(entry.index)") }
+            onApply?(entry.index)
             let me = UInt(bitPattern: Int(bitPattern: pthread_self()))
             note {
                 $0.applied.append(entry.index)
@@ -287,6 +294,27 @@ import Testing
         m.gate.signal()
         try a.call {}
         try await waitUntil { a.busySinceNanos == 0 }
+        a.stop()
+    }
+
+    /// Answers handed to event loops while a long queued item is applied leave per slice of
+    /// `maxInlineEntries`, not when the item's last entry is done.
+    @Test func answersOfALongItemLeavePerSlice() async throws {
+        let m = Machine()
+        let loop = NIOSingletons.posixEventLoopGroup.next()
+        let answered = Mutex<[UInt64]>([])
+        m.gateAt = 100
+        m.onApply = { index in EventLoopHandoff.execute({ answered.withLock { $0.append(index) } }, on: loop) }
+        let a = Self.make(m, commitInterval: 10, inline: false)
+        try a.hand(Self.entries(1...130))
+        let slice = UInt64(Applier.maxInlineEntries)
+        // Entry 100 holds the thread: the first slice is answered meanwhile, nothing after it.
+        try await waitUntil { answered.withLock { $0.count } >= Int(slice) }
+        #expect(answered.withLock { $0 } == Array(1...slice))
+        m.gate.signal()
+        try a.call {}
+        try await waitUntil { answered.withLock { $0.count } == 130 }
+        #expect(answered.withLock { $0 } == Array(1...130))
         a.stop()
     }
 

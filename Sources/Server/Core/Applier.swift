@@ -57,6 +57,8 @@ final class Applier: @unchecked Sendable {
     private var readers: [(index: UInt64, ids: [UInt64])] = []
     /// The loop waits in `hand` for the queue to shrink.
     private var waitingForRoom = false
+    /// The apply thread waits for the loop to give back the token.
+    private var waitingForToken = false
 
     /// The apply thread, once started.
     let owner = ThreadOwner()
@@ -134,6 +136,8 @@ final class Applier: @unchecked Sendable {
                 owner.release()
                 condition.lock()
                 active = false
+                // The thread woke for work or a commit while the loop held the token.
+                if waitingForToken { condition.broadcast() }
                 condition.unlock()
                 setApplied(entries[entries.count - 1].index)
             }
@@ -226,7 +230,9 @@ final class Applier: @unchecked Sendable {
                     return
                 }
                 if !active, Date() >= nextCheck { break }
+                waitingForToken = active
                 _ = condition.wait(until: active ? Date(timeIntervalSinceNow: checkEvery) : nextCheck)
+                waitingForToken = false
             }
             active = true
             condition.unlock()
@@ -235,9 +241,18 @@ final class Applier: @unchecked Sendable {
             do {
                 switch item {
                 case .entries(let entries, let bytes)?:
-                    try EventLoopHandoff.batching {
-                        for e in entries { try apply(e) }
-                        finish(entries: entries.count, bytes: bytes, last: entries[entries.count - 1].index)
+                    // Answers leave per slice, so a long item (a follower catching up) does not
+                    // hold the first ones until its last entry is applied.
+                    var start = 0
+                    while start < entries.count {
+                        let end = min(start + Self.maxInlineEntries, entries.count)
+                        try EventLoopHandoff.batching {
+                            for e in entries[start..<end] { try apply(e) }
+                            if end == entries.count {
+                                finish(entries: entries.count, bytes: bytes, last: entries[end - 1].index)
+                            }
+                        }
+                        start = end
                     }
                 case .call(let c)?:
                     let r = Result { try c.body() }
