@@ -119,6 +119,14 @@ struct E2EMigrationTests {
             try await E2E.waitUntil("swetcd has a leader", limit: .seconds(20)) {
                 try await etcdctl(endpoints, ["put", "/registry/pods/first", "swetcd"]).status == 0
             }
+            // Every member knows it (a linearizable read needs the leader): a watch that
+            // requires a leader, as etcdctl's do, is otherwise cancelled with "no leader" by a
+            // member that has not heard from it yet, whichever endpoint etcdctl picks.
+            for m in swetcds {
+                try await E2E.waitUntil("\(m.name) knows the leader", limit: .seconds(20)) {
+                    try await etcdctl(m.endpoint, ["get", "/registry/pods/first"]).status == 0
+                }
+            }
             // The watcher resumed at r1+1 on swetcd and was told to resync; nothing was reused.
             try await Self.expectResync(w1, from: watchFrom, through: r1, endpoints: endpoints, "etcd → swetcd")
             #expect(try await Self.clusterID(swetcds[0].endpoint) == etcdCluster)
