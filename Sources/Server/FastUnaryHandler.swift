@@ -74,13 +74,13 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let service: any FastUnaryService
     private let keepAlive: (any FastKeepAliveService)?
     private let limit: Int
-    /// Makes the handler a stream not served here goes to (nil: the next one already there).
-    private let fallback: (() -> any ChannelHandler)?
+    /// Makes the handler a stream not served here goes to.
+    private let fallback: () -> any ChannelHandler
     private var state = State.idle
     private var body: ByteBuffer?
 
     init(service: any FastUnaryService, keepAlive: (any FastKeepAliveService)? = nil, limit: Int,
-         fallback: (() -> any ChannelHandler)? = nil) {
+         fallback: @escaping () -> any ChannelHandler) {
         self.service = service
         self.keepAlive = keepAlive
         self.limit = limit
@@ -145,15 +145,13 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Not ours: this frame and everything after it go to the bridge to grpc-swift.
     private func handOn(context: ChannelHandlerContext, _ data: NIOAny) {
         let sync = context.pipeline.syncOperations
-        if let fallback {
-            do {
-                try sync.addHandler(fallback(), position: .after(self))
-            } catch {
-                // Only a pipeline already torn down refuses a handler: the stream is gone.
-                state = .closed
-                context.close(promise: nil)
-                return
-            }
+        do {
+            try sync.addHandler(fallback(), position: .after(self))
+        } catch {
+            // Only a pipeline already torn down refuses a handler: the stream is gone.
+            state = .closed
+            context.close(promise: nil)
+            return
         }
         context.fireChannelRead(data)
         sync.removeHandler(context: context, promise: nil)
