@@ -179,17 +179,13 @@ final class FastUnaryHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .running
         var bytes = body ?? ByteBuffer()
         body = nil
-        guard let flag = bytes.readInteger(as: UInt8.self), let length = bytes.readInteger(as: UInt32.self) else {
-            answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: the request has no message")))
+        let message: [UInt8]
+        switch GRPCMessageFraming.unaryMessage(&bytes) {
+        case .failure(let error):
+            answer(context: context, .failure(error))
             return
-        }
-        guard flag == 0 else {
-            answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: compressed flag set with identity or empty encoding")))
-            return
-        }
-        guard Int(length) == bytes.readableBytes, let message = bytes.readBytes(length: Int(length)) else {
-            answer(context: context, .failure(RPCError(code: .internalError, message: "grpc: a unary request must carry exactly one message")))
-            return
+        case .success(let m):
+            message = m
         }
         let commonName = ClientCertificateNames.shared.name(of: context.channel)
         let service = self.service

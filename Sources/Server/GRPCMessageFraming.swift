@@ -23,4 +23,19 @@ enum GRPCMessageFraming {
         buffer.moveReaderIndex(forwardBy: 5)
         return buffer.readSlice(length: Int(length))
     }
+
+    /// The single message of a complete unary request body, or the status to end the call
+    /// with when the body is not exactly one uncompressed message (grpc-go's texts).
+    static func unaryMessage(_ bytes: inout ByteBuffer) -> Result<[UInt8], RPCError> {
+        guard let flag = bytes.readInteger(as: UInt8.self), let length = bytes.readInteger(as: UInt32.self) else {
+            return .failure(RPCError(code: .internalError, message: "grpc: the request has no message"))
+        }
+        guard flag == 0 else {
+            return .failure(RPCError(code: .internalError, message: "grpc: compressed flag set with identity or empty encoding"))
+        }
+        guard Int(length) == bytes.readableBytes, let message = bytes.readBytes(length: Int(length)) else {
+            return .failure(RPCError(code: .internalError, message: "grpc: a unary request must carry exactly one message"))
+        }
+        return .success(message)
+    }
 }

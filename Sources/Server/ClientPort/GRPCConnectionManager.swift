@@ -65,23 +65,6 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
         self.configuration = configuration
     }
 
-    /// The delegate to give NIO's HTTP/2 handler: tells this handler of streams opening and
-    /// closing (called on the connection's event loop).
-    var streamDelegate: StreamDelegate { StreamDelegate(manager: self) }
-
-    struct StreamDelegate: NIOHTTP2StreamDelegate, @unchecked Sendable {
-        // @unchecked: NIO calls the delegate on the connection's event loop, where the handler lives.
-        let manager: GRPCConnectionManager
-
-        func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
-            manager.streamOpened(id)
-        }
-
-        func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
-            manager.streamClosed(id)
-        }
-    }
-
     // MARK: Lifecycle
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -212,9 +195,17 @@ final class GRPCConnectionManager: ChannelDuplexHandler {
     // MARK: Events
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
+        switch event {
+        case is ChannelShouldQuiesceEvent:
             beginGracefulShutdown()
             return
+        case let created as NIOHTTP2StreamCreatedEvent:
+            // NIO's HTTP/2 handler reports every stream, served by a stream channel or not.
+            streamOpened(created.streamID)
+        case let closed as StreamClosedEvent:
+            streamClosed(closed.streamID)
+        default:
+            break
         }
         context.fireUserInboundEventTriggered(event)
     }

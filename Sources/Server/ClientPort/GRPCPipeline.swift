@@ -83,17 +83,21 @@ struct GRPCPipeline: Sendable {
         let fastUnary = self.fastUnary
         let fastKeepAlive = self.fastKeepAlive
         try sync.addHandler(GRPCConnectionWriter(manager: manager))
-        _ = try sync.configureHTTP2Pipeline(
-            mode: .server,
-            connectionConfiguration: connection,
-            streamConfiguration: stream,
-            streamDelegate: manager.streamDelegate
+        try sync.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: connection, streamConfiguration: stream))
+        if let fastUnary {
+            // The hot unary calls, served without a stream channel each.
+            try sync.addHandler(FastStreamRouter(service: fastUnary, limit: limit, window: Self.targetWindowSize))
+        }
+        try sync.addHandler(HTTP2StreamMultiplexer(
+            mode: .server, channel: channel, targetWindowSize: Self.targetWindowSize,
+            outboundBufferSizeHighWatermark: stream.outboundBufferSizeHighWatermark,
+            outboundBufferSizeLowWatermark: stream.outboundBufferSizeLowWatermark
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
                 try sync.addHandler(OversizeMessageGuard(limit: limit))
                 if let fastUnary {
-                    // The bridge only for a stream the fast paths do not serve.
+                    // Keep-alive streams, and a stream the router passed on after all.
                     try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: limit) {
                         GRPCStreamBridge(runner: runner)
                     })
@@ -101,7 +105,7 @@ struct GRPCPipeline: Sendable {
                     try sync.addHandler(GRPCStreamBridge(runner: runner))
                 }
             }
-        }
+        })
         try sync.addHandler(manager)
         try FirstGoAwayBypass.install(on: channel)
         connections.addGRPC(channel)
