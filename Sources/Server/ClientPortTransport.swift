@@ -69,7 +69,7 @@ public struct ClientPortConfiguration: Sendable {
     public var httpMaxHeaderBytes: Int
     /// The HTTP/1.1 routes.
     public var router: HTTPRouter
-    /// Unary gRPC calls served by ``FastUnaryHandler`` instead of grpc-swift (nil: none).
+    /// Unary gRPC calls served by ``FastStreamRouter`` instead of grpc-swift (nil: none).
     var fastUnary: (any FastUnaryService)?
     /// LeaseKeepAlive streams served by ``FastKeepAliveHandler`` (needs ``fastUnary``).
     var fastKeepAlive: (any FastKeepAliveService)?
@@ -109,7 +109,7 @@ public struct ClientPortConfiguration: Sendable {
 /// Each accepted connection is classified by its first bytes (the HTTP/2 client preface means
 /// gRPC) or, with TLS, by ALPN. gRPC connections get NIO's HTTP/2 handler with an inline stream
 /// multiplexer and ``GRPCConnectionManager``; each stream gets ``OversizeMessageGuard``, the
-/// fast paths (``FastUnaryHandler``) and ``GRPCStreamBridge``, which hands the streams the fast
+/// fast paths (``FastStreamRouter``, ``StreamDispatchHandler``) and ``GRPCStreamBridge``, which hands the streams the fast
 /// paths did not take to the `GRPCServer` this transport is given to. HTTP/1.1 connections are
 /// answered by the configuration's ``HTTPRouter``.
 ///

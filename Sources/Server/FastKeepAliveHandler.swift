@@ -14,7 +14,7 @@ protocol FastKeepAliveService: Sendable {
 }
 
 /// Serves one LeaseKeepAlive stream on its HTTP/2 stream (put in place by
-/// ``FastUnaryHandler`` when the request headers name it): each request message renews its
+/// ``StreamDispatchHandler`` when the request headers name it): each request message renews its
 /// lease and gets its response message, in order, one at a time; the client ending its side
 /// ends the call with status OK; an error, or the server stopping, ends it with that status.
 ///
@@ -135,9 +135,9 @@ final class FastKeepAliveHandler: ChannelInboundHandler {
         case .success(let message):
             if !sentHeaders {
                 sentHeaders = true
-                context.write(wrapOutboundOut(.headers(.init(headers: FastUnaryHandler.responseHeaders()))), promise: nil)
+                context.write(wrapOutboundOut(.headers(.init(headers: GRPCFrames.responseHeaders()))), promise: nil)
             }
-            let out = FastUnaryHandler.framed(message, context.channel.allocator)
+            let out = GRPCFrames.framed(message, context.channel.allocator)
             context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(out)))), promise: nil)
             pump()
         case .failure(let error):
@@ -150,7 +150,7 @@ final class FastKeepAliveHandler: ChannelInboundHandler {
         guard !closed, let context else { return }
         closed = true
         release()
-        let trailers = FastUnaryHandler.trailers(error, headersSent: sentHeaders)
+        let trailers = GRPCFrames.trailers(error, headersSent: sentHeaders)
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
         // The client may still be sending: closing resets its side once our side has ended.
         if !requestEnded || error != nil { context.close(promise: nil) }

@@ -71,7 +71,7 @@ final class OversizeMessageGuard: ChannelDuplexHandler {
         rejected = true
         if !sentEnd {
             let status = RPCError(code: .resourceExhausted, message: "grpc: received message larger than max (\(declared) vs. \(limit))")
-            let headers = FastUnaryHandler.trailers(status, headersSent: sentHeaders)
+            let headers = GRPCFrames.trailers(status, headersSent: sentHeaders)
             sentEnd = true
             context.write(wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
             context.flush()

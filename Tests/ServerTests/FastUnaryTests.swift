@@ -7,7 +7,7 @@ import SwiftProtobuf
 import Testing
 @testable import Server
 
-/// The client port's own path for unary KV calls (FastUnaryHandler + FastKV): answers, errors
+/// The client port's own path for unary KV calls (FastStreamRouter + FastKV): answers, errors
 /// and bad input as grpc-swift's path gives them, and everything else still on grpc-swift.
 @Suite("Client port: unary KV fast path", .serialized)
 struct FastUnaryTests {
@@ -238,7 +238,7 @@ struct FastUnaryTests {
     }
 
     @Test func grpcMessagesArePercentEncoded() {
-        #expect(FastUnaryHandler.percentEncoded("plain text: ok") == "plain text: ok")
-        #expect(FastUnaryHandler.percentEncoded("100% é\n") == "100%25 %C3%A9%0A")
+        #expect(GRPCFrames.percentEncoded("plain text: ok") == "plain text: ok")
+        #expect(GRPCFrames.percentEncoded("100% é\n") == "100%25 %C3%A9%0A")
     }
 }

@@ -3,7 +3,7 @@ import GRPCCore
 import SwiftProtobuf
 import Synchronization
 
-/// etcd's unary KV calls (Range, Put, DeleteRange, Txn) for ``FastUnaryHandler``: the same
+/// etcd's unary KV calls (Range, Put, DeleteRange, Txn) for ``FastStreamRouter``: the same
 /// ``EtcdServer`` methods, credentials and errors as ``KVService`` behind grpc-swift, without
 /// grpc-swift's per-call work. Compact stays on grpc-swift (rare, admin-only).
 final class FastKV: FastUnaryService {

@@ -54,8 +54,8 @@ final class FastStreamRouter: ChannelDuplexHandler {
         }
         guard var call = calls[id] else {
             if case .headers(let h) = frame.payload, let path = h.headers.first(name: ":path"),
-               path != FastUnaryHandler.keepAlivePath, service.serves(path),
-               FastUnaryHandler.isPlainGRPC(h.headers, path: path) {
+               path != GRPCFrames.keepAlivePath, service.serves(path),
+               GRPCFrames.isPlainGRPC(h.headers, path: path) {
                 calls[id] = Call(path: path, token: h.headers.first(name: "token"))
                 if h.endStream { finish(context: context, id) }
                 return
@@ -171,7 +171,7 @@ final class FastStreamRouter: ChannelDuplexHandler {
         calls[id]!.running = true
         calls[id]!.done = true
         calls[id]!.body = nil
-        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: FastUnaryHandler.trailers(error, headersSent: false), endStream: true)))), promise: nil)
+        context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: GRPCFrames.trailers(error, headersSent: false), endStream: true)))), promise: nil)
         context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
         context.flush()
     }
@@ -182,11 +182,11 @@ final class FastStreamRouter: ChannelDuplexHandler {
         calls[id]!.done = true
         switch result {
         case .success(let message):
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: FastUnaryHandler.responseHeaders())))), promise: nil)
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(FastUnaryHandler.framed(message, context.channel.allocator)), endStream: false)))), promise: nil)
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: FastUnaryHandler.trailers(nil, headersSent: true), endStream: true)))), promise: nil)
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: GRPCFrames.responseHeaders())))), promise: nil)
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(GRPCFrames.framed(message, context.channel.allocator)), endStream: false)))), promise: nil)
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: GRPCFrames.trailers(nil, headersSent: true), endStream: true)))), promise: nil)
         case .failure(let error):
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: FastUnaryHandler.trailers(error, headersSent: false), endStream: true)))), promise: nil)
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: GRPCFrames.trailers(error, headersSent: false), endStream: true)))), promise: nil)
         }
         context.flush()
     }

@@ -96,9 +96,9 @@ struct GRPCPipeline: Sendable {
             stream.eventLoop.makeCompletedFuture {
                 let sync = stream.pipeline.syncOperations
                 try sync.addHandler(OversizeMessageGuard(limit: limit))
-                if let fastUnary {
-                    // Keep-alive streams, and a stream the router passed on after all.
-                    try sync.addHandler(FastUnaryHandler(service: fastUnary, keepAlive: fastKeepAlive, limit: limit) {
+                if fastUnary != nil {
+                    // Keep-alive streams to their fast path, the rest to grpc-swift.
+                    try sync.addHandler(StreamDispatchHandler(keepAlive: fastKeepAlive, limit: limit) {
                         GRPCStreamBridge(runner: runner)
                     })
                 } else {

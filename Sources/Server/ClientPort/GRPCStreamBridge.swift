@@ -48,7 +48,7 @@ final class GRPCCallRunner: Sendable {
 }
 
 /// The last handler of each gRPC stream on the client port. A stream that reaches it was not
-/// taken by the fast paths (``FastUnaryHandler``): here it is bridged to grpc-swift's server.
+/// taken by the fast paths (``FastStreamRouter``, ``StreamDispatchHandler``): here it is bridged to grpc-swift's server.
 ///
 /// The request head is checked as grpc-swift's transport checks it (content type: HTTP 415;
 /// `:path`, `:scheme`, `:method`: INVALID_ARGUMENT; a `grpc-encoding` other than identity:
@@ -233,7 +233,7 @@ final class GRPCStreamBridge: ChannelDuplexHandler {
 
     /// Answers a request that is not started with `error`'s status (trailers-only).
     private func refuse(context: ChannelHandlerContext, _ error: RPCError) {
-        refuse(context: context, FastUnaryHandler.trailers(error, headersSent: false))
+        refuse(context: context, GRPCFrames.trailers(error, headersSent: false))
     }
 
     private func refuse(context: ChannelHandlerContext, _ trailers: HPACKHeaders) {
@@ -249,7 +249,7 @@ final class GRPCStreamBridge: ChannelDuplexHandler {
         buffer = nil
         if !sentStatus {
             sentStatus = true
-            writeFinal(context: context, FastUnaryHandler.trailers(error, headersSent: sentHeaders))
+            writeFinal(context: context, GRPCFrames.trailers(error, headersSent: sentHeaders))
         }
         cancel()
         context.fireErrorCaught(error)
@@ -298,7 +298,7 @@ final class GRPCStreamBridge: ChannelDuplexHandler {
                 return
             }
             sentHeaders = true
-            var headers = FastUnaryHandler.responseHeaders()
+            var headers = GRPCFrames.responseHeaders()
             Self.add(metadata, to: &headers)
             context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: promise)
         case .message(let message):
@@ -310,7 +310,7 @@ final class GRPCStreamBridge: ChannelDuplexHandler {
             context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(framed)))), promise: promise)
         case .status(let status, let metadata):
             sentStatus = true
-            var trailers = FastUnaryHandler.trailers(
+            var trailers = GRPCFrames.trailers(
                 status.code == .ok ? nil : RPCError(code: RPCError.Code(status.code) ?? .unknown, message: status.message),
                 headersSent: sentHeaders)
             Self.add(metadata, to: &trailers)

@@ -10,7 +10,7 @@ import Logging
 public final class ClientListener: Sendable {
     private let servers: [(url: EndpointURL, kind: String, grpc: GRPCServer<ClientPortTransport>)]
     private let logger: Logger
-    /// The unary KV calls served without grpc-swift (``FastUnaryHandler``); nil when
+    /// The unary KV calls served without grpc-swift (``FastStreamRouter``); nil when
     /// `SWETCD_NO_FAST_UNARY` is set (every call then goes through grpc-swift: for A/B
     /// benchmarks, docs/BENCHMARKS.md).
     let fastKV: FastKV?

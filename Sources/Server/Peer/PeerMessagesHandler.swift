@@ -72,7 +72,7 @@ final class PeerMessagesHandler: ChannelInboundHandler, RemovableChannelHandler 
         let payload = unwrapInboundIn(data)
         switch state {
         case .idle:
-            guard case .headers(let h) = payload, FastUnaryHandler.isPlainGRPC(h.headers, path: Self.path) else {
+            guard case .headers(let h) = payload, GRPCFrames.isPlainGRPC(h.headers, path: Self.path) else {
                 state = .closed
                 context.fireChannelRead(data)
                 context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
@@ -118,7 +118,7 @@ final class PeerMessagesHandler: ChannelInboundHandler, RemovableChannelHandler 
         local = ClientCertificateNames.describe(channel.localAddress, fallback: channel.remoteAddress)
         let removal = StopSignal()
         inbound = PeerInboundStream(transport: transport, removal: removal)
-        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: FastUnaryHandler.responseHeaders()))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: GRPCFrames.responseHeaders()))), promise: nil)
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         let stopping = RPCError(code: .unavailable, message: "member is stopping")
@@ -171,7 +171,7 @@ final class PeerMessagesHandler: ChannelInboundHandler, RemovableChannelHandler 
         state = .closed
         release()
         buffer = ByteBuffer()
-        let trailers = FastUnaryHandler.trailers(error, headersSent: true)
+        let trailers = GRPCFrames.trailers(error, headersSent: true)
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
         // The sender may still be sending: closing resets its side once ours has ended.
         if !requestEnded || error != nil { context.close(promise: nil) }

@@ -140,7 +140,7 @@ final class PeerRawStream: Sendable {
 
     /// Writes one gRPC message (`bytes`, an encoded batch of `messages` counted in `pending`).
     func write(_ bytes: [UInt8], messages count: Int) {
-        let frame = FastUnaryHandler.framed(bytes, stream.allocator)
+        let frame = GRPCFrames.framed(bytes, stream.allocator)
         let promise = stream.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { [self] result in
             pending.subtract(count, ordering: .relaxed)
