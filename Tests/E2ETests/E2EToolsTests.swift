@@ -268,7 +268,14 @@ extension E2EToolsTests {
             #expect(ids.count == 3, "\(members)")
             for m in ms { #expect(members.stdout.contains("\"name\":\"\(m.name)\""), "\(members)") }
 
-            let status = try await etcdctl(all, ["endpoint", "status", "-w", "json"])
+            // The last member started may not have heard from the leader yet (it reports
+            // leader 0 until then): wait until every member names the same one.
+            var status = try await etcdctl(all, ["endpoint", "status", "-w", "json"])
+            try await E2E.waitUntil("every member knows the leader") {
+                status = try await etcdctl(all, ["endpoint", "status", "-w", "json"])
+                let leaders = Set(uints("leader", status.stdout))
+                return leaders.count == 1 && !leaders.contains(0)
+            }
             let memberIDs = uints("member_id", status.stdout)
             let leaders = Set(uints("leader", status.stdout))
             #expect(Set(memberIDs) == Set(ids), "\(status)")

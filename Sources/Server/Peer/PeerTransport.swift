@@ -27,8 +27,11 @@ public final class PeerTransport: Sendable {
         public var maxBatchBytes = 4 << 20
         /// First delay before re-dialling a peer; doubles on each failure.
         public var initialBackoff: Duration = .milliseconds(50)
-        /// Longest delay between dial attempts.
-        public var maxBackoff: Duration = .seconds(2)
+        /// Longest delay between dial attempts. Short, as etcd's peer streams retry every
+        /// 100 ms: a member that restarts hears from the leader within this time, not after
+        /// a backoff grown while it was down (with 2 s, members went up to 2.4 s without a
+        /// leader after a restart, failing leader-requiring calls such as watches).
+        public var maxBackoff: Duration = .milliseconds(200)
         /// Bound on the handshake call.
         public var handshakeTimeout: Duration = .seconds(5)
         /// Body bytes per snapshot chunk.
