@@ -51,7 +51,10 @@ struct E2ESnapshotTests {
             try await behind.start()
             // A watch on the old leader, started before it caught up (or while): as soon as it
             // knows a leader (etcdctl's watch requires one).
-            try await E2E.waitUntil("the old leader knows the new leader") { behind.lastKnownLeader != nil }
+            // (A logged leader "0" is a leader lost, not one known.)
+            try await E2E.waitUntil("the old leader knows the new leader") {
+                behind.lastKnownLeader.map { $0 != "0" } ?? false
+            }
             let early = try behind.watch(["--prefix", "after/"], limit: 90)
             try await E2E.waitUntil("the follower installs a snapshot", limit: .seconds(60)) {
                 (behind.child?.stderr ?? "").contains("\"installed snapshot from the leader\"")
