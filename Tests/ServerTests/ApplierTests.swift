@@ -164,8 +164,9 @@ import Testing
         a.stop()
     }
 
-    /// The server's classification reads the request kind from the encoded entry.
-    @Test func putsLeaseGrantsAndNoopsApplyQuickly() throws {
+    /// The server's classification reads the request kind from the encoded entry, and a txn's
+    /// compares and ops from its bytes: only small put-only txns on single keys apply quickly.
+    @Test func putsLeaseGrantsNoopsAndSmallPutTxnsApplyQuickly() throws {
         func entry(_ fill: (inout Swetcd_Internal_InternalRequest) -> Void) throws -> Entry {
             var r = Swetcd_Internal_InternalRequest()
             r.header.id = 77
@@ -176,21 +177,58 @@ import Testing
         var put = Etcdserverpb_PutRequest()
         put.key = Data("k".utf8)
         put.value = Data(repeating: 1, count: 300)
+        put.prevKv = true
         var grant = Etcdserverpb_LeaseGrantRequest()
         grant.id = 5
         grant.ttl = 60
         var del = Etcdserverpb_DeleteRangeRequest()
         del.key = Data([0])
         del.rangeEnd = Data([0])
+        var range = Etcdserverpb_RangeRequest()
+        range.key = Data("k".utf8)
+        var compare = Etcdserverpb_Compare()
+        compare.key = Data("k".utf8)
+        compare.target = .mod
+        compare.modRevision = 9
+        var rangeCompare = compare
+        rangeCompare.rangeEnd = Data([0])
+        func txn(compares: [Etcdserverpb_Compare] = [], success: [Etcdserverpb_RequestOp] = [],
+                 failure: [Etcdserverpb_RequestOp] = []) -> Etcdserverpb_TxnRequest {
+            var t = Etcdserverpb_TxnRequest()
+            t.compare = compares
+            t.success = success
+            t.failure = failure
+            return t
+        }
+        let putOp = Etcdserverpb_RequestOp.with { $0.requestPut = put }
+        let limit = EtcdServer.quickTxnOperations
+        let quickTxns = [
+            txn(success: [putOp]),
+            txn(compares: Array(repeating: compare, count: limit), success: Array(repeating: putOp, count: limit),
+                failure: Array(repeating: putOp, count: limit)),
+            txn(),
+        ]
+        let slowTxns = [
+            txn(success: [putOp, Etcdserverpb_RequestOp.with { $0.requestRange = range }]),
+            txn(failure: [Etcdserverpb_RequestOp.with { $0.requestDeleteRange = del }]),
+            txn(success: [Etcdserverpb_RequestOp.with { $0.requestTxn = txn(success: [putOp]) }]),
+            txn(compares: [compare, rangeCompare], success: [putOp]),
+            txn(compares: Array(repeating: compare, count: limit + 1), success: [putOp]),
+            txn(success: Array(repeating: putOp, count: limit + 1)),
+        ]
         let quick = [try entry { $0.put = put }, try entry { $0.leaseGrant = grant }, try entry { $0.noop = .init() },
-                     Entry(term: 1, index: 1)]
-        let slow = [try entry { $0.deleteRange = del }, try entry { $0.txn = .init() },
-                    try entry { $0.leaseRevoke = .init() }, try entry { $0.compaction = .init() },
-                    Entry(term: 1, index: 1, data: [0x0A, 0x7F])]
-        #expect(quick.allSatisfy { EtcdServer.appliesQuickly($0.data) })
-        #expect(!slow.contains { EtcdServer.appliesQuickly($0.data) })
-        #expect(quick.map { EtcdServer.requestField($0.data) } == [2, 6, 10, nil])
-        #expect(slow.map { EtcdServer.requestField($0.data) } == [3, 4, 7, 5, nil])
+                     Entry(term: 1, index: 1)] + (try quickTxns.map { t in try entry { $0.txn = t } })
+        let slow = [try entry { $0.deleteRange = del }, try entry { $0.leaseRevoke = .init() },
+                    try entry { $0.compaction = .init() }, Entry(term: 1, index: 1, data: [0x0A, 0x7F])]
+            + (try slowTxns.map { t in try entry { $0.txn = t } })
+        for (i, e) in quick.enumerated() { #expect(EtcdServer.appliesQuickly(e.data), "quick entry \(i)") }
+        for (i, e) in slow.enumerated() { #expect(!EtcdServer.appliesQuickly(e.data), "slow entry \(i)") }
+        #expect(quick.map { EtcdServer.requestField($0.data) } == [2, 6, 10, nil, 4, 4, 4])
+        #expect(slow.map { EtcdServer.requestField($0.data) } == [3, 7, 5, nil, 4, 4, 4, 4, 4, 4])
+        // An entry cut short is slow (applying reports it).
+        var cut = try entry { $0.txn = txn(compares: [compare], success: [putOp]) }.data
+        cut.removeLast(3)
+        #expect(!EtcdServer.appliesQuickly(cut))
     }
 
     /// A failure while the caller applies inline is thrown to it and stops the thread too.

@@ -32,23 +32,70 @@ extension EtcdServer {
         if id != 0 { waiters.trigger(id, outcome) }
     }
 
-    /// A put, a lease grant, a no-op or an empty entry: read from the request's first field
-    /// after its header, without decoding it.
+    /// A put, a lease grant, a no-op, a small put-only txn or an empty entry: read from the
+    /// encoded request without decoding it.
     func appliesQuickly(_ entry: Entry) -> Bool { Self.appliesQuickly(entry.data) }
 
     static func appliesQuickly(_ data: [UInt8]) -> Bool {
-        guard let field = requestField(data) else { return data.isEmpty }
-        return field == 2 || field == 6 || field == 10  // put, lease_grant, noop (internal.proto)
+        guard let (field, payload) = request(data) else { return data.isEmpty }
+        switch field {
+        case 2, 6, 10: return true  // put, lease_grant, noop (internal.proto)
+        case 4: return payload.map { isSmallPutTxn(data, $0) } ?? false
+        default: return false
+        }
+    }
+
+    /// The most operations (compares, then ops of either branch) of a txn applied quickly.
+    static let quickTxnOperations = 16
+
+    /// Whether the encoded `TxnRequest` at `data[range]` costs a bounded few key lookups and
+    /// writes: at most ``quickTxnOperations`` compares, each on one key (no `range_end`), and as
+    /// many ops per branch, each a put. Any range, delete or nested txn, or bytes that do not
+    /// parse, make it slow.
+    static func isSmallPutTxn(_ data: [UInt8], _ range: Range<Int>) -> Bool {
+        var compares = 0, success = 0, failure = 0
+        return eachField(data, range) { field, wire, payload in
+            guard wire == 2 else { return false }
+            switch field {
+            case 1:  // compare; its range_end is field 64
+                compares += 1
+                return compares <= quickTxnOperations && eachField(data, payload) { f, _, p in f != 64 || p.isEmpty }
+            case 2, 3:  // success, failure: RequestOp with request_put = 2
+                if field == 2 { success += 1 } else { failure += 1 }
+                return max(success, failure) <= quickTxnOperations
+                    && eachField(data, payload) { f, w, _ in f == 2 && w == 2 }
+            default:
+                return true
+            }
+        }
     }
 
     /// The field number of an encoded `InternalRequest`'s request (its first top-level field
     /// other than the header, 1), or nil if there is none or the bytes do not parse.
-    static func requestField(_ data: [UInt8]) -> Int? {
-        var i = 0
+    static func requestField(_ data: [UInt8]) -> Int? { request(data)?.field }
+
+    /// The request's field number and, when length-delimited, its payload's range in `data`.
+    private static func request(_ data: [UInt8]) -> (field: Int, payload: Range<Int>?)? {
+        var found: (field: Int, payload: Range<Int>?)?
+        let parsed = eachField(data, data.indices) { field, wire, payload in
+            guard field != 1 else { return wire == 2 }
+            found = (field, wire == 2 ? payload : nil)
+            return false
+        }
+        return parsed || found != nil ? found : nil
+    }
+
+    /// Walks the protobuf fields of `data[range]` in order: `body` gets each one's number, wire
+    /// type and payload range (length-delimited fields; empty for the others) and returns
+    /// whether to go on. Returns true when every field was walked, false when `body` stopped or
+    /// the bytes do not parse.
+    static func eachField(_ data: [UInt8], _ range: Range<Int>, _ body: (Int, Int, Range<Int>) -> Bool) -> Bool {
+        var i = range.lowerBound
+        let end = min(range.upperBound, data.count)
         func varint() -> UInt64? {
             var v: UInt64 = 0
             var shift: UInt64 = 0
-            while i < data.count, shift < 64 {
+            while i < end, shift < 64 {
                 let b = data[i]
                 i += 1
                 v |= UInt64(b & 0x7F) << shift
@@ -57,14 +104,27 @@ extension EtcdServer {
             }
             return nil
         }
-        while i < data.count {
-            guard let tag = varint() else { return nil }
-            let field = Int(tag >> 3)
-            if field != 1 { return field }
-            guard tag & 7 == 2, let len = varint(), len <= UInt64(data.count - i) else { return nil }
-            i += Int(len)
+        while i < end {
+            guard let tag = varint() else { return false }
+            let field = Int(truncatingIfNeeded: tag >> 3), wire = Int(tag & 7)
+            var payload = i..<i
+            switch wire {
+            case 0:
+                guard varint() != nil else { return false }
+            case 1, 5:
+                let size = wire == 1 ? 8 : 4
+                guard end - i >= size else { return false }
+                i += size
+            case 2:
+                guard let len = varint(), len <= UInt64(end - i) else { return false }
+                payload = i..<(i + Int(len))
+                i += Int(len)
+            default:
+                return false
+            }
+            guard body(field, wire, payload) else { return false }
         }
-        return nil
+        return true
     }
 
     func markApplied(_ entry: Entry) throws {
