@@ -1,5 +1,6 @@
 import CLMDB
 import Foundation
+import Synchronization
 
 /// The named databases ("buckets") of the backend, as etcd names them.
 public enum BackendBucket: Int, CaseIterable, Sendable {
@@ -83,6 +84,9 @@ public final class Backend: @unchecked Sendable {
     private var pendingOps = 0
     private var batchStarted: ContinuousClock.Instant?
     private var commits = 0
+    /// The db file's size as of the last open, commit or swap (-1 when a stat failed): only
+    /// those change it. ``committedFileSize()`` reads it without a system call.
+    private let knownFileSize = Atomic<Int64>(-1)
 
     /// Opens (creating if needed) the db file at `path`; the directory must exist. A copy
     /// left behind by a defragmentation that was interrupted is removed first.
@@ -94,6 +98,7 @@ public final class Backend: @unchecked Sendable {
         let env = try LMDBEnv(path: path, mapSize: max(options.initialMapSize, 1 << 20),
                               names: BackendBucket.allCases.map(\.name), sync: options.sync)
         self.lmdb = env
+        noteFileSize()
     }
 
     deinit { try? close() }
@@ -258,6 +263,7 @@ public final class Backend: @unchecked Sendable {
         pendingOps = 0
         batchStarted = nil
         commits += 1
+        noteFileSize()
         options.onCommit?(ContinuousClock.now - started)
     }
 
@@ -335,6 +341,17 @@ public final class Backend: @unchecked Sendable {
             throw BackendError(message: "stat \(path): \(String(cString: strerror(errno)))")
         }
         return Int64(st.st_size)
+    }
+
+    /// ``fileSize()`` as of the last open, commit or swap of the file (the only times it
+    /// changes), read from memory: for checks made on every request (the space quota).
+    public func committedFileSize() throws -> Int64 {
+        let known = knownFileSize.load(ordering: .relaxed)
+        return known >= 0 ? known : try fileSize()
+    }
+
+    private func noteFileSize() {
+        knownFileSize.store((try? fileSize()) ?? -1, ordering: .relaxed)
     }
 
     /// Bytes of the db file holding live data: pages up to LMDB's last used page minus the
@@ -471,6 +488,7 @@ public final class Backend: @unchecked Sendable {
     /// catch-up log is dropped, `file`'s lock file name freed and the directory synced.
     func adopt(_ fresh: LMDBEnv, renamedFrom file: String) throws {
         lmdb = fresh
+        noteFileSize()
         readers.removeAll()
         defragLog = nil
         unlink(file + "-lock")

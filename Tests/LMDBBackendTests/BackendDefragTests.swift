@@ -126,6 +126,7 @@ private final class Writer: @unchecked Sendable {
         #expect(result.sizeBefore == size)
         #expect(result.sizeAfter < size / 4, "\(result.sizeAfter) of \(size)")
         #expect(try be.fileSize() == result.sizeAfter)
+        #expect(try be.committedFileSize() == result.sizeAfter)
         // The new file holds (almost) no free pages.
         #expect(try be.fileSize() - be.sizeInUse() <= 8 * 4096)
         #expect(try contents(be) == before)

@@ -26,7 +26,9 @@ private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
         let dir = BackendTempDir()
         let be = try Backend(path: dir.db, options: Self.options())
         try be.put(.key, key: b("old"), value: b("1"))
+        for i in 0..<500 { try be.put(.key, key: b("bulk\(i)"), value: [UInt8](repeating: 1, count: 1000)) }
         try be.commit()
+        let oldSize = try be.fileSize()
         // Staged, not committed: it goes to the old file, not the new one.
         try be.put(.key, key: b("staged"), value: b("2"))
         let view = try be.snapshot()
@@ -34,6 +36,9 @@ private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
         try Self.makeFile(received, key: "new", value: "3", index: 100)
 
         try be.replace(withFileAt: received)
+        // The size known from memory is the new file's.
+        #expect(try be.committedFileSize() == be.fileSize())
+        #expect(try be.committedFileSize() < oldSize)
         #expect(!FileManager.default.fileExists(atPath: received))
         #expect(!FileManager.default.fileExists(atPath: received + "-lock"))
         try be.read { (r: BackendReader) throws in

@@ -166,11 +166,15 @@ private func fastOptions(limit: Int = 10_000) -> Backend.Options {
         var o = fastOptions(limit: 100)
         o.initialMapSize = 1 << 20
         let be = try Backend(path: dir.db, options: o)
+        let empty = try be.fileSize()
+        #expect(try be.committedFileSize() == empty)
         let value = [UInt8](repeating: 7, count: 4000)
         for i in 0..<1000 { try be.put(.key, key: b("key\(i)"), value: value) }
         try be.commit()
         #expect(try be.read { try $0.range(.key, from: [], to: nil).count } == 1000)
         #expect(try be.fileSize() > 4_000_000)
+        // The size known from memory follows the commits that grew the file.
+        #expect(try be.committedFileSize() == be.fileSize())
     }
 
     @Test func sizeInUseExcludesFreePages() throws {

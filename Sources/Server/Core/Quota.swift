@@ -101,7 +101,7 @@ extension EtcdServer {
         let cost = BackendQuota.cost(request.request)
         let quota = self.quota
         guard cost > 0, quota.limit != nil else { return true }
-        return quota.admits(cost: cost, size: (try? backend.fileSize()) ?? 0)
+        return quota.admits(cost: cost, size: (try? backend.committedFileSize()) ?? 0)
     }
 
     /// Logs the quota in force (once, at start), as etcd does.
