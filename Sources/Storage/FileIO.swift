@@ -98,6 +98,18 @@ final class FileIOHandle {
         try bytes.withUnsafeBytes { try write($0, at: offset) }
     }
 
+    /// Writes `count` zero bytes at `offset` (from one shared 64 KiB buffer of zeros).
+    func writeZeros(count: Int64, at offset: Int64) throws {
+        var done: Int64 = 0
+        while done < count {
+            let n = min(count - done, Int64(FileIOHandle.zeros.count))
+            try FileIOHandle.zeros.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0[..<Int(n)]), at: offset + done) }
+            done += n
+        }
+    }
+
+    private static let zeros = [UInt8](repeating: 0, count: 64 << 10)
+
     /// Flushes data (and the size if it changed), not other metadata.
     func dataSync() throws {
         var r: Int32

@@ -35,3 +35,34 @@ func walWriteFile(_ path: String, _ bytes: [UInt8]) throws {
 func walFileSize(_ path: String) throws -> Int {
     (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? -1
 }
+
+/// The byte ranges of `path` that are preallocated but unwritten extents, as `filefrag -v`
+/// (e2fsprogs) reports them; nil when filefrag is missing or cannot map the file (a file
+/// system without extent maps).
+func walUnwrittenExtents(_ path: String) throws -> [Range<Int64>]? {
+    let tool = "/usr/sbin/filefrag"
+    guard FileManager.default.isExecutableFile(atPath: tool) else { return nil }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: tool)
+    p.arguments = ["-v", path]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { return nil }
+    let text = String(decoding: data, as: UTF8.self)
+    // "File size of X is N (B blocks of S bytes)", then "ext: logical_offset: ... flags:" rows.
+    guard let r = text.range(of: "blocks of "),
+          let blockSize = Int64(text[r.upperBound...].prefix { $0.isNumber }) else { return nil }
+    var ranges: [Range<Int64>] = []
+    for line in text.split(separator: "\n") where line.contains("unwritten") {
+        let fields = line.split(separator: ":").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard fields.count >= 2 else { continue }
+        let logical = fields[1].split(separator: ".").compactMap { Int64($0.trimmingCharacters(in: .whitespaces)) }
+        guard logical.count == 2 else { continue }
+        ranges.append(logical[0] * blockSize..<(logical[1] + 1) * blockSize)
+    }
+    return ranges
+}

@@ -326,3 +326,45 @@ extension WAL {
         return out
     }
 }
+
+/// The tail is written with zeros ahead of the records, so a sync after a write does not also
+/// convert preallocated (unwritten) extents; the zeros read as preallocated space.
+@Suite struct WALZeroAheadTests {
+    let meta = WALMetadata(memberID: 0x1234, clusterID: 0xABCD).encoded
+
+    @Test func theTailIsWrittenAMiBAheadOfTheRecords() throws {
+        let tmp = try WALTempDir()
+        defer { tmp.cleanup() }
+        let dir = tmp.sub("wal")
+        let segment: Int64 = 8 << 20
+        let wal = try WAL.create(directory: dir, metadata: meta, options: WALOptions(segmentSize: segment))
+        let file = dir + "/" + wal.segmentFiles[0]
+        let mib: Int64 = 1 << 20
+        func overlaps(_ ranges: [Range<Int64>], _ r: Range<Int64>) -> Bool { ranges.contains { $0.overlaps(r) } }
+        // Where the file system keeps no unwritten extents (or filefrag is missing) there is
+        // nothing to see.
+        guard let fresh = try walUnwrittenExtents(file), overlaps(fresh, 4096..<segment) else { return }
+
+        func batch(_ first: UInt64, count: Int, size: Int) -> [WALEntry] {
+            (first..<first + UInt64(count)).map { WALEntry(index: $0, term: 1, data: Array(repeating: 7, count: size)) }
+        }
+        // About 40 KiB of records: written up to a MiB past them, not further.
+        try wal.save(hardState: WALHardState(term: 1), entries: batch(1, count: 10, size: 4000))
+        let first = try #require(try walUnwrittenExtents(file))
+        #expect(!overlaps(first, 0..<mib), "\(first)")
+        #expect(overlaps(first, 2 * mib..<segment), "\(first)")
+        // Records up to about 1.2 MiB: the written part moved on with them.
+        for i in 0..<12 { try wal.save(hardState: nil, entries: batch(11 + UInt64(i) * 10, count: 10, size: 10_000)) }
+        let later = try #require(try walUnwrittenExtents(file))
+        #expect(!overlaps(later, 0..<mib + mib / 2), "\(later)")
+        #expect(overlaps(later, 3 * mib..<segment), "\(later)")
+        try wal.close()
+
+        // The zeros read as preallocated space: everything comes back, no torn tail.
+        let (again, got) = try WAL.open(directory: dir, options: WALOptions(segmentSize: segment))
+        defer { try? again.close() }
+        #expect(got.entries.count == 130)
+        #expect(got.entries.last?.index == 130)
+        #expect(got.tornTail == nil)
+    }
+}
