@@ -357,8 +357,10 @@ final class Member: @unchecked Sendable {
         return try #require(leader)
     }
 
-    /// Runs `body` with `count` started members forming one cluster, always cleaning up.
-    /// `prepare` adjusts member `i` (1-based) before the cluster list is made and it starts.
+    /// Runs `body` with `count` started members forming one cluster, always cleaning up;
+    /// `body` starts once every member names the same leader (so a call through any member
+    /// finds one). `prepare` adjusts member `i` (1-based) before the cluster list is made and
+    /// it starts.
     static func withCluster(_ count: Int, extraArgs: [String] = [], prepare: (Int, Member) -> Void = { _, _ in },
                             _ body: ([Member]) async throws -> Void) async throws {
         var members: [Member] = []
@@ -371,6 +373,7 @@ final class Member: @unchecked Sendable {
         for m in members { m.initialCluster = cluster }
         do {
             for m in members { try await m.start() }
+            if count > 1 { _ = try await agreedLeader(of: members) }
             try await body(members)
         } catch {
             for m in members {

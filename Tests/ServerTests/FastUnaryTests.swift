@@ -125,21 +125,27 @@ struct FastUnaryTests {
             }
             #expect(fast.served.load(ordering: .relaxed) == before + 8)
 
+            /// `call` is refused with etcd's status for a message over the receive limit.
+            func expectRefusedAsTooLarge(_ what: String, _ call: () async throws -> Void) async throws {
+                do {
+                    try await call()
+                    Issue.record("\(what) was accepted")
+                } catch let error as RPCError {
+                    #expect(error.code == .resourceExhausted)
+                    #expect(error.message.hasPrefix("grpc: received message larger than max ("))
+                }
+            }
             // Over the receive limit: refused from the message's prefix with etcd's status,
             // the stream reset, and the connection goes on serving.
             var huge = Etcdserverpb_PutRequest()
             huge.key = Data("huge".utf8)
             huge.value = Data(repeating: 9, count: 4 << 20)
-            do {
+            try await expectRefusedAsTooLarge("a 4 MiB request") {
                 _ = try await client.unary(
                     request: ClientRequest(message: try huge.serializedBytes()),
                     descriptor: MethodDescriptor(fullyQualifiedService: "etcdserverpb.KV", method: "Put"),
                     serializer: RawBytesCodec(), deserializer: RawBytesCodec(), options: .defaults
                 ) { try $0.message }
-                Issue.record("a 4 MiB request was accepted")
-            } catch let error as RPCError {
-                #expect(error.code == .resourceExhausted)
-                #expect(error.message.hasPrefix("grpc: received message larger than max ("))
             }
             // Several messages on one unary call, each under the limit, more than it together:
             // refused the same way once the body passes the limit, not buffered to the end.
@@ -147,7 +153,7 @@ struct FastUnaryTests {
             part.key = Data("part".utf8)
             part.value = Data(repeating: 5, count: 1 << 20)
             let partBytes = try part.serializedBytes() as [UInt8]
-            do {
+            try await expectRefusedAsTooLarge("4 MiB in four messages") {
                 _ = try await client.clientStreaming(
                     request: StreamingClientRequest(of: [UInt8].self) { writer in
                         for _ in 0..<4 { try await writer.write(partBytes) }
@@ -155,10 +161,6 @@ struct FastUnaryTests {
                     descriptor: MethodDescriptor(fullyQualifiedService: "etcdserverpb.KV", method: "Put"),
                     serializer: RawBytesCodec(), deserializer: RawBytesCodec(), options: .defaults
                 ) { try $0.message }
-                Issue.record("4 MiB in four messages was accepted")
-            } catch let error as RPCError {
-                #expect(error.code == .resourceExhausted)
-                #expect(error.message.hasPrefix("grpc: received message larger than max ("))
             }
             var range = Etcdserverpb_RangeRequest()
             range.key = Data("big0".utf8)
