@@ -110,6 +110,8 @@ import Testing
         }
         #expect(loop.owner.isClaimed)
         #expect(!loop.owner.isCurrent)
+        // The loop runs on its own event loop's thread (where the peer connections live).
+        #expect(try await loop.eventLoop.submit { loop.owner.isCurrent }.get())
         // Claimed by whoever holds the apply token (the apply thread, or the loop applying a
         // batch itself), never by this thread.
         let applyOwner = try #require(loop.applyOwner)
@@ -120,5 +122,6 @@ import Testing
         #expect(!loop.owner.isClaimed)
         #expect(!applyOwner.isClaimed)
         #expect(recorder.calls.withLock { $0.elsewhere } == 0)
+        await loop.shutDownEventLoop()
     }
 }

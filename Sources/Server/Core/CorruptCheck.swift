@@ -256,6 +256,7 @@ extension EtcdServer {
         closing.fire()
         await peers.stop()
         await peerServer.stop()
+        await raftLoop.shutDownEventLoop()
         do { try raftLoop.abandon() } catch {
             logger.error("closing the WAL failed", metadata: ["error": "\(error)"])
         }

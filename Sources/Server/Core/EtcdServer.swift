@@ -269,13 +269,17 @@ public final class EtcdServer: Sendable {
             try MembershipStore.save(members, in: backend)
         }
         let transportBridge = TransportBridge(loop: raftLoop, backend: backend, snapDirectory: dataDir.snapDirectory, logger: logger)
+        // The peer connections live on the Raft loop's own event loop (see RaftLoop).
+        var transportOptions = PeerTransport.Options()
+        transportOptions.eventLoopGroup = raftLoop.eventLoopGroup
         let transport = PeerTransport(localID: memberID, clusterID: clusterID, snapshotDirectory: dataDir.snapDirectory,
                                       delegate: transportBridge, snapshots: transportBridge, logger: logger,
-                                      tls: peerTLS, refusals: peerRefusals)
+                                      options: transportOptions, tls: peerTLS, refusals: peerRefusals)
         for m in members where m.id != memberID {
             transport.addPeer(m.id, urls: m.endpoints)
         }
-        let peerServer = PeerServer(logger: logger, tls: peerTLS, refusals: peerRefusals)
+        let peerServer = PeerServer(logger: logger, tls: peerTLS, refusals: peerRefusals,
+                                    connectionGroup: raftLoop.eventLoopGroup)
         let server = EtcdServer(memberID: memberID, clusterID: clusterID, config: cfg, logger: logger,
                                 machine: machine, raftLoop: raftLoop,
                                 membership: ClusterMembership(members: members, removed: removed),
@@ -490,6 +494,7 @@ public final class EtcdServer: Sendable {
         machine.stopWatchLoop()
         await peers.stop()
         await peerServer.stop()
+        await raftLoop.shutDownEventLoop()
         waiters.failAll(EtcdError.stopped)
         readWaiters.failAll(EtcdError.stopped)
         do {

@@ -2,6 +2,8 @@ import EtcdConfig
 import Foundation
 import LMDBBackend
 import Logging
+import NIOCore
+import NIOPosix
 import Raft
 import Storage
 import Synchronization
@@ -25,34 +27,59 @@ enum LoopInput: Sendable {
     case removedByPeer(UInt64)
 }
 
-/// The Raft loop's inbox: a locked queue and a semaphore that wakes the loop.
+/// The Raft loop's inbox: a locked queue, and whether a pass of the loop that will drain it
+/// is scheduled already (so a burst of inputs schedules one pass).
 final class LoopInbox: Sendable {
-    private let queue = Mutex<[LoopInput]>([])
-    private let wakeup = DispatchSemaphore(value: 0)
-    private let stopping = Atomic<Bool>(false)
-
-    func send(_ input: LoopInput) {
-        queue.withLock { $0.append(input) }
-        wakeup.signal()
+    private struct State {
+        var inputs: [LoopInput] = []
+        /// A pass is scheduled (or the loop has not started: its first pass drains).
+        var scheduled = true
+        /// The loop ended: inputs are dropped and no pass is scheduled any more (its event loop
+        /// is about to shut down).
+        var closed = false
     }
 
+    private let state = Mutex(State())
+    private let stopping = Atomic<Bool>(false)
+
+    /// Queues `input`; true when the caller must schedule a pass.
+    func append(_ input: LoopInput) -> Bool {
+        state.withLock { s in
+            if s.closed { return false }
+            s.inputs.append(input)
+            if s.scheduled { return false }
+            s.scheduled = true
+            return true
+        }
+    }
+
+    /// True when the caller must schedule a pass (none is scheduled).
+    func claimPass() -> Bool {
+        state.withLock { s in
+            if s.scheduled || s.closed { return false }
+            s.scheduled = true
+            return true
+        }
+    }
+
+    /// Takes every queued input; an input queued from now on schedules another pass.
     func drain() -> [LoopInput] {
-        queue.withLock { q in
-            let all = q
-            q.removeAll(keepingCapacity: true)
+        state.withLock { s in
+            s.scheduled = false
+            let all = s.inputs
+            s.inputs.removeAll(keepingCapacity: true)
             return all
         }
     }
 
-    /// Wakes the loop without an input.
-    func wake() { wakeup.signal() }
+    func requestStop() { stopping.store(true, ordering: .releasing) }
 
-    /// Sleeps until an input arrives or `deadline` passes.
-    func wait(until deadline: DispatchTime) { _ = wakeup.wait(timeout: deadline) }
-
-    func requestStop() {
-        stopping.store(true, ordering: .releasing)
-        wakeup.signal()
+    /// The loop ended: drops what is queued and refuses what comes.
+    func close() {
+        state.withLock { s in
+            s.closed = true
+            s.inputs.removeAll()
+        }
     }
 
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
@@ -130,6 +157,13 @@ protocol RaftLoopRequests: AnyObject, Sendable {
 /// through `send`, the published `status`, `start` and `stop`. Loop-only state is read and
 /// written through `own`, checked against the loop thread in debug builds. Committed entries
 /// are applied on the loop's apply thread (`Applier`).
+///
+/// The thread is the only one of a NIO event loop group of its own (``eventLoopGroup``), on
+/// which the member's peer connections live too: the loop's sends are written to the socket
+/// on the spot, and what a peer sends is read and handed to the loop on the same thread, with
+/// no thread wake-up between the network and Raft in either direction. Inputs schedule one
+/// pass of the loop (a burst of them, one pass); a timer schedules the ticks. A pass blocks
+/// the thread for its WAL fsync; the peer connections wait meanwhile, as Raft would.
 final class RaftLoop: @unchecked Sendable {
     /// The loop's own state.
     struct Owned {
@@ -155,6 +189,9 @@ final class RaftLoop: @unchecked Sendable {
         var machine: (any AppliedStateMachine)?
         var requests: (any RaftLoopRequests)?
         var applier: Applier?
+        /// Uptime nanoseconds of the next tick, and its timer.
+        var nextTick: UInt64 = 0
+        var tickTimer: Scheduled<Void>?
     }
 
     let memberID: UInt64
@@ -163,6 +200,10 @@ final class RaftLoop: @unchecked Sendable {
     private let logger: Logger
     private let metrics: ServerMetrics
     private let inbox = LoopInbox()
+    /// The loop's own event loop group (one thread), and its event loop.
+    let eventLoopGroup: MultiThreadedEventLoopGroup
+    let eventLoop: any EventLoop
+    private let groupShutDown = Atomic<Bool>(false)
     private let published: Mutex<LoopStatus>
     private let exited = Atomic<Bool>(false)
     private let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
@@ -210,12 +251,33 @@ final class RaftLoop: @unchecked Sendable {
         published = Mutex(status)
         _owned = Owned(appliedIndex: appliedIndex, snapshotIndex: snapshotIndex,
                        consistentIndex: consistentIndex, confState: node.status.confState)
+        eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        eventLoop = eventLoopGroup.next()
+    }
+
+    deinit {
+        if !groupShutDown.exchange(true, ordering: .acquiringAndReleasing) {
+            eventLoopGroup.shutdownGracefully { _ in }
+        }
+    }
+
+    /// Ends the loop's event loop group, and with it whatever connections still live on it.
+    /// Call after ``stop()`` (or ``abandon()``) and after the peer transport and server stopped.
+    func shutDownEventLoop() async {
+        if groupShutDown.exchange(true, ordering: .acquiringAndReleasing) { return }
+        try? await eventLoopGroup.shutdownGracefully()
     }
 
     // MARK: What other threads use
 
-    /// Hands `input` to the loop (never blocks).
-    func send(_ input: LoopInput) { inbox.send(input) }
+    /// Hands `input` to the loop (never blocks); dropped once the loop has ended.
+    func send(_ input: LoopInput) {
+        if inbox.append(input) { schedulePass() }
+    }
+
+    private func schedulePass() {
+        eventLoop.execute { [self] in pass() }
+    }
 
     /// Reads the status the loop published last.
     func withStatus<T: Sendable>(_ body: (LoopStatus) -> T) -> T { published.withLock { body($0) } }
@@ -240,29 +302,17 @@ final class RaftLoop: @unchecked Sendable {
                               consistentIndex: own.consistentIndex,
                               inline: ProcessInfo.processInfo.environment["SWETCD_NO_INLINE_APPLY"] == nil,
                               publish: { [weak self] index in self?.published.withLock { $0.applied = index } },
-                              wakeLoop: { [inbox] in inbox.wake() })
+                              wakeLoop: { [weak self] in
+                                  if let self, inbox.claimPass() { schedulePass() }
+                              })
         own.applier = applier
         applierRef.withLock { $0 = applier }
         applier.start()
-        let thread = Thread { [self] in
+        eventLoop.execute { [self] in
             nameCurrentThread("raft-loop")
             owner.claim()
-            run()
-            own.machine = nil
-            own.requests = nil
-            own.applier = nil
-            owner.release()
-            exited.store(true, ordering: .releasing)
-            let c = done.withLock { slot -> CheckedContinuation<Void, Never>? in
-                let c = slot
-                slot = nil
-                return c
-            }
-            c?.resume()
+            pass()
         }
-        thread.name = "raft-loop"
-        thread.stackSize = 8 << 20
-        thread.start()
     }
 
     /// Stops the loop and returns once its thread has ended (the WAL synced and closed).
@@ -274,7 +324,12 @@ final class RaftLoop: @unchecked Sendable {
                 return false
             }
             inbox.requestStop()
-            if alreadyExited { c.resume() }
+            if alreadyExited {
+                c.resume()
+            } else {
+                // A pass ends the loop (one may be scheduled already; the second does nothing).
+                schedulePass()
+            }
         }
     }
 
@@ -285,34 +340,50 @@ final class RaftLoop: @unchecked Sendable {
 
     // MARK: The loop thread
 
-    private func run() {
-        let hbNanos = UInt64(heartbeat.components.seconds) * 1_000_000_000
-            + UInt64(heartbeat.components.attoseconds / 1_000_000_000)
-        var nextTick = DispatchTime.now().uptimeNanoseconds + hbNanos
-        while !inbox.isStopping {
-            inbox.wait(until: DispatchTime(uptimeNanoseconds: nextTick))
-            if inbox.isStopping { break }
-            do {
-                try own.applier?.checkFailure()
-                try handleInputs(inbox.drain())
-                let now = DispatchTime.now().uptimeNanoseconds
-                if now >= nextTick {
-                    try node.tick()
-                    nextTick = max(nextTick + hbNanos, now + hbNanos / 4)
-                    try leaseHousekeeping()
-                }
-                while node.hasReady {
-                    try handleReady(try node.ready())
-                }
-                lastPass.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
-            } catch {
-                logger.critical("raft loop failed; stopping the member", metadata: ["error": "\(error)"])
-                // Nothing waiting on the log can be answered any more: fail it now, not at
-                // its timeout. Whatever was acknowledged before is in the WAL already.
-                own.requests?.loopFailed(error)
-                break
+    /// One pass of the loop: the inputs queued, a tick when due, and every Ready.
+    private func pass() {
+        // Ended (stopped or failed): a pass scheduled before does nothing.
+        guard !hasExited else { return }
+        if inbox.isStopping { return end() }
+        do {
+            try own.applier?.checkFailure()
+            try handleInputs(inbox.drain())
+            // NIO's clock: the tick timer's deadline is on it.
+            let now = NIODeadline.now().uptimeNanoseconds
+            let hbNanos = UInt64(heartbeat.components.seconds) * 1_000_000_000
+                + UInt64(heartbeat.components.attoseconds / 1_000_000_000)
+            if own.nextTick == 0 {
+                own.nextTick = now + hbNanos
+            } else if now >= own.nextTick {
+                try node.tick()
+                own.nextTick = max(own.nextTick + hbNanos, now + hbNanos / 4)
+                try leaseHousekeeping()
             }
+            if own.tickTimer == nil {
+                own.tickTimer = eventLoop.scheduleTask(deadline: .uptimeNanoseconds(own.nextTick)) { [self] in
+                    own.tickTimer = nil
+                    pass()
+                }
+            }
+            while node.hasReady {
+                try handleReady(try node.ready())
+            }
+            lastPass.store(DispatchTime.now().uptimeNanoseconds, ordering: .relaxed)
+        } catch {
+            logger.critical("raft loop failed; stopping the member", metadata: ["error": "\(error)"])
+            // Nothing waiting on the log can be answered any more: fail it now, not at
+            // its timeout. Whatever was acknowledged before is in the WAL already.
+            own.requests?.loopFailed(error)
+            end()
         }
+    }
+
+    /// Ends the loop (stopped, or failed): the apply thread finishes, the WAL is closed, and
+    /// ``stop()`` returns.
+    private func end() {
+        inbox.close()
+        own.tickTimer?.cancel()
+        own.tickTimer = nil
         // What was handed over is committed: the apply thread applies it before it ends.
         own.applier?.stop()
         // Leave what is durable durable: the WAL syncs on close, the backend commits in stop().
@@ -320,6 +391,17 @@ final class RaftLoop: @unchecked Sendable {
             logger.error("closing the WAL failed", metadata: ["error": "\(error)"])
         }
         failPendingReads(EtcdError.stopped)
+        own.machine = nil
+        own.requests = nil
+        own.applier = nil
+        owner.release()
+        exited.store(true, ordering: .releasing)
+        let c = done.withLock { slot -> CheckedContinuation<Void, Never>? in
+            let c = slot
+            slot = nil
+            return c
+        }
+        c?.resume()
     }
 
     private func handleInputs(_ inputs: [LoopInput]) throws {

@@ -59,7 +59,7 @@ final class PeerRawStream: Sendable {
         let options = transport.options
         let timeout = TimeAmount(options.handshakeTimeout)
         let tlsContext = sslContext
-        let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
+        let connection = try await ClientBootstrap(group: options.eventLoopGroup ?? MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup)
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -23,6 +23,7 @@ public final class PeerServer: Sendable {
     private let admission: ConnectionAdmission
     private let refusals: PeerRefusals?
     private let fastMessages: Bool
+    private let connectionGroup: (any EventLoopGroup)?
 
     /// A server not yet listening. `https://` URLs are served with `tls` (required for them);
     /// `maxRequestBytes` bounds one received message (a batch or a snapshot chunk);
@@ -38,10 +39,14 @@ public final class PeerServer: Sendable {
     /// With `fastMessages` (the default unless `SWETCD_NO_FAST_PEER=1`), `Messages` calls to a
     /// ``PeerTransport/makeService()`` among the served services are answered at the HTTP/2
     /// frame level by ``PeerMessagesHandler`` instead of grpc-swift (same checks and statuses).
+    /// Accepted connections live on `connectionGroup` (nil: NIO's shared group); the server
+    /// gives its Raft loop's event loop, which then reads peers' messages itself.
     public init(logger: Logger, tls: PeerTLS? = nil, maxRequestBytes: Int = 64 << 20,
                 maxConnections: Int = 4096, refusals: PeerRefusals? = nil,
-                fastMessages: Bool = PeerTransport.fastPeerDefault) {
+                fastMessages: Bool = PeerTransport.fastPeerDefault,
+                connectionGroup: (any EventLoopGroup)? = nil) {
         self.fastMessages = fastMessages
+        self.connectionGroup = connectionGroup
         self.logger = logger
         self.tls = tls
         self.admission = ConnectionAdmission(limit: maxConnections)
@@ -79,7 +84,7 @@ public final class PeerServer: Sendable {
                     transport: HTTP2ServerTransport.Custom(
                         listenerFactory: PeerListener(address: address, tls: url.scheme == "https" ? tls : nil,
                                                       handshakeTimeout: .seconds(10), admission: admission,
-                                                      refusals: refusals),
+                                                      refusals: refusals, connectionGroup: connectionGroup),
                         config: config),
                     services: services)
                 let task = Task { try await server.serve() }

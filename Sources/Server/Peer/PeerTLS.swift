@@ -246,6 +246,8 @@ struct PeerListener: HTTP2ServerTransport.ListenerFactory {
     let handshakeTimeout: TimeAmount
     let admission: ConnectionAdmission
     let refusals: PeerRefusals?
+    /// Where accepted connections live (nil: with the listener, on NIO's shared group).
+    var connectionGroup: (any EventLoopGroup)?
     var eventLoopGroup: any EventLoopGroup { MultiThreadedEventLoopGroup.singletonMultiThreadedEventLoopGroup }
 
     func makeListeningChannel(
@@ -256,7 +258,7 @@ struct PeerListener: HTTP2ServerTransport.ListenerFactory {
         let timeout = handshakeTimeout
         let admission = self.admission
         let refusals = self.refusals
-        return try await ServerBootstrap(group: eventLoopGroup)
+        return try await ServerBootstrap(group: eventLoopGroup, childGroup: connectionGroup ?? eventLoopGroup)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in listenerConfigurator.configure(channel: channel) }
             .bind(to: address) { channel in

@@ -49,6 +49,10 @@ public final class PeerTransport: Sendable {
         /// Send Raft messages on a raw HTTP/2 `Messages` stream written from ``send(_:)``
         /// (``PeerRawStream``) rather than through grpc-swift's client and a writer task.
         public var fastSend = PeerTransport.fastPeerDefault
+        /// Where the raw `Messages` streams' connections live (nil: NIO's shared group). The
+        /// server gives its Raft loop's own event loop, so a send from the loop is written to
+        /// the socket on the spot.
+        public var eventLoopGroup: (any EventLoopGroup)?
 
         /// The defaults.
         public init() {}
