@@ -6,6 +6,9 @@ import Foundation
 import Logging
 import Server
 
+// Map only code that runs, from here on (docs/SERVER.md, "Memory").
+CodePages.trim()
+
 let swetcdVersion = "3.5.0-swetcd"
 
 /// The process's exit codes (for systemd's `RestartPreventExitStatus=` and operators).
@@ -73,6 +76,9 @@ nonisolated func watchSignals(_ signals: [Int32]) -> (AsyncStream<Int32>, [any D
 }
 let (signals, signalSources) = watchSignals([SIGTERM, SIGINT])
 
+// The configuration is read: its code will not run again.
+CodePages.trim()
+
 // systemd (Type=notify): status while recovering, start-timeout extensions while recovery
 // makes progress, READY=1 once clients are served, WATCHDOG=1 while the Raft loop makes
 // progress, STOPPING=1 on shutdown.
@@ -86,6 +92,8 @@ do {
     logger.critical("failed to start", metadata: ["error": "\(error)"])
     fail("\(error)", code: (error as? ServerStartError)?.memberRemoved == true ? ExitCode.removed : ExitCode.config)
 }
+// The member is up: the code that opened its storage and joined the cluster is done.
+CodePages.trim()
 let listener: ClientListener
 do {
     listener = try ClientListener(server: server, logger: logger)
@@ -96,6 +104,9 @@ do {
 
 let serving = Task { try await listener.serve() }
 systemd.serve(server: server, listener: listener)
+// Start-up is over: drop the code pages it mapped, and from now on map only code that runs
+// (docs/SERVER.md, "Memory").
+CodePages.trim()
 let stopOnSignal = Task {
     for await sig in signals {
         logger.info("received signal; shutting down", metadata: ["signal": "\(sig)"])
