@@ -35,7 +35,10 @@ public enum CodePages {
         public var length: Int
         public var path: String
         public var rssKiB: Int
+        /// Written (copied) pages; -1 when smaps did not say, which counts as written.
         public var privateDirtyKiB: Int
+        /// Fault-around is off for it (`MADV_RANDOM`: "rr" among its VmFlags).
+        public var randomAccess: Bool
     }
 
     /// The process's executable private file mappings ("r-xp" with a path), from
@@ -52,10 +55,14 @@ public enum CodePages {
             let fields = String(cString: line).split(separator: " ", omittingEmptySubsequences: true)
             guard let first = fields.first else { continue }
             if first.hasSuffix(":") {
-                // "Rss:   123 kB" and the like, for the mapping above.
-                guard current != nil, fields.count >= 2, let kib = Int(fields[1]) else { continue }
-                if first == "Rss:" { current?.rssKiB = kib }
-                if first == "Private_Dirty:" { current?.privateDirtyKiB = kib }
+                // The attributes of the mapping above: "Rss:   123 kB", ..., "VmFlags: rd ex ...".
+                let kib = fields.count >= 2 ? Int(fields[1]) : nil
+                switch first {
+                case "Rss:": current?.rssKiB = kib ?? 0
+                case "Private_Dirty:": current?.privateDirtyKiB = kib ?? -1
+                case "VmFlags:": current?.randomAccess = fields.dropFirst().contains { $0.hasPrefix("rr") }
+                default: break
+                }
                 continue
             }
             // A mapping's header: "start-end perms offset dev inode [path]".
@@ -64,8 +71,8 @@ public enum CodePages {
             let range = first.split(separator: "-")
             guard fields.count >= 6, fields[1] == "r-xp", fields[5].hasPrefix("/"), range.count == 2,
                   let start = UInt(range[0], radix: 16), let end = UInt(range[1], radix: 16), end > start else { continue }
-            current = Mapping(start: start, length: Int(end - start),
-                              path: String(fields[5].trimmingSuffix("\n")), rssKiB: 0, privateDirtyKiB: 0)
+            current = Mapping(start: start, length: Int(end - start), path: String(fields[5].trimmingSuffix("\n")),
+                              rssKiB: 0, privateDirtyKiB: -1, randomAccess: false)
         }
         if let done = current { mappings.append(done) }
         return mappings
